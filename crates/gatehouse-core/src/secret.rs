@@ -1,0 +1,54 @@
+//! Secret strings: redacted in `Debug`, compared in constant time, wiped on drop.
+use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
+
+/// A secret such as a bearer token, API key or client secret. Deliberately not `Display`; the value
+/// is reachable only through [`SecretString::expose`], so every use of it is greppable.
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Constant-time comparison with another secret value.
+    pub fn ct_eq(&self, other: &str) -> bool {
+        self.0.as_bytes().ct_eq(other.as_bytes()).into()
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretString(<redacted>)")
+    }
+}
+
+impl Drop for SecretString {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl Clone for SecretString {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let s = SecretString::new("hunter2-secret");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(s.ct_eq("hunter2-secret"));
+        assert!(!s.ct_eq("hunter2-secreT"));
+        assert!(!s.ct_eq("hunter2"));
+    }
+}
