@@ -34,7 +34,11 @@ impl Challenge {
     ) -> Result<Vec<Challenge>, CoreError> {
         let mut out = Vec::new();
         for v in header_values {
-            Parser { s: v.as_bytes(), i: 0 }.challenges(&mut out)?;
+            Parser {
+                s: v.as_bytes(),
+                i: 0,
+            }
+            .challenges(&mut out)?;
         }
         Ok(out)
     }
@@ -104,7 +108,9 @@ impl Parser<'_> {
         }
         if k == self.s.len() || self.s[k] == b',' {
             self.i = k;
-            return std::str::from_utf8(&self.s[start..j]).ok().map(str::to_owned);
+            return std::str::from_utf8(&self.s[start..j])
+                .ok()
+                .map(str::to_owned);
         }
         None
     }
@@ -339,7 +345,9 @@ mod tests {
 
     #[test]
     fn cl01_fixture_table() {
-        let cs = parse(&[r#"Basic realm="x", Bearer scope="a b", resource_metadata="https://h/.well-known/oauth-protected-resource/mcp""#]);
+        let cs = parse(&[
+            r#"Basic realm="x", Bearer scope="a b", resource_metadata="https://h/.well-known/oauth-protected-resource/mcp""#,
+        ]);
         assert_eq!(cs.len(), 2);
         assert!(cs[0].is_scheme("basic"));
         assert_eq!(cs[0].param("realm"), Some("x"));
@@ -349,7 +357,10 @@ mod tests {
             Some("https://h/.well-known/oauth-protected-resource/mcp")
         );
 
-        let cs = parse(&[r#"Basic realm="x""#, r#"BEARER error=invalid_token, Scope="s1""#]);
+        let cs = parse(&[
+            r#"Basic realm="x""#,
+            r#"BEARER error=invalid_token, Scope="s1""#,
+        ]);
         assert_eq!(cs.len(), 2);
         let b = BearerChallenge::from_challenges(&cs)
             .expect("bearer present")
@@ -357,13 +368,18 @@ mod tests {
         assert_eq!(b.error, Some(BearerError::InvalidToken));
         assert_eq!(b.scope.expect("scope").to_string(), "s1");
 
-        let cs = parse(&[r#"Bearer resource_metadata = "https://h/x" , error="insufficient_scope",scope="a\"b c""#]);
+        let cs = parse(&[
+            r#"Bearer resource_metadata = "https://h/x" , error="insufficient_scope",scope="a\"b c""#,
+        ]);
         assert_eq!(cs.len(), 1);
         assert_eq!(cs[0].param("scope"), Some("a\"b c"));
         assert_eq!(cs[0].param("error"), Some("insufficient_scope"));
 
         // `realm=` is a token68 by RFC 9110's grammar, not an empty parameter.
-        assert_eq!(parse(&["Bearer realm="])[0].token68.as_deref(), Some("realm="));
+        assert_eq!(
+            parse(&["Bearer realm="])[0].token68.as_deref(),
+            Some("realm=")
+        );
         let cs = parse(&["Negotiate abc123==, Bearer"]);
         assert_eq!(cs.len(), 2);
         assert_eq!(cs[0].token68.as_deref(), Some("abc123=="));
@@ -385,7 +401,10 @@ mod tests {
             "Bearer =x",
             "Bearer realm=\"x\" junk",
         ] {
-            assert!(Challenge::parse_all([bad]).is_err(), "{bad:?} must be refused");
+            assert!(
+                Challenge::parse_all([bad]).is_err(),
+                "{bad:?} must be refused"
+            );
         }
     }
 

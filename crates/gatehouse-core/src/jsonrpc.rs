@@ -102,7 +102,9 @@ fn peek_one(v: &Value) -> Result<PeekedMessage, CoreError> {
     if let Some(id) = &id
         && !(id.is_string() || id.is_number())
     {
-        return Err(CoreError::JsonRpc("\"id\" must be a string or a number".into()));
+        return Err(CoreError::JsonRpc(
+            "\"id\" must be a string or a number".into(),
+        ));
     }
     let method = match obj.get("method") {
         None => None,
@@ -115,7 +117,11 @@ fn peek_one(v: &Value) -> Result<PeekedMessage, CoreError> {
         (None, Some(_)) if obj.contains_key("result") || obj.contains_key("error") => {
             MessageKind::Response
         }
-        _ => return Err(CoreError::JsonRpc("neither a request, a notification nor a response".into())),
+        _ => {
+            return Err(CoreError::JsonRpc(
+                "neither a request, a notification nor a response".into(),
+            ));
+        }
     };
     let params = obj.get("params");
     let name = match method.as_deref() {
@@ -147,7 +153,10 @@ fn peek_one(v: &Value) -> Result<PeekedMessage, CoreError> {
 /// Decodes a header value that may use the 2026-07-28 sentinel `=?base64?<b64>?=` for
 /// non-ASCII content.
 pub fn decode_header_value(v: &str) -> Result<String, CoreError> {
-    if let Some(inner) = v.strip_prefix("=?base64?").and_then(|r| r.strip_suffix("?=")) {
+    if let Some(inner) = v
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(inner)
             .map_err(|_| CoreError::JsonRpc("bad base64 in MCP header".into()))?;
@@ -196,7 +205,9 @@ impl McpPeek {
             return Ok(());
         };
         if self.batch && (mcp_method.is_some() || mcp_name.is_some()) {
-            return Err(CoreError::JsonRpc("Mcp-Method/Mcp-Name headers on a batch".into()));
+            return Err(CoreError::JsonRpc(
+                "Mcp-Method/Mcp-Name headers on a batch".into(),
+            ));
         }
         if let Some(h) = mcp_method {
             let body = first.method.clone().unwrap_or_default();
@@ -247,7 +258,8 @@ mod tests {
 
     #[test]
     fn batches_only_in_2025_03_26() {
-        let batch = format!("[{CALL},{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}}]");
+        let batch =
+            format!("[{CALL},{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}}]");
         let p = McpPeek::parse(batch.as_bytes(), V2025_03_26).expect("batch ok in 2025-03-26");
         assert!(p.batch);
         assert_eq!(p.messages[1].kind, MessageKind::Notification);
@@ -260,7 +272,10 @@ mod tests {
     #[test]
     fn gw15_headers_must_match_body() {
         let p = McpPeek::parse(CALL.as_bytes(), V2026_07_28).expect("parses");
-        assert!(p.check_headers(Some("tools/call"), Some("write_note")).is_ok());
+        assert!(
+            p.check_headers(Some("tools/call"), Some("write_note"))
+                .is_ok()
+        );
         assert!(p.check_headers(None, None).is_ok());
         assert!(matches!(
             p.check_headers(Some("tools/list"), None),
@@ -271,7 +286,10 @@ mod tests {
             Err(CoreError::HeaderMismatch { .. })
         ));
         // base64 sentinel form of "write_note"
-        assert!(p.check_headers(None, Some("=?base64?d3JpdGVfbm90ZQ==?=")).is_ok());
+        assert!(
+            p.check_headers(None, Some("=?base64?d3JpdGVfbm90ZQ==?="))
+                .is_ok()
+        );
     }
 
     #[test]
@@ -286,13 +304,19 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":3}}"#,
             r#"{"jsonrpc":"2.0"}"#,
         ] {
-            assert!(McpPeek::parse(bad.as_bytes(), V2025_11_25).is_err(), "{bad:?}");
+            assert!(
+                McpPeek::parse(bad.as_bytes(), V2025_11_25).is_err(),
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn tr10_version_header() {
-        assert_eq!(ProtocolVersion::from_header(None).expect("default"), V2025_03_26);
+        assert_eq!(
+            ProtocolVersion::from_header(None).expect("default"),
+            V2025_03_26
+        );
         assert!(ProtocolVersion::from_header(Some("1999-01-01")).is_err());
         for v in ProtocolVersion::ALL {
             assert_eq!(ProtocolVersion::parse(v.as_str()).expect("roundtrip"), v);

@@ -23,10 +23,14 @@ impl PkceVerifier {
     /// Parses a verifier received on the wire (43–128 unreserved characters).
     pub fn parse(s: &str) -> Result<Self, CoreError> {
         if !(43..=128).contains(&s.len()) {
-            return Err(CoreError::Pkce("code_verifier must be 43 to 128 characters"));
+            return Err(CoreError::Pkce(
+                "code_verifier must be 43 to 128 characters",
+            ));
         }
         if !s.bytes().all(is_unreserved) {
-            return Err(CoreError::Pkce("code_verifier has characters outside [A-Za-z0-9-._~]"));
+            return Err(CoreError::Pkce(
+                "code_verifier has characters outside [A-Za-z0-9-._~]",
+            ));
         }
         Ok(Self(s.to_owned()))
     }
@@ -62,12 +66,26 @@ impl PkceChallenge {
     pub fn parse(challenge: &str, method: Option<&str>) -> Result<Self, CoreError> {
         match method {
             Some("S256") => {}
-            Some("plain") => return Err(CoreError::Pkce("code_challenge_method plain is not allowed; use S256")),
-            None => return Err(CoreError::Pkce("code_challenge_method is required and must be S256")),
-            Some(_) => return Err(CoreError::Pkce("unsupported code_challenge_method; use S256")),
+            Some("plain") => {
+                return Err(CoreError::Pkce(
+                    "code_challenge_method plain is not allowed; use S256",
+                ));
+            }
+            None => {
+                return Err(CoreError::Pkce(
+                    "code_challenge_method is required and must be S256",
+                ));
+            }
+            Some(_) => {
+                return Err(CoreError::Pkce(
+                    "unsupported code_challenge_method; use S256",
+                ));
+            }
         }
         if challenge.len() != 43 || !challenge.bytes().all(is_unreserved) {
-            return Err(CoreError::Pkce("code_challenge must be 43 base64url characters"));
+            return Err(CoreError::Pkce(
+                "code_challenge must be 43 base64url characters",
+            ));
         }
         Ok(Self(challenge.to_owned()))
     }
@@ -78,7 +96,12 @@ impl PkceChallenge {
 
     /// AS-07: constant-time check of a verifier against this challenge.
     pub fn verify(&self, verifier: &PkceVerifier) -> bool {
-        verifier.challenge().0.as_bytes().ct_eq(self.0.as_bytes()).into()
+        verifier
+            .challenge()
+            .0
+            .as_bytes()
+            .ct_eq(self.0.as_bytes())
+            .into()
     }
 }
 
@@ -89,7 +112,10 @@ mod tests {
     #[test]
     fn rfc7636_appendix_b_vector() {
         let v = PkceVerifier::parse("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk").expect("valid");
-        assert_eq!(v.challenge().as_str(), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+        assert_eq!(
+            v.challenge().as_str(),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
         let c = PkceChallenge::parse("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", Some("S256"))
             .expect("valid");
         assert!(c.verify(&v));

@@ -134,7 +134,10 @@ impl Resource {
         let b = raw_path(aud);
         match policy {
             AudiencePolicy::Exact => a == b,
-            AudiencePolicy::IgnoreTrailingSlash => a.trim_end_matches('/') == b.trim_end_matches('/') && (a.len().abs_diff(b.len()) <= 1),
+            AudiencePolicy::IgnoreTrailingSlash => {
+                a.trim_end_matches('/') == b.trim_end_matches('/')
+                    && (a.len().abs_diff(b.len()) <= 1)
+            }
         }
     }
 }

@@ -200,14 +200,16 @@ impl reqwest::dns::Resolve for GuardedResolver {
             let addrs: Vec<SocketAddr> =
                 tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), 0)))
                     .await
-                    .map_err(|_| Box::new(Refusal(format!("resolving {host} timed out"))))??
+                    .map_err(|_| -> Box<dyn std::error::Error + Send + Sync> {
+                        Refusal(format!("resolving {host} timed out")).into()
+                    })??
                     .collect();
             if addrs.is_empty() {
-                return Err(Box::new(Refusal(format!("{host} has no address"))).into());
+                return Err(Refusal(format!("{host} has no address")).into());
             }
             for a in &addrs {
                 if let Err(r) = check_ip(a.ip(), loopback_ok) {
-                    return Err(Box::new(Refusal(format!("{host} resolves to {r}"))).into());
+                    return Err(Refusal(format!("{host} resolves to {r}")).into());
                 }
             }
             let it: reqwest::dns::Addrs = Box::new(addrs.into_iter());
@@ -248,7 +250,11 @@ fn cache_max_age(h: &reqwest::header::HeaderMap) -> Option<Duration> {
             return Some(Duration::ZERO);
         }
         if let Some(v) = lower.strip_prefix("max-age=") {
-            max_age = v.trim_matches('"').parse::<u64>().ok().map(Duration::from_secs);
+            max_age = v
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
         }
     }
     max_age
@@ -325,7 +331,10 @@ impl Fetcher {
     }
 
     /// GET and decode JSON.
-    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<(T, Fetched), FetchError> {
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+    ) -> Result<(T, Fetched), FetchError> {
         let f = self.get(url).await?;
         Ok((f.json(url)?, f))
     }
@@ -345,7 +354,8 @@ impl Fetcher {
             .form(form);
         if let Some((id, secret)) = basic {
             // RFC 6749 §2.3.1: form-urlencode the parts before Basic encoding.
-            let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             req = req.basic_auth(enc(id), Some(enc(secret)));
         }
         self.send(url, req).await
@@ -407,7 +417,9 @@ impl Fetcher {
             src = s.source();
         }
         if e.is_timeout() {
-            return FetchError::Timeout { url: url.to_owned() };
+            return FetchError::Timeout {
+                url: url.to_owned(),
+            };
         }
         // The innermost cause is the informative one ("connection refused", "dns error", …).
         let mut inner: &dyn std::error::Error = e;
