@@ -1,1 +1,295 @@
-fn main() {}
+//! `gatehouse`: authorization for the Model Context Protocol.
+#![forbid(unsafe_code)]
+
+mod app;
+mod config;
+mod demo;
+
+use clap::{Parser, Subcommand};
+use config::{Config, Dangerous, GuardSection, IssuerEntry, LogConfig, McpConfig};
+use gatehouse_core::{Issuer, ScopeSet};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "Authorization for the Model Context Protocol"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run what a configuration file describes.
+    Serve {
+        #[arg(long)]
+        config: String,
+    },
+    /// Development: the guarded demo MCP server on loopback, trusting a local issuer.
+    Dev {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// The authorization server to trust (metadata and JWKS are discovered from it). A
+        /// loopback http issuer is allowed in dev mode only.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// Where dev state is kept.
+        #[arg(long, default_value = ".gatehouse/dev")]
+        data_dir: String,
+        /// Log as JSON lines.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Static API keys.
+    Apikey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Parse and validate a configuration file without starting anything.
+    Check { file: String },
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCommand {
+    /// Generate a key: prints the key once, and the hash entry for the config file.
+    New {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "mcp:basic")]
+        scopes: String,
+        /// Days until the key expires.
+        #[arg(long, default_value_t = 90)]
+        days: i64,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => match Config::load(&file).and_then(|c| {
+            app::build(&c, false)
+                .map(|_| ())
+                .map_err(|message| config::ConfigError::Invalid {
+                    path: file.clone(),
+                    message,
+                })
+        }) {
+            Ok(()) => {
+                println!("{file}: ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Apikey {
+            command: ApiKeyCommand::New { name, scopes, days },
+        } => {
+            let scopes = match ScopeSet::parse(&scopes) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: --scopes: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let (key, hash) = gatehouse_guard::generate_api_key();
+            let expires = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+            let expires = expires
+                .replace_nanosecond(0)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default();
+            eprintln!("New API key (shown once; store it in a secret manager):");
+            println!("{key}");
+            eprintln!("\nAdd to guard.api_keys in the config file:");
+            eprintln!(
+                "  - name: {name}\n    hash: \"{hash}\"\n    scopes: [{}]\n    expires: \"{expires}\"",
+                scopes.to_vec().join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Serve { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(cfg.log.json);
+            run(cfg, false, None)
+        }
+        Command::Dev {
+            listen,
+            issuer,
+            data_dir,
+            log_json,
+        } => {
+            init_logging(log_json);
+            let Some(issuer) = issuer else {
+                eprintln!(
+                    "error: `gatehouse dev` needs --issuer URL until the embedded authorization server lands; \
+                     `scripts/dev` starts a local one for you"
+                );
+                return ExitCode::from(2);
+            };
+            let issuer = match Issuer::parse(&issuer) {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("error: --issuer: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Err(e) = std::fs::create_dir_all(&data_dir) {
+                eprintln!("error: --data-dir {data_dir}: {e}");
+                return ExitCode::from(2);
+            }
+            match dev_config(listen, issuer) {
+                Ok(cfg) => run(cfg, true, Some(&data_dir)),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+/// The configuration `gatehouse dev` runs with.
+fn dev_config(listen: SocketAddr, issuer: Issuer) -> Result<Config, String> {
+    let scope = |s: &str| ScopeSet::parse(s).map_err(|e| e.to_string());
+    let mut allow = Vec::new();
+    if issuer.is_loopback() {
+        let u = issuer.url();
+        let host = match u.host() {
+            Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
+            Some(h) => h.to_string(),
+            None => return Err("issuer has no host".into()),
+        };
+        allow.push(format!(
+            "{host}:{}",
+            u.port_or_known_default().unwrap_or(80)
+        ));
+    }
+    Ok(Config {
+        listen,
+        public_url: None,
+        log: LogConfig::default(),
+        mcp: McpConfig::default(),
+        guard: GuardSection {
+            authorization_servers: vec![IssuerEntry {
+                issuer,
+                jwks_uri: None,
+            }],
+            audience_policy: Default::default(),
+            strict_typ: false,
+            scopes_supported: Some(scope("mcp:basic notes:write")?),
+            required_scopes: scope(demo::BASE_SCOPE)?,
+            tool_scopes: HashMap::from([("notes_add".to_owned(), scope(demo::WRITE_SCOPE)?)]),
+            resource_name: Some("Gatehouse demo MCP server".into()),
+            resource_documentation: None,
+            introspection: None,
+            api_keys: vec![],
+            ip_allow: vec![],
+        },
+        dangerous: Dangerous {
+            allow_loopback_fetch: allow,
+        },
+    })
+}
+
+fn run(cfg: Config, dev: bool, data_dir: Option<&str>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let app = match app::build(&cfg, dev) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {}: {e}", cfg.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Some(jwt) = &app.jwt
+            && let Err(e) = jwt.prefetch().await
+        {
+            // Not fatal: the issuer may come up later; keys are fetched on first use.
+            tracing::warn!(error = %e, "could not fetch the issuer's keys yet");
+        }
+        let resource = app.resource.clone();
+        let guard_cfg = app.guard.config().clone();
+        if dev {
+            println!("Gatehouse dev: guarded demo MCP server");
+            println!("  MCP endpoint        {resource}");
+            println!("  resource metadata   {}", resource.prm_url());
+            for a in &guard_cfg.authorization_servers {
+                println!("  trusted issuer      {a}");
+            }
+            println!("  scopes              {}", app::describe_scopes(&guard_cfg));
+            if let Some(d) = data_dir {
+                println!("  data dir            {d}");
+            }
+            println!(
+                "  get a token from the issuer with resource={resource} and scope \"{}\"",
+                guard_cfg.scopes_supported
+            );
+        }
+        tracing::info!(url = %resource, "ready");
+        println!("gatehouse ready: {resource}");
+        match app::serve(listener, app).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

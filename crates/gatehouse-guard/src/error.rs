@@ -1,0 +1,153 @@
+//! Every refusal the guard makes, and the one function that turns it into its wire form.
+use gatehouse_core::{BearerChallenge, BearerError, ScopeSet};
+use http::{HeaderValue, StatusCode, header};
+
+/// Why the guard refused a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GuardError {
+    /// The client address is not in the allow-list.
+    AddressNotAllowed,
+    /// RS-10: a malformed `Authorization` header or more than one way of sending a token.
+    InvalidRequest(String),
+    /// RS-05: no Bearer credentials at all.
+    NoCredentials,
+    /// RS-07: the token or API key is not valid for this resource.
+    InvalidToken(String),
+    /// RS-08/RS-09: valid, but the operation needs these scopes (all of them, not only the
+    /// missing ones, so a client that replaces its token keeps what it had).
+    InsufficientScope {
+        needed: ScopeSet,
+        description: String,
+    },
+    /// The authorization server could not be reached to validate the token.
+    Unavailable,
+    BodyTooLarge,
+    /// RS-16: a session id that does not belong to this principal (answered as unknown).
+    UnknownSession,
+    /// The JSON-RPC body could not be read (code per JSON-RPC / MCP).
+    BadMessage {
+        code: i64,
+        message: String,
+    },
+}
+
+fn json_body(v: serde_json::Value) -> axum::body::Body {
+    axum::body::Body::from(serde_json::to_vec(&v).unwrap_or_default())
+}
+
+impl GuardError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::AddressNotAllowed => StatusCode::FORBIDDEN,
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NoCredentials | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnknownSession => StatusCode::NOT_FOUND,
+            Self::BadMessage { .. } => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The response for this refusal. `prm_url` and `base_scope` go into every Bearer challenge.
+    pub fn into_response(
+        self,
+        prm_url: &str,
+        base_scope: &ScopeSet,
+    ) -> http::Response<axum::body::Body> {
+        let status = self.status();
+        let challenge =
+            |error: Option<BearerError>, description: Option<String>, scope: &ScopeSet| {
+                BearerChallenge {
+                    error,
+                    error_description: description,
+                    scope: Some(scope.clone()),
+                    resource_metadata: Some(prm_url.to_owned()),
+                }
+                .to_header_value()
+            };
+        let (www, body) = match self {
+            Self::AddressNotAllowed => (
+                None,
+                json_body(
+                    serde_json::json!({"error":"access_denied","error_description":"client address not allowed"}),
+                ),
+            ),
+            Self::InvalidRequest(d) => (
+                Some(challenge(
+                    Some(BearerError::InvalidRequest),
+                    Some(d.clone()),
+                    base_scope,
+                )),
+                json_body(serde_json::json!({"error":"invalid_request","error_description":d})),
+            ),
+            Self::NoCredentials => (
+                Some(challenge(None, None, base_scope)),
+                json_body(
+                    serde_json::json!({"error":"unauthorized","error_description":"authorization required"}),
+                ),
+            ),
+            Self::InvalidToken(d) => (
+                Some(challenge(
+                    Some(BearerError::InvalidToken),
+                    Some(d.clone()),
+                    base_scope,
+                )),
+                json_body(serde_json::json!({"error":"invalid_token","error_description":d})),
+            ),
+            Self::InsufficientScope {
+                needed,
+                description,
+            } => (
+                Some(challenge(
+                    Some(BearerError::InsufficientScope),
+                    Some(description.clone()),
+                    &needed,
+                )),
+                json_body(
+                    serde_json::json!({"error":"insufficient_scope","error_description":description,"scope":needed.to_string()}),
+                ),
+            ),
+            Self::Unavailable => (
+                None,
+                json_body(
+                    serde_json::json!({"error":"temporarily_unavailable","error_description":"token validation is temporarily unavailable"}),
+                ),
+            ),
+            Self::BodyTooLarge => (
+                None,
+                json_body(
+                    serde_json::json!({"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"request body too large"}}),
+                ),
+            ),
+            Self::UnknownSession => (
+                None,
+                json_body(
+                    serde_json::json!({"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"session not found"}}),
+                ),
+            ),
+            Self::BadMessage { code, message } => (
+                None,
+                json_body(
+                    serde_json::json!({"jsonrpc":"2.0","id":null,"error":{"code":code,"message":message}}),
+                ),
+            ),
+        };
+        let mut resp = http::Response::new(body);
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if let Some(v) = www.and_then(|w| HeaderValue::from_str(&w).ok()) {
+            h.insert(header::WWW_AUTHENTICATE, v);
+        }
+        resp
+    }
+}

@@ -1,0 +1,319 @@
+use crate::apikey::{self, API_KEY_PREFIX};
+use crate::sessions::{Binding, SessionBindings};
+use crate::{GuardError, GuardInner};
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use gatehouse_core::{McpPeek, ProtocolVersion, ScopeSet};
+use gatehouse_tokens::{Principal, PrincipalSource, TokenError};
+use http::{Request, Response, header};
+use http_body_util::BodyExt;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// Tower layer applying the guard.
+#[derive(Clone)]
+pub struct GuardLayer {
+    inner: Arc<GuardInner>,
+}
+
+impl GuardLayer {
+    pub(crate) fn new(inner: Arc<GuardInner>) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = GuardService<S>;
+    fn layer(&self, service: S) -> GuardService<S> {
+        GuardService {
+            guard: self.inner.clone(),
+            service,
+        }
+    }
+}
+
+/// The guarded service.
+#[derive(Clone)]
+pub struct GuardService<S> {
+    guard: Arc<GuardInner>,
+    service: S,
+}
+
+/// Who made the request, for the access log (never a secret).
+struct Who {
+    name: String,
+    client: Option<String>,
+    /// Session owner key: (issuer, subject).
+    owner: String,
+    tool: Option<String>,
+}
+
+fn is_token68(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+/// RS-10/RS-14/RS-15: the bearer token from the one `Authorization` header, if any.
+fn bearer_token(req: &Request<Body>) -> Result<Option<String>, GuardError> {
+    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(GuardError::InvalidRequest(
+            "more than one Authorization header".into(),
+        ));
+    }
+    let v = v
+        .to_str()
+        .map_err(|_| GuardError::InvalidRequest("Authorization header is not ASCII".into()))?;
+    let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        // Another scheme is not a Bearer credential: challenge as if none was sent.
+        return Ok(None);
+    }
+    let token = rest.trim_start_matches(' ');
+    if !is_token68(token) {
+        return Err(GuardError::InvalidRequest(
+            "malformed Bearer credentials".into(),
+        ));
+    }
+    Ok(Some(token.to_owned()))
+}
+
+fn form_has_access_token(req: &Request<Body>, body: &[u8]) -> bool {
+    let is_form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    is_form && url::form_urlencoded::parse(body).any(|(k, _)| k == "access_token")
+}
+
+fn header_str<'a>(req: &'a Request<Body>, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+impl GuardInner {
+    async fn authenticate(&self, token: &str) -> Result<Principal, GuardError> {
+        if token.starts_with(API_KEY_PREFIX) {
+            let key = apikey::find(&self.cfg.api_keys, token)
+                .ok_or_else(|| GuardError::InvalidToken("unknown API key".into()))?;
+            if key.expires_at.is_some_and(|e| self.clock.now_unix() >= e) {
+                return Err(GuardError::InvalidToken("API key expired".into()));
+            }
+            return Ok(Principal {
+                issuer: "urn:gatehouse:api-key".into(),
+                subject: key.subject(),
+                client_id: None,
+                scopes: key.scopes.clone(),
+                tenant: None,
+                expires_at: key.expires_at,
+                source: PrincipalSource::ApiKey {
+                    name: key.name.clone(),
+                },
+                claims: Default::default(),
+            });
+        }
+        self.validator.validate(token).await.map_err(|e| match e {
+            TokenError::Unavailable(why) => {
+                tracing::warn!(error = %why, "token validation unavailable");
+                GuardError::Unavailable
+            }
+            other => GuardError::InvalidToken(other.to_string()),
+        })
+    }
+
+    /// Runs every check; on success returns the request to forward (body restored, principal
+    /// attached) and who it is.
+    async fn check(
+        &self,
+        req: Request<Body>,
+    ) -> Result<(Request<Body>, Who), (GuardError, Option<Who>)> {
+        if !self.cfg.ip_allow.is_empty() {
+            let ip = req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip());
+            if !ip.is_some_and(|ip| self.cfg.ip_allow.iter().any(|n| n.contains(&ip))) {
+                return Err((GuardError::AddressNotAllowed, None));
+            }
+        }
+        let token = bearer_token(&req).map_err(|e| (e, None))?;
+        let (parts, body) = req.into_parts();
+        let body: Bytes = match http_body_util::Limited::new(body, self.cfg.max_body_bytes)
+            .collect()
+            .await
+        {
+            Ok(c) => c.to_bytes(),
+            Err(_) => return Err((GuardError::BodyTooLarge, None)),
+        };
+        let req = Request::from_parts(parts, Body::empty());
+        if form_has_access_token(&req, &body) {
+            return Err((
+                if token.is_some() {
+                    GuardError::InvalidRequest(
+                        "token sent both in the header and in the body".into(),
+                    )
+                } else {
+                    // Only the header method is supported (bearer_methods_supported).
+                    GuardError::NoCredentials
+                },
+                None,
+            ));
+        }
+        let Some(token) = token else {
+            return Err((GuardError::NoCredentials, None));
+        };
+        let principal = self.authenticate(&token).await.map_err(|e| (e, None))?;
+        let mut who = Who {
+            name: match &principal.source {
+                PrincipalSource::ApiKey { name } => format!("key:{name}"),
+                _ => format!("sub:{}", principal.subject),
+            },
+            client: principal.client_id.clone(),
+            owner: SessionBindings::owner_key(&principal.issuer, &principal.subject),
+            tool: None,
+        };
+        if let Some(sid) = header_str(&req, "mcp-session-id") {
+            match self.sessions.check(sid, &who.owner) {
+                Binding::Owner => {}
+                Binding::Other | Binding::Unknown => {
+                    return Err((GuardError::UnknownSession, Some(who)));
+                }
+            }
+        }
+        let mut needed = self.cfg.required_scopes.clone();
+        if req.method() == http::Method::POST {
+            let version = ProtocolVersion::from_header(header_str(&req, "mcp-protocol-version"))
+                .map_err(|e| {
+                    (
+                        GuardError::BadMessage {
+                            code: -32600,
+                            message: e.to_string(),
+                        },
+                        None,
+                    )
+                })?;
+            let peek = McpPeek::parse(&body, version).map_err(|e| {
+                (
+                    GuardError::BadMessage {
+                        code: -32700,
+                        message: e.to_string(),
+                    },
+                    None,
+                )
+            })?;
+            peek.check_headers(header_str(&req, "mcp-method"), header_str(&req, "mcp-name"))
+                .map_err(|e| {
+                    (
+                        GuardError::BadMessage {
+                            code: -32020,
+                            message: e.to_string(),
+                        },
+                        None,
+                    )
+                })?;
+            for t in peek.tool_names() {
+                needed = needed.union(&self.cfg.scopes_for_tool(t));
+                who.tool = Some(t.to_owned());
+            }
+        }
+        let missing: ScopeSet = principal.scopes.missing_from(&needed);
+        if !missing.is_empty() {
+            let description = format!("requires scope {missing}");
+            return Err((
+                GuardError::InsufficientScope {
+                    needed,
+                    description,
+                },
+                Some(who),
+            ));
+        }
+        let (mut parts, _) = req.into_parts();
+        parts.extensions.insert(principal);
+        Ok((Request::from_parts(parts, Body::from(body)), who))
+    }
+}
+
+impl<S, ResBody> tower::Service<Request<Body>> for GuardService<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<ResBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.service.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let guard = self.guard.clone();
+        // Take the service that was driven to readiness; leave a fresh clone in its place.
+        let clone = self.service.clone();
+        let mut service = std::mem::replace(&mut self.service, clone);
+        Box::pin(async move {
+            let started = Instant::now();
+            let method = req.method().clone();
+            let path = req.uri().path().to_owned();
+            let (resp, who) = match guard.check(req).await {
+                Ok((req, who)) => {
+                    let session_in = header_str(&req, "mcp-session-id").map(str::to_owned);
+                    let is_delete = req.method() == http::Method::DELETE;
+                    let resp = service.call(req).await?;
+                    // Bind a newly issued session to its opener; forget a deleted one.
+                    if let Some(sid) = resp
+                        .headers()
+                        .get("mcp-session-id")
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        guard.sessions.bind(sid, who.owner.clone());
+                    }
+                    if is_delete
+                        && resp.status().is_success()
+                        && let Some(sid) = session_in
+                    {
+                        guard.sessions.remove(&sid);
+                    }
+                    (resp.map(Body::new), Some(who))
+                }
+                Err((e, who)) => (
+                    e.into_response(&guard.prm_url, &guard.cfg.required_scopes),
+                    who,
+                ),
+            };
+            // One access-log line per request; names the key or subject, never a secret.
+            tracing::info!(
+                target: "gatehouse::access",
+                %method,
+                path,
+                status = resp.status().as_u16(),
+                who = who.as_ref().map_or("-", |w| w.name.as_str()),
+                client = who.as_ref().and_then(|w| w.client.as_deref()).unwrap_or("-"),
+                tool = who.as_ref().and_then(|w| w.tool.as_deref()).unwrap_or("-"),
+                ms = started.elapsed().as_millis() as u64,
+                "request"
+            );
+            Ok(resp)
+        })
+    }
+}

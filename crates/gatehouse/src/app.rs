@@ -1,0 +1,287 @@
+//! Composition: config → fetcher, validators, guard, demo MCP server → one axum router.
+use crate::config::Config;
+use crate::demo::DemoServer;
+use gatehouse_core::{Clock, Resource, ScopeSet, SecretString, SystemClock};
+use gatehouse_fetch::{FetchPolicy, Fetcher};
+use gatehouse_guard::{ApiKey, Guard, GuardConfig};
+use gatehouse_tokens::{
+    AccessTokenValidator, IntrospectionConfig, IntrospectionValidator, JwtValidator,
+    JwtValidatorConfig, TrustedIssuer,
+};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) struct App {
+    pub(crate) router: axum::Router,
+    pub(crate) resource: Resource,
+    pub(crate) guard: Guard,
+    pub(crate) jwt: Option<Arc<JwtValidator>>,
+    pub(crate) cancel: CancellationToken,
+}
+
+/// Builds everything from a validated config. Performs no network I/O.
+pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let resource = cfg.resource()?;
+    let fetcher = Fetcher::new(FetchPolicy {
+        dangerous_allow_loopback: cfg.dangerous.allow_loopback_fetch.clone(),
+        ..FetchPolicy::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let g = &cfg.guard;
+    let issuers: Vec<TrustedIssuer> = g
+        .authorization_servers
+        .iter()
+        .map(|a| TrustedIssuer {
+            issuer: a.issuer.clone(),
+            jwks_uri: a.jwks_uri.clone(),
+        })
+        .collect();
+    let jwt = (!issuers.is_empty()).then(|| {
+        let mut jc = JwtValidatorConfig::new(resource.clone(), issuers);
+        jc.audience_policy = g.audience_policy;
+        jc.strict_typ = g.strict_typ;
+        Arc::new(JwtValidator::new(jc, fetcher.clone(), clock.clone()))
+    });
+    let introspection = g.introspection.as_ref().map(|i| {
+        IntrospectionValidator::new(
+            IntrospectionConfig {
+                endpoint: i.endpoint.0.clone(),
+                client_id: i.client_id.0.clone(),
+                client_secret: SecretString::new(i.client_secret.0.clone()),
+                cache_ttl: Duration::from_secs(i.cache_seconds),
+                issuer: g
+                    .authorization_servers
+                    .first()
+                    .map(|a| a.issuer.as_str().to_owned())
+                    .unwrap_or_default(),
+            },
+            resource.clone(),
+            g.audience_policy,
+            fetcher.clone(),
+            clock.clone(),
+        )
+    });
+    let validator = Arc::new(SharedValidator {
+        jwt: jwt.clone(),
+        rest: AccessTokenValidator {
+            jwt: None,
+            introspection,
+        },
+    });
+    let mut gc = GuardConfig::new(
+        resource.clone(),
+        g.authorization_servers
+            .iter()
+            .map(|a| a.issuer.clone())
+            .collect(),
+    );
+    gc.required_scopes = g.required_scopes.clone();
+    gc.tool_scopes = g.tool_scopes.clone();
+    gc.scopes_supported = g.scopes_supported.clone().unwrap_or_else(|| {
+        g.tool_scopes
+            .values()
+            .fold(g.required_scopes.clone(), |acc, s| acc.union(s))
+    });
+    gc.resource_name = g.resource_name.clone();
+    gc.resource_documentation = g.resource_documentation.clone();
+    gc.ip_allow = g.ip_allow.clone();
+    gc.api_keys = g
+        .api_keys
+        .iter()
+        .map(|k| {
+            let expires_at = k
+                .expires
+                .as_deref()
+                .map(|e| {
+                    time::OffsetDateTime::parse(e, &time::format_description::well_known::Rfc3339)
+                        .map(|t| t.unix_timestamp())
+                        .map_err(|err| format!("api key {}: {err}", k.name))
+                })
+                .transpose()?;
+            if expires_at.is_none() {
+                tracing::warn!(key = %k.name, "API key has no expiry; set `expires` so it cannot live forever");
+            }
+            Ok(ApiKey {
+                name: k.name.clone(),
+                hash: ApiKey::parse_hash(&k.hash.0).map_err(|e| e.to_string())?,
+                scopes: k.scopes.clone(),
+                expires_at,
+                subject: k.subject.clone(),
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    let guard = Guard::new(gc, validator, clock);
+
+    let cancel = CancellationToken::new();
+    let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    if let Some(h) = resource.url().host_str() {
+        hosts.push(h.trim_matches(['[', ']']).to_owned());
+        if let Some(p) = resource.url().port() {
+            hosts.push(format!("{h}:{p}"));
+        }
+    }
+    hosts.extend(cfg.mcp.allowed_hosts.iter().cloned());
+    let mut origins = cfg.mcp.allowed_origins.clone();
+    if dev_origins {
+        origins.extend([
+            "http://localhost:*".to_owned(),
+            "http://127.0.0.1:*".to_owned(),
+        ]);
+    }
+    let mut mcp_cfg = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(hosts)
+        .with_cancellation_token(cancel.clone());
+    mcp_cfg = if origins.is_empty() {
+        // T5: no browser origin is allowed unless configured.
+        mcp_cfg.enforce_origin_validation()
+    } else {
+        mcp_cfg.with_allowed_origins(origins.clone())
+    };
+    let notes = Arc::default();
+    let mcp = StreamableHttpService::new(
+        move || Ok(DemoServer::new(Arc::clone(&notes))),
+        Arc::new(LocalSessionManager::default()),
+        mcp_cfg,
+    );
+    let cors = cors_layer(&origins);
+    let guarded = tower::ServiceBuilder::new()
+        .layer(cors)
+        .layer(guard.layer())
+        .service(mcp);
+    let router = axum::Router::new()
+        .route_service(&cfg.mcp.path, guarded)
+        .merge(guard.metadata_router());
+    Ok(App {
+        router,
+        resource,
+        guard,
+        jwt,
+        cancel,
+    })
+}
+
+/// CORS for browser clients (RS-22, TR-13): preflights answered before the guard, the challenge
+/// and session headers exposed.
+fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName};
+    let allow_origin = if origins.is_empty() {
+        tower_http::cors::AllowOrigin::list(Vec::<http::HeaderValue>::new())
+    } else {
+        let patterns = origins.to_vec();
+        tower_http::cors::AllowOrigin::predicate(move |o, _| {
+            let Ok(o) = o.to_str() else { return false };
+            patterns.iter().any(|p| match p.strip_suffix(":*") {
+                Some(prefix) => {
+                    o == prefix
+                        || o.strip_prefix(prefix).is_some_and(|r| {
+                            r.starts_with(':') && r[1..].bytes().all(|b| b.is_ascii_digit())
+                        })
+                }
+                None => o == p,
+            })
+        })
+    };
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([http::Method::GET, http::Method::POST, http::Method::DELETE])
+        .allow_headers([
+            AUTHORIZATION,
+            CONTENT_TYPE,
+            HeaderName::from_static("mcp-session-id"),
+            HeaderName::from_static("mcp-protocol-version"),
+            HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("mcp-method"),
+            HeaderName::from_static("mcp-name"),
+        ])
+        .expose_headers([
+            http::header::WWW_AUTHENTICATE,
+            HeaderName::from_static("mcp-session-id"),
+        ])
+}
+
+/// The JWT validator is shared with the app (for prefetching keys at start-up).
+struct SharedValidator {
+    jwt: Option<Arc<JwtValidator>>,
+    rest: AccessTokenValidator,
+}
+
+impl gatehouse_tokens::TokenValidator for SharedValidator {
+    fn validate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> gatehouse_tokens::BoxFuture<
+        'a,
+        Result<gatehouse_tokens::Principal, gatehouse_tokens::TokenError>,
+    > {
+        Box::pin(async move {
+            let is_jwt = token.split('.').count() == 3;
+            match (&self.jwt, is_jwt) {
+                (Some(j), true) => j.validate_jwt(token).await,
+                _ => gatehouse_tokens::TokenValidator::validate(&self.rest, token).await,
+            }
+        })
+    }
+}
+
+/// Scopes shown in the dev banner.
+pub(crate) fn describe_scopes(g: &GuardConfig) -> String {
+    let mut lines = vec![format!("{} (every call)", g.required_scopes)];
+    let mut tools: Vec<_> = g.tool_scopes.iter().collect();
+    tools.sort_by(|a, b| a.0.cmp(b.0));
+    for (tool, s) in tools {
+        let extra: ScopeSet = g.required_scopes.missing_from(s);
+        lines.push(format!("{extra} ({tool})"));
+    }
+    lines.join(", ")
+}
+
+/// Serves until SIGTERM/SIGINT, then stops accepting, cancels open MCP streams and exits
+/// (waiting at most 5 s for in-flight requests).
+pub(crate) async fn serve(listener: tokio::net::TcpListener, app: App) -> std::io::Result<()> {
+    let cancel = app.cancel.clone();
+    let shutdown = async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        cancel.cancel();
+    };
+    let server = axum::serve(
+        listener,
+        app.router
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown);
+    let cancelled = app.cancel.clone();
+    tokio::select! {
+        r = server => r,
+        _ = async move { cancelled.cancelled().await; tokio::time::sleep(Duration::from_secs(5)).await } => {
+            tracing::warn!("in-flight requests did not finish within 5 s; exiting");
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

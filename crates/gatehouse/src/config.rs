@@ -1,0 +1,405 @@
+//! The one YAML configuration file. Unknown keys are errors with line and column; secrets come
+//! from the environment through `${env:VAR}` (`$${` writes a literal `${`).
+use gatehouse_core::{AudiencePolicy, Issuer, Resource, ScopeSet};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// A string in which `${env:VAR}` is replaced by the variable's value while parsing, so a missing
+/// variable is reported with the line and column of the value that needs it.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct EnvString(pub(crate) String);
+
+impl std::fmt::Debug for EnvString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // May hold a secret.
+        f.write_str("EnvString(..)")
+    }
+}
+
+pub(crate) fn expand_env(
+    s: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(t) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = t;
+        } else if let Some(t) = tail.strip_prefix("${env:") {
+            let end = t
+                .find('}')
+                .ok_or_else(|| "unterminated ${env:…} reference".to_owned())?;
+            let name = &t[..end];
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(format!("invalid environment variable name {name:?}"));
+            }
+            let v =
+                lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+            out.push_str(&v);
+            rest = &t[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl<'de> Deserialize<'de> for EnvString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        expand_env(&raw, |n| std::env::var(n).ok())
+            .map(EnvString)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    /// Address to bind, e.g. `127.0.0.1:8080`.
+    pub(crate) listen: SocketAddr,
+    /// The origin clients use to reach this server (`https://mcp.example.com`); the protected
+    /// endpoint is this plus `mcp.path`. Defaults to `http://<listen>`.
+    #[serde(default)]
+    pub(crate) public_url: Option<String>,
+    #[serde(default)]
+    pub(crate) log: LogConfig,
+    #[serde(default)]
+    pub(crate) mcp: McpConfig,
+    pub(crate) guard: GuardSection,
+    #[serde(default)]
+    pub(crate) dangerous: Dangerous,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogConfig {
+    #[serde(default)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct McpConfig {
+    #[serde(default = "default_path")]
+    pub(crate) path: String,
+    /// Extra `Host` values accepted (DNS-rebinding protection); the public URL's host is
+    /// always accepted.
+    #[serde(default)]
+    pub(crate) allowed_hosts: Vec<String>,
+    /// Browser origins allowed to call the endpoint; empty allows requests without `Origin` only
+    /// plus same-origin.
+    #[serde(default)]
+    pub(crate) allowed_origins: Vec<String>,
+}
+
+fn default_path() -> String {
+    "/mcp".into()
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            path: default_path(),
+            allowed_hosts: vec![],
+            allowed_origins: vec![],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IssuerEntry {
+    pub(crate) issuer: Issuer,
+    #[serde(default)]
+    pub(crate) jwks_uri: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IntrospectionSection {
+    pub(crate) endpoint: EnvString,
+    pub(crate) client_id: EnvString,
+    pub(crate) client_secret: EnvString,
+    #[serde(default = "default_cache_secs")]
+    pub(crate) cache_seconds: u64,
+}
+
+fn default_cache_secs() -> u64 {
+    60
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApiKeyEntry {
+    pub(crate) name: String,
+    /// `sha256:<hex>` as printed by `gatehouse apikey new`.
+    pub(crate) hash: EnvString,
+    #[serde(default)]
+    pub(crate) scopes: ScopeSet,
+    /// RFC 3339 time after which the key stops working.
+    #[serde(default)]
+    pub(crate) expires: Option<String>,
+    #[serde(default)]
+    pub(crate) subject: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GuardSection {
+    #[serde(default)]
+    pub(crate) authorization_servers: Vec<IssuerEntry>,
+    #[serde(default)]
+    pub(crate) audience_policy: AudiencePolicy,
+    #[serde(default)]
+    pub(crate) strict_typ: bool,
+    #[serde(default)]
+    pub(crate) scopes_supported: Option<ScopeSet>,
+    #[serde(default)]
+    pub(crate) required_scopes: ScopeSet,
+    #[serde(default)]
+    pub(crate) tool_scopes: HashMap<String, ScopeSet>,
+    #[serde(default)]
+    pub(crate) resource_name: Option<String>,
+    #[serde(default)]
+    pub(crate) resource_documentation: Option<String>,
+    #[serde(default)]
+    pub(crate) introspection: Option<IntrospectionSection>,
+    #[serde(default)]
+    pub(crate) api_keys: Vec<ApiKeyEntry>,
+    #[serde(default)]
+    pub(crate) ip_allow: Vec<ipnet::IpNet>,
+}
+
+/// Options that weaken security, off by default and named so in the file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Dangerous {
+    /// Allow fetching metadata/JWKS from these loopback `host:port` authorities over http (a
+    /// local authorization server in development).
+    #[serde(default)]
+    pub(crate) allow_loopback_fetch: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    pub(crate) fn load(path: &str) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub(crate) fn parse(path: &str, text: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = yaml_serde::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    pub(crate) fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+
+    /// The canonical resource URI of the protected endpoint.
+    pub(crate) fn resource(&self) -> Result<Resource, String> {
+        let base = self.public_url();
+        let base = base.trim_end_matches('/');
+        Resource::parse(&format!("{base}{}", self.mcp.path))
+            .map_err(|e| format!("public_url + mcp.path: {e}"))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !self.mcp.path.starts_with('/') || self.mcp.path.contains(['?', '#']) {
+            return Err(format!(
+                "mcp.path {:?} must be a path starting with '/'",
+                self.mcp.path
+            ));
+        }
+        let resource = self.resource()?;
+        if resource.url().scheme() == "http" && !resource.is_loopback() {
+            return Err(format!(
+                "public_url {} is plain http off loopback; use https (terminate TLS in front and set public_url)",
+                self.public_url()
+            ));
+        }
+        let g = &self.guard;
+        if g.authorization_servers.is_empty() && g.api_keys.is_empty() && g.introspection.is_none()
+        {
+            return Err("guard: configure authorization_servers, introspection or api_keys; nothing could authenticate".into());
+        }
+        for a in &g.authorization_servers {
+            let loopback_ok = self
+                .dangerous
+                .allow_loopback_fetch
+                .iter()
+                .any(|x| a.issuer.url().host_str().is_some_and(|h| x.starts_with(h)));
+            if a.issuer.url().scheme() != "https" && !loopback_ok {
+                return Err(format!(
+                    "guard.authorization_servers: issuer {} is not https (a loopback development issuer needs dangerous.allow_loopback_fetch)",
+                    a.issuer
+                ));
+            }
+        }
+        for (name, scopes) in &g.tool_scopes {
+            if scopes.is_empty() {
+                return Err(format!("guard.tool_scopes.{name}: empty scope list"));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for k in &g.api_keys {
+            if !names.insert(&k.name) {
+                return Err(format!("guard.api_keys: duplicate name {:?}", k.name));
+            }
+            gatehouse_guard::ApiKey::parse_hash(&k.hash.0)
+                .map_err(|e| format!("guard.api_keys.{}.hash: {e}", k.name))?;
+            if let Some(e) = &k.expires {
+                time::OffsetDateTime::parse(e, &time::format_description::well_known::Rfc3339)
+                    .map_err(|err| {
+                        format!(
+                            "guard.api_keys.{}.expires: {e:?} is not an RFC 3339 time: {err}",
+                            k.name
+                        )
+                    })?;
+            }
+        }
+        for s in g.scopes_supported.iter().flat_map(|s| s.iter()) {
+            let s = s.as_str();
+            if s == "*" || s == "all" || s == "full-access" || s == "offline_access" {
+                return Err(format!(
+                    "guard.scopes_supported: {s:?} must not be advertised (RS-20)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "listen: 127.0.0.1:8080\nguard:\n  authorization_servers:\n    - issuer: https://auth.example.com\n  required_scopes: [mcp:basic]\n";
+
+    #[test]
+    fn minimal_config_parses() {
+        let c = Config::parse("t.yaml", MIN).expect("valid");
+        assert_eq!(
+            c.resource().expect("resource").as_str(),
+            "http://127.0.0.1:8080/mcp"
+        );
+        assert_eq!(c.guard.required_scopes.to_string(), "mcp:basic");
+    }
+
+    #[test]
+    fn unknown_keys_rejected_with_line_and_column() {
+        let text = format!("{MIN}  requierd_scopes: [x]\n");
+        let e = Config::parse("t.yaml", &text)
+            .expect_err("unknown key")
+            .to_string();
+        assert!(e.contains("requierd_scopes"), "{e}");
+        assert!(e.contains("line 6"), "{e}");
+        assert!(e.contains("column"), "{e}");
+    }
+
+    #[test]
+    fn env_expansion() {
+        let get = |n: &str| (n == "SECRET").then(|| "s3cr$t".to_owned());
+        assert_eq!(expand_env("a${env:SECRET}b", get).expect("ok"), "as3cr$tb");
+        assert_eq!(
+            expand_env("$${env:SECRET}", get).expect("ok"),
+            "${env:SECRET}"
+        );
+        assert_eq!(expand_env("cost: $5", get).expect("ok"), "cost: $5");
+        assert!(
+            expand_env("${env:MISSING}", get)
+                .expect_err("missing")
+                .contains("MISSING")
+        );
+        assert!(expand_env("${env:BAD NAME}", get).is_err());
+        assert!(expand_env("${env:SECRET", get).is_err());
+    }
+
+    #[test]
+    fn missing_env_var_reported_with_location() {
+        let text = format!(
+            "{MIN}  introspection:\n    endpoint: https://auth.example.com/introspect\n    client_id: rs\n    client_secret: ${{env:GATEHOUSE_TEST_UNSET_VAR}}\n"
+        );
+        let e = Config::parse("t.yaml", &text)
+            .expect_err("unset var")
+            .to_string();
+        assert!(e.contains("GATEHOUSE_TEST_UNSET_VAR is not set"), "{e}");
+        assert!(e.contains("line 9"), "{e}");
+    }
+
+    #[test]
+    fn each_mistake_has_a_clear_error() {
+        for (text, needle) in [
+            (
+                "listen: nope\nguard: {authorization_servers: [{issuer: https://a.example}]}\n",
+                "listen",
+            ),
+            (
+                "listen: 127.0.0.1:1\nguard: {}\n",
+                "nothing could authenticate",
+            ),
+            (
+                "listen: 127.0.0.1:1\nguard: {authorization_servers: [{issuer: http://a.example}]}\n",
+                "not https",
+            ),
+            (
+                "listen: 127.0.0.1:1\nguard: {authorization_servers: [{issuer: 'https://a.example#x'}]}\n",
+                "fragment",
+            ),
+            (
+                "listen: 127.0.0.1:1\npublic_url: http://mcp.example.com\nguard: {authorization_servers: [{issuer: https://a.example}]}\n",
+                "plain http off loopback",
+            ),
+            (
+                "listen: 127.0.0.1:1\nguard: {api_keys: [{name: a, hash: 'sha256:00'}]}\n",
+                "64 hex",
+            ),
+            (
+                "listen: 127.0.0.1:1\nguard: {authorization_servers: [{issuer: https://a.example}], scopes_supported: ['*']}\n",
+                "RS-20",
+            ),
+            (
+                "listen: 127.0.0.1:1\nguard: {authorization_servers: [{issuer: https://a.example}], required_scopes: 'a\"b'}\n",
+                "invalid scope",
+            ),
+            (
+                "listen: 127.0.0.1:1\nmcp: {path: mcp}\nguard: {authorization_servers: [{issuer: https://a.example}]}\n",
+                "mcp.path",
+            ),
+        ] {
+            let e = Config::parse("t.yaml", text).expect_err(text).to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+}

@@ -1,0 +1,59 @@
+// A real, unmodified oidc-provider as the external authorization server for interop tests and
+// `scripts/dev`. Resource indicators on, JWT access tokens (ES256) audience-bound to the requested
+// resource, client_credentials for the test client. A fresh signing key (new kid) at every start,
+// so restarting it is a key rotation.
+//
+// usage: node oidc-provider.mjs PORT
+import Provider from 'oidc-provider';
+import { generateKeyPair, exportJWK } from 'jose';
+import { randomUUID } from 'node:crypto';
+
+const port = Number(process.argv[2] || 4000);
+const issuer = `http://127.0.0.1:${port}`;
+const SCOPES = 'mcp:basic notes:write';
+
+const { privateKey } = await generateKeyPair('ES256', { extractable: true });
+const jwk = { ...(await exportJWK(privateKey)), kid: randomUUID(), alg: 'ES256', use: 'sig' };
+
+const provider = new Provider(issuer, {
+  clients: [
+    {
+      client_id: 'gatehouse-interop',
+      client_secret: 'interop-secret-not-for-production',
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+      scope: SCOPES,
+      // Only an ES256 key exists, so every signed response uses it.
+      id_token_signed_response_alg: 'ES256',
+    },
+  ],
+  jwks: { keys: [jwk] },
+  scopes: SCOPES.split(' '),
+  features: {
+    clientCredentials: { enabled: true },
+    introspection: { enabled: true },
+    revocation: { enabled: true },
+    devInteractions: { enabled: false },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => undefined,
+      useGrantedResource: () => true,
+      getResourceServerInfo: (_ctx, resourceIndicator) => ({
+        scope: SCOPES,
+        audience: resourceIndicator,
+        accessTokenTTL: 300,
+        accessTokenFormat: 'jwt',
+        jwt: { sign: { alg: 'ES256' } },
+      }),
+    },
+  },
+});
+provider.proxy = false;
+const server = provider.listen(port, '127.0.0.1', () => {
+  console.log(`READY ${issuer} kid=${jwk.kid}`);
+});
+for (const sig of ['SIGTERM', 'SIGINT']) {
+  process.on(sig, () => server.close(() => process.exit(0)));
+}
