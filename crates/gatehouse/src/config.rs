@@ -355,7 +355,11 @@ mod tests {
             .expect_err("unset var")
             .to_string();
         assert!(e.contains("GATEHOUSE_TEST_UNSET_VAR is not set"), "{e}");
-        assert!(e.contains("line 9"), "{e}");
+        // yaml_serde places custom errors at the enclosing mapping, with its key path.
+        assert!(
+            e.contains("guard.introspection") && e.contains("line 7"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,0 +1,133 @@
+//! The binary's other commands: `serve --config` with API keys and `${env:}` secrets,
+//! `config check`, `apikey new`, and `dev`'s argument errors.
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run gatehouse");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_api_keys_from_the_environment() {
+    let (code, key, err) = run(gatehouse().args([
+        "apikey",
+        "new",
+        "--name",
+        "ci",
+        "--scopes",
+        "mcp:basic",
+        "--days",
+        "7",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let key = key.trim().to_owned();
+    assert!(key.starts_with("ghk_"));
+    let hash = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("hash: "))
+        .expect("hash line")
+        .trim_matches('"')
+        .to_owned();
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("gatehouse-serve-{port}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\n  tool_scopes:\n    notes_add: [notes:write]\n  api_keys:\n    - name: ci\n      hash: ${{env:GH_TEST_KEY_HASH}}\n      scopes: [mcp:basic]\n      expires: \"2099-01-01T00:00:00Z\"\n"
+        ),
+    )
+    .expect("write config");
+    let (code, out, err) = run(gatehouse()
+        .env("GH_TEST_KEY_HASH", &hash)
+        .args(["config", "check"])
+        .arg(&cfg));
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = run(gatehouse()
+        .env_remove("GH_TEST_KEY_HASH")
+        .args(["config", "check"])
+        .arg(&cfg));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("GH_TEST_KEY_HASH is not set") && err.contains("line 7"),
+        "{err}"
+    );
+
+    let mut cmd = gatehouse();
+    cmd.env("GH_TEST_KEY_HASH", &hash)
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg);
+    let mut p = Proc::start(cmd, "ready");
+    let endpoint = format!("http://127.0.0.1:{port}/mcp");
+    let http = reqwest::Client::new();
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let r = http
+        .post(&endpoint)
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let r = http
+        .post(&endpoint)
+        .bearer_auth(format!("{key}x"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 401);
+    // T5: a browser page on another origin is refused even with a valid key.
+    let r = http
+        .post(&endpoint)
+        .bearer_auth(&key)
+        .header("origin", "https://evil.example")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 403);
+    assert!(p.terminate(10).expect("exits").success());
+    let logs = p.all_output();
+    assert!(logs.contains("key:ci"), "access log names the key");
+    assert!(!logs.contains(&key), "the key never appears in logs");
+}
+
+#[test]
+fn config_check_reports_unknown_keys_with_location() {
+    let dir = std::env::temp_dir().join(format!("gatehouse-cfg-{}", free_port()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("bad.yaml");
+    std::fs::write(&cfg, "listen: 127.0.0.1:1\nguard:\n  authorization_servers: [{issuer: https://a.example}]\n  scope_typo: [x]\n").expect("write");
+    let (code, _, err) = run(gatehouse().args(["config", "check"]).arg(&cfg));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("scope_typo") && err.contains("line 4"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dev_argument_errors_are_clear() {
+    let (code, _, err) = run(gatehouse().args(["dev", "--listen", "127.0.0.1:0"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("--issuer"), "{err}");
+    let (code, _, err) =
+        run(gatehouse().args(["dev", "--listen", "127.0.0.1:0", "--issuer", "ftp://x"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("--issuer"), "{err}");
+}

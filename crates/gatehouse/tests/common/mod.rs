@@ -1,0 +1,171 @@
+//! Process fixtures for end-to-end tests: the real `gatehouse` binary and real peers from npm.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test fixtures fail loudly"
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+pub const CLIENT_ID: &str = "gatehouse-interop";
+pub const CLIENT_SECRET: &str = "interop-secret-not-for-production";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A child process killed on drop, with its output captured.
+pub struct Proc {
+    pub child: Child,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+fn pump(
+    r: impl std::io::Read + Send + 'static,
+    sink: Arc<Mutex<Vec<String>>>,
+    tx: Option<mpsc::Sender<String>>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if let Some(tx) = &tx {
+                let _ = tx.send(line.clone());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+}
+
+impl Proc {
+    /// Starts `cmd` and waits until a stdout line contains `ready`.
+    pub fn start(mut cmd: Command, ready: &str) -> Proc {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let (tx, rx) = mpsc::channel();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        pump(child.stdout.take().unwrap(), stdout.clone(), Some(tx));
+        pump(child.stderr.take().unwrap(), stderr.clone(), None);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(ready) => break,
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "{cmd:?} did not print {ready:?}\nstdout: {:?}\nstderr: {:?}",
+                        stdout.lock().unwrap(),
+                        stderr.lock().unwrap()
+                    );
+                }
+            }
+        }
+        Proc {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn all_output(&self) -> String {
+        let mut s = self.stdout.lock().unwrap().join("\n");
+        s.push('\n');
+        s.push_str(&self.stderr.lock().unwrap().join("\n"));
+        s
+    }
+
+    /// SIGTERM, then the exit status (waiting at most `secs`).
+    pub fn terminate(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The real `oidc-provider` from npm (installed by `scripts/setup`), on `port`.
+pub fn oidc_provider(port: u16) -> Proc {
+    let dir = repo_root().join("interop");
+    assert!(
+        dir.join("node_modules/oidc-provider").exists(),
+        "oidc-provider is not installed: run scripts/setup (the README's test command does)"
+    );
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&dir)
+        .arg("oidc-provider.mjs")
+        .arg(port.to_string());
+    Proc::start(cmd, "READY")
+}
+
+pub fn gatehouse() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+}
+
+/// `gatehouse dev` on a free port trusting `issuer`; returns the process and the endpoint URL.
+pub fn gatehouse_dev(issuer: &str) -> (Proc, String) {
+    let port = free_port();
+    let mut cmd = gatehouse();
+    let data = std::env::temp_dir().join(format!("gatehouse-dev-{port}"));
+    cmd.args([
+        "dev",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--issuer",
+        issuer,
+    ])
+    .arg("--data-dir")
+    .arg(&data);
+    (
+        Proc::start(cmd, "ready"),
+        format!("http://127.0.0.1:{port}/mcp"),
+    )
+}
+
+/// A client_credentials token from oidc-provider for `resource` with `scope`.
+pub async fn cc_token(issuer: &str, resource: &str, scope: &str) -> String {
+    let resp = reqwest::Client::new()
+        .post(format!("{issuer}/token"))
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", scope),
+            ("resource", resource),
+        ])
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(resp.status(), 200, "token endpoint refused");
+    let v: serde_json::Value = resp.json().await.expect("token json");
+    v["access_token"].as_str().expect("access_token").to_owned()
+}
