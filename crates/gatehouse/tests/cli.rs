@@ -131,3 +131,16 @@ fn dev_argument_errors_are_clear() {
     assert_eq!(code, 2);
     assert!(err.contains("--issuer"), "{err}");
 }
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = repo_root().join("examples/guard.yaml");
+    let (code, out, err) = run(gatehouse()
+        .env(
+            "GATEHOUSE_CI_KEY_HASH",
+            format!("sha256:{}", "ab".repeat(32)),
+        )
+        .args(["config", "check"])
+        .arg(&example));
+    assert_eq!(code, 0, "{out}{err}");
+}
