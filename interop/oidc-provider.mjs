@@ -1,6 +1,7 @@
 // A real, unmodified oidc-provider as the external authorization server for interop tests and
 // `scripts/dev`. Resource indicators on, JWT access tokens (ES256) audience-bound to the requested
-// resource, client_credentials for the test client. A fresh signing key (new kid) at every start,
+// resource (opaque ones for resources ending in /opaque-mcp), client_credentials for the test client,
+// introspection and revocation. A fresh signing key (new kid) at every start,
 // so restarting it is a key rotation.
 //
 // usage: node oidc-provider.mjs PORT
@@ -28,6 +29,16 @@ const provider = new Provider(issuer, {
       // Only an ES256 key exists, so every signed response uses it.
       id_token_signed_response_alg: 'ES256',
     },
+    {
+      // The resource server's own credentials, for RFC 7662 introspection.
+      client_id: 'gatehouse-rs',
+      client_secret: 'rs-secret-not-for-production',
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+      id_token_signed_response_alg: 'ES256',
+    },
   ],
   jwks: { keys: [jwk] },
   scopes: SCOPES.split(' '),
@@ -44,7 +55,8 @@ const provider = new Provider(issuer, {
         scope: SCOPES,
         audience: resourceIndicator,
         accessTokenTTL: 300,
-        accessTokenFormat: 'jwt',
+        // Resources whose path ends in /opaque-mcp get opaque tokens (validated by introspection).
+        accessTokenFormat: resourceIndicator.endsWith('/opaque-mcp') ? 'opaque' : 'jwt',
         jwt: { sign: { alg: 'ES256' } },
       }),
     },

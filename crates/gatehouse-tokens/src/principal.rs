@@ -36,12 +36,22 @@ impl Principal {
         claims: Map<String, Value>,
         source: PrincipalSource,
     ) -> Result<Self, crate::TokenError> {
-        let subject = claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .ok_or(crate::TokenError::MissingClaim("sub"))?
-            .to_owned();
+        let non_empty = |n: &str| {
+            claims
+                .get(n)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        };
+        // RFC 7662 makes `sub` optional; a machine (client_credentials) token's subject is then
+        // its client. JWT access tokens must carry `sub` (RFC 9068).
+        let subject = match (non_empty("sub"), &source) {
+            (Some(s), _) => s,
+            (None, PrincipalSource::Introspection) => {
+                non_empty("client_id").ok_or(crate::TokenError::MissingClaim("sub"))?
+            }
+            (None, _) => return Err(crate::TokenError::MissingClaim("sub")),
+        }
+        .to_owned();
         let scopes = scopes_of(&claims)?;
         let str_claim = |names: &[&str]| {
             names

@@ -99,6 +99,59 @@ async fn oidc_provider_end_to_end() {
     assert_eq!(c.scope.expect("scope").to_string(), "mcp:basic");
     assert_eq!(c.resource_metadata.as_deref(), Some(prm_url.as_str()));
 
+    // RS-22 / TR-13: a browser client on an allowed origin (dev allows loopback origins) can
+    // preflight and read the challenge; another origin gets no CORS grant.
+    let pre = http
+        .request(reqwest::Method::OPTIONS, &endpoint)
+        .header("origin", "http://localhost:6274")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type,mcp-protocol-version",
+        )
+        .send()
+        .await
+        .expect("preflight");
+    assert!(pre.status().is_success(), "preflight {}", pre.status());
+    assert_eq!(
+        pre.headers()["access-control-allow-origin"],
+        "http://localhost:6274"
+    );
+    let allowed = pre.headers()["access-control-allow-headers"]
+        .to_str()
+        .expect("ascii")
+        .to_ascii_lowercase();
+    assert!(
+        allowed.contains("authorization") && allowed.contains("mcp-protocol-version"),
+        "{allowed}"
+    );
+    let r = http
+        .post(&endpoint)
+        .header("origin", "http://localhost:6274")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 401);
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .expect("ascii")
+        .to_ascii_lowercase();
+    assert!(
+        exposed.contains("www-authenticate") && exposed.contains("mcp-session-id"),
+        "{exposed}"
+    );
+    let r = http
+        .post(&endpoint)
+        .header("origin", "https://evil.example")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .expect("send");
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+
     // Right audience and scopes: a real MCP client lists and calls tools.
     let full = cc_token(&issuer, &endpoint, "mcp:basic notes:write").await;
     tokens.push(full.clone());
@@ -191,4 +244,70 @@ async fn oidc_provider_end_to_end() {
         let sig = t.rsplit('.').next().expect("sig");
         assert!(!out.contains(sig), "a token signature appeared in the logs");
     }
+}
+
+/// RS-18: opaque tokens validated by RFC 7662 introspection at the real oidc-provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_provider_introspection() {
+    let as_port = free_port();
+    let issuer = format!("http://127.0.0.1:{as_port}");
+    let _idp = oidc_provider(as_port);
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}/opaque-mcp");
+    let dir = std::env::temp_dir().join(format!("gatehouse-introspect-{port}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:{port}\nmcp: {{path: /opaque-mcp}}\nguard:\n  authorization_servers: [{{issuer: '{issuer}'}}]\n  required_scopes: [mcp:basic]\n  introspection:\n    endpoint: {issuer}/token/introspection\n    client_id: gatehouse-rs\n    client_secret: ${{env:GH_TEST_RS_SECRET}}\n    cache_seconds: 0\ndangerous:\n  allow_loopback_fetch: ['127.0.0.1:{as_port}']\n"
+        ),
+    )
+    .expect("config");
+    let mut cmd = gatehouse();
+    cmd.env("GH_TEST_RS_SECRET", "rs-secret-not-for-production")
+        .args(["serve", "--config"])
+        .arg(&cfg);
+    let gh = Proc::start(cmd, "ready");
+
+    let opaque = cc_token(&issuer, &endpoint, "mcp:basic").await;
+    assert_eq!(
+        opaque.split('.').count(),
+        1,
+        "oidc-provider issued an opaque token"
+    );
+    let client = mcp_client(&endpoint, &opaque).await;
+    let me = call(&client, "whoami", json!({})).await;
+    assert_eq!(me["authenticated_by"], "introspection");
+    assert_eq!(me["subject"], CLIENT_ID);
+    client.cancel().await.expect("close");
+
+    // Minted for another resource: introspection says active, but the audience is foreign.
+    let foreign = cc_token(&issuer, "http://127.0.0.1:1/opaque-mcp", "mcp:basic").await;
+    let r = raw_call(&endpoint, &foreign, "echo").await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(challenge(&r).error, Some(BearerError::InvalidToken));
+    // Unknown to the AS: {"active": false}.
+    let r = raw_call(&endpoint, "bm90LWEtcmVhbC10b2tlbg", "echo").await;
+    assert_eq!(r.status(), 401);
+    // Revoked at the AS: refused on the next request (cache disabled in this config).
+    let rev = reqwest::Client::new()
+        .post(format!("{issuer}/token/revocation"))
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&[("token", opaque.as_str())])
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(rev.status(), 200);
+    let r = raw_call(&endpoint, &opaque, "echo").await;
+    assert_eq!(r.status(), 401, "revoked token refused");
+    let logs = gh.all_output();
+    assert!(
+        !logs.contains(&opaque) && !logs.contains(&foreign),
+        "tokens never logged"
+    );
+    assert!(
+        !logs.contains("rs-secret-not-for-production"),
+        "secrets never logged"
+    );
 }
