@@ -1,0 +1,473 @@
+//! Store operations, each written once for both backends.
+use crate::*;
+
+#[derive(sqlx::FromRow)]
+struct ClientRow {
+    client_id: String,
+    secret_hash: Option<String>,
+    auth_method: String,
+    redirect_uris: String,
+    grant_types: String,
+    client_name: Option<String>,
+    scope: Option<String>,
+    source: String,
+    application_type: Option<String>,
+    metadata: String,
+    created_at: i64,
+}
+
+impl TryFrom<ClientRow> for ClientRecord {
+    type Error = StoreError;
+    fn try_from(r: ClientRow) -> Result<Self, StoreError> {
+        fn json<T: serde::de::DeserializeOwned>(
+            id: &str,
+            s: &str,
+            what: &str,
+        ) -> Result<T, StoreError> {
+            serde_json::from_str(s)
+                .map_err(|e| StoreError::Corrupt(format!("client {id}: {what}: {e}")))
+        }
+        Ok(ClientRecord {
+            redirect_uris: json(&r.client_id, &r.redirect_uris, "redirect_uris")?,
+            grant_types: json(&r.client_id, &r.grant_types, "grant_types")?,
+            metadata: json(&r.client_id, &r.metadata, "metadata")?,
+            source: ClientSource::parse(&r.source).ok_or_else(|| {
+                StoreError::Corrupt(format!("client {}: source {}", r.client_id, r.source))
+            })?,
+            client_id: r.client_id,
+            secret_hash: r.secret_hash,
+            auth_method: r.auth_method,
+            client_name: r.client_name,
+            scope: r.scope,
+            application_type: r.application_type,
+            created_at: r.created_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    username: String,
+    subject: String,
+    password_hash: String,
+    disabled: i64,
+    created_at: i64,
+}
+
+impl From<UserRow> for UserRecord {
+    fn from(r: UserRow) -> Self {
+        UserRecord {
+            username: r.username,
+            subject: r.subject,
+            password_hash: r.password_hash,
+            disabled: r.disabled != 0,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ConsentRow {
+    subject: String,
+    client_id: String,
+    scope: String,
+    granted_at: i64,
+}
+
+const CLIENT_COLS: &str = "client_id, secret_hash, auth_method, redirect_uris, grant_types, client_name, scope, source, application_type, metadata, created_at";
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+impl Store {
+    // ---- clients ----------------------------------------------------------------------------
+
+    /// Inserts a client; `Conflict` if the id exists.
+    pub async fn insert_client(&self, c: &ClientRecord) -> Result<(), StoreError> {
+        let uris = serde_json::to_string(&c.redirect_uris)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let grants = serde_json::to_string(&c.grant_types)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let meta = c.metadata.to_string();
+        let r = with_pool!(self, p => sqlx::query(
+            "INSERT INTO clients (client_id, secret_hash, auth_method, redirect_uris, grant_types, client_name, scope, source, application_type, metadata, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)")
+            .bind(&c.client_id).bind(&c.secret_hash).bind(&c.auth_method).bind(&uris).bind(&grants)
+            .bind(&c.client_name).bind(&c.scope).bind(c.source.as_str()).bind(&c.application_type)
+            .bind(&meta).bind(c.created_at)
+            .execute(p).await.map(|_| ()));
+        r.map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("client {}", c.client_id))
+            } else {
+                e.into()
+            }
+        })
+    }
+
+    /// Inserts or replaces a client (used for refreshed metadata documents and admin updates).
+    pub async fn upsert_client(&self, c: &ClientRecord) -> Result<(), StoreError> {
+        let uris = serde_json::to_string(&c.redirect_uris)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let grants = serde_json::to_string(&c.grant_types)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let meta = c.metadata.to_string();
+        with_pool!(self, p => sqlx::query(
+            "INSERT INTO clients (client_id, secret_hash, auth_method, redirect_uris, grant_types, client_name, scope, source, application_type, metadata, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)
+             ON CONFLICT (client_id) DO UPDATE SET secret_hash = excluded.secret_hash, auth_method = excluded.auth_method,
+               redirect_uris = excluded.redirect_uris, grant_types = excluded.grant_types, client_name = excluded.client_name,
+               scope = excluded.scope, source = excluded.source, application_type = excluded.application_type, metadata = excluded.metadata")
+            .bind(&c.client_id).bind(&c.secret_hash).bind(&c.auth_method).bind(&uris).bind(&grants)
+            .bind(&c.client_name).bind(&c.scope).bind(c.source.as_str()).bind(&c.application_type)
+            .bind(&meta).bind(c.created_at)
+            .execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn get_client(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        let row: Option<ClientRow> = with_pool!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {CLIENT_COLS} FROM clients WHERE client_id = $1")))
+            .bind(client_id).fetch_optional(p).await)?;
+        row.map(ClientRecord::try_from).transpose()
+    }
+
+    pub async fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        let rows: Vec<ClientRow> = with_pool!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {CLIENT_COLS} FROM clients ORDER BY created_at, client_id")))
+            .fetch_all(p).await)?;
+        rows.into_iter().map(ClientRecord::try_from).collect()
+    }
+
+    /// Deletes a client and revokes everything it holds. Returns whether it existed.
+    pub async fn delete_client(&self, client_id: &str, now: i64) -> Result<bool, StoreError> {
+        with_tx!(self, tx => {
+            let n = sqlx::query("DELETE FROM clients WHERE client_id = $1").bind(client_id).execute(&mut *tx).await?.rows_affected();
+            sqlx::query("UPDATE grants SET revoked_at = $1 WHERE client_id = $2 AND revoked_at IS NULL").bind(now).bind(client_id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM consents WHERE client_id = $1").bind(client_id).execute(&mut *tx).await?;
+            Ok::<_, StoreError>(n > 0)
+        })
+    }
+
+    // ---- users ------------------------------------------------------------------------------
+
+    pub async fn insert_user(&self, u: &UserRecord) -> Result<(), StoreError> {
+        let r = with_pool!(self, p => sqlx::query("INSERT INTO users (username, subject, password_hash, disabled, created_at) VALUES ($1,$2,$3,$4,$5)")
+            .bind(&u.username).bind(&u.subject).bind(&u.password_hash).bind(i64::from(u.disabled)).bind(u.created_at)
+            .execute(p).await.map(|_| ()));
+        r.map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("user {}", u.username))
+            } else {
+                e.into()
+            }
+        })
+    }
+
+    pub async fn set_password(
+        &self,
+        username: &str,
+        password_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let n = with_pool!(self, p => sqlx::query("UPDATE users SET password_hash = $1 WHERE username = $2")
+            .bind(password_hash).bind(username).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(n > 0)
+    }
+
+    pub async fn get_user(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        let row: Option<UserRow> = with_pool!(self, p => sqlx::query_as("SELECT username, subject, password_hash, disabled, created_at FROM users WHERE username = $1")
+            .bind(username).fetch_optional(p).await)?;
+        Ok(row.map(UserRecord::from))
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let rows: Vec<UserRow> = with_pool!(self, p => sqlx::query_as("SELECT username, subject, password_hash, disabled, created_at FROM users ORDER BY username")
+            .fetch_all(p).await)?;
+        Ok(rows.into_iter().map(UserRecord::from).collect())
+    }
+
+    /// Deletes a user, their sessions and consents, and revokes their grants.
+    pub async fn delete_user(&self, username: &str, now: i64) -> Result<bool, StoreError> {
+        let Some(u) = self.get_user(username).await? else {
+            return Ok(false);
+        };
+        with_tx!(self, tx => {
+            sqlx::query("DELETE FROM users WHERE username = $1").bind(username).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM sessions WHERE subject = $1").bind(&u.subject).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM consents WHERE subject = $1").bind(&u.subject).execute(&mut *tx).await?;
+            sqlx::query("UPDATE grants SET revoked_at = $1 WHERE subject = $2 AND revoked_at IS NULL").bind(now).bind(&u.subject).execute(&mut *tx).await?;
+            Ok::<_, StoreError>(true)
+        })
+    }
+
+    // ---- consent ----------------------------------------------------------------------------
+
+    /// Consent is per user **and** per client (T1): never shared across clients.
+    pub async fn get_consent(
+        &self,
+        subject: &str,
+        client_id: &str,
+    ) -> Result<Option<ConsentRecord>, StoreError> {
+        let row: Option<ConsentRow> = with_pool!(self, p => sqlx::query_as("SELECT subject, client_id, scope, granted_at FROM consents WHERE subject = $1 AND client_id = $2")
+            .bind(subject).bind(client_id).fetch_optional(p).await)?;
+        Ok(row.map(|r| ConsentRecord {
+            subject: r.subject,
+            client_id: r.client_id,
+            scope: r.scope,
+            granted_at: r.granted_at,
+        }))
+    }
+
+    pub async fn put_consent(&self, c: &ConsentRecord) -> Result<(), StoreError> {
+        with_pool!(self, p => sqlx::query("INSERT INTO consents (subject, client_id, scope, granted_at) VALUES ($1,$2,$3,$4)
+            ON CONFLICT (subject, client_id) DO UPDATE SET scope = excluded.scope, granted_at = excluded.granted_at")
+            .bind(&c.subject).bind(&c.client_id).bind(&c.scope).bind(c.granted_at).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    // ---- grants, codes, refresh tokens --------------------------------------------------------
+
+    pub async fn get_grant(&self, grant_id: &str) -> Result<Option<GrantRecord>, StoreError> {
+        Ok(
+            with_pool!(self, p => sqlx::query_as("SELECT grant_id, subject, client_id, scope, resource, created_at, revoked_at FROM grants WHERE grant_id = $1")
+            .bind(grant_id).fetch_optional(p).await)?,
+        )
+    }
+
+    pub async fn revoke_grant(&self, grant_id: &str, now: i64) -> Result<bool, StoreError> {
+        let n = with_pool!(self, p => sqlx::query("UPDATE grants SET revoked_at = $1 WHERE grant_id = $2 AND revoked_at IS NULL")
+            .bind(now).bind(grant_id).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(n > 0)
+    }
+
+    /// Revokes every grant of a subject (optionally only for one client). Returns how many.
+    pub async fn revoke_grants_of(
+        &self,
+        subject: &str,
+        client_id: Option<&str>,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        Ok(
+            with_pool!(self, p => sqlx::query("UPDATE grants SET revoked_at = $1 WHERE subject = $2 AND ($3 IS NULL OR client_id = $3) AND revoked_at IS NULL")
+            .bind(now).bind(subject).bind(client_id).execute(p).await.map(|r| r.rows_affected()))?,
+        )
+    }
+
+    /// Stores a new grant and its authorization code together.
+    pub async fn insert_grant_with_code(
+        &self,
+        g: &GrantRecord,
+        c: &CodeRecord,
+    ) -> Result<(), StoreError> {
+        with_tx!(self, tx => {
+            sqlx::query("INSERT INTO grants (grant_id, subject, client_id, scope, resource, created_at, revoked_at) VALUES ($1,$2,$3,$4,$5,$6,NULL)")
+                .bind(&g.grant_id).bind(&g.subject).bind(&g.client_id).bind(&g.scope).bind(&g.resource).bind(g.created_at)
+                .execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO auth_codes (code_hash, grant_id, client_id, redirect_uri, code_challenge, scope, resource, subject, auth_time, expires_at, used_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,NULL)")
+                .bind(&c.code_hash).bind(&c.grant_id).bind(&c.client_id).bind(&c.redirect_uri).bind(&c.code_challenge)
+                .bind(&c.scope).bind(&c.resource).bind(&c.subject).bind(c.auth_time).bind(c.expires_at)
+                .execute(&mut *tx).await?;
+            Ok::<_, StoreError>(())
+        })
+    }
+
+    /// Stores a grant without a code (client_credentials, token exchange).
+    pub async fn insert_grant(&self, g: &GrantRecord) -> Result<(), StoreError> {
+        with_pool!(self, p => sqlx::query("INSERT INTO grants (grant_id, subject, client_id, scope, resource, created_at, revoked_at) VALUES ($1,$2,$3,$4,$5,$6,NULL)")
+            .bind(&g.grant_id).bind(&g.subject).bind(&g.client_id).bind(&g.scope).bind(&g.resource).bind(g.created_at)
+            .execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Marks a code used, exactly once, and stores the refresh token `issue` builds from it, in
+    /// one transaction. A second redemption revokes the grant the first one issued (AS-08).
+    /// `check` runs on the fresh record before anything is issued; if it fails, nothing changes.
+    pub async fn redeem_code<E>(
+        &self,
+        code_hash: &str,
+        now: i64,
+        check: impl FnOnce(&CodeRecord) -> Result<Option<RefreshRecord>, E>,
+    ) -> Result<Result<Redeemed, E>, StoreError> {
+        with_tx!(self, tx => async {
+            let row: Option<CodeRecord> = sqlx::query_as("SELECT code_hash, grant_id, client_id, redirect_uri, code_challenge, scope, resource, subject, auth_time, expires_at, used_at FROM auth_codes WHERE code_hash = $1")
+                .bind(code_hash).fetch_optional(&mut *tx).await?;
+            let Some(c) = row else { return Ok(Ok(Redeemed::Unknown)) };
+            let replayed = |grant_id: String| Ok(Ok(Redeemed::Replayed { grant_id }));
+            if c.used_at.is_some() {
+                sqlx::query("UPDATE grants SET revoked_at = $1 WHERE grant_id = $2 AND revoked_at IS NULL").bind(now).bind(&c.grant_id).execute(&mut *tx).await?;
+                return replayed(c.grant_id);
+            }
+            if c.expires_at <= now {
+                return Ok(Ok(Redeemed::Expired));
+            }
+            let refresh = match check(&c) {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(e)),
+            };
+            // Conditional: of two concurrent redemptions exactly one marks the code.
+            let marked = sqlx::query("UPDATE auth_codes SET used_at = $1 WHERE code_hash = $2 AND used_at IS NULL").bind(now).bind(code_hash).execute(&mut *tx).await?.rows_affected();
+            if marked != 1 {
+                sqlx::query("UPDATE grants SET revoked_at = $1 WHERE grant_id = $2 AND revoked_at IS NULL").bind(now).bind(&c.grant_id).execute(&mut *tx).await?;
+                return replayed(c.grant_id);
+            }
+            if let Some(r) = refresh {
+                sqlx::query("INSERT INTO refresh_tokens (token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count) VALUES ($1,$2,$3,$4,$5,$6,NULL,0)")
+                    .bind(&r.token_hash).bind(&r.grant_id).bind(&r.client_id).bind(&r.scope).bind(&r.resource).bind(r.expires_at)
+                    .execute(&mut *tx).await?;
+            }
+            Ok::<_, StoreError>(Ok(Redeemed::Fresh(CodeRecord { used_at: Some(now), ..c })))
+        }.await)
+    }
+
+    /// Rotates a refresh token (AS-29, T9): the presented token is marked rotated and `issue`'s
+    /// token stored. A rotated token presented again within `grace` seconds is accepted once more
+    /// (two racing refreshes must not log the user out); any other reuse revokes the family.
+    /// `check` validates the request against the stored record before anything changes.
+    pub async fn rotate_refresh<E>(
+        &self,
+        token_hash: &str,
+        now: i64,
+        grace: i64,
+        check: impl FnOnce(&RefreshRecord) -> Result<RefreshRecord, E>,
+    ) -> Result<Result<Rotated, E>, StoreError> {
+        with_tx!(self, tx => async {
+            let row: Option<RefreshRecord> = sqlx::query_as("SELECT token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count FROM refresh_tokens WHERE token_hash = $1")
+                .bind(token_hash).fetch_optional(&mut *tx).await?;
+            let Some(r) = row else { return Ok(Ok(Rotated::Unknown)) };
+            let revoked: Option<(Option<i64>,)> = sqlx::query_as("SELECT revoked_at FROM grants WHERE grant_id = $1").bind(&r.grant_id).fetch_optional(&mut *tx).await?;
+            if !matches!(revoked, Some((None,))) {
+                return Ok(Ok(Rotated::Revoked));
+            }
+            if r.expires_at <= now {
+                return Ok(Ok(Rotated::Expired));
+            }
+            let within_grace = |rotated_at: Option<i64>| rotated_at.is_none_or(|t| now - t <= grace);
+            if !within_grace(r.rotated_at) || r.reuse_count > 0 {
+                sqlx::query("UPDATE grants SET revoked_at = $1 WHERE grant_id = $2 AND revoked_at IS NULL").bind(now).bind(&r.grant_id).execute(&mut *tx).await?;
+                return Ok(Ok(Rotated::Reused { grant_id: r.grant_id }));
+            }
+            let new = match check(&r) {
+                Ok(n) => n,
+                Err(e) => return Ok(Err(e)),
+            };
+            // Conditional updates decide races: the first use rotates the token, one more use
+            // within the grace window is allowed, anything beyond is reuse.
+            let mut grace_use = false;
+            let rotated = sqlx::query("UPDATE refresh_tokens SET rotated_at = $1 WHERE token_hash = $2 AND rotated_at IS NULL").bind(now).bind(token_hash).execute(&mut *tx).await?.rows_affected();
+            if rotated != 1 {
+                grace_use = true;
+                let again = sqlx::query("UPDATE refresh_tokens SET reuse_count = 1 WHERE token_hash = $1 AND reuse_count = 0 AND rotated_at >= $2").bind(token_hash).bind(now - grace).execute(&mut *tx).await?.rows_affected();
+                if again != 1 {
+                    sqlx::query("UPDATE grants SET revoked_at = $1 WHERE grant_id = $2 AND revoked_at IS NULL").bind(now).bind(&r.grant_id).execute(&mut *tx).await?;
+                    return Ok(Ok(Rotated::Reused { grant_id: r.grant_id }));
+                }
+            }
+            sqlx::query("INSERT INTO refresh_tokens (token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count) VALUES ($1,$2,$3,$4,$5,$6,NULL,0)")
+                .bind(&new.token_hash).bind(&new.grant_id).bind(&new.client_id).bind(&new.scope).bind(&new.resource).bind(new.expires_at)
+                .execute(&mut *tx).await?;
+            Ok::<_, StoreError>(Ok(Rotated::Ok { old: r, grace: grace_use }))
+        }.await)
+    }
+
+    /// The refresh token's record, for revocation and introspection.
+    pub async fn get_refresh(&self, token_hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
+        Ok(
+            with_pool!(self, p => sqlx::query_as("SELECT token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count FROM refresh_tokens WHERE token_hash = $1")
+            .bind(token_hash).fetch_optional(p).await)?,
+        )
+    }
+
+    // ---- signing keys -----------------------------------------------------------------------
+
+    pub async fn insert_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
+        with_pool!(self, p => sqlx::query("INSERT INTO signing_keys (kid, alg, private_der, public_jwk, created_at, retired_at) VALUES ($1,$2,$3,$4,$5,$6)")
+            .bind(&k.kid).bind(&k.alg).bind(&k.private_der).bind(&k.public_jwk).bind(k.created_at).bind(k.retired_at)
+            .execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// All keys, newest first.
+    pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        Ok(
+            with_pool!(self, p => sqlx::query_as("SELECT kid, alg, private_der, public_jwk, created_at, retired_at FROM signing_keys ORDER BY created_at DESC, kid")
+            .fetch_all(p).await)?,
+        )
+    }
+
+    /// Adds `new` as the active key and retires every other active key, atomically.
+    pub async fn rotate_key(&self, new: &KeyRecord, now: i64) -> Result<(), StoreError> {
+        with_tx!(self, tx => {
+            sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL").bind(now).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO signing_keys (kid, alg, private_der, public_jwk, created_at, retired_at) VALUES ($1,$2,$3,$4,$5,NULL)")
+                .bind(&new.kid).bind(&new.alg).bind(&new.private_der).bind(&new.public_jwk).bind(new.created_at)
+                .execute(&mut *tx).await?;
+            Ok::<_, StoreError>(())
+        })
+    }
+
+    /// Deletes keys retired before `before` (their tokens have expired).
+    pub async fn purge_keys(&self, before: i64) -> Result<u64, StoreError> {
+        Ok(
+            with_pool!(self, p => sqlx::query("DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at < $1")
+            .bind(before).execute(p).await.map(|r| r.rows_affected()))?,
+        )
+    }
+
+    // ---- browser sessions and pending authorizations ------------------------------------------
+
+    pub async fn insert_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        with_pool!(self, p => sqlx::query("INSERT INTO sessions (id_hash, subject, auth_time, expires_at) VALUES ($1,$2,$3,$4)")
+            .bind(&s.id_hash).bind(&s.subject).bind(s.auth_time).bind(s.expires_at).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn get_session(
+        &self,
+        id_hash: &str,
+        now: i64,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        Ok(
+            with_pool!(self, p => sqlx::query_as("SELECT id_hash, subject, auth_time, expires_at FROM sessions WHERE id_hash = $1 AND expires_at > $2")
+            .bind(id_hash).bind(now).fetch_optional(p).await)?,
+        )
+    }
+
+    pub async fn delete_session(&self, id_hash: &str) -> Result<(), StoreError> {
+        with_pool!(self, p => sqlx::query("DELETE FROM sessions WHERE id_hash = $1").bind(id_hash).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn insert_pending(&self, r: &PendingRecord) -> Result<(), StoreError> {
+        with_pool!(self, p => sqlx::query("INSERT INTO pending_authorizations (id_hash, request, binding_hash, csrf_hash, expires_at) VALUES ($1,$2,$3,$4,$5)")
+            .bind(&r.id_hash).bind(&r.request).bind(&r.binding_hash).bind(&r.csrf_hash).bind(r.expires_at).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn get_pending(
+        &self,
+        id_hash: &str,
+        now: i64,
+    ) -> Result<Option<PendingRecord>, StoreError> {
+        Ok(
+            with_pool!(self, p => sqlx::query_as("SELECT id_hash, request, binding_hash, csrf_hash, expires_at FROM pending_authorizations WHERE id_hash = $1 AND expires_at > $2")
+            .bind(id_hash).bind(now).fetch_optional(p).await)?,
+        )
+    }
+
+    /// Removes a pending authorization; true only for the caller that removed it (single use).
+    pub async fn take_pending(&self, id_hash: &str) -> Result<bool, StoreError> {
+        let n = with_pool!(self, p => sqlx::query("DELETE FROM pending_authorizations WHERE id_hash = $1").bind(id_hash).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(n > 0)
+    }
+
+    /// Deletes expired codes, sessions, pending requests and refresh tokens.
+    pub async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for q in [
+            "DELETE FROM auth_codes WHERE expires_at < $1",
+            "DELETE FROM sessions WHERE expires_at < $1",
+            "DELETE FROM pending_authorizations WHERE expires_at < $1",
+            "DELETE FROM refresh_tokens WHERE expires_at < $1",
+        ] {
+            n += with_pool!(self, p => sqlx::query(q).bind(now).execute(p).await.map(|r| r.rows_affected()))?;
+        }
+        Ok(n)
+    }
+}

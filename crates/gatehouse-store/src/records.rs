@@ -1,0 +1,165 @@
+//! What the store holds. Row types mirror the tables; hashes are lowercase hex SHA-256.
+
+/// Where a client's registration came from (shown on the consent screen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientSource {
+    Preregistered,
+    Dynamic,
+    MetadataDocument,
+}
+
+impl ClientSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Preregistered => "preregistered",
+            Self::Dynamic => "dcr",
+            Self::MetadataDocument => "cimd",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "preregistered" => Self::Preregistered,
+            "dcr" => Self::Dynamic,
+            "cimd" => Self::MetadataDocument,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientRecord {
+    pub client_id: String,
+    /// SHA-256 of the client secret; `None` for public clients.
+    pub secret_hash: Option<String>,
+    /// `none`, `client_secret_basic`, `client_secret_post` or `private_key_jwt`.
+    pub auth_method: String,
+    pub redirect_uris: Vec<String>,
+    pub grant_types: Vec<String>,
+    pub client_name: Option<String>,
+    /// Scopes the client may ask for (`None`: any the server supports).
+    pub scope: Option<String>,
+    pub source: ClientSource,
+    pub application_type: Option<String>,
+    /// The full registration metadata as received.
+    pub metadata: serde_json::Value,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub username: String,
+    pub subject: String,
+    pub password_hash: String,
+    pub disabled: bool,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentRecord {
+    pub subject: String,
+    pub client_id: String,
+    pub scope: String,
+    pub granted_at: i64,
+}
+
+/// One authorization (a refresh-token family): revoking it ends every token it issued.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct GrantRecord {
+    pub grant_id: String,
+    pub subject: String,
+    pub client_id: String,
+    pub scope: String,
+    pub resource: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct CodeRecord {
+    pub code_hash: String,
+    pub grant_id: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub code_challenge: String,
+    pub scope: String,
+    pub resource: String,
+    pub subject: String,
+    pub auth_time: i64,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RefreshRecord {
+    pub token_hash: String,
+    pub grant_id: String,
+    pub client_id: String,
+    pub scope: String,
+    pub resource: String,
+    pub expires_at: i64,
+    pub rotated_at: Option<i64>,
+    pub reuse_count: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct KeyRecord {
+    pub kid: String,
+    pub alg: String,
+    /// PKCS#8 DER, base64.
+    pub private_der: String,
+    /// The public JWK, JSON.
+    pub public_jwk: String,
+    pub created_at: i64,
+    pub retired_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SessionRecord {
+    pub id_hash: String,
+    pub subject: String,
+    pub auth_time: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PendingRecord {
+    pub id_hash: String,
+    /// The validated authorization request, JSON.
+    pub request: String,
+    /// Hash of the browser-binding cookie the request was started with.
+    pub binding_hash: String,
+    pub csrf_hash: String,
+    pub expires_at: i64,
+}
+
+/// Outcome of redeeming an authorization code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redeemed {
+    /// First use: the code's record (now marked used).
+    Fresh(CodeRecord),
+    /// Used before: the grant it issued has been revoked (AS-08, T9).
+    Replayed {
+        grant_id: String,
+    },
+    Expired,
+    Unknown,
+}
+
+/// Outcome of presenting a refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotated {
+    /// Accepted; the new token was stored. `grace` is true when this was the one duplicate use
+    /// allowed shortly after rotation (two racing refreshes).
+    Ok {
+        old: RefreshRecord,
+        grace: bool,
+    },
+    /// A rotated token was used again outside the grace window: the family is revoked.
+    Reused {
+        grant_id: String,
+    },
+    Revoked,
+    Expired,
+    Unknown,
+}

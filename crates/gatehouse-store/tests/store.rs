@@ -1,0 +1,442 @@
+//! The same store suite against SQLite and PostgreSQL (issue 3, "Storage"). PostgreSQL is the
+//! local server at 127.0.0.1:5432 (`scripts/setup` starts it); each run gets a fresh database.
+use gatehouse_store::*;
+use std::sync::Arc;
+
+const NOW: i64 = 1_800_000_000;
+
+fn client(id: &str) -> ClientRecord {
+    ClientRecord {
+        client_id: id.into(),
+        secret_hash: None,
+        auth_method: "none".into(),
+        redirect_uris: vec!["http://127.0.0.1/callback".into()],
+        grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+        client_name: Some("Test client".into()),
+        scope: None,
+        source: ClientSource::Dynamic,
+        application_type: Some("native".into()),
+        metadata: serde_json::json!({"client_name": "Test client"}),
+        created_at: NOW,
+    }
+}
+
+fn grant(id: &str) -> GrantRecord {
+    GrantRecord {
+        grant_id: id.into(),
+        subject: "alice".into(),
+        client_id: "c1".into(),
+        scope: "mcp:basic".into(),
+        resource: "https://mcp.example.com/mcp".into(),
+        created_at: NOW,
+        revoked_at: None,
+    }
+}
+
+fn code(hash: &str, grant_id: &str, expires_at: i64) -> CodeRecord {
+    CodeRecord {
+        code_hash: hash.into(),
+        grant_id: grant_id.into(),
+        client_id: "c1".into(),
+        redirect_uri: "http://127.0.0.1:5555/callback".into(),
+        code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
+        scope: "mcp:basic".into(),
+        resource: "https://mcp.example.com/mcp".into(),
+        subject: "alice".into(),
+        auth_time: NOW,
+        expires_at,
+        used_at: None,
+    }
+}
+
+fn refresh(hash: &str, grant_id: &str) -> RefreshRecord {
+    RefreshRecord {
+        token_hash: hash.into(),
+        grant_id: grant_id.into(),
+        client_id: "c1".into(),
+        scope: "mcp:basic".into(),
+        resource: "https://mcp.example.com/mcp".into(),
+        expires_at: NOW + 86_400,
+        rotated_at: None,
+        reuse_count: 0,
+    }
+}
+
+async fn clients_and_users(s: &Store) {
+    s.insert_client(&client("c1")).await.expect("insert");
+    assert!(matches!(
+        s.insert_client(&client("c1")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let got = s.get_client("c1").await.expect("get").expect("present");
+    assert_eq!(got, client("c1"));
+    let mut changed = client("c1");
+    changed.redirect_uris = vec!["https://app.example/cb".into()];
+    s.upsert_client(&changed).await.expect("upsert");
+    assert_eq!(
+        s.get_client("c1")
+            .await
+            .expect("get")
+            .expect("present")
+            .redirect_uris,
+        changed.redirect_uris
+    );
+    s.insert_client(&client("c2")).await.expect("insert");
+    assert_eq!(s.list_clients().await.expect("list").len(), 2);
+    assert!(s.get_client("nope").await.expect("get").is_none());
+
+    let u = UserRecord {
+        username: "alice".into(),
+        subject: "alice".into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$x$y".into(),
+        disabled: false,
+        created_at: NOW,
+    };
+    s.insert_user(&u).await.expect("user");
+    assert!(matches!(
+        s.insert_user(&u).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.set_password("alice", "$argon2id$new").await.expect("set"));
+    assert_eq!(
+        s.get_user("alice")
+            .await
+            .expect("get")
+            .expect("present")
+            .password_hash,
+        "$argon2id$new"
+    );
+    assert!(!s.set_password("bob", "x").await.expect("set"));
+}
+
+async fn consent_is_per_client(s: &Store) {
+    let c = ConsentRecord {
+        subject: "alice".into(),
+        client_id: "c1".into(),
+        scope: "mcp:basic".into(),
+        granted_at: NOW,
+    };
+    s.put_consent(&c).await.expect("put");
+    assert_eq!(
+        s.get_consent("alice", "c1").await.expect("get"),
+        Some(c.clone())
+    );
+    assert_eq!(
+        s.get_consent("alice", "c2").await.expect("get"),
+        None,
+        "T1: never shared across clients"
+    );
+    assert_eq!(s.get_consent("bob", "c1").await.expect("get"), None);
+    s.put_consent(&ConsentRecord {
+        scope: "mcp:basic notes:write".into(),
+        ..c
+    })
+    .await
+    .expect("update");
+    assert_eq!(
+        s.get_consent("alice", "c1")
+            .await
+            .expect("get")
+            .expect("present")
+            .scope,
+        "mcp:basic notes:write"
+    );
+}
+
+async fn codes_are_single_use(s: &Store) {
+    s.insert_grant_with_code(&grant("g1"), &code("h1", "g1", NOW + 60))
+        .await
+        .expect("insert");
+    // A failing check changes nothing.
+    let r = s
+        .redeem_code::<&str>("h1", NOW, |_| Err("wrong verifier"))
+        .await
+        .expect("db");
+    assert_eq!(r, Err("wrong verifier"));
+    let r = s
+        .redeem_code::<()>("h1", NOW, |c| Ok(Some(refresh("r1", &c.grant_id))))
+        .await
+        .expect("db");
+    assert!(
+        matches!(r, Ok(Redeemed::Fresh(ref c)) if c.grant_id == "g1" && c.used_at == Some(NOW))
+    );
+    assert!(s.get_refresh("r1").await.expect("get").is_some());
+    // T9: a replay is refused and revokes what the code issued.
+    let r = s
+        .redeem_code::<()>("h1", NOW + 1, |_| Ok(None))
+        .await
+        .expect("db");
+    assert_eq!(
+        r,
+        Ok(Redeemed::Replayed {
+            grant_id: "g1".into()
+        })
+    );
+    assert_eq!(
+        s.get_grant("g1")
+            .await
+            .expect("get")
+            .expect("present")
+            .revoked_at,
+        Some(NOW + 1)
+    );
+    let r = s
+        .rotate_refresh::<()>("r1", NOW + 2, 5, |o| Ok(refresh("r2", &o.grant_id)))
+        .await
+        .expect("db");
+    assert_eq!(r, Ok(Rotated::Revoked));
+
+    s.insert_grant_with_code(&grant("g2"), &code("h2", "g2", NOW + 60))
+        .await
+        .expect("insert");
+    assert_eq!(
+        s.redeem_code::<()>("h2", NOW + 60, |_| Ok(None))
+            .await
+            .expect("db"),
+        Ok(Redeemed::Expired)
+    );
+    assert_eq!(
+        s.redeem_code::<()>("nope", NOW, |_| Ok(None))
+            .await
+            .expect("db"),
+        Ok(Redeemed::Unknown)
+    );
+}
+
+async fn concurrent_redemption_has_one_winner(s: &Store) {
+    s.insert_grant_with_code(&grant("g3"), &code("h3", "g3", NOW + 60))
+        .await
+        .expect("insert");
+    let s = Arc::new(s.clone());
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.redeem_code::<()>("h3", NOW, move |c| {
+                    Ok(Some(refresh(&format!("race{i}"), &c.grant_id)))
+                })
+                .await
+            })
+        })
+        .collect();
+    let mut fresh = 0;
+    for t in tasks {
+        match t.await.expect("join").expect("db") {
+            Ok(Redeemed::Fresh(_)) => fresh += 1,
+            Ok(Redeemed::Replayed { .. }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(fresh, 1, "exactly one redemption wins");
+}
+
+async fn refresh_rotation_with_grace_and_reuse_detection(s: &Store) {
+    s.insert_grant_with_code(&grant("g4"), &code("h4", "g4", NOW + 60))
+        .await
+        .expect("insert");
+    s.redeem_code::<()>("h4", NOW, |c| Ok(Some(refresh("a1", &c.grant_id))))
+        .await
+        .expect("db")
+        .expect("fresh");
+    let r = s
+        .rotate_refresh::<()>("a1", NOW + 10, 5, |o| Ok(refresh("a2", &o.grant_id)))
+        .await
+        .expect("db");
+    assert!(matches!(r, Ok(Rotated::Ok { grace: false, .. })));
+    // The racing twin of that refresh, 2 s later: accepted once (grace).
+    let r = s
+        .rotate_refresh::<()>("a1", NOW + 12, 5, |o| Ok(refresh("a2b", &o.grant_id)))
+        .await
+        .expect("db");
+    assert!(matches!(r, Ok(Rotated::Ok { grace: true, .. })));
+    // A third use is reuse: the family is revoked, including the tokens it produced.
+    let r = s
+        .rotate_refresh::<()>("a1", NOW + 13, 5, |o| Ok(refresh("a3", &o.grant_id)))
+        .await
+        .expect("db");
+    assert_eq!(
+        r,
+        Ok(Rotated::Reused {
+            grant_id: "g4".into()
+        })
+    );
+    assert_eq!(
+        s.rotate_refresh::<()>("a2", NOW + 14, 5, |o| Ok(refresh("a4", &o.grant_id)))
+            .await
+            .expect("db"),
+        Ok(Rotated::Revoked)
+    );
+
+    // Reuse after the grace window revokes too.
+    s.insert_grant_with_code(&grant("g5"), &code("h5", "g5", NOW + 60))
+        .await
+        .expect("insert");
+    s.redeem_code::<()>("h5", NOW, |c| Ok(Some(refresh("b1", &c.grant_id))))
+        .await
+        .expect("db")
+        .expect("fresh");
+    s.rotate_refresh::<()>("b1", NOW + 10, 5, |o| Ok(refresh("b2", &o.grant_id)))
+        .await
+        .expect("db")
+        .expect("ok");
+    let r = s
+        .rotate_refresh::<()>("b1", NOW + 16, 5, |o| Ok(refresh("b3", &o.grant_id)))
+        .await
+        .expect("db");
+    assert_eq!(
+        r,
+        Ok(Rotated::Reused {
+            grant_id: "g5".into()
+        })
+    );
+    // A failing check (wrong client) changes nothing.
+    s.insert_grant_with_code(&grant("g6"), &code("h6", "g6", NOW + 60))
+        .await
+        .expect("insert");
+    s.redeem_code::<()>("h6", NOW, |c| Ok(Some(refresh("c1r", &c.grant_id))))
+        .await
+        .expect("db")
+        .expect("fresh");
+    assert_eq!(
+        s.rotate_refresh::<&str>("c1r", NOW, 5, |_| Err("client mismatch"))
+            .await
+            .expect("db"),
+        Err("client mismatch")
+    );
+    assert!(matches!(
+        s.rotate_refresh::<()>("c1r", NOW, 5, |o| Ok(refresh("c2r", &o.grant_id)))
+            .await
+            .expect("db"),
+        Ok(Rotated::Ok { grace: false, .. })
+    ));
+    assert_eq!(
+        s.rotate_refresh::<()>("zzz", NOW, 5, |o| Ok(refresh("x", &o.grant_id)))
+            .await
+            .expect("db"),
+        Ok(Rotated::Unknown)
+    );
+}
+
+async fn keys_sessions_pending(s: &Store) {
+    let k = |kid: &str, at: i64| KeyRecord {
+        kid: kid.into(),
+        alg: "ES256".into(),
+        private_der: "AA".into(),
+        public_jwk: "{}".into(),
+        created_at: at,
+        retired_at: None,
+    };
+    s.insert_key(&k("k1", NOW)).await.expect("key");
+    s.rotate_key(&k("k2", NOW + 10), NOW + 10)
+        .await
+        .expect("rotate");
+    let keys = s.list_keys().await.expect("list");
+    assert_eq!(
+        keys.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(),
+        vec!["k2", "k1"]
+    );
+    assert_eq!(keys[0].retired_at, None);
+    assert_eq!(keys[1].retired_at, Some(NOW + 10));
+    assert_eq!(s.purge_keys(NOW + 11).await.expect("purge"), 1);
+
+    let sess = SessionRecord {
+        id_hash: "s1".into(),
+        subject: "alice".into(),
+        auth_time: NOW,
+        expires_at: NOW + 100,
+    };
+    s.insert_session(&sess).await.expect("session");
+    assert_eq!(s.get_session("s1", NOW).await.expect("get"), Some(sess));
+    assert_eq!(
+        s.get_session("s1", NOW + 100).await.expect("get"),
+        None,
+        "expired"
+    );
+    let p = PendingRecord {
+        id_hash: "p1".into(),
+        request: "{}".into(),
+        binding_hash: "b".into(),
+        csrf_hash: "c".into(),
+        expires_at: NOW + 600,
+    };
+    s.insert_pending(&p).await.expect("pending");
+    assert_eq!(s.get_pending("p1", NOW).await.expect("get"), Some(p));
+    assert!(s.take_pending("p1").await.expect("take"));
+    assert!(!s.take_pending("p1").await.expect("take"), "single use");
+    assert!(s.purge_expired(NOW + 1_000_000).await.expect("purge") >= 1);
+}
+
+async fn deleting_revokes(s: &Store) {
+    s.insert_grant(&grant("g9")).await.expect("grant");
+    assert!(s.delete_client("c1", NOW + 5).await.expect("delete"));
+    assert!(s.get_client("c1").await.expect("get").is_none());
+    assert_eq!(
+        s.get_grant("g9")
+            .await
+            .expect("get")
+            .expect("present")
+            .revoked_at,
+        Some(NOW + 5)
+    );
+    assert!(s.delete_user("alice", NOW).await.expect("delete"));
+    assert!(!s.delete_user("alice", NOW).await.expect("delete"));
+}
+
+async fn suite(s: Store) {
+    clients_and_users(&s).await;
+    consent_is_per_client(&s).await;
+    codes_are_single_use(&s).await;
+    concurrent_redemption_has_one_winner(&s).await;
+    refresh_rotation_with_grace_and_reuse_detection(&s).await;
+    keys_sessions_pending(&s).await;
+    deleting_revokes(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_suite() {
+    let dir = std::env::temp_dir().join(format!("gatehouse-store-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("test.db");
+    let _ = std::fs::remove_file(&path);
+    let s = Store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("open sqlite");
+    assert_eq!(s.backend(), "sqlite");
+    suite(s.clone()).await;
+    s.close().await;
+    // Reopening runs migrations idempotently and finds the data.
+    let s = Store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("reopen");
+    assert!(s.get_client("c2").await.expect("get").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_suite() {
+    let admin_url = std::env::var("GATEHOUSE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let db = format!("gatehouse_test_{}_{}", std::process::id(), NOW % 1000);
+    let admin = sqlx::PgPool::connect(&admin_url).await.expect(
+        "PostgreSQL at 127.0.0.1:5432 (scripts/setup starts it; set GATEHOUSE_TEST_POSTGRES to override)",
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))
+        .execute(&admin)
+        .await
+        .expect("drop");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&admin)
+        .await
+        .expect("create");
+    let url = match admin_url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{db}"),
+        None => panic!("bad admin URL"),
+    };
+    let s = Store::open(&url).await.expect("open postgres");
+    assert_eq!(s.backend(), "postgres");
+    suite(s.clone()).await;
+    s.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))
+        .execute(&admin)
+        .await
+        .expect("drop");
+}
