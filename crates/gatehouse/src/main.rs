@@ -1,9 +1,11 @@
 //! `gatehouse`: authorization for the Model Context Protocol.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod app;
 mod config;
 mod demo;
+mod dev;
 
 use clap::{Parser, Subcommand};
 use config::{Config, Dangerous, GuardSection, IssuerEntry, LogConfig, McpConfig};
@@ -30,15 +32,16 @@ enum Command {
         #[arg(long)]
         config: String,
     },
-    /// Development: the guarded demo MCP server on loopback, trusting a local issuer.
+    /// Development: the guarded demo MCP server on loopback, with the embedded authorization
+    /// server (or trusting an external issuer given by --issuer).
     Dev {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// The authorization server to trust (metadata and JWKS are discovered from it). A
-        /// loopback http issuer is allowed in dev mode only.
+        /// An external authorization server to trust instead of the embedded one (metadata and
+        /// JWKS are discovered from it). A loopback http issuer is allowed in dev mode only.
         #[arg(long)]
         issuer: Option<String>,
-        /// Where dev state is kept.
+        /// Where dev state is kept (a fresh SQLite file each start).
         #[arg(long, default_value = ".gatehouse/dev")]
         data_dir: String,
         /// Log as JSON lines.
@@ -55,6 +58,8 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// Manage the embedded authorization server's users, clients, keys and grants.
+    Admin(admin::AdminArgs),
 }
 
 #[derive(Subcommand)]
@@ -151,8 +156,9 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(cfg.log.json);
-            run(cfg, false, None)
+            run(cfg, false, None, None)
         }
+        Command::Admin(args) => admin::run(args),
         Command::Dev {
             listen,
             issuer,
@@ -161,11 +167,7 @@ fn main() -> ExitCode {
         } => {
             init_logging(log_json);
             let Some(issuer) = issuer else {
-                eprintln!(
-                    "error: `gatehouse dev` needs --issuer URL until the embedded authorization server lands; \
-                     `scripts/dev` starts a local one for you"
-                );
-                return ExitCode::from(2);
+                return dev::run_embedded(listen, &data_dir);
             };
             let issuer = match Issuer::parse(&issuer) {
                 Ok(i) => i,
@@ -179,7 +181,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             match dev_config(listen, issuer) {
-                Ok(cfg) => run(cfg, true, Some(&data_dir)),
+                Ok(cfg) => run(cfg, true, Some(&data_dir), None),
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(2)
@@ -190,7 +192,7 @@ fn main() -> ExitCode {
 }
 
 /// The configuration `gatehouse dev` runs with.
-fn dev_config(listen: SocketAddr, issuer: Issuer) -> Result<Config, String> {
+pub(crate) fn dev_config(listen: SocketAddr, issuer: Issuer) -> Result<Config, String> {
     let scope = |s: &str| ScopeSet::parse(s).map_err(|e| e.to_string());
     let mut allow = Vec::new();
     if issuer.is_loopback() {
@@ -232,25 +234,52 @@ fn dev_config(listen: SocketAddr, issuer: Issuer) -> Result<Config, String> {
     })
 }
 
-fn run(cfg: Config, dev: bool, data_dir: Option<&str>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+pub(crate) fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(rt) => Some(rt),
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            None
         }
+    }
+}
+
+/// Extra routes served on the same port (the embedded authorization server) and lines for the
+/// dev banner.
+pub(crate) struct Embedded {
+    pub(crate) router: axum::Router,
+    pub(crate) banner: Vec<String>,
+}
+
+fn run(cfg: Config, dev: bool, data_dir: Option<&str>, embedded: Option<Embedded>) -> ExitCode {
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
     };
-    rt.block_on(async move {
-        let app = match app::build(&cfg, dev) {
+    rt.block_on(serve_app(cfg, dev, data_dir, embedded))
+}
+
+pub(crate) async fn serve_app(
+    cfg: Config,
+    dev: bool,
+    data_dir: Option<&str>,
+    embedded: Option<Embedded>,
+) -> ExitCode {
+    {
+        let mut app = match app::build(&cfg, dev) {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
         };
+        let mut banner = Vec::new();
+        if let Some(e) = embedded {
+            app.router = app.router.merge(e.router);
+            banner = e.banner;
+        }
         let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -258,11 +287,14 @@ fn run(cfg: Config, dev: bool, data_dir: Option<&str>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if let Some(jwt) = &app.jwt
-            && let Err(e) = jwt.prefetch().await
-        {
-            // Not fatal: the issuer may come up later; keys are fetched on first use.
-            tracing::warn!(error = %e, "could not fetch the issuer's keys yet");
+        if let Some(jwt) = app.jwt.clone() {
+            // In the background, once we serve (the issuer may be this very process). Not fatal:
+            // keys are fetched on first use as well.
+            tokio::spawn(async move {
+                if let Err(e) = jwt.prefetch().await {
+                    tracing::warn!(error = %e, "could not fetch the issuer's keys yet");
+                }
+            });
         }
         let resource = app.resource.clone();
         let guard_cfg = app.guard.config().clone();
@@ -277,10 +309,15 @@ fn run(cfg: Config, dev: bool, data_dir: Option<&str>) -> ExitCode {
             if let Some(d) = data_dir {
                 println!("  data dir            {d}");
             }
-            println!(
-                "  get a token from the issuer with resource={resource} and scope \"{}\"",
-                guard_cfg.scopes_supported
-            );
+            if banner.is_empty() {
+                println!(
+                    "  get a token from the issuer with resource={resource} and scope \"{}\"",
+                    guard_cfg.scopes_supported
+                );
+            }
+            for line in &banner {
+                println!("{line}");
+            }
         }
         tracing::info!(url = %resource, "ready");
         println!("gatehouse ready: {resource}");
@@ -291,5 +328,5 @@ fn run(cfg: Config, dev: bool, data_dir: Option<&str>) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    }
 }

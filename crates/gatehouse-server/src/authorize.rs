@@ -1,0 +1,655 @@
+//! The authorization endpoint and its login/consent pages (AS-05 … AS-15).
+//!
+//! A request is validated in the spec's order: until the client and its redirect URI are known
+//! good, errors are shown on a page and never redirected (AS-09, AS-11); after that they go back
+//! to the client with `state` and `iss`. A validated request becomes a *pending* authorization
+//! bound to this browser (a cookie whose hash is stored with it) and to a CSRF token; login and
+//! consent are accepted only from the same browser with the same token, once (T1, T5).
+use crate::pages::{ConsentPage, LoginPage, error_page, page};
+use crate::secrets::{dummy_hash, random_id, random_token, sha256_hex, verify_password};
+use crate::{AuthServer, OAuthError};
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
+use gatehouse_core::{OAuthErrorCode, PkceChallenge, RedirectUri, ScopeSet};
+use gatehouse_store::{
+    ClientRecord, ClientSource, CodeRecord, ConsentRecord, GrantRecord, PendingRecord,
+    SessionRecord,
+};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use subtle::ConstantTimeEq;
+
+const PENDING_TTL: i64 = 600;
+
+/// A validated authorization request, waiting for login and consent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pending {
+    client_id: String,
+    redirect_uri: String,
+    code_challenge: String,
+    scope: String,
+    resource: String,
+    state: Option<String>,
+}
+
+impl AuthServer {
+    fn cookie_name(&self, base: &str) -> String {
+        if self.inner.cfg.secure_cookies {
+            format!("__Host-{base}")
+        } else {
+            base.to_owned()
+        }
+    }
+
+    fn cookie(&self, base: &str, value: String, max_age: i64) -> Cookie<'static> {
+        let mut c = Cookie::new(self.cookie_name(base), value);
+        c.set_path("/");
+        c.set_http_only(true);
+        c.set_same_site(SameSite::Lax);
+        c.set_secure(self.inner.cfg.secure_cookies);
+        c.set_max_age(time_duration(max_age));
+        c
+    }
+
+    /// The redirect to the client with the response parameters, always with `iss` (RFC 9207).
+    fn client_redirect(
+        &self,
+        redirect_uri: &str,
+        params: &[(&str, &str)],
+        state: Option<&str>,
+    ) -> Result<String, OAuthError> {
+        let mut u = url::Url::parse(redirect_uri).map_err(OAuthError::server_error)?;
+        {
+            let mut q = u.query_pairs_mut();
+            for (k, v) in params {
+                q.append_pair(k, v);
+            }
+            if let Some(s) = state {
+                q.append_pair("state", s);
+            }
+            q.append_pair("iss", self.inner.cfg.issuer.as_str());
+        }
+        Ok(u.to_string())
+    }
+
+    fn error_redirect(&self, p: &Pending, code: OAuthErrorCode, description: &str) -> Response {
+        match self.client_redirect(
+            &p.redirect_uri,
+            &[("error", code.as_str()), ("error_description", description)],
+            p.state.as_deref(),
+        ) {
+            Ok(u) => Redirect::to(&u).into_response(),
+            Err(e) => e.into_response(),
+        }
+    }
+
+    fn describe_scopes(&self, scope: &str) -> Vec<(String, String)> {
+        ScopeSet::parse(scope)
+            .unwrap_or_default()
+            .iter()
+            .map(|s| {
+                let d = self
+                    .inner
+                    .cfg
+                    .scope_descriptions
+                    .get(s.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| format!("Permission \u{201c}{s}\u{201d}"));
+                (s.to_string(), d)
+            })
+            .collect()
+    }
+
+    /// AS-14: who is asking, where the code goes, what it may do.
+    fn consent_page(
+        &self,
+        p: &Pending,
+        client: &ClientRecord,
+        subject: &str,
+        pending_id: &str,
+        csrf: &str,
+    ) -> Response {
+        let (identity, verified) = match client.source {
+            ClientSource::MetadataDocument => (
+                format!(
+                    "verified by its domain {}",
+                    url::Url::parse(&client.client_id)
+                        .ok()
+                        .and_then(|u| u.host_str().map(str::to_owned))
+                        .unwrap_or_default()
+                ),
+                true,
+            ),
+            ClientSource::Preregistered => {
+                ("registered by the operator of this server".to_owned(), true)
+            }
+            ClientSource::Dynamic => (
+                "unverified: this application registered itself".to_owned(),
+                false,
+            ),
+        };
+        let loopback = url::Url::parse(&p.redirect_uri)
+            .is_ok_and(|u| gatehouse_core::url::is_loopback_host(&u));
+        let resource_host = url::Url::parse(&p.resource)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let name = client
+            .client_name
+            .clone()
+            .unwrap_or_else(|| client.client_id.clone());
+        let action = self.inner.cfg.endpoint("/consent");
+        let target = redirect_origin(&p.redirect_uri);
+        page(
+            StatusCode::OK,
+            ConsentPage {
+                client_name: &name,
+                identity: &identity,
+                verified,
+                redirect_uri: &p.redirect_uri,
+                loopback,
+                resource: &p.resource,
+                resource_host: &resource_host,
+                scopes: self.describe_scopes(&p.scope),
+                subject,
+                action: &action,
+                pending: pending_id,
+                csrf,
+            }
+            .render(),
+            target.as_deref(),
+        )
+    }
+
+    fn login_page(
+        &self,
+        status: StatusCode,
+        p: &Pending,
+        client: &ClientRecord,
+        pending_id: &str,
+        csrf: &str,
+        error: Option<&str>,
+    ) -> Response {
+        let name = client
+            .client_name
+            .clone()
+            .unwrap_or_else(|| client.client_id.clone());
+        let action = self.inner.cfg.endpoint("/login");
+        page(
+            status,
+            LoginPage {
+                client_name: &name,
+                resource: &p.resource,
+                issuer: self.inner.cfg.issuer.as_str(),
+                action: &action,
+                pending: pending_id,
+                csrf,
+                error,
+            }
+            .render(),
+            None,
+        )
+    }
+
+    async fn session_subject(&self, jar: &CookieJar) -> Result<Option<(String, i64)>, OAuthError> {
+        let Some(c) = jar.get(&self.cookie_name("gh_session")) else {
+            return Ok(None);
+        };
+        let now = self.inner.clock.now_unix();
+        Ok(self
+            .inner
+            .store
+            .get_session(&sha256_hex(c.value()), now)
+            .await?
+            .map(|s| (s.subject, s.auth_time)))
+    }
+
+    /// Creates the grant and code and redirects to the client.
+    async fn issue_code(
+        &self,
+        p: &Pending,
+        subject: &str,
+        auth_time: i64,
+        status_see_other: bool,
+    ) -> Result<Response, OAuthError> {
+        let now = self.inner.clock.now_unix();
+        let code = random_token();
+        let grant = GrantRecord {
+            grant_id: random_id(),
+            subject: subject.to_owned(),
+            client_id: p.client_id.clone(),
+            scope: p.scope.clone(),
+            resource: p.resource.clone(),
+            created_at: now,
+            revoked_at: None,
+        };
+        let rec = CodeRecord {
+            code_hash: sha256_hex(&code),
+            grant_id: grant.grant_id.clone(),
+            client_id: p.client_id.clone(),
+            redirect_uri: p.redirect_uri.clone(),
+            code_challenge: p.code_challenge.clone(),
+            scope: p.scope.clone(),
+            resource: p.resource.clone(),
+            subject: subject.to_owned(),
+            auth_time,
+            expires_at: now + self.inner.cfg.code_ttl,
+            used_at: None,
+        };
+        self.inner
+            .store
+            .insert_grant_with_code(&grant, &rec)
+            .await?;
+        let url = self.client_redirect(&p.redirect_uri, &[("code", &code)], p.state.as_deref())?;
+        Ok(if status_see_other {
+            Redirect::to(&url).into_response()
+        } else {
+            Redirect::temporary(&url).into_response()
+        })
+    }
+
+    /// Loads a pending authorization for a form post and checks the browser binding and CSRF
+    /// token. Any failure is an error page: nothing is redirected for an unverified post.
+    async fn verified_pending(
+        &self,
+        jar: &CookieJar,
+        pending_id: &str,
+        csrf: &str,
+    ) -> Result<(Pending, ClientRecord), Response> {
+        let now = self.inner.clock.now_unix();
+        let expired = || {
+            error_page(
+                StatusCode::BAD_REQUEST,
+                "This sign-in request has expired or was started in another browser.",
+            )
+        };
+        let rec = match self
+            .inner
+            .store
+            .get_pending(&sha256_hex(pending_id), now)
+            .await
+        {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(expired()),
+            Err(e) => return Err(OAuthError::from(e).into_response()),
+        };
+        let binding = jar
+            .get(&self.cookie_name("gh_bind"))
+            .map(|c| sha256_hex(c.value()))
+            .unwrap_or_default();
+        let bound: bool = binding.as_bytes().ct_eq(rec.binding_hash.as_bytes()).into();
+        let csrf_ok: bool = sha256_hex(csrf)
+            .as_bytes()
+            .ct_eq(rec.csrf_hash.as_bytes())
+            .into();
+        if !bound || !csrf_ok {
+            return Err(expired());
+        }
+        let p: Pending = serde_json::from_str(&rec.request)
+            .map_err(|e| OAuthError::server_error(e).into_response())?;
+        let client = match self.find_client(&p.client_id).await {
+            Ok(Some(c)) => c,
+            _ => {
+                return Err(error_page(
+                    StatusCode::BAD_REQUEST,
+                    "The application is no longer registered.",
+                ));
+            }
+        };
+        Ok((p, client))
+    }
+}
+
+fn time_duration(secs: i64) -> time::Duration {
+    time::Duration::seconds(secs)
+}
+
+/// `scheme://host[:port]` of a redirect URI, for the consent page's CSP `form-action` (Chrome
+/// applies it to the redirect after the form post).
+fn redirect_origin(u: &str) -> Option<String> {
+    let u = url::Url::parse(u).ok()?;
+    Some(u.origin().ascii_serialization())
+}
+
+/// GET /authorize
+pub(crate) async fn authorize(
+    State(s): State<AuthServer>,
+    jar: CookieJar,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    let mut params: HashMap<String, String> = HashMap::new();
+    for (k, v) in q {
+        if params.insert(k.clone(), v).is_some() {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                &format!("The parameter {k} was sent more than once."),
+            );
+        }
+    }
+    let get = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let Some(client_id) = get("client_id") else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "The request names no application (client_id is missing).",
+        );
+    };
+    let client = match s.find_client(client_id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "The application is not registered with this server.",
+            );
+        }
+        Err(e) if e.code == OAuthErrorCode::ServerError => {
+            return error_page(StatusCode::INTERNAL_SERVER_ERROR, "Internal error.");
+        }
+        Err(e) => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "The application's metadata could not be used: {}",
+                    e.description
+                ),
+            );
+        }
+    };
+    // AS-09: exact match against the registered redirect URIs (loopback IP literals: any port).
+    let redirect_uri = match get("redirect_uri") {
+        Some(r) => {
+            let ok = client
+                .redirect_uris
+                .iter()
+                .any(|reg| RedirectUri::parse(reg).is_ok_and(|x| x.matches(r)));
+            if !ok {
+                return error_page(
+                    StatusCode::BAD_REQUEST,
+                    "The redirect URI does not match any URI registered for this application.",
+                );
+            }
+            r.to_owned()
+        }
+        None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
+        None => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "redirect_uri is required for this application.",
+            );
+        }
+    };
+    let mut p = Pending {
+        client_id: client.client_id.clone(),
+        redirect_uri,
+        code_challenge: String::new(),
+        scope: String::new(),
+        resource: String::new(),
+        state: get("state").map(str::to_owned),
+    };
+    // From here on, errors go back to the (verified) redirect URI.
+    if get("response_type") != Some("code") {
+        return s.error_redirect(
+            &p,
+            OAuthErrorCode::UnsupportedResponseType,
+            "response_type must be code",
+        );
+    }
+    if !client.grant_types.iter().any(|g| g == "authorization_code") {
+        return s.error_redirect(
+            &p,
+            OAuthErrorCode::UnauthorizedClient,
+            "client may not use the authorization code grant",
+        );
+    }
+    match PkceChallenge::parse(
+        get("code_challenge").unwrap_or(""),
+        get("code_challenge_method"),
+    ) {
+        Ok(c) => p.code_challenge = c.as_str().to_owned(),
+        Err(e) => return s.error_redirect(&p, OAuthErrorCode::InvalidRequest, &e.to_string()),
+    }
+    let res = match s.resolve_resource(get("resource")) {
+        Ok(r) => r.clone(),
+        Err(e) => return s.error_redirect(&p, e.code, &e.description),
+    };
+    p.resource = res.resource.as_str().to_owned();
+    let scope = match get("scope") {
+        Some(sc) => match ScopeSet::parse(sc) {
+            Ok(set) => set,
+            Err(e) => return s.error_redirect(&p, OAuthErrorCode::InvalidScope, &e.to_string()),
+        },
+        None => client
+            .scope
+            .as_deref()
+            .and_then(|c| ScopeSet::parse(c).ok())
+            .unwrap_or_else(|| res.scopes.clone()),
+    };
+    if let Err(e) = s.check_scopes(&scope, &client, &res) {
+        return s.error_redirect(&p, e.code, &e.description);
+    }
+    p.scope = scope.to_string();
+
+    let now = s.inner.clock.now_unix();
+    // Remembered consent (per user *and* client) covering the request: no page needed.
+    let session = match s.session_subject(&jar).await {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    if let Some((subject, auth_time)) = &session
+        && get("prompt") != Some("consent")
+        && let Ok(Some(c)) = s.inner.store.get_consent(subject, &client.client_id).await
+        && ScopeSet::parse(&c.scope)
+            .unwrap_or_default()
+            .is_superset(&scope)
+    {
+        return s
+            .issue_code(&p, subject, *auth_time, false)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+    }
+    let bind_name = s.cookie_name("gh_bind");
+    let (jar, binding) = match jar.get(&bind_name) {
+        Some(c) => (jar.clone(), c.value().to_owned()),
+        None => {
+            let v = random_token();
+            (jar.add(s.cookie("gh_bind", v.clone(), PENDING_TTL * 6)), v)
+        }
+    };
+    let pending_id = random_token();
+    let csrf = random_token();
+    let rec = PendingRecord {
+        id_hash: sha256_hex(&pending_id),
+        request: serde_json::to_string(&p).unwrap_or_default(),
+        binding_hash: sha256_hex(&binding),
+        csrf_hash: sha256_hex(&csrf),
+        expires_at: now + PENDING_TTL,
+    };
+    if let Err(e) = s.inner.store.insert_pending(&rec).await {
+        return OAuthError::from(e).into_response();
+    }
+    let body = match &session {
+        Some((subject, _)) => s.consent_page(&p, &client, subject, &pending_id, &csrf),
+        None => s.login_page(StatusCode::OK, &p, &client, &pending_id, &csrf, None),
+    };
+    (jar, body).into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LoginForm {
+    pending: String,
+    csrf: String,
+    username: String,
+    password: String,
+}
+
+/// POST /login
+pub(crate) async fn login(
+    State(s): State<AuthServer>,
+    jar: CookieJar,
+    axum::Form(f): axum::Form<LoginForm>,
+) -> Response {
+    let (p, client) = match s.verified_pending(&jar, &f.pending, &f.csrf).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let user = match s.inner.store.get_user(&f.username).await {
+        Ok(u) => u,
+        Err(e) => return OAuthError::from(e).into_response(),
+    };
+    // The same argon2 work whether or not the user exists.
+    let hash = user
+        .as_ref()
+        .map_or(dummy_hash(), |u| u.password_hash.as_str())
+        .to_owned();
+    let password = f.password;
+    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        .await
+        .unwrap_or(false);
+    let user = match user {
+        Some(u) if ok && !u.disabled => u,
+        _ => {
+            tracing::info!(username = %f.username, "failed sign-in");
+            return s.login_page(
+                StatusCode::UNAUTHORIZED,
+                &p,
+                &client,
+                &f.pending,
+                &f.csrf,
+                Some("Wrong user name or password."),
+            );
+        }
+    };
+    let now = s.inner.clock.now_unix();
+    let sid = random_token();
+    let ttl = s.inner.cfg.session_ttl;
+    if let Err(e) = s
+        .inner
+        .store
+        .insert_session(&SessionRecord {
+            id_hash: sha256_hex(&sid),
+            subject: user.subject.clone(),
+            auth_time: now,
+            expires_at: now + ttl,
+        })
+        .await
+    {
+        return OAuthError::from(e).into_response();
+    }
+    tracing::info!(subject = %user.subject, "signed in");
+    let jar = jar.add(s.cookie("gh_session", sid, ttl));
+    let remembered = s
+        .inner
+        .store
+        .get_consent(&user.subject, &client.client_id)
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|c| {
+            ScopeSet::parse(&c.scope)
+                .unwrap_or_default()
+                .is_superset(&ScopeSet::parse(&p.scope).unwrap_or_default())
+        });
+    if remembered {
+        if let Ok(true) = s.inner.store.take_pending(&sha256_hex(&f.pending)).await {
+            let r = s
+                .issue_code(&p, &user.subject, now, true)
+                .await
+                .unwrap_or_else(IntoResponse::into_response);
+            return (jar, r).into_response();
+        }
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "This sign-in request was already used.",
+        );
+    }
+    (
+        jar,
+        s.consent_page(&p, &client, &user.subject, &f.pending, &f.csrf),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ConsentForm {
+    pending: String,
+    csrf: String,
+    decision: String,
+}
+
+/// POST /consent
+pub(crate) async fn consent(
+    State(s): State<AuthServer>,
+    jar: CookieJar,
+    axum::Form(f): axum::Form<ConsentForm>,
+) -> Response {
+    let (p, client) = match s.verified_pending(&jar, &f.pending, &f.csrf).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let (subject, auth_time) = match s.session_subject(&jar).await {
+        Ok(Some(x)) => x,
+        Ok(None) => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "You are not signed in any more. Start again from the application.",
+            );
+        }
+        Err(e) => return e.into_response(),
+    };
+    // Single use: a second post of the same form does nothing.
+    match s.inner.store.take_pending(&sha256_hex(&f.pending)).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "This request was already answered.",
+            );
+        }
+        Err(e) => return OAuthError::from(e).into_response(),
+    }
+    if f.decision != "approve" {
+        tracing::info!(subject = %subject, client_id = %client.client_id, "consent denied");
+        return match s.client_redirect(
+            &p.redirect_uri,
+            &[
+                ("error", "access_denied"),
+                ("error_description", "the user denied the request"),
+            ],
+            p.state.as_deref(),
+        ) {
+            Ok(u) => Redirect::to(&u).into_response(),
+            Err(e) => e.into_response(),
+        };
+    }
+    let now = s.inner.clock.now_unix();
+    let prior = s
+        .inner
+        .store
+        .get_consent(&subject, &client.client_id)
+        .await
+        .ok()
+        .flatten();
+    let scope = prior
+        .map(|c| ScopeSet::parse(&c.scope).unwrap_or_default())
+        .unwrap_or_default()
+        .union(&ScopeSet::parse(&p.scope).unwrap_or_default());
+    if let Err(e) = s
+        .inner
+        .store
+        .put_consent(&ConsentRecord {
+            subject: subject.clone(),
+            client_id: client.client_id.clone(),
+            scope: scope.to_string(),
+            granted_at: now,
+        })
+        .await
+    {
+        return OAuthError::from(e).into_response();
+    }
+    tracing::info!(subject = %subject, client_id = %client.client_id, scope = %p.scope, "consent granted");
+    s.issue_code(&p, &subject, auth_time, true)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}

@@ -1,0 +1,184 @@
+//! Signing keys: ES256, stored in the store, rotated by command; the JWKS keeps retired keys until
+//! every token they signed has expired.
+use crate::OAuthError;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use gatehouse_core::Clock;
+use gatehouse_store::{KeyRecord, Store};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use std::sync::{Arc, RwLock};
+
+#[derive(Clone)]
+struct Loaded {
+    kid: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    jwk: Jwk,
+    retired_at: Option<i64>,
+}
+
+/// The server's signing keys.
+pub struct KeyManager {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    access_ttl: i64,
+    keys: RwLock<Vec<Loaded>>,
+}
+
+fn generate(now: i64) -> Result<KeyRecord, OAuthError> {
+    let pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .map_err(|_| OAuthError::server_error("key generation failed"))?;
+    let enc = EncodingKey::from_ec_der(pkcs8.as_ref());
+    let mut jwk =
+        Jwk::from_encoding_key(&enc, Algorithm::ES256).map_err(OAuthError::server_error)?;
+    // RFC 7638 thumbprint as kid: stable and derived from the key itself.
+    let kid = jwk
+        .thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256)
+        .map_err(OAuthError::server_error)?;
+    jwk.common.key_id = Some(kid.clone());
+    jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+    jwk.common.key_algorithm = Some(jsonwebtoken::jwk::KeyAlgorithm::ES256);
+    Ok(KeyRecord {
+        kid,
+        alg: "ES256".into(),
+        private_der: STANDARD.encode(pkcs8.as_ref()),
+        public_jwk: serde_json::to_string(&jwk).map_err(OAuthError::server_error)?,
+        created_at: now,
+        retired_at: None,
+    })
+}
+
+fn load(r: &KeyRecord) -> Result<Loaded, OAuthError> {
+    let der = STANDARD
+        .decode(&r.private_der)
+        .map_err(|_| OAuthError::server_error(format!("key {} is corrupt", r.kid)))?;
+    let jwk: Jwk = serde_json::from_str(&r.public_jwk).map_err(OAuthError::server_error)?;
+    Ok(Loaded {
+        kid: r.kid.clone(),
+        encoding: EncodingKey::from_ec_der(&der),
+        decoding: DecodingKey::from_jwk(&jwk).map_err(OAuthError::server_error)?,
+        jwk,
+        retired_at: r.retired_at,
+    })
+}
+
+impl KeyManager {
+    pub async fn load(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        access_ttl: i64,
+    ) -> Result<Self, OAuthError> {
+        let km = Self {
+            store,
+            clock,
+            access_ttl,
+            keys: RwLock::new(Vec::new()),
+        };
+        km.reload().await?;
+        if km.active().is_none() {
+            let rec = generate(km.clock.now_unix())?;
+            km.store.insert_key(&rec).await?;
+            km.reload().await?;
+        }
+        Ok(km)
+    }
+
+    /// Re-reads keys from the store (another replica may have rotated).
+    pub async fn reload(&self) -> Result<(), OAuthError> {
+        let loaded = self
+            .store
+            .list_keys()
+            .await?
+            .iter()
+            .map(load)
+            .collect::<Result<Vec<_>, _>>()?;
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+        Ok(())
+    }
+
+    fn active(&self) -> Option<Loaded> {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|k| k.retired_at.is_none())
+            .cloned()
+    }
+
+    /// Makes a new key the signing key; the old one stays in the JWKS until its tokens expire.
+    /// Returns the new kid.
+    pub async fn rotate(&self) -> Result<String, OAuthError> {
+        let now = self.clock.now_unix();
+        let rec = generate(now)?;
+        self.store.rotate_key(&rec, now).await?;
+        // Keys retired long enough ago that no token of theirs can still be valid.
+        self.store.purge_keys(now - self.access_ttl - 3600).await?;
+        self.reload().await?;
+        Ok(rec.kid)
+    }
+
+    /// Signs claims as an RFC 9068 access token with the active key.
+    pub(crate) fn sign(&self, claims: &serde_json::Value) -> Result<String, OAuthError> {
+        let k = self
+            .active()
+            .ok_or_else(|| OAuthError::server_error("no active signing key"))?;
+        let mut h = Header::new(Algorithm::ES256);
+        h.typ = Some("at+jwt".into());
+        h.kid = Some(k.kid.clone());
+        jsonwebtoken::encode(&h, claims, &k.encoding).map_err(OAuthError::server_error)
+    }
+
+    /// Verifies a token this server signed (signature and `exp`); for revocation/introspection.
+    pub(crate) fn verify(&self, token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        if header.alg != Algorithm::ES256 {
+            return None;
+        }
+        let kid = header.kid?;
+        let key = self
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|k| k.kid == kid)
+            .map(|k| k.decoding.clone())?;
+        let mut v = jsonwebtoken::Validation::new(Algorithm::ES256);
+        v.validate_aud = false;
+        v.validate_exp = false;
+        v.required_spec_claims.clear();
+        let claims =
+            jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &v)
+                .ok()?
+                .claims;
+        let exp = claims.get("exp")?.as_i64()?;
+        (exp > self.clock.now_unix()).then_some(claims)
+    }
+
+    /// The published key set: the active key and retired keys whose tokens may still be valid.
+    pub fn jwks(&self) -> serde_json::Value {
+        let now = self.clock.now_unix();
+        let keys: Vec<_> = self
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|k| k.retired_at.is_none_or(|r| r + self.access_ttl + 60 > now))
+            .map(|k| serde_json::to_value(&k.jwk).unwrap_or_default())
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
+
+    /// (kid, retired?) of every stored key, newest first.
+    pub fn list(&self) -> Vec<(String, bool)> {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|k| (k.kid.clone(), k.retired_at.is_some()))
+            .collect()
+    }
+}

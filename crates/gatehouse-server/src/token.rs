@@ -1,0 +1,486 @@
+//! The token endpoint (AS-27 … AS-31, AS-35), revocation (RFC 7009) and introspection
+//! (RFC 7662).
+use crate::clients::presented;
+use crate::secrets::{random_id, random_token, sha256_hex};
+use crate::{AuthServer, OAuthError};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use gatehouse_core::{OAuthErrorCode, PkceChallenge, PkceVerifier, Resource, ScopeSet};
+use gatehouse_store::{ClientRecord, GrantRecord, Redeemed, RefreshRecord, Rotated};
+use http::HeaderMap;
+use std::collections::HashMap;
+
+type Form = HashMap<String, String>;
+
+/// Parses a form body, refusing repeated parameters (RFC 6749 §3.2: parameters MUST NOT be
+/// included more than once) — except `resource`, which RFC 8707 allows to repeat (we bind one).
+fn parse_form(body: &[u8]) -> Result<Form, OAuthError> {
+    let mut out = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(body) {
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(OAuthError::invalid_request(format!(
+                "parameter {k} repeated"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn no_store(v: serde_json::Value) -> Response {
+    let mut r = axum::Json(v).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        http::header::PRAGMA,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    r
+}
+
+fn require<'a>(f: &'a Form, name: &str) -> Result<&'a str, OAuthError> {
+    f.get(name)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| OAuthError::invalid_request(format!("{name} is required")))
+}
+
+impl AuthServer {
+    /// RFC 8707: the resource a token is for. Unknown resources are `invalid_target`.
+    pub(crate) fn resolve_resource(
+        &self,
+        requested: Option<&str>,
+    ) -> Result<&crate::ResourceEntry, OAuthError> {
+        let cfg = &self.inner.cfg;
+        let target = |d: String| OAuthError::new(OAuthErrorCode::InvalidTarget, d);
+        let want = match requested {
+            Some(r) => Resource::parse(r).map_err(|e| target(e.to_string()))?,
+            None => cfg
+                .default_resource
+                .clone()
+                .ok_or_else(|| target("resource is required".into()))?,
+        };
+        cfg.resources
+            .iter()
+            .find(|e| e.resource.as_str() == want.as_str())
+            .ok_or_else(|| target(format!("unknown resource {}", want.as_str())))
+    }
+
+    /// The scopes a request may get: requested ∩ what the resource knows ∩ what the client may
+    /// ask for; an unknown or disallowed scope is `invalid_scope`.
+    pub(crate) fn check_scopes(
+        &self,
+        requested: &ScopeSet,
+        client: &ClientRecord,
+        res: &crate::ResourceEntry,
+    ) -> Result<(), OAuthError> {
+        let mut allowed = res.scopes.clone();
+        if let Ok(s) = gatehouse_core::Scope::parse("offline_access") {
+            allowed.insert(s);
+        }
+        if let Some(cs) = &client.scope {
+            let client_set = ScopeSet::parse(cs).unwrap_or_default();
+            allowed =
+                ScopeSet::from_iter(allowed.iter().filter(|s| client_set.contains(s)).cloned());
+        }
+        let extra = allowed.missing_from(requested);
+        if extra.is_empty() {
+            Ok(())
+        } else {
+            Err(OAuthError::new(
+                OAuthErrorCode::InvalidScope,
+                format!("scope not allowed: {extra}"),
+            ))
+        }
+    }
+
+    fn access_token(
+        &self,
+        subject: &str,
+        client_id: &str,
+        scope: &ScopeSet,
+        resource: &str,
+        grant_id: &str,
+    ) -> Result<(String, i64), OAuthError> {
+        let now = self.inner.clock.now_unix();
+        let ttl = self.inner.cfg.access_token_ttl;
+        // offline_access governs refresh tokens; it is no permission at the resource.
+        let at_scope: ScopeSet = scope
+            .iter()
+            .filter(|s| s.as_str() != "offline_access")
+            .cloned()
+            .collect();
+        let claims = serde_json::json!({
+            "iss": self.inner.cfg.issuer.as_str(),
+            "sub": subject,
+            "aud": resource,
+            "client_id": client_id,
+            "scope": at_scope.to_string(),
+            "iat": now,
+            "exp": now + ttl,
+            "jti": random_id(),
+            "gid": grant_id,
+        });
+        Ok((self.inner.keys.sign(&claims)?, ttl))
+    }
+
+    fn token_response(
+        &self,
+        access: (String, i64),
+        scope: &ScopeSet,
+        refresh: Option<String>,
+    ) -> Response {
+        let mut v = serde_json::json!({
+            "access_token": access.0,
+            "token_type": "Bearer",
+            "expires_in": access.1,
+            "scope": scope.to_string(),
+        });
+        if let Some(r) = refresh {
+            v["refresh_token"] = r.into();
+        }
+        no_store(v)
+    }
+}
+
+pub(crate) async fn token(
+    State(s): State<AuthServer>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let r = async {
+        let form = parse_form(&body)?;
+        let creds = presented(&headers, &form)?;
+        let client = s.authenticate_client(&creds).await?;
+        match require(&form, "grant_type")? {
+            "authorization_code" => code_grant(&s, &client, &form).await,
+            "refresh_token" => refresh_grant(&s, &client, &form).await,
+            "client_credentials" => client_credentials(&s, &client, &form).await,
+            other => Err(OAuthError::new(
+                OAuthErrorCode::UnsupportedGrantType,
+                format!("grant_type {other} is not supported"),
+            )),
+        }
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn client_allows(client: &ClientRecord, grant: &str) -> Result<(), OAuthError> {
+    if client.grant_types.iter().any(|g| g == grant) {
+        Ok(())
+    } else {
+        Err(OAuthError::new(
+            OAuthErrorCode::UnauthorizedClient,
+            format!("client may not use the {grant} grant"),
+        ))
+    }
+}
+
+async fn code_grant(
+    s: &AuthServer,
+    client: &ClientRecord,
+    form: &Form,
+) -> Result<Response, OAuthError> {
+    client_allows(client, "authorization_code")?;
+    let code = require(form, "code")?;
+    let verifier = PkceVerifier::parse(require(form, "code_verifier")?)
+        .map_err(|e| OAuthError::invalid_request(e.to_string()))?;
+    let redirect_uri = form.get("redirect_uri").cloned();
+    let resource = form.get("resource").cloned();
+    let now = s.inner.clock.now_unix();
+    let wants_refresh = client.grant_types.iter().any(|g| g == "refresh_token");
+    let refresh_secret = wants_refresh.then(random_token);
+    let refresh_ttl = s.inner.cfg.refresh_token_ttl;
+    let outcome = s
+        .inner
+        .store
+        .redeem_code(&sha256_hex(code), now, |c| {
+            // Every binding is checked before the code is spent; a failure changes nothing.
+            if c.client_id != client.client_id {
+                return Err(OAuthError::invalid_grant(
+                    "code was issued to another client",
+                ));
+            }
+            let challenge = PkceChallenge::parse(&c.code_challenge, Some("S256"))
+                .map_err(|_| OAuthError::invalid_grant("stored challenge invalid"))?;
+            if !challenge.verify(&verifier) {
+                return Err(OAuthError::invalid_grant("PKCE verification failed"));
+            }
+            if redirect_uri.as_deref().is_some_and(|r| r != c.redirect_uri) {
+                return Err(OAuthError::invalid_grant(
+                    "redirect_uri does not match the authorization request",
+                ));
+            }
+            if resource.as_deref().is_some_and(|r| r != c.resource) {
+                return Err(OAuthError::new(
+                    OAuthErrorCode::InvalidTarget,
+                    "resource differs from the authorization request",
+                ));
+            }
+            Ok(refresh_secret.as_deref().map(|secret| RefreshRecord {
+                token_hash: sha256_hex(secret),
+                grant_id: c.grant_id.clone(),
+                client_id: c.client_id.clone(),
+                scope: c.scope.clone(),
+                resource: c.resource.clone(),
+                expires_at: now + refresh_ttl,
+                rotated_at: None,
+                reuse_count: 0,
+            }))
+        })
+        .await??;
+    let c = match outcome {
+        Redeemed::Fresh(c) => c,
+        Redeemed::Replayed { grant_id } => {
+            tracing::warn!(client_id = %client.client_id, grant_id, "authorization code replayed; grant revoked");
+            return Err(OAuthError::invalid_grant("authorization code already used"));
+        }
+        Redeemed::Expired => return Err(OAuthError::invalid_grant("authorization code expired")),
+        Redeemed::Unknown => return Err(OAuthError::invalid_grant("unknown authorization code")),
+    };
+    let scope = ScopeSet::parse(&c.scope).unwrap_or_default();
+    let access = s.access_token(&c.subject, &c.client_id, &scope, &c.resource, &c.grant_id)?;
+    Ok(s.token_response(access, &scope, refresh_secret))
+}
+
+async fn refresh_grant(
+    s: &AuthServer,
+    client: &ClientRecord,
+    form: &Form,
+) -> Result<Response, OAuthError> {
+    client_allows(client, "refresh_token")?;
+    let presented_token = require(form, "refresh_token")?;
+    let requested_scope = form
+        .get("scope")
+        .map(|sc| ScopeSet::parse(sc))
+        .transpose()
+        .map_err(|e| OAuthError::new(OAuthErrorCode::InvalidScope, e.to_string()))?;
+    let resource = form.get("resource").cloned();
+    let now = s.inner.clock.now_unix();
+    let new_secret = random_token();
+    let cfg = &s.inner.cfg;
+    let outcome = s
+        .inner
+        .store
+        .rotate_refresh(
+            &sha256_hex(presented_token),
+            now,
+            cfg.refresh_grace_secs,
+            |old| {
+                if old.client_id != client.client_id {
+                    return Err(OAuthError::invalid_grant(
+                        "refresh token was issued to another client",
+                    ));
+                }
+                if resource.as_deref().is_some_and(|r| r != old.resource) {
+                    return Err(OAuthError::new(
+                        OAuthErrorCode::InvalidTarget,
+                        "resource differs from the original grant",
+                    ));
+                }
+                let granted = ScopeSet::parse(&old.scope).unwrap_or_default();
+                if let Some(req) = &requested_scope
+                    && !granted.is_superset(req)
+                {
+                    return Err(OAuthError::new(
+                        OAuthErrorCode::InvalidScope,
+                        "refresh may not widen the scope; authorize again",
+                    ));
+                }
+                Ok(RefreshRecord {
+                    token_hash: sha256_hex(&new_secret),
+                    grant_id: old.grant_id.clone(),
+                    client_id: old.client_id.clone(),
+                    // The family keeps its granted scope; a narrower request narrows only the access token.
+                    scope: old.scope.clone(),
+                    resource: old.resource.clone(),
+                    expires_at: now + cfg.refresh_token_ttl,
+                    rotated_at: None,
+                    reuse_count: 0,
+                })
+            },
+        )
+        .await??;
+    let old = match outcome {
+        Rotated::Ok { old, grace } => {
+            if grace {
+                tracing::info!(client_id = %client.client_id, "refresh token used twice within the grace window");
+            }
+            old
+        }
+        Rotated::Reused { grant_id } => {
+            tracing::warn!(client_id = %client.client_id, grant_id, "refresh token reuse detected; grant revoked");
+            return Err(OAuthError::invalid_grant(
+                "refresh token already used; the grant has been revoked",
+            ));
+        }
+        Rotated::Revoked => return Err(OAuthError::invalid_grant("grant revoked")),
+        Rotated::Expired => return Err(OAuthError::invalid_grant("refresh token expired")),
+        Rotated::Unknown => return Err(OAuthError::invalid_grant("unknown refresh token")),
+    };
+    let grant = s
+        .inner
+        .store
+        .get_grant(&old.grant_id)
+        .await?
+        .ok_or_else(|| OAuthError::invalid_grant("grant not found"))?;
+    let scope = requested_scope.unwrap_or_else(|| ScopeSet::parse(&old.scope).unwrap_or_default());
+    let access = s.access_token(
+        &grant.subject,
+        &old.client_id,
+        &scope,
+        &old.resource,
+        &old.grant_id,
+    )?;
+    Ok(s.token_response(access, &scope, Some(new_secret)))
+}
+
+async fn client_credentials(
+    s: &AuthServer,
+    client: &ClientRecord,
+    form: &Form,
+) -> Result<Response, OAuthError> {
+    client_allows(client, "client_credentials")?;
+    if client.secret_hash.is_none() {
+        return Err(OAuthError::new(
+            OAuthErrorCode::UnauthorizedClient,
+            "client_credentials needs a confidential client",
+        ));
+    }
+    let res = s.resolve_resource(form.get("resource").map(String::as_str))?;
+    let scope = match form.get("scope") {
+        Some(sc) => ScopeSet::parse(sc)
+            .map_err(|e| OAuthError::new(OAuthErrorCode::InvalidScope, e.to_string()))?,
+        None => client
+            .scope
+            .as_deref()
+            .map(ScopeSet::parse)
+            .transpose()
+            .ok()
+            .flatten()
+            .unwrap_or_default(),
+    };
+    s.check_scopes(&scope, client, res)?;
+    let now = s.inner.clock.now_unix();
+    let grant = GrantRecord {
+        grant_id: random_id(),
+        subject: client.client_id.clone(),
+        client_id: client.client_id.clone(),
+        scope: scope.to_string(),
+        resource: res.resource.as_str().to_owned(),
+        created_at: now,
+        revoked_at: None,
+    };
+    s.inner.store.insert_grant(&grant).await?;
+    let access = s.access_token(
+        &grant.subject,
+        &grant.client_id,
+        &scope,
+        &grant.resource,
+        &grant.grant_id,
+    )?;
+    Ok(s.token_response(access, &scope, None))
+}
+
+/// RFC 7009. Always 200 for a well-formed request from an authenticated client, whether or not
+/// the token was known (no oracle); only the client a token was issued to may revoke it.
+pub(crate) async fn revoke(
+    State(s): State<AuthServer>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let r = async {
+        let form = parse_form(&body)?;
+        let client = s.authenticate_client(&presented(&headers, &form)?).await?;
+        let token = require(&form, "token")?;
+        let now = s.inner.clock.now_unix();
+        let grant_id = if let Some(claims) = s.inner.keys.verify(token) {
+            (claims.get("client_id").and_then(|v| v.as_str()) == Some(client.client_id.as_str()))
+                .then(|| {
+                    claims
+                        .get("gid")
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned)
+                })
+                .flatten()
+        } else {
+            s.inner
+                .store
+                .get_refresh(&sha256_hex(token))
+                .await?
+                .filter(|r| r.client_id == client.client_id)
+                .map(|r| r.grant_id)
+        };
+        if let Some(g) = grant_id {
+            s.inner.store.revoke_grant(&g, now).await?;
+            tracing::info!(client_id = %client.client_id, grant_id = %g, "grant revoked by client");
+        }
+        Ok::<_, OAuthError>(no_store(serde_json::json!({})))
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// RFC 7662 for authenticated confidential clients (resource servers). Inactive is the answer for
+/// anything unknown, expired, revoked or not issued by this server.
+pub(crate) async fn introspect(
+    State(s): State<AuthServer>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let r = async {
+        let form = parse_form(&body)?;
+        let client = s.authenticate_client(&presented(&headers, &form)?).await?;
+        if client.secret_hash.is_none() {
+            return Err(OAuthError::invalid_client(
+                "introspection requires a confidential client",
+            ));
+        }
+        let token = require(&form, "token")?;
+        let inactive = || no_store(serde_json::json!({"active": false}));
+        if let Some(mut claims) = s.inner.keys.verify(token) {
+            let gid = claims
+                .get("gid")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            let live = s
+                .inner
+                .store
+                .get_grant(&gid)
+                .await?
+                .is_some_and(|g| g.revoked_at.is_none());
+            if !live {
+                return Ok(inactive());
+            }
+            claims.insert("active".into(), true.into());
+            claims.insert("token_type".into(), "Bearer".into());
+            return Ok(no_store(serde_json::Value::Object(claims)));
+        }
+        let Some(r) = s.inner.store.get_refresh(&sha256_hex(token)).await? else {
+            return Ok(inactive());
+        };
+        let grant = s.inner.store.get_grant(&r.grant_id).await?;
+        let now = s.inner.clock.now_unix();
+        match grant {
+            Some(g) if g.revoked_at.is_none() && r.rotated_at.is_none() && r.expires_at > now => {
+                Ok(no_store(serde_json::json!({
+                    "active": true,
+                    "token_type": "refresh_token",
+                    "scope": r.scope,
+                    "client_id": r.client_id,
+                    "sub": g.subject,
+                    "aud": r.resource,
+                    "iss": s.inner.cfg.issuer.as_str(),
+                    "exp": r.expires_at,
+                })))
+            }
+            _ => Ok(inactive()),
+        }
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}

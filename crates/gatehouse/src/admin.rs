@@ -1,0 +1,302 @@
+//! `gatehouse admin`: users, clients, signing keys and grants of the embedded authorization
+//! server, straight on its store.
+use base64::Engine as _;
+use clap::{Args, Subcommand};
+use gatehouse_core::{Clock, RedirectUri, ScopeSet, SystemClock};
+use gatehouse_server::{KeyManager, hash_password};
+use gatehouse_store::{ClientRecord, ClientSource, Store, UserRecord};
+use sha2::Digest as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Args)]
+pub(crate) struct AdminArgs {
+    /// The store: sqlite://PATH or postgres://…
+    #[arg(
+        long,
+        env = "GATEHOUSE_DATABASE",
+        default_value = "sqlite://.gatehouse/gatehouse.db"
+    )]
+    db: String,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Local user accounts.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// Pre-registered clients.
+    Clients {
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+    /// Token signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Revoke every grant of a user (optionally only for one client).
+    Revoke {
+        #[arg(long)]
+        subject: String,
+        #[arg(long)]
+        client: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Add a user; the password is read from an environment variable (never an argument).
+    Add {
+        name: String,
+        #[arg(long, default_value = "GATEHOUSE_PASSWORD")]
+        password_env: String,
+    },
+    /// Set a user's password from an environment variable.
+    Passwd {
+        name: String,
+        #[arg(long, default_value = "GATEHOUSE_PASSWORD")]
+        password_env: String,
+    },
+    List,
+    /// Delete a user, their sessions and consents, and revoke their grants.
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientsCommand {
+    /// Pre-register a client. Confidential clients get a secret, printed once.
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        #[arg(long)]
+        confidential: bool,
+        /// Grant types (repeatable); default authorization_code and refresh_token.
+        #[arg(long = "grant")]
+        grants: Vec<String>,
+        /// Scopes the client may request (space-separated); default: any.
+        #[arg(long)]
+        scope: Option<String>,
+        /// A fixed client_id (default: random).
+        #[arg(long)]
+        client_id: Option<String>,
+    },
+    List,
+    /// Delete a client and revoke its grants.
+    Delete {
+        client_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new signing key active; the old one is published until its tokens expire.
+    Rotate,
+    List,
+}
+
+fn password_from(var: &str) -> Result<String, String> {
+    match std::env::var(var) {
+        Ok(p) if p.chars().count() >= 8 => Ok(p),
+        Ok(_) => Err(format!(
+            "the password in {var} is shorter than 8 characters"
+        )),
+        Err(_) => Err(format!(
+            "set the password in the environment variable {var}"
+        )),
+    }
+}
+
+pub(crate) fn run(args: AdminArgs) -> ExitCode {
+    let Some(rt) = crate::runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(run_inner(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run_inner(args: AdminArgs) -> Result<(), String> {
+    if let Some(path) = args.db.strip_prefix("sqlite://")
+        && let Some(dir) = std::path::Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let store = Store::open(&args.db).await.map_err(|e| e.to_string())?;
+    let clock = SystemClock;
+    let now = clock.now_unix();
+    match args.command {
+        AdminCommand::Users { command } => match command {
+            UsersCommand::Add { name, password_env } => {
+                let hash = hash_password(&password_from(&password_env)?)?;
+                store
+                    .insert_user(&UserRecord {
+                        username: name.clone(),
+                        subject: name.clone(),
+                        password_hash: hash,
+                        disabled: false,
+                        created_at: now,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!("added user {name}");
+            }
+            UsersCommand::Passwd { name, password_env } => {
+                let hash = hash_password(&password_from(&password_env)?)?;
+                if !store
+                    .set_password(&name, &hash)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    return Err(format!("no user {name}"));
+                }
+                println!("password of {name} changed");
+            }
+            UsersCommand::List => {
+                for u in store.list_users().await.map_err(|e| e.to_string())? {
+                    println!(
+                        "{}\t{}{}",
+                        u.username,
+                        u.subject,
+                        if u.disabled { "\tdisabled" } else { "" }
+                    );
+                }
+            }
+            UsersCommand::Delete { name } => {
+                if !store
+                    .delete_user(&name, now)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    return Err(format!("no user {name}"));
+                }
+                println!("deleted user {name}; their grants are revoked");
+            }
+        },
+        AdminCommand::Clients { command } => match command {
+            ClientsCommand::Add {
+                name,
+                redirect_uris,
+                confidential,
+                grants,
+                scope,
+                client_id,
+            } => {
+                for u in &redirect_uris {
+                    RedirectUri::parse(u).map_err(|e| e.to_string())?;
+                }
+                let grants = if grants.is_empty() {
+                    vec!["authorization_code".to_owned(), "refresh_token".to_owned()]
+                } else {
+                    grants
+                };
+                if grants.iter().any(|g| g == "authorization_code") && redirect_uris.is_empty() {
+                    return Err(
+                        "--redirect-uri is required for the authorization_code grant".into(),
+                    );
+                }
+                if let Some(s) = &scope {
+                    ScopeSet::parse(s).map_err(|e| e.to_string())?;
+                }
+                let id = client_id.unwrap_or_else(|| {
+                    let b: [u8; 16] = rand::random();
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+                });
+                let secret = confidential.then(|| {
+                    let b: [u8; 32] = rand::random();
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+                });
+                let hash = secret.as_deref().map(|s| {
+                    sha2::Sha256::digest(s.as_bytes())
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                });
+                store
+                    .insert_client(&ClientRecord {
+                        client_id: id.clone(),
+                        secret_hash: hash,
+                        auth_method: if confidential {
+                            "client_secret_basic".into()
+                        } else {
+                            "none".into()
+                        },
+                        redirect_uris,
+                        grant_types: grants,
+                        client_name: Some(name),
+                        scope,
+                        source: ClientSource::Preregistered,
+                        application_type: None,
+                        metadata: serde_json::json!({}),
+                        created_at: now,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!("client_id: {id}");
+                if let Some(s) = secret {
+                    println!("client_secret: {s}");
+                    eprintln!("(the secret is shown once; only its hash is stored)");
+                }
+            }
+            ClientsCommand::List => {
+                for c in store.list_clients().await.map_err(|e| e.to_string())? {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        c.client_id,
+                        c.source.as_str(),
+                        c.client_name.unwrap_or_default(),
+                        c.redirect_uris.join(" ")
+                    );
+                }
+            }
+            ClientsCommand::Delete { client_id } => {
+                if !store
+                    .delete_client(&client_id, now)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    return Err(format!("no client {client_id}"));
+                }
+                println!("deleted client {client_id}; its grants are revoked");
+            }
+        },
+        AdminCommand::Keys { command } => {
+            let km = KeyManager::load(store.clone(), Arc::new(clock), 300)
+                .await
+                .map_err(|e| e.description)?;
+            match command {
+                KeysCommand::Rotate => {
+                    let kid = km.rotate().await.map_err(|e| e.description)?;
+                    println!("active signing key: {kid}");
+                }
+                KeysCommand::List => {
+                    for (kid, retired) in km.list() {
+                        println!("{kid}\t{}", if retired { "retired" } else { "active" });
+                    }
+                }
+            }
+        }
+        AdminCommand::Revoke { subject, client } => {
+            let n = store
+                .revoke_grants_of(&subject, client.as_deref(), now)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("revoked {n} grant(s)");
+        }
+    }
+    store.close().await;
+    Ok(())
+}
