@@ -386,7 +386,7 @@ impl Store {
     /// All keys, newest first.
     pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         Ok(
-            with_pool!(self, p => sqlx::query_as("SELECT kid, alg, private_der, public_jwk, created_at, retired_at FROM signing_keys ORDER BY created_at DESC, kid")
+            with_pool!(self, p => sqlx::query_as("SELECT kid, alg, private_der, public_jwk, created_at, retired_at FROM signing_keys ORDER BY (retired_at IS NULL) DESC, created_at DESC, kid")
             .fetch_all(p).await)?,
         )
     }

@@ -1,4 +1,5 @@
 //! Process fixtures for end-to-end tests: the real `gatehouse` binary and real peers from npm.
+
 #![allow(
     dead_code,
     unreachable_pub,
@@ -6,6 +7,8 @@
     clippy::expect_used,
     reason = "test fixtures fail loudly"
 )]
+
+pub mod browser;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -1,0 +1,103 @@
+//! A scripted browser for the login and consent pages: cookies, forms, no redirects followed.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test fixture"
+)]
+
+use std::collections::HashMap;
+
+pub struct Browser {
+    pub http: reqwest::Client,
+    pub cookies: HashMap<String, String>,
+}
+
+pub struct Page {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    pub fn location(&self) -> Option<String> {
+        self.headers
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+    /// The value of a hidden form field.
+    pub fn field(&self, name: &str) -> Option<String> {
+        let needle = format!("name=\"{name}\" value=\"");
+        let i = self.body.find(&needle)? + needle.len();
+        let j = self.body[i..].find('"')?;
+        Some(self.body[i..i + j].to_owned())
+    }
+    /// Query parameters of the redirect.
+    pub fn redirect_params(&self) -> HashMap<String, String> {
+        let loc = self.location().expect("a redirect");
+        let u = url::Url::parse(&loc).expect("absolute redirect");
+        u.query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    }
+}
+
+impl Browser {
+    pub fn new() -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookies: HashMap::new(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn take(&mut self, r: reqwest::Response) -> Page {
+        for c in r.headers().get_all("set-cookie") {
+            let s = c.to_str().unwrap();
+            let pair = s.split(';').next().unwrap();
+            if let Some((k, v)) = pair.split_once('=') {
+                self.cookies
+                    .insert(k.trim().to_owned(), v.trim().to_owned());
+            }
+        }
+        Page {
+            status: r.status().as_u16(),
+            headers: r.headers().clone(),
+            body: r.text().await.unwrap(),
+        }
+    }
+
+    pub async fn get(&mut self, url: &str) -> Page {
+        let r = self
+            .http
+            .get(url)
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        self.take(r).await
+    }
+
+    pub async fn post_form(&mut self, url: &str, form: &[(&str, &str)]) -> Page {
+        let r = self
+            .http
+            .post(url)
+            .header("cookie", self.cookie_header())
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        self.take(r).await
+    }
+}

@@ -1,0 +1,907 @@
+//! Issue 3: the embedded authorization server in `gatehouse dev`, driven over real HTTP by a
+//! scripted browser and token requests. Each test names the REQUIREMENTS.md items it proves.
+mod common;
+
+use common::browser::{Browser, Page};
+use common::*;
+use gatehouse_core::PkceVerifier;
+use serde_json::{Value, json};
+use std::process::Command;
+
+const USER: &str = "alice";
+const PASSWORD: &str = "correct horse battery";
+
+struct Dev {
+    proc: Proc,
+    base: String,
+    mcp: String,
+    data_dir: std::path::PathBuf,
+    http: reqwest::Client,
+}
+
+fn start() -> Dev {
+    let port = free_port();
+    let data_dir = std::env::temp_dir().join(format!("gatehouse-as-{port}"));
+    let mut cmd = gatehouse();
+    cmd.env("GATEHOUSE_DEV_USER", USER)
+        .env("GATEHOUSE_DEV_PASSWORD", PASSWORD)
+        .args([
+            "dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(&data_dir);
+    let proc = Proc::start(cmd, "ready");
+    let base = format!("http://127.0.0.1:{port}");
+    Dev {
+        proc,
+        mcp: format!("{base}/mcp"),
+        base,
+        data_dir,
+        http: reqwest::Client::new(),
+    }
+}
+
+struct Flow {
+    client_id: String,
+    verifier: PkceVerifier,
+}
+
+impl Dev {
+    async fn register(&self, redirect_uri: &str, extra: Value) -> Value {
+        let mut body = json!({
+            "client_name": "Test App",
+            "redirect_uris": [redirect_uri],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_method": "none",
+            "application_type": "native",
+        });
+        if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+            b.extend(e);
+        }
+        let r = self
+            .http
+            .post(format!("{}/register", self.base))
+            .json(&body)
+            .send()
+            .await
+            .expect("register");
+        let status = r.status().as_u16();
+        let mut v: Value = r.json().await.expect("json");
+        v["_status"] = status.into();
+        v
+    }
+
+    async fn public_client(&self) -> Flow {
+        let v = self.register("http://127.0.0.1/callback", json!({})).await;
+        assert_eq!(v["_status"], 201, "{v}");
+        Flow {
+            client_id: v["client_id"].as_str().expect("id").into(),
+            verifier: PkceVerifier::generate(),
+        }
+    }
+
+    fn authorize_url(
+        &self,
+        f: &Flow,
+        redirect_uri: &str,
+        scope: &str,
+        extra: &[(&str, &str)],
+    ) -> String {
+        let mut u = url::Url::parse(&format!("{}/authorize", self.base)).expect("url");
+        {
+            let mut q = u.query_pairs_mut();
+            q.append_pair("response_type", "code")
+                .append_pair("client_id", &f.client_id)
+                .append_pair("redirect_uri", redirect_uri)
+                .append_pair("code_challenge", f.verifier.challenge().as_str())
+                .append_pair("code_challenge_method", "S256")
+                .append_pair("state", "st-123")
+                .append_pair("scope", scope)
+                .append_pair("resource", &self.mcp);
+            for (k, v) in extra {
+                q.append_pair(k, v);
+            }
+        }
+        u.to_string()
+    }
+
+    /// Authorize → login → consent; returns the final redirect page.
+    async fn authorize(&self, b: &mut Browser, f: &Flow, scope: &str) -> Page {
+        let login = b
+            .get(&self.authorize_url(f, "http://127.0.0.1:53100/callback", scope, &[]))
+            .await;
+        if login.status == 307 {
+            // Consent already given by this user to this client: straight back with a code.
+            return login;
+        }
+        assert_eq!(login.status, 200, "{}", login.body);
+        let (p, c) = (
+            login.field("pending").expect("pending"),
+            login.field("csrf").expect("csrf"),
+        );
+        let consent = if login.body.contains("type=\"password\"") {
+            b.post_form(
+                &format!("{}/login", self.base),
+                &[
+                    ("pending", &p),
+                    ("csrf", &c),
+                    ("username", USER),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await
+        } else {
+            login
+        };
+        assert_eq!(consent.status, 200, "{}", consent.body);
+        assert!(consent.body.contains("value=\"approve\""));
+        b.post_form(
+            &format!("{}/consent", self.base),
+            &[("pending", &p), ("csrf", &c), ("decision", "approve")],
+        )
+        .await
+    }
+
+    async fn token(&self, form: &[(&str, &str)]) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/token", self.base))
+            .form(form)
+            .send()
+            .await
+            .expect("token");
+        let status = r.status().as_u16();
+        assert_eq!(
+            r.headers()
+                .get("cache-control")
+                .map(|v| v.to_str().expect("ascii")),
+            Some("no-store")
+        );
+        (status, r.json().await.expect("json"))
+    }
+
+    async fn redeem(&self, f: &Flow, code: &str) -> (u16, Value) {
+        self.token(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("code_verifier", f.verifier.secret()),
+            ("client_id", &f.client_id),
+            ("redirect_uri", "http://127.0.0.1:53100/callback"),
+            ("resource", &self.mcp),
+        ])
+        .await
+    }
+
+    async fn refresh(&self, f: &Flow, rt: &str) -> (u16, Value) {
+        self.token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", rt),
+            ("client_id", &f.client_id),
+        ])
+        .await
+    }
+
+    async fn mcp_status(&self, token: &str) -> u16 {
+        self.http
+            .post(&self.mcp)
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
+            .send()
+            .await
+            .expect("mcp")
+            .status()
+            .as_u16()
+    }
+
+    fn admin(&self) -> Command {
+        let mut c = gatehouse();
+        c.arg("admin")
+            .arg("--db")
+            .arg(format!("sqlite://{}/gatehouse.db", self.data_dir.display()));
+        c
+    }
+}
+
+fn claims(jwt: &str) -> Value {
+    use base64::Engine as _;
+    let p = jwt.split('.').nth(1).expect("payload");
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .expect("b64"),
+    )
+    .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as01_as02_as03_discovery() {
+    let d = start();
+    for path in [
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/openid-configuration",
+    ] {
+        let v: Value = d
+            .http
+            .get(format!("{}{path}", d.base))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(
+            v["issuer"],
+            json!(d.base),
+            "AS-02: issuer exactly the URL it is served for"
+        );
+        assert_eq!(v["code_challenge_methods_supported"], json!(["S256"]));
+        assert_eq!(v["authorization_response_iss_parameter_supported"], true);
+        assert_eq!(v["client_id_metadata_document_supported"], true);
+        assert_eq!(v["response_types_supported"], json!(["code"]));
+        for k in [
+            "authorization_endpoint",
+            "token_endpoint",
+            "registration_endpoint",
+            "revocation_endpoint",
+            "introspection_endpoint",
+            "jwks_uri",
+        ] {
+            assert!(v[k].as_str().is_some_and(|u| u.starts_with(&d.base)), "{k}");
+        }
+    }
+    let jwks: Value = d
+        .http
+        .get(format!("{}/jwks", d.base))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(jwks["keys"][0]["kty"], "EC");
+    assert!(
+        jwks["keys"][0].get("d").is_none(),
+        "no private key material"
+    );
+    // The guard's PRM names this issuer.
+    let prm: Value = d
+        .http
+        .get(format!(
+            "{}/.well-known/oauth-protected-resource/mcp",
+            d.base
+        ))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(prm["authorization_servers"], json!([d.base]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_flow_tokens_refresh_and_the_guarded_server() {
+    let d = start();
+    let f = d.public_client().await;
+    let mut b = Browser::new();
+    let done = d.authorize(&mut b, &f, "mcp:basic").await;
+    assert_eq!(done.status, 303);
+    let params = done.redirect_params();
+    assert_eq!(params["state"], "st-123", "AS-12: state round trip");
+    assert_eq!(params["iss"], d.base, "RFC 9207 iss");
+    assert!(
+        done.location()
+            .expect("loc")
+            .starts_with("http://127.0.0.1:53100/callback?"),
+        "AS-09: any loopback port"
+    );
+    let (st, tok) = d.redeem(&f, &params["code"]).await;
+    assert_eq!(st, 200, "{tok}");
+    assert_eq!(tok["token_type"], "Bearer");
+    let at = tok["access_token"].as_str().expect("at");
+    let c = claims(at);
+    assert_eq!(
+        c["aud"],
+        json!(d.mcp),
+        "AS-13: audience bound to the resource"
+    );
+    assert_eq!(c["iss"], json!(d.base));
+    assert_eq!(c["sub"], USER);
+    assert_eq!(c["scope"], "mcp:basic");
+    assert!(
+        c["exp"].as_i64().expect("exp") - c["iat"].as_i64().expect("iat") <= 600,
+        "AS-28 short-lived"
+    );
+    assert_eq!(
+        d.mcp_status(at).await,
+        200,
+        "the guard accepts the embedded issuer's token"
+    );
+
+    // AS-29: rotation; the old refresh token stops working after the grace use.
+    let rt1 = tok["refresh_token"].as_str().expect("rt").to_owned();
+    let (st, t2) = d.refresh(&f, &rt1).await;
+    assert_eq!(st, 200, "{t2}");
+    let rt2 = t2["refresh_token"].as_str().expect("rt2").to_owned();
+    assert_ne!(rt1, rt2);
+    assert_eq!(
+        d.mcp_status(t2["access_token"].as_str().expect("at")).await,
+        200
+    );
+    // Scope may not widen on refresh.
+    let (st, e) = d
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &rt2),
+            ("client_id", &f.client_id),
+            ("scope", "mcp:basic notes:write"),
+        ])
+        .await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("invalid_scope")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as29_t9_refresh_reuse_revokes_the_family_and_racing_refreshes_survive() {
+    let d = start();
+    let f = d.public_client().await;
+    let mut b = Browser::new();
+    let code = d.authorize(&mut b, &f, "mcp:basic").await.redirect_params()["code"].clone();
+    let (_, tok) = d.redeem(&f, &code).await;
+    let rt1 = tok["refresh_token"].as_str().expect("rt").to_owned();
+    // Two refreshes racing with the same token: both succeed (bounded grace).
+    let (a, b2) = tokio::join!(d.refresh(&f, &rt1), d.refresh(&f, &rt1));
+    assert_eq!((a.0, b2.0), (200, 200), "{} {}", a.1, b2.1);
+    // A third use is reuse: invalid_grant and the whole family is revoked.
+    let (st, e) = d.refresh(&f, &rt1).await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("invalid_grant")));
+    let rt2 = a.1["refresh_token"].as_str().expect("rt2");
+    let (st, e) = d.refresh(&f, rt2).await;
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "family revoked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as07_as08_t9_bad_code_exchanges_change_nothing_and_replay_revokes() {
+    let d = start();
+    let f = d.public_client().await;
+    let mut b = Browser::new();
+    let code = d.authorize(&mut b, &f, "mcp:basic").await.redirect_params()["code"].clone();
+    let wrong = PkceVerifier::generate();
+    for (what, form) in [
+        ("wrong verifier", vec![("code_verifier", wrong.secret())]),
+        (
+            "wrong redirect_uri",
+            vec![
+                ("code_verifier", f.verifier.secret()),
+                ("redirect_uri", "http://127.0.0.1:53100/callbacK"),
+            ],
+        ),
+        (
+            "other resource",
+            vec![
+                ("code_verifier", f.verifier.secret()),
+                ("resource", "http://127.0.0.1:1/mcp"),
+            ],
+        ),
+    ] {
+        let mut full = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("client_id", f.client_id.as_str()),
+        ];
+        full.extend(form);
+        let (st, e) = d.token(&full).await;
+        assert_eq!(st, 400, "{what}: {e}");
+        assert!(
+            matches!(
+                e["error"].as_str(),
+                Some("invalid_grant" | "invalid_target")
+            ),
+            "{what}: {e}"
+        );
+    }
+    let (st, e) = d
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("client_id", &f.client_id),
+        ])
+        .await;
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (400, Some("invalid_request")),
+        "missing verifier"
+    );
+    // None of that spent the code.
+    let (st, tok) = d.redeem(&f, &code).await;
+    assert_eq!(st, 200, "{tok}");
+    let rt = tok["refresh_token"].as_str().expect("rt").to_owned();
+    // A replay is refused and revokes what the first redemption issued.
+    let (st, e) = d.redeem(&f, &code).await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("invalid_grant")));
+    let (st, _) = d.refresh(&f, &rt).await;
+    assert_eq!(st, 400, "refresh token of a replayed code is dead");
+    // Another client cannot redeem someone else's code.
+    let g = d.public_client().await;
+    let code2 = d.authorize(&mut b, &f, "mcp:basic").await.redirect_params()["code"].clone();
+    let (st, e) = d
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code2),
+            ("code_verifier", f.verifier.secret()),
+            ("client_id", &g.client_id),
+        ])
+        .await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("invalid_grant")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as06_as09_as13_authorize_errors() {
+    let d = start();
+    let f = d.public_client().await;
+    let mut b = Browser::new();
+    // AS-09/AS-11: a redirect URI off by one character gets an error page, never a redirect.
+    for bad in [
+        "http://127.0.0.1:53100/callbacK",
+        "http://127.0.0.2/callback",
+        "http://localhost/callback",
+        "https://evil.example/callback",
+    ] {
+        let p = b.get(&d.authorize_url(&f, bad, "mcp:basic", &[])).await;
+        assert_eq!(p.status, 400, "{bad}");
+        assert!(p.location().is_none(), "{bad}: never redirected");
+        assert_eq!(p.headers["x-frame-options"], "DENY");
+    }
+    let unknown = Flow {
+        client_id: "no-such-client".into(),
+        verifier: PkceVerifier::generate(),
+    };
+    let p = b
+        .get(&d.authorize_url(&unknown, "http://127.0.0.1/callback", "mcp:basic", &[]))
+        .await;
+    assert_eq!(p.status, 400);
+    assert!(p.location().is_none());
+    // Once client and redirect are verified, errors go back with state and iss.
+    let base = d.authorize_url(&f, "http://127.0.0.1:53100/callback", "mcp:basic", &[]);
+    let strip = |url: &str, key: &str| {
+        let mut u = url::Url::parse(url).expect("url");
+        let kept: Vec<(String, String)> = u
+            .query_pairs()
+            .filter(|(k, _)| k != key)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(kept);
+        u.to_string()
+    };
+    let cases = [
+        (
+            "AS-06 no PKCE",
+            strip(&strip(&base, "code_challenge"), "code_challenge_method"),
+            "invalid_request",
+        ),
+        (
+            "AS-06 plain",
+            format!(
+                "{}&code_challenge_method=plain",
+                strip(&base, "code_challenge_method")
+            ),
+            "invalid_request",
+        ),
+        (
+            "AS-13 unknown resource",
+            format!(
+                "{}&resource=https%3A%2F%2Fother.example%2Fmcp",
+                strip(&base, "resource")
+            ),
+            "invalid_target",
+        ),
+        (
+            "unknown scope",
+            format!("{}&scope=admin%3Aall", strip(&base, "scope")),
+            "invalid_scope",
+        ),
+        (
+            "response_type token",
+            format!("{}&response_type=token", strip(&base, "response_type")),
+            "unsupported_response_type",
+        ),
+    ];
+    for (what, url, code) in cases {
+        let p = b.get(&url).await;
+        assert_eq!(p.status, 303, "{what}: {}", p.body);
+        let params = p.redirect_params();
+        assert_eq!(
+            params.get("error").map(String::as_str),
+            Some(code),
+            "{what}"
+        );
+        assert_eq!(params["state"], "st-123", "{what}");
+        assert_eq!(params["iss"], d.base, "{what}");
+    }
+    // Repeated parameters are refused.
+    let p = b.get(&format!("{base}&state=again")).await;
+    assert_eq!(p.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as14_as15_t1_t5_t12_consent_screen_csrf_binding_and_per_client_memory() {
+    let d = start();
+    let f = d.public_client().await;
+    let mut b = Browser::new();
+    let login = b
+        .get(&d.authorize_url(
+            &f,
+            "http://127.0.0.1:53100/callback",
+            "mcp:basic notes:write",
+            &[],
+        ))
+        .await;
+    for h in ["x-frame-options", "content-security-policy"] {
+        assert!(login.headers.get(h).is_some(), "T12: {h} on the login page");
+    }
+    assert!(
+        login.headers["content-security-policy"]
+            .to_str()
+            .expect("csp")
+            .contains("frame-ancestors 'none'")
+    );
+    assert_eq!(
+        login.body.matches("type=\"password\"").count(),
+        1,
+        "one password field"
+    );
+    let (p, c) = (
+        login.field("pending").expect("p"),
+        login.field("csrf").expect("c"),
+    );
+    // Wrong password: no session, the form again.
+    let again = b
+        .post_form(
+            &format!("{}/login", d.base),
+            &[
+                ("pending", &p),
+                ("csrf", &c),
+                ("username", USER),
+                ("password", "wrong"),
+            ],
+        )
+        .await;
+    assert_eq!(again.status, 401);
+    assert!(again.body.contains("Wrong user name or password"));
+    let consent = b
+        .post_form(
+            &format!("{}/login", d.base),
+            &[
+                ("pending", &p),
+                ("csrf", &c),
+                ("username", USER),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(consent.status, 200);
+    // AS-14: who asks, where the code goes, what it may do, in plain words.
+    assert!(consent.body.contains("Test App"));
+    assert!(
+        consent.body.contains("unverified"),
+        "DCR clients are marked unverified"
+    );
+    assert!(consent.body.contains("http://127.0.0.1:53100/callback"));
+    assert!(
+        consent.body.contains("a program on this computer"),
+        "loopback redirect marked"
+    );
+    assert!(consent.body.contains("Create notes on your behalf"));
+    assert_eq!(
+        consent.body.matches("value=\"approve\"").count(),
+        1,
+        "one approve button"
+    );
+    assert!(
+        consent.headers["content-security-policy"]
+            .to_str()
+            .expect("csp")
+            .contains("form-action 'self' http://127.0.0.1:53100")
+    );
+    // AS-15 / T5: a post without the CSRF token, or from another browser, yields no code.
+    let forged = b
+        .post_form(
+            &format!("{}/consent", d.base),
+            &[("pending", &p), ("csrf", "forged"), ("decision", "approve")],
+        )
+        .await;
+    assert_eq!(forged.status, 400);
+    assert!(forged.location().is_none());
+    let mut other = Browser::new();
+    other
+        .cookies
+        .insert("gh_session".into(), b.cookies["gh_session"].clone());
+    let hijack = other
+        .post_form(
+            &format!("{}/consent", d.base),
+            &[("pending", &p), ("csrf", &c), ("decision", "approve")],
+        )
+        .await;
+    assert_eq!(hijack.status, 400, "T1: a flow bound to another browser");
+    assert!(hijack.location().is_none());
+    // The real post works once, and only once.
+    let ok = b
+        .post_form(
+            &format!("{}/consent", d.base),
+            &[("pending", &p), ("csrf", &c), ("decision", "approve")],
+        )
+        .await;
+    assert_eq!(ok.status, 303);
+    assert!(ok.redirect_params().contains_key("code"));
+    let twice = b
+        .post_form(
+            &format!("{}/consent", d.base),
+            &[("pending", &p), ("csrf", &c), ("decision", "approve")],
+        )
+        .await;
+    assert_eq!(twice.status, 400);
+    // Consent remembered for this client: straight back with a code.
+    let again = b
+        .get(&d.authorize_url(&f, "http://127.0.0.1:53100/callback", "mcp:basic", &[]))
+        .await;
+    assert_eq!(again.status, 307, "remembered consent: {}", again.body);
+    assert!(again.redirect_params().contains_key("code"));
+    // T1: never shared with another client of the same user.
+    let g = d.public_client().await;
+    let other_client = b
+        .get(&d.authorize_url(&g, "http://127.0.0.1:53100/callback", "mcp:basic", &[]))
+        .await;
+    assert_eq!(
+        other_client.status, 200,
+        "a second client sees the consent screen"
+    );
+    assert!(other_client.body.contains("value=\"approve\""));
+    // Deny goes back with access_denied.
+    let (p2, c2) = (
+        other_client.field("pending").expect("p"),
+        other_client.field("csrf").expect("c"),
+    );
+    let denied = b
+        .post_form(
+            &format!("{}/consent", d.base),
+            &[("pending", &p2), ("csrf", &c2), ("decision", "deny")],
+        )
+        .await;
+    assert_eq!(denied.redirect_params()["error"], "access_denied");
+    // Step-up: a wider scope asks again.
+    let wider = b
+        .get(&d.authorize_url(
+            &f,
+            "http://127.0.0.1:53100/callback",
+            "mcp:basic notes:write admin",
+            &[],
+        ))
+        .await;
+    assert_eq!(wider.status, 303, "unknown scope refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as10_as25_as26_t11_registration_rules() {
+    let d = start();
+    for (what, uri) in [
+        ("non-loopback http", "http://app.example.com/cb"),
+        ("javascript", "javascript:alert(1)"),
+        ("fragment", "https://app.example.com/cb#x"),
+    ] {
+        let v = d.register(uri, json!({})).await;
+        assert_eq!(v["_status"], 400, "{what}");
+        assert_eq!(v["error"], "invalid_redirect_uri", "{what}");
+    }
+    let v = d
+        .register(
+            "https://app.example.com/cb",
+            json!({"application_type": "web", "token_endpoint_auth_method": "client_secret_basic"}),
+        )
+        .await;
+    assert_eq!(v["_status"], 201);
+    assert!(
+        v["client_secret"].as_str().is_some_and(|s| s.len() >= 43),
+        "confidential clients get a strong secret"
+    );
+    let v = d
+        .register(
+            "http://127.0.0.1/cb",
+            json!({"token_endpoint_auth_method": "private_key_jwt"}),
+        )
+        .await;
+    assert_eq!(v["error"], "invalid_client_metadata");
+    let v = d
+        .register("http://127.0.0.1/cb", json!({"scope": "mcp:basic root"}))
+        .await;
+    assert_eq!(v["error"], "invalid_client_metadata");
+    // T11: registrations per address are limited (10 a minute by default; 4 used above).
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(
+            d.register("http://127.0.0.1/cb", json!({})).await["_status"]
+                .as_u64()
+                .expect("status"),
+        );
+    }
+    assert!(statuses.contains(&429), "rate limited: {statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as32_as33_as35_revocation_introspection_client_credentials_via_admin_cli() {
+    let d = start();
+    let out = d
+        .admin()
+        .args([
+            "clients",
+            "add",
+            "--name",
+            "Resource Server",
+            "--confidential",
+            "--grant",
+            "client_credentials",
+            "--scope",
+            "mcp:basic",
+        ])
+        .output()
+        .expect("admin");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .expect("line")
+            .trim()
+            .to_owned()
+    };
+    let (rs_id, rs_secret) = (get("client_id:"), get("client_secret:"));
+    // AS-35: client_credentials for the confidential client.
+    let r = d
+        .http
+        .post(format!("{}/token", d.base))
+        .basic_auth(&rs_id, Some(&rs_secret))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "mcp:basic"),
+            ("resource", &d.mcp),
+        ])
+        .send()
+        .await
+        .expect("cc");
+    assert_eq!(r.status(), 200);
+    let cc: Value = r.json().await.expect("json");
+    assert_eq!(
+        claims(cc["access_token"].as_str().expect("at"))["sub"],
+        json!(rs_id)
+    );
+    assert_eq!(
+        d.mcp_status(cc["access_token"].as_str().expect("at")).await,
+        200
+    );
+    let r = d
+        .http
+        .post(format!("{}/token", d.base))
+        .basic_auth(&rs_id, Some("wrong-secret"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .expect("cc");
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("www-authenticate").is_some());
+    let r = d
+        .http
+        .post(format!("{}/token", d.base))
+        .basic_auth(&rs_id, Some(&rs_secret))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "notes:write"),
+        ])
+        .send()
+        .await
+        .expect("cc");
+    assert_eq!(r.status(), 400, "scope beyond the client's");
+
+    // A user's tokens, then revocation.
+    let f = d.public_client().await;
+    let mut b = Browser::new();
+    let code = d.authorize(&mut b, &f, "mcp:basic").await.redirect_params()["code"].clone();
+    let (_, tok) = d.redeem(&f, &code).await;
+    let (at, rt) = (
+        tok["access_token"].as_str().expect("at").to_owned(),
+        tok["refresh_token"].as_str().expect("rt").to_owned(),
+    );
+    let introspect = |token: String| {
+        let (http, base, id, sec) = (
+            d.http.clone(),
+            d.base.clone(),
+            rs_id.clone(),
+            rs_secret.clone(),
+        );
+        async move {
+            let r = http
+                .post(format!("{base}/introspect"))
+                .basic_auth(id, Some(sec))
+                .form(&[("token", token.as_str())])
+                .send()
+                .await
+                .expect("introspect");
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.expect("json")
+        }
+    };
+    let v = introspect(at.clone()).await;
+    assert_eq!(v["active"], true);
+    assert_eq!(v["aud"], json!(d.mcp));
+    assert_eq!(introspect(rt.clone()).await["active"], true);
+    assert_eq!(introspect("garbage".into()).await["active"], false);
+    // AS-33: only authenticated confidential clients may introspect.
+    let r = d
+        .http
+        .post(format!("{}/introspect", d.base))
+        .form(&[("token", at.as_str()), ("client_id", f.client_id.as_str())])
+        .send()
+        .await
+        .expect("i");
+    assert_eq!(r.status(), 401);
+    // AS-32: the client revokes its refresh token: the grant ends.
+    let r = d
+        .http
+        .post(format!("{}/revoke", d.base))
+        .form(&[("token", rt.as_str()), ("client_id", f.client_id.as_str())])
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 200);
+    assert_eq!(d.refresh(&f, &rt).await.0, 400);
+    assert_eq!(
+        introspect(at.clone()).await["active"],
+        false,
+        "the access token's grant is revoked"
+    );
+    // Unknown tokens: still 200 (no oracle).
+    let r = d
+        .http
+        .post(format!("{}/revoke", d.base))
+        .form(&[("token", "nope"), ("client_id", f.client_id.as_str())])
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 200);
+
+    // Admin: revoke all of a user's grants; key rotation is published.
+    let code = d.authorize(&mut b, &f, "mcp:basic").await.redirect_params()["code"].clone();
+    let (_, tok) = d.redeem(&f, &code).await;
+    let out = d
+        .admin()
+        .args(["revoke", "--subject", USER])
+        .output()
+        .expect("admin");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("revoked 1 grant"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        d.refresh(&f, tok["refresh_token"].as_str().expect("rt"))
+            .await
+            .0,
+        400
+    );
+    let logs = d.proc.all_output();
+    for secret in [&at, &rt, &rs_secret] {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "T13: no secret in the logs"
+        );
+    }
+}
