@@ -43,10 +43,11 @@ fn pump(
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines() {
             let Ok(line) = line else { break };
+            // Stored before it is signalled, so a waiter finds it in the sink.
+            sink.lock().unwrap().push(line.clone());
             if let Some(tx) = &tx {
-                let _ = tx.send(line.clone());
+                let _ = tx.send(line);
             }
-            sink.lock().unwrap().push(line);
         }
     });
 }
