@@ -89,7 +89,7 @@ async fn start(tweak: impl FnOnce(&mut GuardConfig)) -> Harness {
     let guard = Guard::new(
         cfg,
         Arc::new(AccessTokenValidator {
-            jwt: Some(jwt),
+            jwt: Some(Arc::new(jwt)),
             introspection: None,
         }),
         Arc::new(SystemClock),
@@ -252,6 +252,10 @@ async fn rs07_rs12_invalid_tokens_get_invalid_token() {
             rogue.sign(&h.issuer.claims(&h.endpoint, "mcp:basic", "alice")),
         ),
         ("random string", "bm90LWEtdG9rZW4".to_owned()),
+        (
+            "opaque token with only JWT validation",
+            "expired-or-revoked".to_owned(),
+        ),
         (
             "unknown api key",
             "ghk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned(),
@@ -625,7 +629,7 @@ async fn unreachable_keys_are_503_not_401() {
     let guard = Guard::new(
         GuardConfig::new(resource, vec![iss]),
         Arc::new(AccessTokenValidator {
-            jwt: Some(jwt),
+            jwt: Some(Arc::new(jwt)),
             introspection: None,
         }),
         Arc::new(SystemClock),

@@ -80,7 +80,12 @@ impl AuthServer {
         if let Ok(s) = gatehouse_core::Scope::parse("offline_access") {
             allowed.insert(s);
         }
-        if let Some(cs) = &client.scope {
+        // Only an operator's limit binds: a self-registered (DCR) or self-published (CIMD) scope
+        // list is the client's own claim, and step-up must be able to go beyond it; the user's
+        // consent is the boundary there.
+        if let (Some(cs), gatehouse_store::ClientSource::Preregistered) =
+            (&client.scope, client.source)
+        {
             let client_set = ScopeSet::parse(cs).unwrap_or_default();
             allowed =
                 ScopeSet::from_iter(allowed.iter().filter(|s| client_set.contains(s)).cloned());

@@ -34,9 +34,10 @@ pub trait TokenValidator: Send + Sync {
     fn validate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Principal, TokenError>>;
 }
 
-/// JWTs by signature, other tokens by introspection, as configured.
+/// JWTs by signature, other tokens by introspection, as configured. The JWT validator is shared
+/// so its owner can prefetch keys.
 pub struct AccessTokenValidator {
-    pub jwt: Option<JwtValidator>,
+    pub jwt: Option<std::sync::Arc<JwtValidator>>,
     pub introspection: Option<IntrospectionValidator>,
 }
 

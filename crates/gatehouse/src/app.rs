@@ -65,12 +65,9 @@ pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
             clock.clone(),
         )
     });
-    let validator = Arc::new(SharedValidator {
+    let validator = Arc::new(AccessTokenValidator {
         jwt: jwt.clone(),
-        rest: AccessTokenValidator {
-            jwt: None,
-            introspection,
-        },
+        introspection,
     });
     let mut gc = GuardConfig::new(
         resource.clone(),
@@ -201,30 +198,6 @@ fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
             http::header::WWW_AUTHENTICATE,
             HeaderName::from_static("mcp-session-id"),
         ])
-}
-
-/// The JWT validator is shared with the app (for prefetching keys at start-up).
-struct SharedValidator {
-    jwt: Option<Arc<JwtValidator>>,
-    rest: AccessTokenValidator,
-}
-
-impl gatehouse_tokens::TokenValidator for SharedValidator {
-    fn validate<'a>(
-        &'a self,
-        token: &'a str,
-    ) -> gatehouse_tokens::BoxFuture<
-        'a,
-        Result<gatehouse_tokens::Principal, gatehouse_tokens::TokenError>,
-    > {
-        Box::pin(async move {
-            let is_jwt = token.split('.').count() == 3;
-            match (&self.jwt, is_jwt) {
-                (Some(j), true) => j.validate_jwt(token).await,
-                _ => gatehouse_tokens::TokenValidator::validate(&self.rest, token).await,
-            }
-        })
-    }
 }
 
 /// Scopes shown in the dev banner.
