@@ -125,7 +125,10 @@ fn config_check_reports_unknown_keys_with_location() {
 fn dev_argument_errors_are_clear() {
     let (code, _, err) = run(gatehouse().args(["dev", "--listen", "127.0.0.1:0"]));
     assert_eq!(code, 2);
-    assert!(err.contains("--issuer"), "{err}");
+    assert!(err.contains("--listen needs a port"), "{err}");
+    let (code, _, err) = run(gatehouse().args(["dev", "--listen", "0.0.0.0:8080"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("loopback only"), "{err}");
     let (code, _, err) =
         run(gatehouse().args(["dev", "--listen", "127.0.0.1:0", "--issuer", "ftp://x"]));
     assert_eq!(code, 2);
