@@ -126,17 +126,22 @@ const provider = {
 let pendingCode = null;
 let codeInFlight = false;
 
+// After the SDK sent the user to the authorization page: hand it the code from the callback.
+async function completeAuth(transport) {
+  const { code, iss } = pendingCode;
+  pendingCode = null;
+  log({ step: 'callback', iss });
+  codeInFlight = true;
+  await transport.finishAuth(code);
+  codeInFlight = false;
+}
+
 async function withAuth(transport, fn) {
   try {
     return await fn();
   } catch (e) {
     if (!(e instanceof UnauthorizedError) || !pendingCode) throw e;
-    const { code, iss } = pendingCode;
-    pendingCode = null;
-    log({ step: 'callback', iss });
-    codeInFlight = true;
-    await transport.finishAuth(code);
-    codeInFlight = false;
+    await completeAuth(transport);
     return fn();
   }
 }
@@ -158,12 +163,7 @@ async function connect() {
     return { client, transport };
   } catch (e) {
     if (!(e instanceof UnauthorizedError) || !pendingCode) throw e;
-    const { code, iss } = pendingCode;
-    pendingCode = null;
-    log({ step: 'callback', iss });
-    codeInFlight = true;
-    await transport.finishAuth(code);
-    codeInFlight = false;
+    await completeAuth(transport);
     const t2 = new StreamableHTTPClientTransport(mcpUrl, { authProvider: provider, fetch: watchingFetch });
     const c2 = new Client({ name: 'gatehouse-sdk-test', version: '1.0.0' });
     await c2.connect(t2);

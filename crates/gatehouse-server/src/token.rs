@@ -173,6 +173,38 @@ pub(crate) async fn token(
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// A new refresh token of a grant's family, as stored (only the hash of `secret`).
+fn refresh_record(
+    secret: &str,
+    grant_id: &str,
+    client_id: &str,
+    scope: &str,
+    resource: &str,
+    expires_at: i64,
+) -> RefreshRecord {
+    RefreshRecord {
+        token_hash: sha256_hex(secret),
+        grant_id: grant_id.to_owned(),
+        client_id: client_id.to_owned(),
+        scope: scope.to_owned(),
+        resource: resource.to_owned(),
+        expires_at,
+        rotated_at: None,
+        reuse_count: 0,
+    }
+}
+
+/// RFC 8707: a token request may name the resource again, but only the one the grant is bound to.
+fn same_resource(requested: Option<&str>, bound: &str) -> Result<(), OAuthError> {
+    if requested.is_some_and(|r| r != bound) {
+        return Err(OAuthError::new(
+            OAuthErrorCode::InvalidTarget,
+            "resource differs from the one this grant is bound to",
+        ));
+    }
+    Ok(())
+}
+
 fn client_allows(client: &ClientRecord, grant: &str) -> Result<(), OAuthError> {
     if client.grant_types.iter().any(|g| g == grant) {
         Ok(())
@@ -219,21 +251,16 @@ async fn code_grant(
                     "redirect_uri does not match the authorization request",
                 ));
             }
-            if resource.as_deref().is_some_and(|r| r != c.resource) {
-                return Err(OAuthError::new(
-                    OAuthErrorCode::InvalidTarget,
-                    "resource differs from the authorization request",
-                ));
-            }
-            Ok(refresh_secret.as_deref().map(|secret| RefreshRecord {
-                token_hash: sha256_hex(secret),
-                grant_id: c.grant_id.clone(),
-                client_id: c.client_id.clone(),
-                scope: c.scope.clone(),
-                resource: c.resource.clone(),
-                expires_at: now + refresh_ttl,
-                rotated_at: None,
-                reuse_count: 0,
+            same_resource(resource.as_deref(), &c.resource)?;
+            Ok(refresh_secret.as_deref().map(|secret| {
+                refresh_record(
+                    secret,
+                    &c.grant_id,
+                    &c.client_id,
+                    &c.scope,
+                    &c.resource,
+                    now + refresh_ttl,
+                )
             }))
         })
         .await??;
@@ -280,12 +307,7 @@ async fn refresh_grant(
                         "refresh token was issued to another client",
                     ));
                 }
-                if resource.as_deref().is_some_and(|r| r != old.resource) {
-                    return Err(OAuthError::new(
-                        OAuthErrorCode::InvalidTarget,
-                        "resource differs from the original grant",
-                    ));
-                }
+                same_resource(resource.as_deref(), &old.resource)?;
                 let granted = ScopeSet::parse(&old.scope).unwrap_or_default();
                 if let Some(req) = &requested_scope
                     && !granted.is_superset(req)
@@ -295,17 +317,15 @@ async fn refresh_grant(
                         "refresh may not widen the scope; authorize again",
                     ));
                 }
-                Ok(RefreshRecord {
-                    token_hash: sha256_hex(&new_secret),
-                    grant_id: old.grant_id.clone(),
-                    client_id: old.client_id.clone(),
-                    // The family keeps its granted scope; a narrower request narrows only the access token.
-                    scope: old.scope.clone(),
-                    resource: old.resource.clone(),
-                    expires_at: now + cfg.refresh_token_ttl,
-                    rotated_at: None,
-                    reuse_count: 0,
-                })
+                // The family keeps its granted scope; a narrower request narrows only the access token.
+                Ok(refresh_record(
+                    &new_secret,
+                    &old.grant_id,
+                    &old.client_id,
+                    &old.scope,
+                    &old.resource,
+                    now + cfg.refresh_token_ttl,
+                ))
             },
         )
         .await??;

@@ -97,14 +97,14 @@ impl Store {
                 .max_connections(8)
                 .connect_with(opts)
                 .await?;
-            sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+            sqlx::migrate!("./migrations").run(&pool).await?;
             Store::Sqlite(pool)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .connect(url)
                 .await?;
-            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+            sqlx::migrate!("./migrations").run(&pool).await?;
             Store::Postgres(pool)
         } else {
             return Err(StoreError::Url);

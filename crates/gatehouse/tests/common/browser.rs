@@ -100,4 +100,48 @@ impl Browser {
             .unwrap();
         self.take(r).await
     }
+
+    /// Opens an authorization URL, signs in if asked and approves the consent page; returns the
+    /// answer to the consent post (or the direct redirect when consent was remembered).
+    pub async fn sign_in_and_approve(
+        &mut self,
+        authorize_url: &str,
+        issuer: &str,
+        user: &str,
+        password: &str,
+    ) -> Page {
+        let first = self.get(authorize_url).await;
+        if first.status == 307 {
+            return first;
+        }
+        assert_eq!(first.status, 200, "{}", first.body);
+        let (p, c) = (
+            first.field("pending").expect("pending"),
+            first.field("csrf").expect("csrf"),
+        );
+        let consent = if first.body.contains("type=\"password\"") {
+            self.post_form(
+                &format!("{issuer}/login"),
+                &[
+                    ("pending", &p),
+                    ("csrf", &c),
+                    ("username", user),
+                    ("password", password),
+                ],
+            )
+            .await
+        } else {
+            first
+        };
+        if consent.status == 303 {
+            return consent;
+        }
+        assert_eq!(consent.status, 200, "{}", consent.body);
+        assert!(consent.body.contains("value=\"approve\""));
+        self.post_form(
+            &format!("{issuer}/consent"),
+            &[("pending", &p), ("csrf", &c), ("decision", "approve")],
+        )
+        .await
+    }
 }

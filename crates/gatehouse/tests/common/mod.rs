@@ -156,6 +156,24 @@ pub fn gatehouse_dev(issuer: &str) -> (Proc, String) {
     )
 }
 
+/// `gatehouse dev` with the embedded authorization server and a dev user; returns the process, the
+/// port and the data folder (whose `gatehouse.db` the admin CLI can open).
+pub fn gatehouse_dev_embedded(user: &str, password: &str) -> (Proc, u16, PathBuf) {
+    let port = free_port();
+    let data = std::env::temp_dir().join(format!("gatehouse-dev-{port}"));
+    let mut cmd = gatehouse();
+    cmd.env("GATEHOUSE_DEV_USER", user)
+        .env("GATEHOUSE_DEV_PASSWORD", password)
+        .args([
+            "dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(&data);
+    (Proc::start(cmd, "ready"), port, data)
+}
+
 /// A client_credentials token from oidc-provider for `resource` with `scope`.
 pub async fn cc_token(issuer: &str, resource: &str, scope: &str) -> String {
     let resp = reqwest::Client::new()

@@ -1,4 +1,4 @@
--- Gatehouse authorization server schema. Secrets (client secrets, codes, refresh tokens, session
+-- Gatehouse authorization server schema (one file for SQLite and PostgreSQL: only TEXT and BIGINT). Secrets (client secrets, codes, refresh tokens, session
 -- ids) are stored only as SHA-256 hashes; passwords as argon2id PHC strings.
 CREATE TABLE clients (
     client_id        TEXT PRIMARY KEY,
