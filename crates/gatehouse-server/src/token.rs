@@ -12,6 +12,9 @@ use std::collections::HashMap;
 
 type Form = HashMap<String, String>;
 
+pub(crate) const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
 /// Parses a form body, refusing repeated parameters (RFC 6749 §3.2: parameters MUST NOT be
 /// included more than once) — except `resource`, which RFC 8707 allows to repeat (we bind one).
 fn parse_form(body: &[u8]) -> Result<Form, OAuthError> {
@@ -163,6 +166,7 @@ pub(crate) async fn token(
             "authorization_code" => code_grant(&s, &client, &form).await,
             "refresh_token" => refresh_grant(&s, &client, &form).await,
             "client_credentials" => client_credentials(&s, &client, &form).await,
+            TOKEN_EXCHANGE => token_exchange(&s, &client, &form).await,
             other => Err(OAuthError::new(
                 OAuthErrorCode::UnsupportedGrantType,
                 format!("grant_type {other} is not supported"),
@@ -408,6 +412,127 @@ async fn client_credentials(
         &grant.grant_id,
     )?;
     Ok(s.token_response(access, &scope, None))
+}
+
+/// RFC 8693 token exchange, for gateways (AS-34): a confidential client presents a user's access
+/// token issued by this server and gets one for another resource, acting for that user. Policy:
+/// the client may exchange only to the resources listed in its `token_exchange_targets` (set by
+/// the operator); scopes narrow, never widen; the new token carries `act` (the exchanging client)
+/// and lives no longer than the subject token; revoking the user's grant ends both.
+async fn token_exchange(
+    s: &AuthServer,
+    client: &ClientRecord,
+    form: &Form,
+) -> Result<Response, OAuthError> {
+    client_allows(client, TOKEN_EXCHANGE)?;
+    if client.secret_hash.is_none() {
+        return Err(OAuthError::new(
+            OAuthErrorCode::UnauthorizedClient,
+            "token exchange needs a confidential client",
+        ));
+    }
+    if require(form, "subject_token_type")? != ACCESS_TOKEN_TYPE {
+        return Err(OAuthError::invalid_request(
+            "only access tokens can be exchanged",
+        ));
+    }
+    if let Some(t) = form.get("requested_token_type")
+        && t != ACCESS_TOKEN_TYPE
+    {
+        return Err(OAuthError::invalid_request(
+            "only access tokens can be requested",
+        ));
+    }
+    if form.contains_key("actor_token") {
+        return Err(OAuthError::invalid_request(
+            "actor tokens are not supported; the authenticated client is the actor",
+        ));
+    }
+    let subject = s
+        .inner
+        .keys
+        .verify(require(form, "subject_token")?)
+        .ok_or_else(|| {
+            OAuthError::invalid_grant("subject_token is not a valid access token of this server")
+        })?;
+    let gid = subject
+        .get("gid")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let grant = s.inner.store.get_grant(&gid).await?;
+    if !grant.as_ref().is_some_and(|g| g.revoked_at.is_none()) {
+        return Err(OAuthError::invalid_grant(
+            "the subject token's grant is revoked",
+        ));
+    }
+    let target = form
+        .get("resource")
+        .or_else(|| form.get("audience"))
+        .map(String::as_str);
+    let res = s.resolve_resource(target)?;
+    let allowed: Vec<&str> = client
+        .metadata
+        .get("token_exchange_targets")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default();
+    if !allowed.contains(&res.resource.as_str()) {
+        return Err(OAuthError::new(
+            OAuthErrorCode::InvalidTarget,
+            "this client may not exchange tokens for that resource",
+        ));
+    }
+    let held = ScopeSet::parse(subject.get("scope").and_then(|v| v.as_str()).unwrap_or(""))
+        .unwrap_or_default();
+    let scope = match form.get("scope") {
+        Some(sc) => ScopeSet::parse(sc)
+            .map_err(|e| OAuthError::new(OAuthErrorCode::InvalidScope, e.to_string()))?,
+        None => held.clone(),
+    };
+    if !held.is_superset(&scope) {
+        return Err(OAuthError::new(
+            OAuthErrorCode::InvalidScope,
+            "exchange may not widen the subject token's scope",
+        ));
+    }
+    let scope: ScopeSet = scope
+        .iter()
+        .filter(|x| res.scopes.contains(x))
+        .cloned()
+        .collect();
+    let now = s.inner.clock.now_unix();
+    let subject_exp = subject.get("exp").and_then(|v| v.as_i64()).unwrap_or(now);
+    let ttl = (subject_exp - now).clamp(0, s.inner.cfg.access_token_ttl);
+    let sub = subject
+        .get("sub")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    let mut claims = serde_json::json!({
+        "iss": s.inner.cfg.issuer.as_str(),
+        "sub": sub,
+        "aud": res.resource.as_str(),
+        "client_id": subject.get("client_id").cloned().unwrap_or_default(),
+        "scope": scope.to_string(),
+        "iat": now,
+        "exp": now + ttl,
+        "jti": random_id(),
+        "gid": gid,
+        "act": { "sub": client.client_id },
+    });
+    // A chain of exchanges keeps the earlier actors (RFC 8693 §4.1).
+    if let Some(prior) = subject.get("act") {
+        claims["act"]["act"] = prior.clone();
+    }
+    let token = s.inner.keys.sign(&claims)?;
+    tracing::info!(client_id = %client.client_id, subject = sub, target = %res.resource, "token exchanged");
+    Ok(no_store(serde_json::json!({
+        "access_token": token,
+        "issued_token_type": ACCESS_TOKEN_TYPE,
+        "token_type": "Bearer",
+        "expires_in": ttl,
+        "scope": scope.to_string(),
+    })))
 }
 
 /// RFC 7009. Always 200 for a well-formed request from an authenticated client, whether or not

@@ -88,6 +88,9 @@ enum ClientsCommand {
         /// A fixed client_id (default: random).
         #[arg(long)]
         client_id: Option<String>,
+        /// Resources this client may exchange users' tokens for (RFC 8693; repeatable).
+        #[arg(long = "exchange-target")]
+        exchange_targets: Vec<String>,
     },
     List,
     /// Delete a client and revoke its grants.
@@ -194,7 +197,12 @@ async fn run_inner(args: AdminArgs) -> Result<(), String> {
                 grants,
                 scope,
                 client_id,
+                exchange_targets,
             } => {
+                for t in &exchange_targets {
+                    gatehouse_core::Resource::parse(t)
+                        .map_err(|e| format!("--exchange-target: {e}"))?;
+                }
                 for u in &redirect_uris {
                     RedirectUri::parse(u).map_err(|e| e.to_string())?;
                 }
@@ -240,7 +248,7 @@ async fn run_inner(args: AdminArgs) -> Result<(), String> {
                         scope,
                         source: ClientSource::Preregistered,
                         application_type: None,
-                        metadata: serde_json::json!({}),
+                        metadata: serde_json::json!({ "token_exchange_targets": exchange_targets }),
                         created_at: now,
                     })
                     .await

@@ -905,3 +905,155 @@ async fn as32_as33_as35_revocation_introspection_client_credentials_via_admin_cl
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as34_token_exchange_is_policy_bound_narrowing_and_carries_act() {
+    const TE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+    const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
+    let d = start();
+    let add = |extra: &[&str]| {
+        let mut c = d.admin();
+        c.args([
+            "clients",
+            "add",
+            "--name",
+            "Gateway",
+            "--confidential",
+            "--grant",
+            TE,
+        ])
+        .args(extra);
+        let out = c.output().expect("admin");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .expect("line")
+                .trim()
+                .to_owned()
+        };
+        (get("client_id:"), get("client_secret:"))
+    };
+    let (gw, gw_secret) = add(&["--exchange-target", &d.mcp]);
+    let (other, other_secret) = add(&[]);
+    let f = d.public_client().await;
+    let mut b = Browser::new();
+    let code = d
+        .authorize(&mut b, &f, "mcp:basic notes:write")
+        .await
+        .redirect_params()["code"]
+        .clone();
+    let (_, tok) = d.redeem(&f, &code).await;
+    let user_at = tok["access_token"].as_str().expect("at").to_owned();
+    let exchange = |id: String, secret: String, form: Vec<(&'static str, String)>| {
+        let http = d.http.clone();
+        let url = format!("{}/token", d.base);
+        async move {
+            let r = http
+                .post(url)
+                .basic_auth(id, Some(secret))
+                .form(&form)
+                .send()
+                .await
+                .expect("exchange");
+            let st = r.status().as_u16();
+            (st, r.json::<Value>().await.expect("json"))
+        }
+    };
+    let base = |scope: &str, token: &str, resource: &str| {
+        vec![
+            ("grant_type", TE.to_owned()),
+            ("subject_token", token.to_owned()),
+            ("subject_token_type", AT.to_owned()),
+            ("resource", resource.to_owned()),
+            ("scope", scope.to_owned()),
+        ]
+    };
+    let (st, v) = exchange(
+        gw.clone(),
+        gw_secret.clone(),
+        base("mcp:basic", &user_at, &d.mcp),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["issued_token_type"], AT);
+    let c = claims(v["access_token"].as_str().expect("at"));
+    let u = claims(&user_at);
+    assert_eq!(c["sub"], USER, "acts for the user");
+    assert_eq!(c["act"]["sub"], json!(gw), "RFC 8693 act names the gateway");
+    assert_eq!(c["aud"], json!(d.mcp));
+    assert_eq!(c["scope"], "mcp:basic", "narrowed as asked");
+    assert!(
+        c["exp"].as_i64() <= u["exp"].as_i64(),
+        "never outlives the subject token"
+    );
+    assert_eq!(
+        d.mcp_status(v["access_token"].as_str().expect("at")).await,
+        200
+    );
+    for (what, id, secret, form, err) in [
+        (
+            "widening",
+            gw.clone(),
+            gw_secret.clone(),
+            base("mcp:basic notes:write offline_access", &user_at, &d.mcp),
+            "invalid_scope",
+        ),
+        (
+            "target not allowed for this client",
+            other.clone(),
+            other_secret.clone(),
+            base("mcp:basic", &user_at, &d.mcp),
+            "invalid_target",
+        ),
+        (
+            "unknown target",
+            gw.clone(),
+            gw_secret.clone(),
+            base("mcp:basic", &user_at, "https://elsewhere.example/mcp"),
+            "invalid_target",
+        ),
+        (
+            "forged subject token",
+            gw.clone(),
+            gw_secret.clone(),
+            base("mcp:basic", "eyJhbGciOiJub25lIn0.e30.", &d.mcp),
+            "invalid_grant",
+        ),
+    ] {
+        let (st, v) = exchange(id, secret, form).await;
+        assert_eq!((st, v["error"].as_str()), (400, Some(err)), "{what}: {v}");
+    }
+    let mut wrong_type = base("mcp:basic", &user_at, &d.mcp);
+    wrong_type[2].1 = "urn:ietf:params:oauth:token-type:refresh_token".into();
+    let (st, v) = exchange(gw.clone(), gw_secret.clone(), wrong_type).await;
+    assert_eq!((st, v["error"].as_str()), (400, Some("invalid_request")));
+    // A public client may not exchange at all.
+    let r = d
+        .http
+        .post(format!("{}/token", d.base))
+        .form(&[
+            ("grant_type", TE),
+            ("client_id", f.client_id.as_str()),
+            ("subject_token", user_at.as_str()),
+            ("subject_token_type", AT),
+        ])
+        .send()
+        .await
+        .expect("x");
+    assert_eq!(r.status(), 400);
+    // The user's grant revoked: nothing more can be exchanged from it.
+    let out = d
+        .admin()
+        .args(["revoke", "--subject", USER])
+        .output()
+        .expect("admin");
+    assert!(out.status.success());
+    let (st, v) = exchange(gw, gw_secret, base("mcp:basic", &user_at, &d.mcp)).await;
+    assert_eq!((st, v["error"].as_str()), (400, Some("invalid_grant")));
+}
