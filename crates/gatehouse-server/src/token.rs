@@ -461,7 +461,7 @@ async fn token_exchange(
         .unwrap_or_default()
         .to_owned();
     let grant = s.inner.store.get_grant(&gid).await?;
-    if !grant.as_ref().is_some_and(|g| g.revoked_at.is_none()) {
+    if grant.as_ref().is_none_or(|g| g.revoked_at.is_some()) {
         return Err(OAuthError::invalid_grant(
             "the subject token's grant is revoked",
         ));
