@@ -73,8 +73,53 @@ pub(crate) struct Config {
     #[serde(default)]
     pub(crate) mcp: McpConfig,
     pub(crate) guard: GuardSection,
+    /// Run the embedded authorization server on the same listener.
+    #[serde(default)]
+    pub(crate) authorization_server: Option<AuthServerSection>,
     #[serde(default)]
     pub(crate) dangerous: Dangerous,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn ten() -> u32 {
+    10
+}
+
+/// The embedded authorization server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuthServerSection {
+    /// The issuer, exactly as clients will compare it; default: `public_url`.
+    #[serde(default)]
+    pub(crate) issuer: Option<Issuer>,
+    /// `sqlite://PATH` or `postgres://…` (use `${env:…}` for credentials).
+    pub(crate) database: EnvString,
+    /// Resources tokens are issued for; default: the guarded endpoint with its scopes.
+    #[serde(default)]
+    pub(crate) resources: Vec<ResourceSection>,
+    #[serde(default = "yes")]
+    pub(crate) dynamic_registration: bool,
+    #[serde(default = "ten")]
+    pub(crate) registrations_per_minute: u32,
+    #[serde(default = "yes")]
+    pub(crate) client_metadata_documents: bool,
+    #[serde(default)]
+    pub(crate) access_token_ttl_seconds: Option<i64>,
+    #[serde(default)]
+    pub(crate) refresh_token_ttl_seconds: Option<i64>,
+    /// Plain-language text for the consent screen, per scope.
+    #[serde(default)]
+    pub(crate) scope_descriptions: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResourceSection {
+    pub(crate) resource: Resource,
+    pub(crate) scopes: ScopeSet,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -210,9 +255,13 @@ impl Config {
     }
 
     pub(crate) fn parse(path: &str, text: &str) -> Result<Self, ConfigError> {
-        let cfg: Config = yaml_serde::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut cfg: Config = yaml_serde::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
+        })?;
+        cfg.normalize().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
         })?;
         cfg.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
@@ -233,6 +282,50 @@ impl Config {
         let base = base.trim_end_matches('/');
         Resource::parse(&format!("{base}{}", self.mcp.path))
             .map_err(|e| format!("public_url + mcp.path: {e}"))
+    }
+
+    /// The embedded authorization server's issuer (configured, or the public URL).
+    pub(crate) fn embedded_issuer(&self) -> Result<Option<Issuer>, String> {
+        let Some(a) = &self.authorization_server else {
+            return Ok(None);
+        };
+        match &a.issuer {
+            Some(i) => Ok(Some(i.clone())),
+            None => Issuer::parse(self.public_url().trim_end_matches('/'))
+                .map(Some)
+                .map_err(|e| format!("authorization_server.issuer (from public_url): {e}")),
+        }
+    }
+
+    /// The embedded issuer is trusted by the guard without being listed twice; a loopback one may
+    /// be fetched over http (it is this very process).
+    fn normalize(&mut self) -> Result<(), String> {
+        let Some(issuer) = self.embedded_issuer()? else {
+            return Ok(());
+        };
+        if issuer.url().scheme() != "https" && !issuer.is_loopback() {
+            return Err(format!(
+                "authorization_server.issuer {issuer} must be https off loopback"
+            ));
+        }
+        if !self
+            .guard
+            .authorization_servers
+            .iter()
+            .any(|a| a.issuer == issuer)
+        {
+            self.guard.authorization_servers.push(IssuerEntry {
+                issuer: issuer.clone(),
+                jwks_uri: None,
+            });
+        }
+        if issuer.is_loopback() {
+            let u = issuer.url();
+            if let (Some(h), Some(p)) = (u.host_str(), u.port_or_known_default()) {
+                self.dangerous.allow_loopback_fetch.push(format!("{h}:{p}"));
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), String> {

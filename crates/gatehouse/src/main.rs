@@ -6,6 +6,7 @@ mod app;
 mod config;
 mod demo;
 mod dev;
+mod embedded;
 
 use clap::{Parser, Subcommand};
 use config::{Config, Dangerous, GuardSection, IssuerEntry, LogConfig, McpConfig};
@@ -156,7 +157,19 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(cfg.log.json);
-            run(cfg, false, None, None)
+            let Some(rt) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            rt.block_on(async move {
+                let embedded = match embedded::build(&cfg).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                serve_app(cfg, false, None, embedded).await
+            })
         }
         Command::Admin(args) => admin::run(args),
         Command::Dev {
@@ -228,6 +241,7 @@ pub(crate) fn dev_config(listen: SocketAddr, issuer: Issuer) -> Result<Config, S
             api_keys: vec![],
             ip_allow: vec![],
         },
+        authorization_server: None,
         dangerous: Dangerous {
             allow_loopback_fetch: allow,
         },

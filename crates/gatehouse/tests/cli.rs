@@ -136,14 +136,20 @@ fn dev_argument_errors_are_clear() {
 }
 
 #[test]
-fn the_example_config_is_valid() {
-    let example = repo_root().join("examples/guard.yaml");
-    let (code, out, err) = run(gatehouse()
-        .env(
-            "GATEHOUSE_CI_KEY_HASH",
-            format!("sha256:{}", "ab".repeat(32)),
-        )
-        .args(["config", "check"])
-        .arg(&example));
-    assert_eq!(code, 0, "{out}{err}");
+fn the_example_configs_are_valid() {
+    for name in ["guard.yaml", "authorization-server.yaml"] {
+        let example = repo_root().join("examples").join(name);
+        let (code, out, err) = run(gatehouse()
+            .env(
+                "GATEHOUSE_CI_KEY_HASH",
+                format!("sha256:{}", "ab".repeat(32)),
+            )
+            .env(
+                "GATEHOUSE_DATABASE",
+                "sqlite:///tmp/gatehouse-example-check.db",
+            )
+            .args(["config", "check"])
+            .arg(&example));
+        assert_eq!(code, 0, "{name}: {out}{err}");
+    }
 }

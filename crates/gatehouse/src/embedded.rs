@@ -1,0 +1,71 @@
+//! The embedded authorization server as `serve --config` runs it.
+use crate::Embedded;
+use crate::config::Config;
+use gatehouse_core::SystemClock;
+use gatehouse_fetch::{FetchPolicy, Fetcher};
+use gatehouse_server::{AuthServer, AuthServerConfig, ResourceEntry};
+use gatehouse_store::Store;
+use std::sync::Arc;
+
+pub(crate) async fn build(cfg: &Config) -> Result<Option<Embedded>, String> {
+    let (Some(section), Some(issuer)) = (&cfg.authorization_server, cfg.embedded_issuer()?) else {
+        return Ok(None);
+    };
+    let db = &section.database.0;
+    if let Some(path) = db.strip_prefix("sqlite://")
+        && let Some(dir) = std::path::Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("authorization_server.database: {}: {e}", dir.display()))?;
+    }
+    let store = Store::open(db)
+        .await
+        .map_err(|e| format!("authorization_server.database: {e}"))?;
+    let resources = if section.resources.is_empty() {
+        let g = &cfg.guard;
+        let scopes = g.scopes_supported.clone().unwrap_or_else(|| {
+            g.tool_scopes
+                .values()
+                .fold(g.required_scopes.clone(), |acc, s| acc.union(s))
+        });
+        vec![ResourceEntry {
+            resource: cfg.resource()?,
+            scopes,
+        }]
+    } else {
+        section
+            .resources
+            .iter()
+            .map(|r| ResourceEntry {
+                resource: r.resource.clone(),
+                scopes: r.scopes.clone(),
+            })
+            .collect()
+    };
+    let mut ac = AuthServerConfig::new(issuer.clone(), resources);
+    ac.dcr_enabled = section.dynamic_registration;
+    ac.dcr_per_minute = section.registrations_per_minute;
+    ac.cimd_enabled = section.client_metadata_documents;
+    if let Some(t) = section.access_token_ttl_seconds {
+        if !(30..=3600).contains(&t) {
+            return Err("authorization_server.access_token_ttl_seconds must be 30 … 3600".into());
+        }
+        ac.access_token_ttl = t;
+    }
+    if let Some(t) = section.refresh_token_ttl_seconds {
+        ac.refresh_token_ttl = t.max(60);
+    }
+    ac.scope_descriptions
+        .extend(section.scope_descriptions.clone());
+    // Metadata documents are fetched with the strict policy (https, public addresses only).
+    let fetcher = Fetcher::new(FetchPolicy::default()).map_err(|e| e.to_string())?;
+    let server = AuthServer::new(ac, store, fetcher, Arc::new(SystemClock))
+        .await
+        .map_err(|e| e.description)?;
+    tracing::info!(%issuer, backend = server.store().backend(), "embedded authorization server");
+    Ok(Some(Embedded {
+        router: server.router(),
+        banner: vec![],
+    }))
+}

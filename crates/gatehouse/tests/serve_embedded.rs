@@ -1,0 +1,150 @@
+//! `gatehouse serve --config` with an `authorization_server:` section: the embedded authorization
+//! server for operators, on SQLite and on PostgreSQL, through the whole flow.
+mod common;
+
+use common::browser::Browser;
+use common::*;
+use gatehouse_core::PkceVerifier;
+use serde_json::{Value, json};
+use std::process::Command;
+
+async fn flow(database: &str) {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let dir = std::env::temp_dir().join(format!("gatehouse-serve-as-{port}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\n  tool_scopes: {{notes_add: [notes:write]}}\nauthorization_server:\n  database: ${{env:GH_TEST_DB}}\n  registrations_per_minute: 5\n  scope_descriptions: {{mcp:basic: Use the demo tools}}\n"
+        ),
+    )
+    .expect("config");
+    let out = gatehouse()
+        .env("GATEHOUSE_PASSWORD", "operator-pass-1")
+        .args(["admin", "--db", database, "users", "add", "alice"])
+        .output()
+        .expect("admin");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cmd = gatehouse();
+    cmd.env("GH_TEST_DB", database)
+        .args(["serve", "--config"])
+        .arg(&cfg);
+    let mut p = Proc::start(cmd, "ready");
+
+    let http = reqwest::Client::new();
+    let meta: Value = http
+        .get(format!("{base}/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .expect("meta")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(meta["issuer"], json!(base), "issuer defaults to public_url");
+    let prm: Value = http
+        .get(format!("{base}/.well-known/oauth-protected-resource/mcp"))
+        .send()
+        .await
+        .expect("prm")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        prm["authorization_servers"],
+        json!([base]),
+        "the guard trusts the embedded issuer"
+    );
+    let reg: Value = http
+        .post(format!("{base}/register"))
+        .json(&json!({"client_name": "Op App", "redirect_uris": ["http://127.0.0.1/cb"], "grant_types": ["authorization_code", "refresh_token"], "token_endpoint_auth_method": "none", "application_type": "native"}))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("json");
+    let client_id = reg["client_id"].as_str().expect("client_id");
+    let v = PkceVerifier::generate();
+    let mut u = url::Url::parse(&format!("{base}/authorize")).expect("url");
+    u.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", client_id)
+        .append_pair("redirect_uri", "http://127.0.0.1:5000/cb")
+        .append_pair("code_challenge", v.challenge().as_str())
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("scope", "mcp:basic");
+    let mut b = Browser::new();
+    let first = b.get(u.as_str()).await;
+    assert!(first.body.contains("Sign in"));
+    let done = b
+        .sign_in_and_approve(u.as_str(), &base, "alice", "operator-pass-1")
+        .await;
+    let code = done.redirect_params()["code"].clone();
+    let tok: Value = http
+        .post(format!("{base}/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("code_verifier", v.secret()),
+            ("client_id", client_id),
+        ])
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("json");
+    let at = tok["access_token"].as_str().expect("access token");
+    let r = http
+        .post(format!("{base}/mcp"))
+        .bearer_auth(at)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
+        .send()
+        .await
+        .expect("mcp");
+    assert_eq!(r.status(), 200);
+    assert!(p.terminate(10).expect("exits").success());
+    assert!(!p.all_output().contains("operator-pass-1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_embedded_authorization_server_sqlite() {
+    let path = std::env::temp_dir().join(format!("gatehouse-serve-{}.db", free_port()));
+    flow(&format!("sqlite://{}", path.display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_embedded_authorization_server_postgres() {
+    let db = format!("gatehouse_serve_{}", free_port());
+    let psql = |sql: &str| {
+        Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("psql (scripts/setup installs PostgreSQL)")
+    };
+    let out = psql(&format!("CREATE DATABASE {db}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    flow(&format!("postgres://postgres@127.0.0.1:5432/{db}")).await;
+    let _ = psql(&format!("DROP DATABASE IF EXISTS {db}"));
+}
