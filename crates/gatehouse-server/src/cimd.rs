@@ -166,7 +166,7 @@ pub(crate) fn validate_document(
     Ok(ClientRecord {
         client_id: client_id.to_owned(),
         secret_hash: None,
-        auth_method: "none".into(),
+        auth_method: method.to_owned(),
         redirect_uris: uris,
         grant_types,
         client_name: obj
@@ -220,6 +220,7 @@ mod tests {
             json!({"client_id": ID, "redirect_uris": ["http://evil.example/cb"]}),
             json!({"client_id": ID, "redirect_uris": ["http://127.0.0.1/cb"], "client_secret": "s"}),
             json!({"client_id": ID, "redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "client_secret_basic"}),
+            json!({"client_id": ID, "redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "private_key_jwt"}),
             json!([1, 2]),
         ] {
             assert!(validate_document(ID, &doc, 1).is_err(), "{doc}");

@@ -6,11 +6,16 @@ use base64::Engine as _;
 use gatehouse_store::ClientRecord;
 use http::HeaderMap;
 
+pub(crate) const JWT_BEARER_ASSERTION: &str =
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
 /// Credentials presented with a request.
 pub(crate) struct Presented {
     pub(crate) client_id: Option<String>,
     pub(crate) secret: Option<String>,
     pub(crate) basic: bool,
+    /// A `private_key_jwt` client assertion (RFC 7523).
+    pub(crate) assertion: Option<String>,
 }
 
 /// Reads client credentials from HTTP Basic and/or the form (RFC 6749 §2.3.1). Using more than
@@ -44,6 +49,37 @@ pub(crate) fn presented(
     };
     let form_id = form.get("client_id").cloned();
     let form_secret = form.get("client_secret").cloned();
+    let assertion = match (
+        form.get("client_assertion_type"),
+        form.get("client_assertion"),
+    ) {
+        (None, None) => None,
+        (Some(t), Some(a)) if t == JWT_BEARER_ASSERTION => Some(a.clone()),
+        _ => {
+            return Err(OAuthError::invalid_request(format!(
+                "client_assertion_type must be {JWT_BEARER_ASSERTION}, with a client_assertion"
+            )));
+        }
+    };
+    if let Some(a) = assertion {
+        if basic.is_some() || form_secret.is_some() {
+            return Err(OAuthError::invalid_request(
+                "client credentials sent by more than one method",
+            ));
+        }
+        // The client is named by the assertion's subject when client_id is absent.
+        let sub = jsonwebtoken::dangerous::insecure_decode_claims::<
+            serde_json::Map<String, serde_json::Value>,
+        >(&a)
+        .ok()
+        .and_then(|c| c.get("sub").and_then(|v| v.as_str()).map(str::to_owned));
+        return Ok(Presented {
+            client_id: form_id.or(sub),
+            secret: None,
+            basic: false,
+            assertion: Some(a),
+        });
+    }
     match basic {
         Some((id, secret)) => {
             if form_secret.is_some() {
@@ -60,12 +96,14 @@ pub(crate) fn presented(
                 client_id: Some(id),
                 secret: Some(secret),
                 basic: true,
+                assertion: None,
             })
         }
         None => Ok(Presented {
             client_id: form_id,
             secret: form_secret,
             basic: false,
+            assertion: None,
         }),
     }
 }
@@ -104,6 +142,18 @@ impl AuthServer {
             Err(e) if e.code == gatehouse_core::OAuthErrorCode::ServerError => return Err(e),
             Err(_) => return Err(fail("client metadata document could not be used")),
         };
+        if let Some(a) = &p.assertion {
+            if client.auth_method != "private_key_jwt" {
+                return Err(fail(
+                    "this client does not authenticate with private_key_jwt",
+                ));
+            }
+            self.check_assertion(&client, a).await.map_err(|why| {
+                tracing::info!(client_id = %client.client_id, why, "client assertion refused");
+                fail(why)
+            })?;
+            return Ok(client);
+        }
         match (&client.secret_hash, &p.secret) {
             (None, None) if client.auth_method == "none" => Ok(client),
             (None, Some(_)) => Err(fail("public clients do not have a secret")),
@@ -122,6 +172,96 @@ impl AuthServer {
                 }
             }
             _ => Err(fail("client authentication failed")),
+        }
+    }
+}
+
+impl AuthServer {
+    /// The keys a `private_key_jwt` client registered: inline `jwks`, or `jwks_uri` fetched
+    /// through the SSRF-safe fetcher.
+    async fn client_keys(
+        &self,
+        client: &ClientRecord,
+    ) -> Result<gatehouse_tokens::KeySet, &'static str> {
+        let body = if let Some(jwks) = client.metadata.get("jwks") {
+            serde_json::to_vec(jwks).map_err(|_| "client jwks unreadable")?
+        } else if let Some(uri) = client.metadata.get("jwks_uri").and_then(|v| v.as_str()) {
+            self.inner
+                .fetcher
+                .get(uri)
+                .await
+                .map_err(|_| "client jwks_uri could not be fetched")?
+                .body
+                .to_vec()
+        } else {
+            return Err("client has no registered keys");
+        };
+        let keys = gatehouse_tokens::KeySet::parse(&body).map_err(|_| "client jwks unreadable")?;
+        if keys.is_empty() {
+            Err("client has no usable asymmetric keys")
+        } else {
+            Ok(keys)
+        }
+    }
+
+    /// RFC 7523 §3: signed by the client's key, `iss` = `sub` = client_id, `aud` this token
+    /// endpoint or issuer, short-lived, `jti` used once.
+    async fn check_assertion(
+        &self,
+        client: &ClientRecord,
+        assertion: &str,
+    ) -> Result<(), &'static str> {
+        let keys = self.client_keys(client).await?;
+        let claims = keys
+            .verify(assertion)
+            .map_err(|_| "client assertion signature invalid")?;
+        let s = |k: &str| claims.get(k).and_then(|v| v.as_str());
+        if s("iss") != Some(client.client_id.as_str())
+            || s("sub") != Some(client.client_id.as_str())
+        {
+            return Err("client assertion iss and sub must be the client_id");
+        }
+        let accepted = [
+            self.inner.cfg.endpoint("/token"),
+            self.inner.cfg.issuer.as_str().to_owned(),
+        ];
+        let aud_ok = match claims.get("aud") {
+            Some(serde_json::Value::String(a)) => accepted.contains(a),
+            Some(serde_json::Value::Array(l)) => l
+                .iter()
+                .filter_map(|v| v.as_str())
+                .any(|a| accepted.iter().any(|x| x == a)),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err("client assertion audience is not this server");
+        }
+        let now = self.inner.clock.now_unix();
+        let exp = claims
+            .get("exp")
+            .and_then(|v| v.as_i64())
+            .ok_or("client assertion has no exp")?;
+        if exp + 30 < now {
+            return Err("client assertion expired");
+        }
+        if exp > now + 600 {
+            return Err("client assertion lives longer than 10 minutes");
+        }
+        if claims
+            .get("nbf")
+            .and_then(|v| v.as_i64())
+            .is_some_and(|nbf| nbf > now + 30)
+        {
+            return Err("client assertion not yet valid");
+        }
+        let jti = s("jti")
+            .filter(|j| !j.is_empty())
+            .ok_or("client assertion has no jti")?;
+        let key = crate::secrets::sha256_hex(&format!("{}\u{0}{jti}", client.client_id));
+        match self.inner.store.use_assertion_jti(&key, exp + 60).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("client assertion replayed"),
+            Err(_) => Err("client assertion could not be recorded"),
         }
     }
 }

@@ -142,11 +142,14 @@ async fn register_inner(
         .to_owned();
     if !matches!(
         auth_method.as_str(),
-        "none" | "client_secret_basic" | "client_secret_post"
+        "none" | "client_secret_basic" | "client_secret_post" | "private_key_jwt"
     ) {
         return Err(bad_metadata(format!(
             "token_endpoint_auth_method {auth_method:?} is not supported"
         )));
+    }
+    if auth_method == "private_key_jwt" {
+        check_client_keys(s, obj)?;
     }
     if auth_method == "none" && grant_types.iter().any(|g| g == "client_credentials") {
         return Err(bad_metadata(
@@ -173,7 +176,11 @@ async fn register_inner(
     });
     let now = s.inner.clock.now_unix();
     let client_id = random_id();
-    let secret = (auth_method != "none").then(random_token);
+    let secret = matches!(
+        auth_method.as_str(),
+        "client_secret_basic" | "client_secret_post"
+    )
+    .then(random_token);
     let record = ClientRecord {
         client_id: client_id.clone(),
         secret_hash: secret.as_deref().map(sha256_hex),
@@ -214,4 +221,35 @@ async fn register_inner(
         http::HeaderValue::from_static("no-store"),
     );
     Ok(resp)
+}
+
+/// A `private_key_jwt` client registers its public keys: inline `jwks` with at least one usable
+/// asymmetric key, or an https `jwks_uri` the fetcher accepts.
+pub(crate) fn check_client_keys(
+    s: &AuthServer,
+    obj: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), OAuthError> {
+    match (
+        obj.get("jwks"),
+        obj.get("jwks_uri").and_then(|v| v.as_str()),
+    ) {
+        (Some(jwks), None) => {
+            let body = serde_json::to_vec(jwks).map_err(|e| bad_metadata(e.to_string()))?;
+            let keys =
+                gatehouse_tokens::KeySet::parse(&body).map_err(|e| bad_metadata(e.to_string()))?;
+            if keys.is_empty() {
+                return Err(bad_metadata("jwks has no usable asymmetric signing key"));
+            }
+            Ok(())
+        }
+        (None, Some(uri)) => s
+            .inner
+            .fetcher
+            .check(uri)
+            .map(|_| ())
+            .map_err(|e| bad_metadata(format!("jwks_uri: {e}"))),
+        _ => Err(bad_metadata(
+            "private_key_jwt needs exactly one of jwks or jwks_uri",
+        )),
+    }
 }

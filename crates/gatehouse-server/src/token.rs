@@ -209,6 +209,11 @@ fn same_resource(requested: Option<&str>, bound: &str) -> Result<(), OAuthError>
     Ok(())
 }
 
+/// A client that proves possession of a secret or a private key (not a public client).
+fn is_confidential(client: &ClientRecord) -> bool {
+    client.auth_method != "none"
+}
+
 fn client_allows(client: &ClientRecord, grant: &str) -> Result<(), OAuthError> {
     if client.grant_types.iter().any(|g| g == grant) {
         Ok(())
@@ -373,7 +378,7 @@ async fn client_credentials(
     form: &Form,
 ) -> Result<Response, OAuthError> {
     client_allows(client, "client_credentials")?;
-    if client.secret_hash.is_none() {
+    if !is_confidential(client) {
         return Err(OAuthError::new(
             OAuthErrorCode::UnauthorizedClient,
             "client_credentials needs a confidential client",
@@ -425,7 +430,7 @@ async fn token_exchange(
     form: &Form,
 ) -> Result<Response, OAuthError> {
     client_allows(client, TOKEN_EXCHANGE)?;
-    if client.secret_hash.is_none() {
+    if !is_confidential(client) {
         return Err(OAuthError::new(
             OAuthErrorCode::UnauthorizedClient,
             "token exchange needs a confidential client",
@@ -584,7 +589,7 @@ pub(crate) async fn introspect(
     let r = async {
         let form = parse_form(&body)?;
         let client = s.authenticate_client(&presented(&headers, &form)?).await?;
-        if client.secret_hash.is_none() {
+        if !is_confidential(&client) {
             return Err(OAuthError::invalid_client(
                 "introspection requires a confidential client",
             ));

@@ -457,6 +457,21 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Records a client assertion's jti; false when it was seen before (a replay).
+    pub async fn use_assertion_jti(
+        &self,
+        jti_hash: &str,
+        expires_at: i64,
+    ) -> Result<bool, StoreError> {
+        let r = with_pool!(self, p => sqlx::query("INSERT INTO assertion_jtis (jti_hash, expires_at) VALUES ($1, $2)")
+            .bind(jti_hash).bind(expires_at).execute(p).await.map(|r| r.rows_affected()));
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Deletes expired codes, sessions, pending requests and refresh tokens.
     pub async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
         let mut n = 0;
@@ -465,6 +480,7 @@ impl Store {
             "DELETE FROM sessions WHERE expires_at < $1",
             "DELETE FROM pending_authorizations WHERE expires_at < $1",
             "DELETE FROM refresh_tokens WHERE expires_at < $1",
+            "DELETE FROM assertion_jtis WHERE expires_at < $1",
         ] {
             n += with_pool!(self, p => sqlx::query(q).bind(now).execute(p).await.map(|r| r.rows_affected()))?;
         }

@@ -44,17 +44,7 @@ impl JwtValidatorConfig {
             audience,
             audience_policy: AudiencePolicy::Exact,
             issuers,
-            algorithms: vec![
-                Algorithm::ES256,
-                Algorithm::ES384,
-                Algorithm::EdDSA,
-                Algorithm::RS256,
-                Algorithm::RS384,
-                Algorithm::RS512,
-                Algorithm::PS256,
-                Algorithm::PS384,
-                Algorithm::PS512,
-            ],
+            algorithms: ASYMMETRIC_ALGORITHMS.to_vec(),
             leeway_secs: 30,
             strict_typ: false,
             jwks_ttl: Duration::from_secs(600),
@@ -158,6 +148,71 @@ fn parse_jwks(body: &[u8], allow: &[Algorithm]) -> Result<Vec<CachedKey>, TokenE
             })
         })
         .collect())
+}
+
+/// Asymmetric algorithms accepted from a JWKS by default.
+pub const ASYMMETRIC_ALGORITHMS: [Algorithm; 9] = [
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
+/// A parsed key set (a client's `jwks`, say) with the same rules as the validator: each key's
+/// algorithms come from the key itself, symmetric keys are never used.
+pub struct KeySet {
+    keys: Vec<CachedKey>,
+}
+
+impl KeySet {
+    pub fn parse(body: &[u8]) -> Result<Self, TokenError> {
+        Ok(Self {
+            keys: parse_jwks(body, &ASYMMETRIC_ALGORITHMS)?,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Verifies a compact JWS signed by one of these keys and returns its claims. Only the
+    /// signature is checked here; the caller checks the claims.
+    pub fn verify(&self, token: &str) -> Result<Map<String, Value>, TokenError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| TokenError::Malformed(format!("bad JOSE header: {e}")))?;
+        if !ASYMMETRIC_ALGORITHMS.contains(&header.alg) {
+            return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
+        }
+        let candidates: Vec<&CachedKey> = self
+            .keys
+            .iter()
+            .filter(|k| header.kid.is_none() || k.kid == header.kid)
+            .filter(|k| k.algs.contains(&header.alg))
+            .collect();
+        if candidates.is_empty() {
+            return Err(TokenError::UnknownKey);
+        }
+        for k in candidates {
+            let mut v = Validation::new(header.alg);
+            v.algorithms = k.algs.clone();
+            v.validate_exp = false;
+            v.validate_nbf = false;
+            v.validate_aud = false;
+            v.required_spec_claims.clear();
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, &v) {
+                Ok(d) => return Ok(d.claims),
+                Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) => {
+                }
+                Err(e) => return Err(TokenError::Malformed(e.to_string())),
+            }
+        }
+        Err(TokenError::Signature)
+    }
 }
 
 impl JwtValidator {

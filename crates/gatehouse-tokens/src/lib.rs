@@ -20,7 +20,7 @@ mod principal;
 pub use discovery::discover;
 pub use error::TokenError;
 pub use introspection::{IntrospectionConfig, IntrospectionValidator};
-pub use jwt::{JwtValidator, JwtValidatorConfig, TrustedIssuer};
+pub use jwt::{ASYMMETRIC_ALGORITHMS, JwtValidator, JwtValidatorConfig, KeySet, TrustedIssuer};
 pub use principal::{Principal, PrincipalSource};
 
 use std::future::Future;

@@ -91,6 +91,9 @@ enum ClientsCommand {
         /// Resources this client may exchange users' tokens for (RFC 8693; repeatable).
         #[arg(long = "exchange-target")]
         exchange_targets: Vec<String>,
+        /// Authenticate with private_key_jwt using the public keys in this JWKS file.
+        #[arg(long)]
+        jwks_file: Option<String>,
     },
     List,
     /// Delete a client and revoke its grants.
@@ -198,7 +201,20 @@ async fn run_inner(args: AdminArgs) -> Result<(), String> {
                 scope,
                 client_id,
                 exchange_targets,
+                jwks_file,
             } => {
+                let jwks = jwks_file
+                    .map(|f| {
+                        let text = std::fs::read_to_string(&f).map_err(|e| format!("{f}: {e}"))?;
+                        let keys = gatehouse_tokens::KeySet::parse(text.as_bytes())
+                            .map_err(|e| format!("{f}: {e}"))?;
+                        if keys.is_empty() {
+                            return Err(format!("{f}: no usable asymmetric signing key"));
+                        }
+                        serde_json::from_str::<serde_json::Value>(&text)
+                            .map_err(|e| format!("{f}: {e}"))
+                    })
+                    .transpose()?;
                 for t in &exchange_targets {
                     gatehouse_core::Resource::parse(t)
                         .map_err(|e| format!("--exchange-target: {e}"))?;
@@ -223,7 +239,7 @@ async fn run_inner(args: AdminArgs) -> Result<(), String> {
                     let b: [u8; 16] = rand::random();
                     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
                 });
-                let secret = confidential.then(|| {
+                let secret = (confidential && jwks.is_none()).then(|| {
                     let b: [u8; 32] = rand::random();
                     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
                 });
@@ -237,10 +253,10 @@ async fn run_inner(args: AdminArgs) -> Result<(), String> {
                     .insert_client(&ClientRecord {
                         client_id: id.clone(),
                         secret_hash: hash,
-                        auth_method: if confidential {
-                            "client_secret_basic".into()
-                        } else {
-                            "none".into()
+                        auth_method: match (&jwks, confidential) {
+                            (Some(_), _) => "private_key_jwt".into(),
+                            (None, true) => "client_secret_basic".into(),
+                            (None, false) => "none".into(),
                         },
                         redirect_uris,
                         grant_types: grants,
@@ -248,7 +264,10 @@ async fn run_inner(args: AdminArgs) -> Result<(), String> {
                         scope,
                         source: ClientSource::Preregistered,
                         application_type: None,
-                        metadata: serde_json::json!({ "token_exchange_targets": exchange_targets }),
+                        metadata: match &jwks {
+                            Some(k) => serde_json::json!({ "token_exchange_targets": exchange_targets, "jwks": k }),
+                            None => serde_json::json!({ "token_exchange_targets": exchange_targets }),
+                        },
                         created_at: now,
                     })
                     .await

@@ -1057,3 +1057,145 @@ async fn as34_token_exchange_is_policy_bound_narrowing_and_carries_act() {
     let (st, v) = exchange(gw, gw_secret, base("mcp:basic", &user_at, &d.mcp)).await;
     assert_eq!((st, v["error"].as_str()), (400, Some("invalid_grant")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as23_as35_private_key_jwt_client_authentication() {
+    use gatehouse_testkit::{TestKey, forge_alg_none, forge_hs256_with_public_key, now};
+    const ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+    let d = start();
+    let key = TestKey::es256("client-key-1");
+    let jwks = json!({"keys": [serde_json::to_value(&key.jwk).expect("jwk")]});
+    let reg = d
+        .register("http://127.0.0.1/cb", json!({"grant_types": ["client_credentials"], "redirect_uris": [], "token_endpoint_auth_method": "private_key_jwt", "jwks": jwks, "application_type": "web"}))
+        .await;
+    assert_eq!(reg["_status"], 201, "{reg}");
+    assert!(
+        reg.get("client_secret").is_none(),
+        "no secret for a key-authenticated client"
+    );
+    let id = reg["client_id"].as_str().expect("id").to_owned();
+    let token_url = format!("{}/token", d.base);
+    let assertion_claims = |aud: &str, exp: i64, jti: Option<&str>| {
+        let mut c = json!({"iss": id, "sub": id, "aud": aud, "iat": now(), "exp": exp});
+        if let Some(j) = jti {
+            c["jti"] = j.into();
+        }
+        c
+    };
+    let cc = |assertion: String| {
+        let (http, url) = (d.http.clone(), token_url.clone());
+        async move {
+            let r = http
+                .post(url)
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("scope", "mcp:basic"),
+                    ("client_assertion_type", ASSERTION),
+                    ("client_assertion", assertion.as_str()),
+                ])
+                .send()
+                .await
+                .expect("token");
+            let st = r.status().as_u16();
+            (st, r.json::<Value>().await.expect("json"))
+        }
+    };
+    let good = key.sign(&assertion_claims(&token_url, now() + 60, Some("j-1")));
+    let (st, v) = cc(good.clone()).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        claims(v["access_token"].as_str().expect("at"))["sub"],
+        json!(id)
+    );
+    // The issuer is an accepted audience too.
+    assert_eq!(
+        cc(key.sign(&assertion_claims(&d.base, now() + 60, Some("j-2"))))
+            .await
+            .0,
+        200
+    );
+    let other = TestKey::es256("client-key-1");
+    let mut wrong_iss = assertion_claims(&token_url, now() + 60, Some("j-9"));
+    wrong_iss["iss"] = "someone-else".into();
+    for (what, assertion) in [
+        ("replayed jti", good),
+        (
+            "wrong audience",
+            key.sign(&assertion_claims(
+                "https://other.example/token",
+                now() + 60,
+                Some("j-3"),
+            )),
+        ),
+        ("wrong iss", key.sign(&wrong_iss)),
+        (
+            "signed by another key",
+            other.sign(&assertion_claims(&token_url, now() + 60, Some("j-4"))),
+        ),
+        (
+            "expired",
+            key.sign(&assertion_claims(&token_url, now() - 300, Some("j-5"))),
+        ),
+        (
+            "too long-lived",
+            key.sign(&assertion_claims(&token_url, now() + 7200, Some("j-6"))),
+        ),
+        (
+            "no jti",
+            key.sign(&assertion_claims(&token_url, now() + 60, None)),
+        ),
+        (
+            "alg none",
+            forge_alg_none(&assertion_claims(&token_url, now() + 60, Some("j-7"))),
+        ),
+        (
+            "HMAC with the public key",
+            forge_hs256_with_public_key(
+                &key,
+                &assertion_claims(&token_url, now() + 60, Some("j-8")),
+            )
+            .remove(0),
+        ),
+    ] {
+        let (st, v) = cc(assertion).await;
+        assert_eq!(
+            (st, v["error"].as_str()),
+            (401, Some("invalid_client")),
+            "{what}: {v}"
+        );
+    }
+    // An assertion together with a secret is two methods at once.
+    let r = d
+        .http
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", id.as_str()),
+            ("client_secret", "x"),
+            ("client_assertion_type", ASSERTION),
+            ("client_assertion", "a.b.c"),
+        ])
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(r.status(), 400);
+    // Registration needs usable keys.
+    let bad = d.register("http://127.0.0.1/cb", json!({"grant_types": ["client_credentials"], "redirect_uris": [], "token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}})).await;
+    assert_eq!(bad["error"], "invalid_client_metadata");
+    let meta: Value = d
+        .http
+        .get(format!("{}/.well-known/oauth-authorization-server", d.base))
+        .send()
+        .await
+        .expect("m")
+        .json()
+        .await
+        .expect("j");
+    assert!(
+        meta["token_endpoint_auth_methods_supported"]
+            .as_array()
+            .expect("a")
+            .iter()
+            .any(|m| m == "private_key_jwt")
+    );
+}
