@@ -10,6 +10,9 @@ import { generateKeyPair, exportJWK } from 'jose';
 import { randomUUID } from 'node:crypto';
 
 const port = Number(process.argv[2] || 4000);
+// Upstream-IdP mode (for Gatehouse's enterprise sign-in): a confidential code client whose
+// redirect URI is UPSTREAM_REDIRECT, the development login page, email and groups claims.
+const upstreamRedirect = process.env.UPSTREAM_REDIRECT;
 const issuer = `http://127.0.0.1:${port}`;
 const SCOPES = 'mcp:basic notes:write';
 
@@ -39,14 +42,29 @@ const provider = new Provider(issuer, {
       token_endpoint_auth_method: 'client_secret_basic',
       id_token_signed_response_alg: 'ES256',
     },
+    ...(upstreamRedirect ? [{
+      client_id: 'gatehouse-upstream',
+      client_secret: 'upstream-secret-not-for-production',
+      grant_types: ['authorization_code'],
+      redirect_uris: [upstreamRedirect],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'client_secret_basic',
+      id_token_signed_response_alg: 'ES256',
+    }] : []),
   ],
   jwks: { keys: [jwk] },
-  scopes: SCOPES.split(' '),
+  scopes: upstreamRedirect ? [...SCOPES.split(' '), 'openid', 'email', 'groups'] : SCOPES.split(' '),
+  claims: { openid: ['sub'], email: ['email'], groups: ['groups'] },
+  // ID tokens carry the claims their scopes ask for (what an enterprise IdP is set up to do).
+  conformIdTokenClaims: false,
+  async findAccount(_ctx, id) {
+    return { accountId: id, claims: () => ({ sub: id, email: `${id}@example.com`, groups: ['engineering', 'staff'] }) };
+  },
   features: {
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: Boolean(upstreamRedirect) },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => undefined,

@@ -24,10 +24,18 @@ use subtle::ConstantTimeEq;
 
 const PENDING_TTL: i64 = 600;
 
+/// A signed-in browser.
+pub(crate) struct Session {
+    pub(crate) subject: String,
+    pub(crate) auth_time: i64,
+    /// Claims from an upstream identity provider (JSON object), carried into grants.
+    pub(crate) claims: Option<String>,
+}
+
 /// A validated authorization request, waiting for login and consent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Pending {
-    client_id: String,
+pub(crate) struct Pending {
+    pub(crate) client_id: String,
     redirect_uri: String,
     code_challenge: String,
     scope: String,
@@ -36,7 +44,7 @@ struct Pending {
 }
 
 impl AuthServer {
-    fn cookie_name(&self, base: &str) -> String {
+    pub(crate) fn cookie_name(&self, base: &str) -> String {
         if self.inner.cfg.secure_cookies {
             format!("__Host-{base}")
         } else {
@@ -164,7 +172,7 @@ impl AuthServer {
         )
     }
 
-    fn login_page(
+    pub(crate) fn login_page(
         &self,
         status: StatusCode,
         p: &Pending,
@@ -178,6 +186,7 @@ impl AuthServer {
             .clone()
             .unwrap_or_else(|| client.client_id.clone());
         let action = self.inner.cfg.endpoint("/login");
+        let upstream_action = self.inner.cfg.endpoint("/login/upstream");
         page(
             status,
             LoginPage {
@@ -188,13 +197,21 @@ impl AuthServer {
                 pending: pending_id,
                 csrf,
                 error,
+                upstream: self
+                    .inner
+                    .cfg
+                    .upstream
+                    .as_ref()
+                    .map(|u| u.display_name.as_str()),
+                upstream_action: &upstream_action,
+                local: self.inner.cfg.local_login,
             }
             .render(),
             None,
         )
     }
 
-    async fn session_subject(&self, jar: &CookieJar) -> Result<Option<(String, i64)>, OAuthError> {
+    async fn session_subject(&self, jar: &CookieJar) -> Result<Option<Session>, OAuthError> {
         let Some(c) = jar.get(&self.cookie_name("gh_session")) else {
             return Ok(None);
         };
@@ -204,17 +221,94 @@ impl AuthServer {
             .store
             .get_session(&sha256_hex(c.value()), now)
             .await?
-            .map(|s| (s.subject, s.auth_time)))
+            .map(|s| Session {
+                subject: s.subject,
+                auth_time: s.auth_time,
+                claims: s.claims,
+            }))
+    }
+
+    /// After a successful sign-in (local password or upstream identity provider): start the
+    /// session, then issue a code at once if this user already consented to this client for
+    /// these scopes, else show the consent page.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the pieces of one pending authorization"
+    )]
+    pub(crate) async fn finish_login(
+        &self,
+        jar: CookieJar,
+        p: &Pending,
+        client: &ClientRecord,
+        pending_id: &str,
+        csrf: &str,
+        subject: String,
+        claims: Option<String>,
+    ) -> Response {
+        let now = self.inner.clock.now_unix();
+        let sid = random_token();
+        let ttl = self.inner.cfg.session_ttl;
+        let session = Session {
+            subject,
+            auth_time: now,
+            claims,
+        };
+        if let Err(e) = self
+            .inner
+            .store
+            .insert_session(&SessionRecord {
+                id_hash: sha256_hex(&sid),
+                subject: session.subject.clone(),
+                auth_time: now,
+                expires_at: now + ttl,
+                claims: session.claims.clone(),
+            })
+            .await
+        {
+            return OAuthError::from(e).into_response();
+        }
+        tracing::info!(subject = %session.subject, "signed in");
+        let jar = jar.add(self.cookie("gh_session", sid, ttl));
+        let remembered = self
+            .inner
+            .store
+            .get_consent(&session.subject, &client.client_id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|c| {
+                ScopeSet::parse(&c.scope)
+                    .unwrap_or_default()
+                    .is_superset(&ScopeSet::parse(&p.scope).unwrap_or_default())
+            });
+        if remembered {
+            if let Ok(true) = self.inner.store.take_pending(&sha256_hex(pending_id)).await {
+                let r = self
+                    .issue_code(p, &session, true)
+                    .await
+                    .unwrap_or_else(IntoResponse::into_response);
+                return (jar, r).into_response();
+            }
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "This sign-in request was already used.",
+            );
+        }
+        (
+            jar,
+            self.consent_page(p, client, &session.subject, pending_id, csrf),
+        )
+            .into_response()
     }
 
     /// Creates the grant and code and redirects to the client.
     async fn issue_code(
         &self,
         p: &Pending,
-        subject: &str,
-        auth_time: i64,
+        session: &Session,
         status_see_other: bool,
     ) -> Result<Response, OAuthError> {
+        let (subject, auth_time) = (session.subject.as_str(), session.auth_time);
         let now = self.inner.clock.now_unix();
         let code = random_token();
         let grant = GrantRecord {
@@ -225,6 +319,7 @@ impl AuthServer {
             resource: p.resource.clone(),
             created_at: now,
             revoked_at: None,
+            claims: session.claims.clone(),
         };
         let rec = CodeRecord {
             code_hash: sha256_hex(&code),
@@ -238,6 +333,7 @@ impl AuthServer {
             auth_time,
             expires_at: now + self.inner.cfg.code_ttl,
             used_at: None,
+            claims: session.claims.clone(),
         };
         self.inner
             .store
@@ -253,7 +349,7 @@ impl AuthServer {
 
     /// Loads a pending authorization for a form post and checks the browser binding and CSRF
     /// token. Any failure is an error page: nothing is redirected for an unverified post.
-    async fn verified_pending(
+    pub(crate) async fn verified_pending(
         &self,
         jar: &CookieJar,
         pending_id: &str,
@@ -437,15 +533,19 @@ pub(crate) async fn authorize(
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
-    if let Some((subject, auth_time)) = &session
+    if let Some(sess) = &session
         && get("prompt") != Some("consent")
-        && let Ok(Some(c)) = s.inner.store.get_consent(subject, &client.client_id).await
+        && let Ok(Some(c)) = s
+            .inner
+            .store
+            .get_consent(&sess.subject, &client.client_id)
+            .await
         && ScopeSet::parse(&c.scope)
             .unwrap_or_default()
             .is_superset(&scope)
     {
         return s
-            .issue_code(&p, subject, *auth_time, false)
+            .issue_code(&p, sess, false)
             .await
             .unwrap_or_else(IntoResponse::into_response);
     }
@@ -470,7 +570,7 @@ pub(crate) async fn authorize(
         return OAuthError::from(e).into_response();
     }
     let body = match &session {
-        Some((subject, _)) => s.consent_page(&p, &client, subject, &pending_id, &csrf),
+        Some(sess) => s.consent_page(&p, &client, &sess.subject, &pending_id, &csrf),
         None => s.login_page(StatusCode::OK, &p, &client, &pending_id, &csrf, None),
     };
     (jar, body).into_response()
@@ -490,6 +590,12 @@ pub(crate) async fn login(
     jar: CookieJar,
     axum::Form(f): axum::Form<LoginForm>,
 ) -> Response {
+    if !s.inner.cfg.local_login {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "Password sign-in is turned off; use single sign-on.",
+        );
+    }
     let (p, client) = match s.verified_pending(&jar, &f.pending, &f.csrf).await {
         Ok(x) => x,
         Err(r) => return r,
@@ -521,54 +627,8 @@ pub(crate) async fn login(
             );
         }
     };
-    let now = s.inner.clock.now_unix();
-    let sid = random_token();
-    let ttl = s.inner.cfg.session_ttl;
-    if let Err(e) = s
-        .inner
-        .store
-        .insert_session(&SessionRecord {
-            id_hash: sha256_hex(&sid),
-            subject: user.subject.clone(),
-            auth_time: now,
-            expires_at: now + ttl,
-        })
+    s.finish_login(jar, &p, &client, &f.pending, &f.csrf, user.subject, None)
         .await
-    {
-        return OAuthError::from(e).into_response();
-    }
-    tracing::info!(subject = %user.subject, "signed in");
-    let jar = jar.add(s.cookie("gh_session", sid, ttl));
-    let remembered = s
-        .inner
-        .store
-        .get_consent(&user.subject, &client.client_id)
-        .await
-        .ok()
-        .flatten()
-        .is_some_and(|c| {
-            ScopeSet::parse(&c.scope)
-                .unwrap_or_default()
-                .is_superset(&ScopeSet::parse(&p.scope).unwrap_or_default())
-        });
-    if remembered {
-        if let Ok(true) = s.inner.store.take_pending(&sha256_hex(&f.pending)).await {
-            let r = s
-                .issue_code(&p, &user.subject, now, true)
-                .await
-                .unwrap_or_else(IntoResponse::into_response);
-            return (jar, r).into_response();
-        }
-        return error_page(
-            StatusCode::BAD_REQUEST,
-            "This sign-in request was already used.",
-        );
-    }
-    (
-        jar,
-        s.consent_page(&p, &client, &user.subject, &f.pending, &f.csrf),
-    )
-        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -588,7 +648,7 @@ pub(crate) async fn consent(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let (subject, auth_time) = match s.session_subject(&jar).await {
+    let session = match s.session_subject(&jar).await {
         Ok(Some(x)) => x,
         Ok(None) => {
             return error_page(
@@ -610,7 +670,7 @@ pub(crate) async fn consent(
         Err(e) => return OAuthError::from(e).into_response(),
     }
     if f.decision != "approve" {
-        tracing::info!(subject = %subject, client_id = %client.client_id, "consent denied");
+        tracing::info!(subject = %session.subject, client_id = %client.client_id, "consent denied");
         return match s.client_redirect(
             &p.redirect_uri,
             &[
@@ -627,7 +687,7 @@ pub(crate) async fn consent(
     let prior = s
         .inner
         .store
-        .get_consent(&subject, &client.client_id)
+        .get_consent(&session.subject, &client.client_id)
         .await
         .ok()
         .flatten();
@@ -639,7 +699,7 @@ pub(crate) async fn consent(
         .inner
         .store
         .put_consent(&ConsentRecord {
-            subject: subject.clone(),
+            subject: session.subject.clone(),
             client_id: client.client_id.clone(),
             scope: scope.to_string(),
             granted_at: now,
@@ -648,8 +708,8 @@ pub(crate) async fn consent(
     {
         return OAuthError::from(e).into_response();
     }
-    tracing::info!(subject = %subject, client_id = %client.client_id, scope = %p.scope, "consent granted");
-    s.issue_code(&p, &subject, auth_time, true)
+    tracing::info!(subject = %session.subject, client_id = %client.client_id, scope = %p.scope, "consent granted");
+    s.issue_code(&p, &session, true)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }

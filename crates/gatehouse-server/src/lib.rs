@@ -25,10 +25,12 @@ mod pages;
 mod register;
 mod secrets;
 mod token;
+mod upstream;
 
 pub use error::OAuthError;
 pub use keys::KeyManager;
 pub use secrets::{hash_password, verify_password};
+pub use upstream::UpstreamIdp;
 
 use gatehouse_core::{Clock, Issuer, Resource, ScopeSet};
 use gatehouse_fetch::Fetcher;
@@ -68,6 +70,10 @@ pub struct AuthServerConfig {
     pub cimd_enabled: bool,
     /// `Secure` cookies with the `__Host-` prefix (off only for a loopback issuer).
     pub secure_cookies: bool,
+    /// Sign-in through an upstream OpenID Connect identity provider (enterprise SSO).
+    pub upstream: Option<UpstreamIdp>,
+    /// Offer the local user-name/password form (on unless only SSO should be used).
+    pub local_login: bool,
 }
 
 impl AuthServerConfig {
@@ -96,6 +102,8 @@ impl AuthServerConfig {
             dcr_per_minute: 10,
             cimd_enabled: true,
             secure_cookies,
+            upstream: None,
+            local_login: true,
         }
     }
 
@@ -184,6 +192,8 @@ impl AuthServer {
             .route(&p("/jwks"), get(metadata::jwks))
             .route(&p("/authorize"), get(authorize::authorize))
             .route(&p("/login"), post(authorize::login))
+            .route(&p("/login/upstream"), post(upstream::start))
+            .route(&p("/login/callback"), get(upstream::callback))
             .route(&p("/consent"), post(authorize::consent))
             .route(&p("/token"), post(token::token))
             .route(&p("/revoke"), post(token::revoke))

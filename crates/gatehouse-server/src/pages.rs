@@ -13,6 +13,10 @@ pub(crate) struct LoginPage<'a> {
     pub(crate) pending: &'a str,
     pub(crate) csrf: &'a str,
     pub(crate) error: Option<&'a str>,
+    /// The upstream identity provider's display name, when SSO is configured.
+    pub(crate) upstream: Option<&'a str>,
+    pub(crate) upstream_action: &'a str,
+    pub(crate) local: bool,
 }
 
 #[derive(Template)]

@@ -111,6 +111,7 @@ impl AuthServer {
         scope: &ScopeSet,
         resource: &str,
         grant_id: &str,
+        extra: Option<&str>,
     ) -> Result<(String, i64), OAuthError> {
         let now = self.inner.clock.now_unix();
         let ttl = self.inner.cfg.access_token_ttl;
@@ -131,6 +132,11 @@ impl AuthServer {
             "jti": random_id(),
             "gid": grant_id,
         });
+        let mut claims = claims;
+        copy_identity_claims(
+            extra.and_then(|e| serde_json::from_str(e).ok()).as_ref(),
+            &mut claims,
+        );
         Ok((self.inner.keys.sign(&claims)?, ttl))
     }
 
@@ -175,6 +181,19 @@ pub(crate) async fn token(
     }
     .await;
     r.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Claims an identity provider contributes to access tokens (for policies at resource servers
+/// and gateways). An allow-list: nothing from upstream can set `iss`, `aud`, `sub` or `scope`.
+pub(crate) const IDENTITY_CLAIMS: [&str; 4] = ["groups", "email", "name", "preferred_username"];
+
+fn copy_identity_claims(from: Option<&serde_json::Value>, to: &mut serde_json::Value) {
+    let Some(from) = from else { return };
+    for k in IDENTITY_CLAIMS {
+        if let Some(v) = from.get(k) {
+            to[k] = v.clone();
+        }
+    }
 }
 
 /// A new refresh token of a grant's family, as stored (only the hash of `secret`).
@@ -283,7 +302,14 @@ async fn code_grant(
         Redeemed::Unknown => return Err(OAuthError::invalid_grant("unknown authorization code")),
     };
     let scope = ScopeSet::parse(&c.scope).unwrap_or_default();
-    let access = s.access_token(&c.subject, &c.client_id, &scope, &c.resource, &c.grant_id)?;
+    let access = s.access_token(
+        &c.subject,
+        &c.client_id,
+        &scope,
+        &c.resource,
+        &c.grant_id,
+        c.claims.as_deref(),
+    )?;
     Ok(s.token_response(access, &scope, refresh_secret))
 }
 
@@ -368,6 +394,7 @@ async fn refresh_grant(
         &scope,
         &old.resource,
         &old.grant_id,
+        grant.claims.as_deref(),
     )?;
     Ok(s.token_response(access, &scope, Some(new_secret)))
 }
@@ -407,6 +434,7 @@ async fn client_credentials(
         resource: res.resource.as_str().to_owned(),
         created_at: now,
         revoked_at: None,
+        claims: None,
     };
     s.inner.store.insert_grant(&grant).await?;
     let access = s.access_token(
@@ -415,6 +443,7 @@ async fn client_credentials(
         &scope,
         &grant.resource,
         &grant.grant_id,
+        None,
     )?;
     Ok(s.token_response(access, &scope, None))
 }
@@ -525,6 +554,10 @@ async fn token_exchange(
         "gid": gid,
         "act": { "sub": client.client_id },
     });
+    copy_identity_claims(
+        Some(&serde_json::Value::Object(subject.clone())),
+        &mut claims,
+    );
     // A chain of exchanges keeps the earlier actors (RFC 8693 §4.1).
     if let Some(prior) = subject.get("act") {
         claims["act"]["act"] = prior.clone();

@@ -226,7 +226,7 @@ impl Store {
 
     pub async fn get_grant(&self, grant_id: &str) -> Result<Option<GrantRecord>, StoreError> {
         Ok(
-            with_pool!(self, p => sqlx::query_as("SELECT grant_id, subject, client_id, scope, resource, created_at, revoked_at FROM grants WHERE grant_id = $1")
+            with_pool!(self, p => sqlx::query_as("SELECT grant_id, subject, client_id, scope, resource, created_at, revoked_at, claims FROM grants WHERE grant_id = $1")
             .bind(grant_id).fetch_optional(p).await)?,
         )
     }
@@ -257,12 +257,12 @@ impl Store {
         c: &CodeRecord,
     ) -> Result<(), StoreError> {
         with_tx!(self, tx => {
-            sqlx::query("INSERT INTO grants (grant_id, subject, client_id, scope, resource, created_at, revoked_at) VALUES ($1,$2,$3,$4,$5,$6,NULL)")
-                .bind(&g.grant_id).bind(&g.subject).bind(&g.client_id).bind(&g.scope).bind(&g.resource).bind(g.created_at)
+            sqlx::query("INSERT INTO grants (grant_id, subject, client_id, scope, resource, created_at, revoked_at, claims) VALUES ($1,$2,$3,$4,$5,$6,NULL,$7)")
+                .bind(&g.grant_id).bind(&g.subject).bind(&g.client_id).bind(&g.scope).bind(&g.resource).bind(g.created_at).bind(&g.claims)
                 .execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO auth_codes (code_hash, grant_id, client_id, redirect_uri, code_challenge, scope, resource, subject, auth_time, expires_at, used_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,NULL)")
+            sqlx::query("INSERT INTO auth_codes (code_hash, grant_id, client_id, redirect_uri, code_challenge, scope, resource, subject, auth_time, expires_at, used_at, claims) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,NULL,$11)")
                 .bind(&c.code_hash).bind(&c.grant_id).bind(&c.client_id).bind(&c.redirect_uri).bind(&c.code_challenge)
-                .bind(&c.scope).bind(&c.resource).bind(&c.subject).bind(c.auth_time).bind(c.expires_at)
+                .bind(&c.scope).bind(&c.resource).bind(&c.subject).bind(c.auth_time).bind(c.expires_at).bind(&c.claims)
                 .execute(&mut *tx).await?;
             Ok::<_, StoreError>(())
         })
@@ -270,8 +270,8 @@ impl Store {
 
     /// Stores a grant without a code (client_credentials, token exchange).
     pub async fn insert_grant(&self, g: &GrantRecord) -> Result<(), StoreError> {
-        with_pool!(self, p => sqlx::query("INSERT INTO grants (grant_id, subject, client_id, scope, resource, created_at, revoked_at) VALUES ($1,$2,$3,$4,$5,$6,NULL)")
-            .bind(&g.grant_id).bind(&g.subject).bind(&g.client_id).bind(&g.scope).bind(&g.resource).bind(g.created_at)
+        with_pool!(self, p => sqlx::query("INSERT INTO grants (grant_id, subject, client_id, scope, resource, created_at, revoked_at, claims) VALUES ($1,$2,$3,$4,$5,$6,NULL,$7)")
+            .bind(&g.grant_id).bind(&g.subject).bind(&g.client_id).bind(&g.scope).bind(&g.resource).bind(g.created_at).bind(&g.claims)
             .execute(p).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
@@ -286,7 +286,7 @@ impl Store {
         check: impl FnOnce(&CodeRecord) -> Result<Option<RefreshRecord>, E>,
     ) -> Result<Result<Redeemed, E>, StoreError> {
         with_tx!(self, tx => async {
-            let row: Option<CodeRecord> = sqlx::query_as("SELECT code_hash, grant_id, client_id, redirect_uri, code_challenge, scope, resource, subject, auth_time, expires_at, used_at FROM auth_codes WHERE code_hash = $1")
+            let row: Option<CodeRecord> = sqlx::query_as("SELECT code_hash, grant_id, client_id, redirect_uri, code_challenge, scope, resource, subject, auth_time, expires_at, used_at, claims FROM auth_codes WHERE code_hash = $1")
                 .bind(code_hash).fetch_optional(&mut *tx).await?;
             let Some(c) = row else { return Ok(Ok(Redeemed::Unknown)) };
             let replayed = |grant_id: String| Ok(Ok(Redeemed::Replayed { grant_id }));
@@ -312,7 +312,7 @@ impl Store {
                     .bind(&r.token_hash).bind(&r.grant_id).bind(&r.client_id).bind(&r.scope).bind(&r.resource).bind(r.expires_at)
                     .execute(&mut *tx).await?;
             }
-            Ok::<_, StoreError>(Ok(Redeemed::Fresh(CodeRecord { used_at: Some(now), ..c })))
+            Ok::<_, StoreError>(Ok(Redeemed::Fresh(Box::new(CodeRecord { used_at: Some(now), ..c }))))
         }.await)
     }
 
@@ -413,8 +413,8 @@ impl Store {
     // ---- browser sessions and pending authorizations ------------------------------------------
 
     pub async fn insert_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
-        with_pool!(self, p => sqlx::query("INSERT INTO sessions (id_hash, subject, auth_time, expires_at) VALUES ($1,$2,$3,$4)")
-            .bind(&s.id_hash).bind(&s.subject).bind(s.auth_time).bind(s.expires_at).execute(p).await.map(|r| r.rows_affected()))?;
+        with_pool!(self, p => sqlx::query("INSERT INTO sessions (id_hash, subject, auth_time, expires_at, claims) VALUES ($1,$2,$3,$4,$5)")
+            .bind(&s.id_hash).bind(&s.subject).bind(s.auth_time).bind(s.expires_at).bind(&s.claims).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -424,7 +424,7 @@ impl Store {
         now: i64,
     ) -> Result<Option<SessionRecord>, StoreError> {
         Ok(
-            with_pool!(self, p => sqlx::query_as("SELECT id_hash, subject, auth_time, expires_at FROM sessions WHERE id_hash = $1 AND expires_at > $2")
+            with_pool!(self, p => sqlx::query_as("SELECT id_hash, subject, auth_time, expires_at, claims FROM sessions WHERE id_hash = $1 AND expires_at > $2")
             .bind(id_hash).bind(now).fetch_optional(p).await)?,
         )
     }
@@ -457,6 +457,27 @@ impl Store {
         Ok(n > 0)
     }
 
+    pub async fn insert_upstream_login(&self, r: &UpstreamLoginRecord) -> Result<(), StoreError> {
+        with_pool!(self, p => sqlx::query("INSERT INTO upstream_logins (state_hash, pending_hash, verifier, nonce, expires_at) VALUES ($1,$2,$3,$4,$5)")
+            .bind(&r.state_hash).bind(&r.pending_hash).bind(&r.verifier).bind(&r.nonce).bind(r.expires_at)
+            .execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Removes and returns an upstream login (single use), if it has not expired.
+    pub async fn take_upstream_login(
+        &self,
+        state_hash: &str,
+        now: i64,
+    ) -> Result<Option<UpstreamLoginRecord>, StoreError> {
+        with_tx!(self, tx => async {
+            let r: Option<UpstreamLoginRecord> = sqlx::query_as("SELECT state_hash, pending_hash, verifier, nonce, expires_at FROM upstream_logins WHERE state_hash = $1")
+                .bind(state_hash).fetch_optional(&mut *tx).await?;
+            sqlx::query("DELETE FROM upstream_logins WHERE state_hash = $1").bind(state_hash).execute(&mut *tx).await?;
+            Ok::<_, StoreError>(r.filter(|r| r.expires_at > now))
+        }.await)
+    }
+
     /// Records a client assertion's jti; false when it was seen before (a replay).
     pub async fn use_assertion_jti(
         &self,
@@ -481,6 +502,7 @@ impl Store {
             "DELETE FROM pending_authorizations WHERE expires_at < $1",
             "DELETE FROM refresh_tokens WHERE expires_at < $1",
             "DELETE FROM assertion_jtis WHERE expires_at < $1",
+            "DELETE FROM upstream_logins WHERE expires_at < $1",
         ] {
             n += with_pool!(self, p => sqlx::query(q).bind(now).execute(p).await.map(|r| r.rows_affected()))?;
         }

@@ -73,6 +73,9 @@ pub struct GrantRecord {
     pub resource: String,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    /// Extra claims for the grant's access tokens (JSON object: groups, email, …), from an
+    /// upstream identity provider.
+    pub claims: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -88,6 +91,8 @@ pub struct CodeRecord {
     pub auth_time: i64,
     pub expires_at: i64,
     pub used_at: Option<i64>,
+    /// The grant's extra claims (see [`GrantRecord::claims`]).
+    pub claims: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -120,6 +125,20 @@ pub struct SessionRecord {
     pub subject: String,
     pub auth_time: i64,
     pub expires_at: i64,
+    /// Claims from an upstream identity provider (JSON object), carried into grants.
+    pub claims: Option<String>,
+}
+
+/// A login in flight at an upstream identity provider.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct UpstreamLoginRecord {
+    pub state_hash: String,
+    /// The pending authorization it continues.
+    pub pending_hash: String,
+    /// PKCE verifier for the upstream code exchange.
+    pub verifier: String,
+    pub nonce: String,
+    pub expires_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -137,7 +156,7 @@ pub struct PendingRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redeemed {
     /// First use: the code's record (now marked used).
-    Fresh(CodeRecord),
+    Fresh(Box<CodeRecord>),
     /// Used before: the grant it issued has been revoked (AS-08, T9).
     Replayed {
         grant_id: String,

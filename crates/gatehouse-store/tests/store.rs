@@ -30,6 +30,7 @@ fn grant(id: &str) -> GrantRecord {
         resource: "https://mcp.example.com/mcp".into(),
         created_at: NOW,
         revoked_at: None,
+        claims: Some(r#"{"groups":["engineering"]}"#.into()),
     }
 }
 
@@ -46,6 +47,7 @@ fn code(hash: &str, grant_id: &str, expires_at: i64) -> CodeRecord {
         auth_time: NOW,
         expires_at,
         used_at: None,
+        claims: None,
     }
 }
 
@@ -172,13 +174,12 @@ async fn codes_are_single_use(s: &Store) {
             grant_id: "g1".into()
         })
     );
+    let g1 = s.get_grant("g1").await.expect("get").expect("present");
+    assert_eq!(g1.revoked_at, Some(NOW + 1));
     assert_eq!(
-        s.get_grant("g1")
-            .await
-            .expect("get")
-            .expect("present")
-            .revoked_at,
-        Some(NOW + 1)
+        g1.claims.as_deref(),
+        Some(r#"{"groups":["engineering"]}"#),
+        "claims round-trip"
     );
     let r = s
         .rotate_refresh::<()>("r1", NOW + 2, 5, |o| Ok(refresh("r2", &o.grant_id)))
@@ -344,6 +345,7 @@ async fn keys_sessions_pending(s: &Store) {
         subject: "alice".into(),
         auth_time: NOW,
         expires_at: NOW + 100,
+        claims: Some(r#"{"email":"a@example.com"}"#.into()),
     };
     s.insert_session(&sess).await.expect("session");
     assert_eq!(s.get_session("s1", NOW).await.expect("get"), Some(sess));
@@ -363,6 +365,35 @@ async fn keys_sessions_pending(s: &Store) {
     assert_eq!(s.get_pending("p1", NOW).await.expect("get"), Some(p));
     assert!(s.take_pending("p1").await.expect("take"));
     assert!(!s.take_pending("p1").await.expect("take"), "single use");
+    // Upstream logins: single use, and only while fresh.
+    let up = UpstreamLoginRecord {
+        state_hash: "st".into(),
+        pending_hash: "p2".into(),
+        verifier: "v".into(),
+        nonce: "n".into(),
+        expires_at: NOW + 600,
+    };
+    s.insert_upstream_login(&up).await.expect("insert");
+    assert_eq!(
+        s.take_upstream_login("st", NOW).await.expect("take"),
+        Some(up.clone())
+    );
+    assert_eq!(
+        s.take_upstream_login("st", NOW).await.expect("take"),
+        None,
+        "single use"
+    );
+    s.insert_upstream_login(&UpstreamLoginRecord {
+        state_hash: "old".into(),
+        ..up
+    })
+    .await
+    .expect("insert");
+    assert_eq!(
+        s.take_upstream_login("old", NOW + 601).await.expect("take"),
+        None,
+        "expired"
+    );
     assert!(s.purge_expired(NOW + 1_000_000).await.expect("purge") >= 1);
 }
 

@@ -113,6 +113,47 @@ pub(crate) struct AuthServerSection {
     /// Plain-language text for the consent screen, per scope.
     #[serde(default)]
     pub(crate) scope_descriptions: HashMap<String, String>,
+    /// Sign-in through an upstream OpenID Connect identity provider (enterprise SSO).
+    #[serde(default)]
+    pub(crate) upstream: Option<UpstreamSection>,
+    /// Offer the local password form (turn off to allow SSO only).
+    #[serde(default = "yes")]
+    pub(crate) local_login: bool,
+}
+
+fn default_upstream_scopes() -> String {
+    "openid email profile".into()
+}
+
+fn default_subject_claim() -> String {
+    "sub".into()
+}
+
+fn default_subject_prefix() -> String {
+    "sso:".into()
+}
+
+fn default_upstream_name() -> String {
+    "single sign-on".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamSection {
+    pub(crate) issuer: Issuer,
+    pub(crate) client_id: EnvString,
+    pub(crate) client_secret: EnvString,
+    #[serde(default = "default_upstream_scopes")]
+    pub(crate) scopes: String,
+    #[serde(default = "default_subject_claim")]
+    pub(crate) subject_claim: String,
+    #[serde(default = "default_subject_prefix")]
+    pub(crate) subject_prefix: String,
+    #[serde(default)]
+    pub(crate) groups_claim: Option<String>,
+    /// Shown on the sign-in button.
+    #[serde(default = "default_upstream_name")]
+    pub(crate) name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

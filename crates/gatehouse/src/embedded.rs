@@ -1,9 +1,9 @@
 //! The embedded authorization server as `serve --config` runs it.
 use crate::Embedded;
 use crate::config::Config;
-use gatehouse_core::SystemClock;
+use gatehouse_core::{SecretString, SystemClock};
 use gatehouse_fetch::{FetchPolicy, Fetcher};
-use gatehouse_server::{AuthServer, AuthServerConfig, ResourceEntry};
+use gatehouse_server::{AuthServer, AuthServerConfig, ResourceEntry, UpstreamIdp};
 use gatehouse_store::Store;
 use std::sync::Arc;
 
@@ -58,8 +58,24 @@ pub(crate) async fn build(cfg: &Config) -> Result<Option<Embedded>, String> {
     }
     ac.scope_descriptions
         .extend(section.scope_descriptions.clone());
-    // Metadata documents are fetched with the strict policy (https, public addresses only).
-    let fetcher = Fetcher::new(FetchPolicy::default()).map_err(|e| e.to_string())?;
+    ac.local_login = section.local_login;
+    ac.upstream = section.upstream.as_ref().map(|u| UpstreamIdp {
+        issuer: u.issuer.clone(),
+        client_id: u.client_id.0.clone(),
+        client_secret: SecretString::new(u.client_secret.0.clone()),
+        scopes: u.scopes.clone(),
+        subject_claim: u.subject_claim.clone(),
+        subject_prefix: u.subject_prefix.clone(),
+        groups_claim: u.groups_claim.clone(),
+        display_name: u.name.clone(),
+    });
+    // Metadata documents and the identity provider are fetched with the strict policy (https,
+    // public addresses) plus only the loopback exceptions the operator named as dangerous.
+    let fetcher = Fetcher::new(FetchPolicy {
+        dangerous_allow_loopback: cfg.dangerous.allow_loopback_fetch.clone(),
+        ..FetchPolicy::default()
+    })
+    .map_err(|e| e.to_string())?;
     let server = AuthServer::new(ac, store, fetcher, Arc::new(SystemClock))
         .await
         .map_err(|e| e.description)?;

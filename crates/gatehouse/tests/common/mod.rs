@@ -120,6 +120,11 @@ impl Drop for Proc {
 
 /// The real `oidc-provider` from npm (installed by `scripts/setup`), on `port`.
 pub fn oidc_provider(port: u16) -> Proc {
+    oidc_provider_with(port, &[])
+}
+
+/// `oidc_provider` with extra environment (e.g. `UPSTREAM_REDIRECT` for its upstream-IdP mode).
+pub fn oidc_provider_with(port: u16, env: &[(&str, &str)]) -> Proc {
     let dir = repo_root().join("interop");
     assert!(
         dir.join("node_modules/oidc-provider").exists(),
@@ -129,6 +134,9 @@ pub fn oidc_provider(port: u16) -> Proc {
     cmd.current_dir(&dir)
         .arg("oidc-provider.mjs")
         .arg(port.to_string());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     Proc::start(cmd, "READY")
 }
 
