@@ -176,6 +176,36 @@ impl AuthServer {
         &self.inner.keys
     }
 
+    /// One round of housekeeping: delete expired codes, sessions, pending requests, refresh
+    /// tokens and assertion ids, and reload signing keys (another replica or `gatehouse admin keys
+    /// rotate` may have rotated them). Returns how many rows were purged.
+    pub async fn maintain(&self) -> Result<u64, OAuthError> {
+        let n = self
+            .inner
+            .store
+            .purge_expired(self.inner.clock.now_unix())
+            .await?;
+        self.inner.keys.reload().await?;
+        Ok(n)
+    }
+
+    /// Runs [`AuthServer::maintain`] every `every` until the process ends.
+    pub fn spawn_maintenance(&self, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let s = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match s.maintain().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(purged = n, "maintenance"),
+                    Err(e) => tracing::warn!(error = %e.description, "maintenance failed"),
+                }
+            }
+        })
+    }
+
     /// All routes: discovery, JWKS, authorize/login/consent, token, register, revoke, introspect.
     pub fn router(&self) -> axum::Router {
         use axum::routing::{get, post};

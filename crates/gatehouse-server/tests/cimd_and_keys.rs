@@ -234,3 +234,44 @@ async fn key_rotation_keeps_old_keys_published() {
     assert_eq!(s.keys().list()[0], (new_kid, false));
     let _ = SystemClock.now_unix();
 }
+
+#[tokio::test]
+async fn maintenance_picks_up_keys_rotated_elsewhere() {
+    // Two servers on one store, like two replicas: a rotation by one reaches the other's JWKS
+    // after a maintenance round.
+    let (a, base_a) = server(vec![]).await;
+    let b = AuthServer::new(
+        a.config().clone(),
+        a.store().clone(),
+        Fetcher::new(FetchPolicy::default()).expect("fetcher"),
+        Arc::new(SystemClock),
+    )
+    .await
+    .expect("second server");
+    let new_kid = b.keys().rotate().await.expect("rotate on b");
+    let kids = |s: &AuthServer| {
+        s.keys()
+            .list()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>()
+    };
+    assert!(!kids(&a).contains(&new_kid), "a has not seen it yet");
+    a.maintain().await.expect("maintain");
+    assert_eq!(kids(&a)[0], new_kid, "a signs with the new key now");
+    let jwks: Value = http()
+        .get(format!("{base_a}/jwks"))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .any(|k| k["kid"] == json!(new_kid))
+    );
+}

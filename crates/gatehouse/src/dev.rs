@@ -62,6 +62,7 @@ pub(crate) fn run_embedded(listen: SocketAddr, data_dir: &str) -> ExitCode {
             Ok(s) => s,
             Err(e) => return fail(e.description),
         };
+        server.spawn_maintenance(std::time::Duration::from_secs(60));
         let username = std::env::var("GATEHOUSE_DEV_USER").unwrap_or_else(|_| "dev".into());
         let (password, shown) = match std::env::var("GATEHOUSE_DEV_PASSWORD") {
             Ok(p) if !p.is_empty() => (p, "(from GATEHOUSE_DEV_PASSWORD)".to_owned()),

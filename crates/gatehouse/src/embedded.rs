@@ -80,6 +80,7 @@ pub(crate) async fn build(cfg: &Config) -> Result<Option<Embedded>, String> {
         .await
         .map_err(|e| e.description)?;
     tracing::info!(%issuer, backend = server.store().backend(), "embedded authorization server");
+    server.spawn_maintenance(std::time::Duration::from_secs(60));
     Ok(Some(Embedded {
         router: server.router(),
         banner: vec![],
