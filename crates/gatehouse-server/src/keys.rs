@@ -25,10 +25,85 @@ pub struct KeyManager {
     store: Store,
     clock: Arc<dyn Clock>,
     access_ttl: i64,
+    kek: Option<KeyEncryptionKey>,
     keys: RwLock<Vec<Loaded>>,
 }
 
-fn generate(now: i64) -> Result<KeyRecord, OAuthError> {
+/// A key-encryption key: signing keys are stored AES-256-GCM-encrypted under it (with the kid as
+/// associated data, so a ciphertext cannot be moved to another row). 32 bytes; never printed.
+#[derive(Clone)]
+pub struct KeyEncryptionKey([u8; 32]);
+
+impl KeyEncryptionKey {
+    /// From base64 (standard or url-safe) of exactly 32 random bytes.
+    pub fn from_base64(s: &str) -> Result<Self, String> {
+        let raw = STANDARD
+            .decode(s.trim())
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim()))
+            .map_err(|_| "the key-encryption key is not base64".to_owned())?;
+        <[u8; 32]>::try_from(raw.as_slice())
+            .map(Self)
+            .map_err(|_| "the key-encryption key must be 32 bytes".to_owned())
+    }
+
+    fn key(&self) -> Result<aws_lc_rs::aead::LessSafeKey, OAuthError> {
+        aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, &self.0)
+            .map(aws_lc_rs::aead::LessSafeKey::new)
+            .map_err(|_| OAuthError::server_error("bad key-encryption key"))
+    }
+
+    fn seal(&self, kid: &str, plaintext: &[u8]) -> Result<String, OAuthError> {
+        let nonce: [u8; 12] = rand::random();
+        let mut buf = plaintext.to_vec();
+        self.key()?
+            .seal_in_place_append_tag(
+                aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                aws_lc_rs::aead::Aad::from(kid.as_bytes()),
+                &mut buf,
+            )
+            .map_err(|_| OAuthError::server_error("key encryption failed"))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buf);
+        Ok(format!("{SEALED}{}", STANDARD.encode(out)))
+    }
+
+    fn open(&self, kid: &str, sealed: &str) -> Result<Vec<u8>, OAuthError> {
+        let raw = STANDARD
+            .decode(sealed)
+            .map_err(|_| OAuthError::server_error(format!("key {kid} is corrupt")))?;
+        if raw.len() < 12 + 16 {
+            return Err(OAuthError::server_error(format!("key {kid} is corrupt")));
+        }
+        let (nonce, ct) = raw.split_at(12);
+        let mut buf = ct.to_vec();
+        let nonce =
+            <[u8; 12]>::try_from(nonce).map_err(|_| OAuthError::server_error("bad nonce"))?;
+        let plain = self
+            .key()?
+            .open_in_place(
+                aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                aws_lc_rs::aead::Aad::from(kid.as_bytes()),
+                &mut buf,
+            )
+            .map_err(|_| {
+                OAuthError::server_error(format!(
+                    "key {kid} cannot be decrypted with this key-encryption key"
+                ))
+            })?;
+        Ok(plain.to_vec())
+    }
+}
+
+impl std::fmt::Debug for KeyEncryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyEncryptionKey(<redacted>)")
+    }
+}
+
+/// Marks an encrypted private key in the store.
+const SEALED: &str = "aes256gcm:";
+
+fn generate(now: i64, kek: Option<&KeyEncryptionKey>) -> Result<KeyRecord, OAuthError> {
     let pkcs8 =
         EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
             .map_err(|_| OAuthError::server_error("key generation failed"))?;
@@ -42,20 +117,33 @@ fn generate(now: i64) -> Result<KeyRecord, OAuthError> {
     jwk.common.key_id = Some(kid.clone());
     jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
     jwk.common.key_algorithm = Some(jsonwebtoken::jwk::KeyAlgorithm::ES256);
+    let private_der = match kek {
+        Some(k) => k.seal(&kid, pkcs8.as_ref())?,
+        None => STANDARD.encode(pkcs8.as_ref()),
+    };
     Ok(KeyRecord {
         kid,
         alg: "ES256".into(),
-        private_der: STANDARD.encode(pkcs8.as_ref()),
+        private_der,
         public_jwk: serde_json::to_string(&jwk).map_err(OAuthError::server_error)?,
         created_at: now,
         retired_at: None,
     })
 }
 
-fn load(r: &KeyRecord) -> Result<Loaded, OAuthError> {
-    let der = STANDARD
-        .decode(&r.private_der)
-        .map_err(|_| OAuthError::server_error(format!("key {} is corrupt", r.kid)))?;
+fn load(r: &KeyRecord, kek: Option<&KeyEncryptionKey>) -> Result<Loaded, OAuthError> {
+    let der = match (r.private_der.strip_prefix(SEALED), kek) {
+        (Some(sealed), Some(k)) => k.open(&r.kid, sealed)?,
+        (Some(_), None) => {
+            return Err(OAuthError::server_error(format!(
+                "signing key {} is encrypted; configure the key-encryption key",
+                r.kid
+            )));
+        }
+        (None, _) => STANDARD
+            .decode(&r.private_der)
+            .map_err(|_| OAuthError::server_error(format!("key {} is corrupt", r.kid)))?,
+    };
     let jwk: Jwk = serde_json::from_str(&r.public_jwk).map_err(OAuthError::server_error)?;
     Ok(Loaded {
         kid: r.kid.clone(),
@@ -71,16 +159,18 @@ impl KeyManager {
         store: Store,
         clock: Arc<dyn Clock>,
         access_ttl: i64,
+        kek: Option<KeyEncryptionKey>,
     ) -> Result<Self, OAuthError> {
         let km = Self {
             store,
             clock,
             access_ttl,
+            kek,
             keys: RwLock::new(Vec::new()),
         };
         km.reload().await?;
         if km.active().is_none() {
-            let rec = generate(km.clock.now_unix())?;
+            let rec = generate(km.clock.now_unix(), km.kek.as_ref())?;
             km.store.insert_key(&rec).await?;
             km.reload().await?;
         }
@@ -94,7 +184,7 @@ impl KeyManager {
             .list_keys()
             .await?
             .iter()
-            .map(load)
+            .map(|r| load(r, self.kek.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = loaded;
         Ok(())
@@ -113,7 +203,7 @@ impl KeyManager {
     /// Returns the new kid.
     pub async fn rotate(&self) -> Result<String, OAuthError> {
         let now = self.clock.now_unix();
-        let rec = generate(now)?;
+        let rec = generate(now, self.kek.as_ref())?;
         self.store.rotate_key(&rec, now).await?;
         // Keys retired long enough ago that no token of theirs can still be valid.
         self.store.purge_keys(now - self.access_ttl - 3600).await?;

@@ -28,7 +28,7 @@ mod token;
 mod upstream;
 
 pub use error::OAuthError;
-pub use keys::KeyManager;
+pub use keys::{KeyEncryptionKey, KeyManager};
 pub use secrets::{hash_password, verify_password};
 pub use upstream::UpstreamIdp;
 
@@ -74,6 +74,8 @@ pub struct AuthServerConfig {
     pub upstream: Option<UpstreamIdp>,
     /// Offer the local user-name/password form (on unless only SSO should be used).
     pub local_login: bool,
+    /// Encrypt signing keys at rest under this key (strongly recommended in production).
+    pub key_encryption_key: Option<KeyEncryptionKey>,
 }
 
 impl AuthServerConfig {
@@ -104,6 +106,7 @@ impl AuthServerConfig {
             secure_cookies,
             upstream: None,
             local_login: true,
+            key_encryption_key: None,
         }
     }
 
@@ -150,7 +153,13 @@ impl AuthServer {
         fetcher: Fetcher,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, OAuthError> {
-        let keys = KeyManager::load(store.clone(), clock.clone(), cfg.access_token_ttl).await?;
+        let keys = KeyManager::load(
+            store.clone(),
+            clock.clone(),
+            cfg.access_token_ttl,
+            cfg.key_encryption_key.clone(),
+        )
+        .await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,

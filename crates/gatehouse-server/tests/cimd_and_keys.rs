@@ -275,3 +275,55 @@ async fn maintenance_picks_up_keys_rotated_elsewhere() {
             .any(|k| k["kid"] == json!(new_kid))
     );
 }
+
+#[tokio::test]
+async fn signing_keys_are_encrypted_at_rest_under_a_key_encryption_key() {
+    use gatehouse_server::{KeyEncryptionKey, KeyManager};
+    let kek =
+        KeyEncryptionKey::from_base64("BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=").expect("kek");
+    let wrong =
+        KeyEncryptionKey::from_base64("CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=").expect("kek");
+    assert!(
+        KeyEncryptionKey::from_base64("c2hvcnQ=").is_err(),
+        "32 bytes required"
+    );
+    let dir = std::env::temp_dir().join(format!("gh-kek-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let _ = std::fs::remove_file(dir.join("k.db"));
+    let store = Store::open(&format!("sqlite://{}/k.db", dir.display()))
+        .await
+        .expect("store");
+    let clock: Arc<dyn gatehouse_core::Clock> = Arc::new(SystemClock);
+    let km = KeyManager::load(store.clone(), clock.clone(), 300, Some(kek.clone()))
+        .await
+        .expect("load");
+    km.rotate().await.expect("rotate");
+    let rows = store.list_keys().await.expect("rows");
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert!(r.private_der.starts_with("aes256gcm:"), "sealed at rest");
+    }
+    let err = KeyManager::load(store.clone(), clock.clone(), 300, None)
+        .await
+        .err()
+        .expect("refused without the KEK");
+    assert_eq!(err.code, gatehouse_core::OAuthErrorCode::ServerError);
+    assert!(
+        KeyManager::load(store.clone(), clock.clone(), 300, Some(wrong))
+            .await
+            .is_err(),
+        "wrong KEK refused"
+    );
+    let again = KeyManager::load(store.clone(), clock, 300, Some(kek))
+        .await
+        .expect("right KEK");
+    assert_eq!(again.jwks()["keys"].as_array().expect("keys").len(), 2);
+    assert!(
+        !format!(
+            "{:?}",
+            KeyEncryptionKey::from_base64("BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=")
+                .expect("kek")
+        )
+        .contains("BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=")
+    );
+}

@@ -3,7 +3,7 @@
 use base64::Engine as _;
 use clap::{Args, Subcommand};
 use gatehouse_core::{Clock, RedirectUri, ScopeSet, SystemClock};
-use gatehouse_server::{KeyManager, hash_password};
+use gatehouse_server::{KeyEncryptionKey, KeyManager, hash_password};
 use gatehouse_store::{ClientRecord, ClientSource, Store, UserRecord};
 use sha2::Digest as _;
 use std::process::ExitCode;
@@ -301,7 +301,11 @@ async fn run_inner(args: AdminArgs) -> Result<(), String> {
             }
         },
         AdminCommand::Keys { command } => {
-            let km = KeyManager::load(store.clone(), Arc::new(clock), 300)
+            let kek = std::env::var("GATEHOUSE_KEY_ENCRYPTION_KEY")
+                .ok()
+                .map(|k| KeyEncryptionKey::from_base64(&k))
+                .transpose()?;
+            let km = KeyManager::load(store.clone(), Arc::new(clock), 300, kek)
                 .await
                 .map_err(|e| e.description)?;
             match command {

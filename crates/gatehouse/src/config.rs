@@ -119,6 +119,10 @@ pub(crate) struct AuthServerSection {
     /// Offer the local password form (turn off to allow SSO only).
     #[serde(default = "yes")]
     pub(crate) local_login: bool,
+    /// Base64 of 32 random bytes; signing keys are stored encrypted under it. Give it as
+    /// `${env:GATEHOUSE_KEY_ENCRYPTION_KEY}` (never in the file itself).
+    #[serde(default)]
+    pub(crate) key_encryption_key: Option<EnvString>,
 }
 
 fn default_upstream_scopes() -> String {

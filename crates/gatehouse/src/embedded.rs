@@ -3,7 +3,9 @@ use crate::Embedded;
 use crate::config::Config;
 use gatehouse_core::{SecretString, SystemClock};
 use gatehouse_fetch::{FetchPolicy, Fetcher};
-use gatehouse_server::{AuthServer, AuthServerConfig, ResourceEntry, UpstreamIdp};
+use gatehouse_server::{
+    AuthServer, AuthServerConfig, KeyEncryptionKey, ResourceEntry, UpstreamIdp,
+};
 use gatehouse_store::Store;
 use std::sync::Arc;
 
@@ -59,6 +61,17 @@ pub(crate) async fn build(cfg: &Config) -> Result<Option<Embedded>, String> {
     ac.scope_descriptions
         .extend(section.scope_descriptions.clone());
     ac.local_login = section.local_login;
+    ac.key_encryption_key = section
+        .key_encryption_key
+        .as_ref()
+        .map(|k| KeyEncryptionKey::from_base64(&k.0))
+        .transpose()
+        .map_err(|e| format!("authorization_server.key_encryption_key: {e}"))?;
+    if ac.key_encryption_key.is_none() {
+        tracing::warn!(
+            "signing keys are stored unencrypted; set authorization_server.key_encryption_key"
+        );
+    }
     ac.upstream = section.upstream.as_ref().map(|u| UpstreamIdp {
         issuer: u.issuer.clone(),
         client_id: u.client_id.0.clone(),

@@ -148,6 +148,10 @@ fn the_example_configs_are_valid() {
                 "GATEHOUSE_DATABASE",
                 "sqlite:///tmp/gatehouse-example-check.db",
             )
+            .env(
+                "GATEHOUSE_KEY_ENCRYPTION_KEY",
+                "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+            )
             .args(["config", "check"])
             .arg(&example));
         assert_eq!(code, 0, "{name}: {out}{err}");
