@@ -13,6 +13,19 @@ pub struct RedirectUri {
     parsed: url::Url,
 }
 
+/// Parses `s` and checks it is printable ASCII in the parser's canonical form.
+fn canonical(s: &str) -> Result<url::Url, String> {
+    if !s.bytes().all(|b| (0x21..=0x7e).contains(&b)) || s.contains('\\') {
+        return Err("only printable ASCII without spaces or backslashes".into());
+    }
+    let parsed = url::Url::parse(s).map_err(|e| e.to_string())?;
+    let c = parsed.as_str();
+    if c != s && c.strip_suffix('/') != Some(s) {
+        return Err(format!("not in canonical form (would be {c:?})"));
+    }
+    Ok(parsed)
+}
+
 /// Splits `scheme://authority/rest` at the authority. Returns (scheme+"://", rest).
 fn split_authority(raw: &str) -> Option<(&str, &str)> {
     let start = raw.find("://")? + 3;
@@ -24,10 +37,13 @@ fn split_authority(raw: &str) -> Option<(&str, &str)> {
 }
 
 impl RedirectUri {
-    /// AS-10: only `https`, or `http` on loopback. No fragment, no user info.
+    /// AS-10: only `https`, or `http` on loopback. No fragment, no user info. The string must be
+    /// printable ASCII already in canonical form (what the URL parser would produce, a bare origin
+    /// may omit its `/`): exact matching must not depend on how a parser reads `\`, control
+    /// bytes or letter case.
     pub fn parse(s: &str) -> Result<Self, CoreError> {
         let bad = |why: &str| CoreError::RedirectUri(format!("{why}: {s:?}"));
-        let parsed = url::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
+        let parsed = canonical(s).map_err(|why| bad(&why))?;
         if s.contains('#') {
             return Err(bad("must not contain a fragment"));
         }
@@ -71,7 +87,7 @@ impl RedirectUri {
         if !self.is_loopback_ip_literal() {
             return false;
         }
-        let Ok(p) = url::Url::parse(presented) else {
+        let Ok(p) = canonical(presented) else {
             return false;
         };
         if p.scheme() != "http" || p.host() != self.parsed.host() || presented.contains('#') {
@@ -139,6 +155,27 @@ mod tests {
         let r6 = reg("http://[::1]:3000/cb");
         assert!(r6.matches("http://[::1]:4000/cb"));
         assert!(!r6.matches("http://[::1]:4000/cb2"));
+    }
+
+    #[test]
+    fn non_canonical_strings_are_refused() {
+        // Found by the redirect_uri fuzz target: junk after the port was ignored when comparing.
+        for bad in [
+            "Http://[::1]:300\\\0\0\0",
+            "http://127.0.0.1:300\\evil",
+            "HTTP://127.0.0.1/cb",
+            "http://127.0.0.1/c b",
+            "http://127.0.0.1:80/cb",
+        ] {
+            assert!(RedirectUri::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+        let r = reg("http://[::1]:300/cb");
+        assert!(!r.matches("http://[::1]:400\\cb"));
+        assert!(!r.matches("http://[::1]:400/cb\u{1}"));
+        assert!(
+            reg("http://127.0.0.1:3000").matches("http://127.0.0.1:4000"),
+            "bare origin allowed"
+        );
     }
 
     #[test]

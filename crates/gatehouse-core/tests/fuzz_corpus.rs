@@ -41,11 +41,17 @@ fn scope_seeds() {
 #[test]
 fn redirect_uri_seeds() {
     for d in seeds("redirect_uri") {
-        let s = String::from_utf8(d).expect("utf8 seed");
+        let s = String::from_utf8_lossy(&d);
         let (reg, presented) = s.split_once('\n').expect("two lines");
-        let r = RedirectUri::parse(reg).expect("seed registration is valid");
-        assert!(r.matches(r.as_str()));
-        let _ = r.matches(presented);
+        // Regression seeds hold registrations that must be refused.
+        if let Ok(r) = RedirectUri::parse(reg) {
+            assert!(r.matches(r.as_str()));
+            if r.matches(presented) && presented != r.as_str() {
+                assert!(
+                    r.as_str().starts_with("http://127.") || r.as_str().starts_with("http://[::1]")
+                );
+            }
+        }
     }
 }
 
