@@ -36,19 +36,33 @@ pub enum StoreError {
     Conflict(String),
 }
 
-/// The store. Cheap to clone (a pool handle).
+/// The store. Cheap to clone (pool handles).
+///
+/// SQLite allows one writer at a time; writers that collide wait in SQLite's busy handler, which
+/// *sleeps* (1, 2, 5, 10 … ms). So SQLite gets a single-connection write pool, where writers queue
+/// without sleeping, and a pool of read connections beside it (WAL lets reads run concurrently).
 #[derive(Clone, Debug)]
 pub enum Store {
-    Sqlite(SqlitePool),
+    Sqlite { read: SqlitePool, write: SqlitePool },
     Postgres(PgPool),
 }
 
-/// Runs `$body` with `$p` bound to whichever pool this store has. The body is written once and
-/// type-checked against both backends.
-macro_rules! with_pool {
+/// Runs `$body` with `$p` bound to the pool for reads. Bodies are written once and type-checked
+/// against both backends.
+macro_rules! with_read {
     ($self:expr, $p:ident => $body:expr) => {
         match $self {
-            Store::Sqlite($p) => $body,
+            Store::Sqlite { read: $p, .. } => $body,
+            Store::Postgres($p) => $body,
+        }
+    };
+}
+
+/// Like `with_read!`, with the pool for single-statement writes.
+macro_rules! with_write {
+    ($self:expr, $p:ident => $body:expr) => {
+        match $self {
+            Store::Sqlite { write: $p, .. } => $body,
             Store::Postgres($p) => $body,
         }
     };
@@ -59,7 +73,7 @@ macro_rules! with_pool {
 macro_rules! with_tx {
     ($self:expr, $tx:ident => $body:expr) => {
         match $self {
-            Store::Sqlite(p) => {
+            Store::Sqlite { write: p, .. } => {
                 let mut $tx = p.begin_with("BEGIN IMMEDIATE").await?;
                 let r = $body;
                 if r.is_ok() {
@@ -93,12 +107,16 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
-            let pool = SqlitePoolOptions::new()
-                .max_connections(8)
-                .connect_with(opts)
+            let write = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts.clone())
                 .await?;
-            sqlx::migrate!("./migrations").run(&pool).await?;
-            Store::Sqlite(pool)
+            sqlx::migrate!("./migrations").run(&write).await?;
+            let read = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(opts.read_only(true))
+                .await?;
+            Store::Sqlite { read, write }
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()
                 .max_connections(16)
@@ -114,12 +132,18 @@ impl Store {
 
     pub fn backend(&self) -> &'static str {
         match self {
-            Store::Sqlite(_) => "sqlite",
+            Store::Sqlite { .. } => "sqlite",
             Store::Postgres(_) => "postgres",
         }
     }
 
     pub async fn close(&self) {
-        with_pool!(self, p => p.close().await)
+        match self {
+            Store::Sqlite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
+            Store::Postgres(p) => p.close().await,
+        }
     }
 }

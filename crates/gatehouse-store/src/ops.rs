@@ -90,7 +90,7 @@ impl Store {
         let grants = serde_json::to_string(&c.grant_types)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let meta = c.metadata.to_string();
-        let r = with_pool!(self, p => sqlx::query(
+        let r = with_write!(self, p => sqlx::query(
             "INSERT INTO clients (client_id, secret_hash, auth_method, redirect_uris, grant_types, client_name, scope, source, application_type, metadata, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)")
             .bind(&c.client_id).bind(&c.secret_hash).bind(&c.auth_method).bind(&uris).bind(&grants)
             .bind(&c.client_name).bind(&c.scope).bind(c.source.as_str()).bind(&c.application_type)
@@ -112,7 +112,7 @@ impl Store {
         let grants = serde_json::to_string(&c.grant_types)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let meta = c.metadata.to_string();
-        with_pool!(self, p => sqlx::query(
+        with_write!(self, p => sqlx::query(
             "INSERT INTO clients (client_id, secret_hash, auth_method, redirect_uris, grant_types, client_name, scope, source, application_type, metadata, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)
              ON CONFLICT (client_id) DO UPDATE SET secret_hash = excluded.secret_hash, auth_method = excluded.auth_method,
                redirect_uris = excluded.redirect_uris, grant_types = excluded.grant_types, client_name = excluded.client_name,
@@ -125,13 +125,13 @@ impl Store {
     }
 
     pub async fn get_client(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
-        let row: Option<ClientRow> = with_pool!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {CLIENT_COLS} FROM clients WHERE client_id = $1")))
+        let row: Option<ClientRow> = with_read!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {CLIENT_COLS} FROM clients WHERE client_id = $1")))
             .bind(client_id).fetch_optional(p).await)?;
         row.map(ClientRecord::try_from).transpose()
     }
 
     pub async fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
-        let rows: Vec<ClientRow> = with_pool!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {CLIENT_COLS} FROM clients ORDER BY created_at, client_id")))
+        let rows: Vec<ClientRow> = with_read!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {CLIENT_COLS} FROM clients ORDER BY created_at, client_id")))
             .fetch_all(p).await)?;
         rows.into_iter().map(ClientRecord::try_from).collect()
     }
@@ -149,7 +149,7 @@ impl Store {
     // ---- users ------------------------------------------------------------------------------
 
     pub async fn insert_user(&self, u: &UserRecord) -> Result<(), StoreError> {
-        let r = with_pool!(self, p => sqlx::query("INSERT INTO users (username, subject, password_hash, disabled, created_at) VALUES ($1,$2,$3,$4,$5)")
+        let r = with_write!(self, p => sqlx::query("INSERT INTO users (username, subject, password_hash, disabled, created_at) VALUES ($1,$2,$3,$4,$5)")
             .bind(&u.username).bind(&u.subject).bind(&u.password_hash).bind(i64::from(u.disabled)).bind(u.created_at)
             .execute(p).await.map(|_| ()));
         r.map_err(|e| {
@@ -166,19 +166,19 @@ impl Store {
         username: &str,
         password_hash: &str,
     ) -> Result<bool, StoreError> {
-        let n = with_pool!(self, p => sqlx::query("UPDATE users SET password_hash = $1 WHERE username = $2")
+        let n = with_write!(self, p => sqlx::query("UPDATE users SET password_hash = $1 WHERE username = $2")
             .bind(password_hash).bind(username).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(n > 0)
     }
 
     pub async fn get_user(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
-        let row: Option<UserRow> = with_pool!(self, p => sqlx::query_as("SELECT username, subject, password_hash, disabled, created_at FROM users WHERE username = $1")
+        let row: Option<UserRow> = with_read!(self, p => sqlx::query_as("SELECT username, subject, password_hash, disabled, created_at FROM users WHERE username = $1")
             .bind(username).fetch_optional(p).await)?;
         Ok(row.map(UserRecord::from))
     }
 
     pub async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
-        let rows: Vec<UserRow> = with_pool!(self, p => sqlx::query_as("SELECT username, subject, password_hash, disabled, created_at FROM users ORDER BY username")
+        let rows: Vec<UserRow> = with_read!(self, p => sqlx::query_as("SELECT username, subject, password_hash, disabled, created_at FROM users ORDER BY username")
             .fetch_all(p).await)?;
         Ok(rows.into_iter().map(UserRecord::from).collect())
     }
@@ -205,7 +205,7 @@ impl Store {
         subject: &str,
         client_id: &str,
     ) -> Result<Option<ConsentRecord>, StoreError> {
-        let row: Option<ConsentRow> = with_pool!(self, p => sqlx::query_as("SELECT subject, client_id, scope, granted_at FROM consents WHERE subject = $1 AND client_id = $2")
+        let row: Option<ConsentRow> = with_read!(self, p => sqlx::query_as("SELECT subject, client_id, scope, granted_at FROM consents WHERE subject = $1 AND client_id = $2")
             .bind(subject).bind(client_id).fetch_optional(p).await)?;
         Ok(row.map(|r| ConsentRecord {
             subject: r.subject,
@@ -216,7 +216,7 @@ impl Store {
     }
 
     pub async fn put_consent(&self, c: &ConsentRecord) -> Result<(), StoreError> {
-        with_pool!(self, p => sqlx::query("INSERT INTO consents (subject, client_id, scope, granted_at) VALUES ($1,$2,$3,$4)
+        with_write!(self, p => sqlx::query("INSERT INTO consents (subject, client_id, scope, granted_at) VALUES ($1,$2,$3,$4)
             ON CONFLICT (subject, client_id) DO UPDATE SET scope = excluded.scope, granted_at = excluded.granted_at")
             .bind(&c.subject).bind(&c.client_id).bind(&c.scope).bind(c.granted_at).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(())
@@ -226,13 +226,13 @@ impl Store {
 
     pub async fn get_grant(&self, grant_id: &str) -> Result<Option<GrantRecord>, StoreError> {
         Ok(
-            with_pool!(self, p => sqlx::query_as("SELECT grant_id, subject, client_id, scope, resource, created_at, revoked_at, claims FROM grants WHERE grant_id = $1")
+            with_read!(self, p => sqlx::query_as("SELECT grant_id, subject, client_id, scope, resource, created_at, revoked_at, claims FROM grants WHERE grant_id = $1")
             .bind(grant_id).fetch_optional(p).await)?,
         )
     }
 
     pub async fn revoke_grant(&self, grant_id: &str, now: i64) -> Result<bool, StoreError> {
-        let n = with_pool!(self, p => sqlx::query("UPDATE grants SET revoked_at = $1 WHERE grant_id = $2 AND revoked_at IS NULL")
+        let n = with_write!(self, p => sqlx::query("UPDATE grants SET revoked_at = $1 WHERE grant_id = $2 AND revoked_at IS NULL")
             .bind(now).bind(grant_id).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(n > 0)
     }
@@ -245,7 +245,7 @@ impl Store {
         now: i64,
     ) -> Result<u64, StoreError> {
         Ok(
-            with_pool!(self, p => sqlx::query("UPDATE grants SET revoked_at = $1 WHERE subject = $2 AND ($3 IS NULL OR client_id = $3) AND revoked_at IS NULL")
+            with_write!(self, p => sqlx::query("UPDATE grants SET revoked_at = $1 WHERE subject = $2 AND ($3 IS NULL OR client_id = $3) AND revoked_at IS NULL")
             .bind(now).bind(subject).bind(client_id).execute(p).await.map(|r| r.rows_affected()))?,
         )
     }
@@ -270,7 +270,7 @@ impl Store {
 
     /// Stores a grant without a code (client_credentials, token exchange).
     pub async fn insert_grant(&self, g: &GrantRecord) -> Result<(), StoreError> {
-        with_pool!(self, p => sqlx::query("INSERT INTO grants (grant_id, subject, client_id, scope, resource, created_at, revoked_at, claims) VALUES ($1,$2,$3,$4,$5,$6,NULL,$7)")
+        with_write!(self, p => sqlx::query("INSERT INTO grants (grant_id, subject, client_id, scope, resource, created_at, revoked_at, claims) VALUES ($1,$2,$3,$4,$5,$6,NULL,$7)")
             .bind(&g.grant_id).bind(&g.subject).bind(&g.client_id).bind(&g.scope).bind(&g.resource).bind(g.created_at).bind(&g.claims)
             .execute(p).await.map(|r| r.rows_affected()))?;
         Ok(())
@@ -369,7 +369,7 @@ impl Store {
     /// The refresh token's record, for revocation and introspection.
     pub async fn get_refresh(&self, token_hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
         Ok(
-            with_pool!(self, p => sqlx::query_as("SELECT token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count FROM refresh_tokens WHERE token_hash = $1")
+            with_read!(self, p => sqlx::query_as("SELECT token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count FROM refresh_tokens WHERE token_hash = $1")
             .bind(token_hash).fetch_optional(p).await)?,
         )
     }
@@ -377,7 +377,7 @@ impl Store {
     // ---- signing keys -----------------------------------------------------------------------
 
     pub async fn insert_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
-        with_pool!(self, p => sqlx::query("INSERT INTO signing_keys (kid, alg, private_der, public_jwk, created_at, retired_at) VALUES ($1,$2,$3,$4,$5,$6)")
+        with_write!(self, p => sqlx::query("INSERT INTO signing_keys (kid, alg, private_der, public_jwk, created_at, retired_at) VALUES ($1,$2,$3,$4,$5,$6)")
             .bind(&k.kid).bind(&k.alg).bind(&k.private_der).bind(&k.public_jwk).bind(k.created_at).bind(k.retired_at)
             .execute(p).await.map(|r| r.rows_affected()))?;
         Ok(())
@@ -386,7 +386,7 @@ impl Store {
     /// All keys, newest first.
     pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         Ok(
-            with_pool!(self, p => sqlx::query_as("SELECT kid, alg, private_der, public_jwk, created_at, retired_at FROM signing_keys ORDER BY (retired_at IS NULL) DESC, created_at DESC, kid")
+            with_read!(self, p => sqlx::query_as("SELECT kid, alg, private_der, public_jwk, created_at, retired_at FROM signing_keys ORDER BY (retired_at IS NULL) DESC, created_at DESC, kid")
             .fetch_all(p).await)?,
         )
     }
@@ -405,7 +405,7 @@ impl Store {
     /// Deletes keys retired before `before` (their tokens have expired).
     pub async fn purge_keys(&self, before: i64) -> Result<u64, StoreError> {
         Ok(
-            with_pool!(self, p => sqlx::query("DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at < $1")
+            with_write!(self, p => sqlx::query("DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at < $1")
             .bind(before).execute(p).await.map(|r| r.rows_affected()))?,
         )
     }
@@ -413,7 +413,7 @@ impl Store {
     // ---- browser sessions and pending authorizations ------------------------------------------
 
     pub async fn insert_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
-        with_pool!(self, p => sqlx::query("INSERT INTO sessions (id_hash, subject, auth_time, expires_at, claims) VALUES ($1,$2,$3,$4,$5)")
+        with_write!(self, p => sqlx::query("INSERT INTO sessions (id_hash, subject, auth_time, expires_at, claims) VALUES ($1,$2,$3,$4,$5)")
             .bind(&s.id_hash).bind(&s.subject).bind(s.auth_time).bind(s.expires_at).bind(&s.claims).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
@@ -424,18 +424,18 @@ impl Store {
         now: i64,
     ) -> Result<Option<SessionRecord>, StoreError> {
         Ok(
-            with_pool!(self, p => sqlx::query_as("SELECT id_hash, subject, auth_time, expires_at, claims FROM sessions WHERE id_hash = $1 AND expires_at > $2")
+            with_read!(self, p => sqlx::query_as("SELECT id_hash, subject, auth_time, expires_at, claims FROM sessions WHERE id_hash = $1 AND expires_at > $2")
             .bind(id_hash).bind(now).fetch_optional(p).await)?,
         )
     }
 
     pub async fn delete_session(&self, id_hash: &str) -> Result<(), StoreError> {
-        with_pool!(self, p => sqlx::query("DELETE FROM sessions WHERE id_hash = $1").bind(id_hash).execute(p).await.map(|r| r.rows_affected()))?;
+        with_write!(self, p => sqlx::query("DELETE FROM sessions WHERE id_hash = $1").bind(id_hash).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     pub async fn insert_pending(&self, r: &PendingRecord) -> Result<(), StoreError> {
-        with_pool!(self, p => sqlx::query("INSERT INTO pending_authorizations (id_hash, request, binding_hash, csrf_hash, expires_at) VALUES ($1,$2,$3,$4,$5)")
+        with_write!(self, p => sqlx::query("INSERT INTO pending_authorizations (id_hash, request, binding_hash, csrf_hash, expires_at) VALUES ($1,$2,$3,$4,$5)")
             .bind(&r.id_hash).bind(&r.request).bind(&r.binding_hash).bind(&r.csrf_hash).bind(r.expires_at).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
@@ -446,19 +446,19 @@ impl Store {
         now: i64,
     ) -> Result<Option<PendingRecord>, StoreError> {
         Ok(
-            with_pool!(self, p => sqlx::query_as("SELECT id_hash, request, binding_hash, csrf_hash, expires_at FROM pending_authorizations WHERE id_hash = $1 AND expires_at > $2")
+            with_read!(self, p => sqlx::query_as("SELECT id_hash, request, binding_hash, csrf_hash, expires_at FROM pending_authorizations WHERE id_hash = $1 AND expires_at > $2")
             .bind(id_hash).bind(now).fetch_optional(p).await)?,
         )
     }
 
     /// Removes a pending authorization; true only for the caller that removed it (single use).
     pub async fn take_pending(&self, id_hash: &str) -> Result<bool, StoreError> {
-        let n = with_pool!(self, p => sqlx::query("DELETE FROM pending_authorizations WHERE id_hash = $1").bind(id_hash).execute(p).await.map(|r| r.rows_affected()))?;
+        let n = with_write!(self, p => sqlx::query("DELETE FROM pending_authorizations WHERE id_hash = $1").bind(id_hash).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(n > 0)
     }
 
     pub async fn insert_upstream_login(&self, r: &UpstreamLoginRecord) -> Result<(), StoreError> {
-        with_pool!(self, p => sqlx::query("INSERT INTO upstream_logins (state_hash, pending_hash, verifier, nonce, expires_at) VALUES ($1,$2,$3,$4,$5)")
+        with_write!(self, p => sqlx::query("INSERT INTO upstream_logins (state_hash, pending_hash, verifier, nonce, expires_at) VALUES ($1,$2,$3,$4,$5)")
             .bind(&r.state_hash).bind(&r.pending_hash).bind(&r.verifier).bind(&r.nonce).bind(r.expires_at)
             .execute(p).await.map(|r| r.rows_affected()))?;
         Ok(())
@@ -484,7 +484,7 @@ impl Store {
         jti_hash: &str,
         expires_at: i64,
     ) -> Result<bool, StoreError> {
-        let r = with_pool!(self, p => sqlx::query("INSERT INTO assertion_jtis (jti_hash, expires_at) VALUES ($1, $2)")
+        let r = with_write!(self, p => sqlx::query("INSERT INTO assertion_jtis (jti_hash, expires_at) VALUES ($1, $2)")
             .bind(jti_hash).bind(expires_at).execute(p).await.map(|r| r.rows_affected()));
         match r {
             Ok(_) => Ok(true),
@@ -504,7 +504,7 @@ impl Store {
             "DELETE FROM assertion_jtis WHERE expires_at < $1",
             "DELETE FROM upstream_logins WHERE expires_at < $1",
         ] {
-            n += with_pool!(self, p => sqlx::query(q).bind(now).execute(p).await.map(|r| r.rows_affected()))?;
+            n += with_write!(self, p => sqlx::query(q).bind(now).execute(p).await.map(|r| r.rows_affected()))?;
         }
         Ok(n)
     }
