@@ -197,22 +197,31 @@ impl KeySet {
         if candidates.is_empty() {
             return Err(TokenError::UnknownKey);
         }
-        for k in candidates {
-            let mut v = Validation::new(header.alg);
-            v.algorithms = k.algs.clone();
-            v.validate_exp = false;
-            v.validate_nbf = false;
-            v.validate_aud = false;
-            v.required_spec_claims.clear();
-            match jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, &v) {
-                Ok(d) => return Ok(d.claims),
-                Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) => {
-                }
-                Err(e) => return Err(TokenError::Malformed(e.to_string())),
-            }
-        }
-        Err(TokenError::Signature)
+        verify_with(token, header.alg, candidates)
     }
+}
+
+/// Tries each candidate key (signature only; claims are the caller's). A bad signature moves on
+/// to the next key; anything else about the token is malformed.
+fn verify_with<'a>(
+    token: &str,
+    alg: Algorithm,
+    keys: impl IntoIterator<Item = &'a CachedKey>,
+) -> Result<Map<String, Value>, TokenError> {
+    for k in keys {
+        let mut v = Validation::new(alg);
+        v.algorithms = k.algs.clone();
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.validate_aud = false;
+        v.required_spec_claims.clear();
+        match jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, &v) {
+            Ok(d) => return Ok(d.claims),
+            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) => {}
+            Err(e) => return Err(TokenError::Malformed(e.to_string())),
+        }
+    }
+    Err(TokenError::Signature)
 }
 
 impl JwtValidator {
@@ -412,25 +421,7 @@ impl JwtValidator {
         let keys = self
             .keys_for(&ik, header.kid.as_deref(), header.alg)
             .await?;
-        let mut claims = None;
-        for k in &keys {
-            let mut v = Validation::new(header.alg);
-            v.algorithms = k.algs.clone();
-            v.validate_exp = false;
-            v.validate_nbf = false;
-            v.validate_aud = false;
-            v.required_spec_claims.clear();
-            match jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, &v) {
-                Ok(d) => {
-                    claims = Some(d.claims);
-                    break;
-                }
-                Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) => {
-                }
-                Err(e) => return Err(TokenError::Malformed(e.to_string())),
-            }
-        }
-        let claims = claims.ok_or(TokenError::Signature)?;
+        let claims = verify_with(token, header.alg, &keys)?;
         self.check_claims(ik.trusted.issuer.as_str(), claims)
     }
 

@@ -206,17 +206,6 @@ impl Dev {
     }
 }
 
-fn claims(jwt: &str) -> Value {
-    use base64::Engine as _;
-    let p = jwt.split('.').nth(1).expect("payload");
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(p)
-            .expect("b64"),
-    )
-    .expect("json")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn as01_as02_as03_discovery() {
     let d = start();
@@ -303,7 +292,7 @@ async fn full_flow_tokens_refresh_and_the_guarded_server() {
     assert_eq!(st, 200, "{tok}");
     assert_eq!(tok["token_type"], "Bearer");
     let at = tok["access_token"].as_str().expect("at");
-    let c = claims(at);
+    let c = jwt_claims(at);
     assert_eq!(
         c["aud"],
         json!(d.mcp),
@@ -781,7 +770,7 @@ async fn as32_as33_as35_revocation_introspection_client_credentials_via_admin_cl
     assert_eq!(r.status(), 200);
     let cc: Value = r.json().await.expect("json");
     assert_eq!(
-        claims(cc["access_token"].as_str().expect("at"))["sub"],
+        jwt_claims(cc["access_token"].as_str().expect("at"))["sub"],
         json!(rs_id)
     );
     assert_eq!(
@@ -982,8 +971,8 @@ async fn as34_token_exchange_is_policy_bound_narrowing_and_carries_act() {
     .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["issued_token_type"], AT);
-    let c = claims(v["access_token"].as_str().expect("at"));
-    let u = claims(&user_at);
+    let c = jwt_claims(v["access_token"].as_str().expect("at"));
+    let u = jwt_claims(&user_at);
     assert_eq!(c["sub"], USER, "acts for the user");
     assert_eq!(c["act"]["sub"], json!(gw), "RFC 8693 act names the gateway");
     assert_eq!(c["aud"], json!(d.mcp));
@@ -1104,7 +1093,7 @@ async fn as23_as35_private_key_jwt_client_authentication() {
     let (st, v) = cc(good.clone()).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(
-        claims(v["access_token"].as_str().expect("at"))["sub"],
+        jwt_claims(v["access_token"].as_str().expect("at"))["sub"],
         json!(id)
     );
     // The issuer is an accepted audience too.

@@ -137,17 +137,6 @@ async fn through_idp(s: &Setup, b: &mut Browser, login: &Page, user: &str) -> St
     panic!("never came back from the IdP");
 }
 
-fn claims(jwt: &str) -> Value {
-    use base64::Engine as _;
-    let p = jwt.split('.').nth(1).expect("payload");
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(p)
-            .expect("b64"),
-    )
-    .expect("json")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_through_the_company_idp_maps_subject_and_groups() {
     let s = setup(false);
@@ -201,7 +190,7 @@ async fn sign_in_through_the_company_idp_maps_subject_and_groups() {
         .json()
         .await
         .expect("json");
-    let at = claims(tok["access_token"].as_str().expect("at"));
+    let at = jwt_claims(tok["access_token"].as_str().expect("at"));
     assert_eq!(
         at["sub"], "sso:alice",
         "prefixed so it never collides with local users"

@@ -199,3 +199,15 @@ pub async fn cc_token(issuer: &str, resource: &str, scope: &str) -> String {
     let v: serde_json::Value = resp.json().await.expect("token json");
     v["access_token"].as_str().expect("access_token").to_owned()
 }
+
+/// The payload of a JWT, undecoded by any validator (tests inspect what was issued).
+pub fn jwt_claims(jwt: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let p = jwt.split('.').nth(1).expect("payload");
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .expect("b64"),
+    )
+    .expect("json")
+}
