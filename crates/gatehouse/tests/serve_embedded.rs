@@ -148,3 +148,42 @@ async fn serve_embedded_authorization_server_postgres() {
     flow(&format!("postgres://postgres@127.0.0.1:5432/{db}")).await;
     let _ = psql(&format!("DROP DATABASE IF EXISTS {db}"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as26_dynamic_registration_can_be_turned_off() {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let dir = std::env::temp_dir().join(format!("gatehouse-nodcr-{port}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &cfg,
+        format!("listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: sqlite://{}/as.db\n  dynamic_registration: false\n", dir.display()),
+    )
+    .expect("config");
+    let mut cmd = gatehouse();
+    cmd.args(["serve", "--config"]).arg(&cfg);
+    let _p = Proc::start(cmd, "ready");
+    let http = reqwest::Client::new();
+    let meta: Value = http
+        .get(format!("{base}/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .expect("meta")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        meta.get("registration_endpoint").is_none(),
+        "not advertised"
+    );
+    let r = http
+        .post(format!("{base}/register"))
+        .json(&json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"], "access_denied");
+}
