@@ -45,10 +45,22 @@ pub(crate) struct Pending {
 
 impl AuthServer {
     pub(crate) fn cookie_name(&self, base: &str) -> String {
-        if self.inner.cfg.secure_cookies {
-            format!("__Host-{base}")
-        } else {
+        // Tenants share the host (and `__Host-` cookies must have Path=/), so each issuer path
+        // gets its own cookie names: signing in to one tenant never replaces another's session.
+        let path = self.inner.cfg.issuer.url().path().trim_matches('/');
+        let name = if path.is_empty() {
             base.to_owned()
+        } else {
+            let tag: String = path
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect();
+            format!("{base}_{tag}")
+        };
+        if self.inner.cfg.secure_cookies {
+            format!("__Host-{name}")
+        } else {
+            name
         }
     }
 

@@ -119,6 +119,10 @@ pub(crate) struct AuthServerSection {
     /// Offer the local password form (turn off to allow SSO only).
     #[serde(default = "yes")]
     pub(crate) local_login: bool,
+    /// More authorization servers on the same listener, one per tenant, each with its own
+    /// database and the issuer `<issuer>/tenants/<name>`.
+    #[serde(default)]
+    pub(crate) tenants: Vec<TenantSection>,
     /// Base64 of 32 random bytes; signing keys are stored encrypted under it. Give it as
     /// `${env:GATEHOUSE_KEY_ENCRYPTION_KEY}` (never in the file itself).
     #[serde(default)]
@@ -158,6 +162,14 @@ pub(crate) struct UpstreamSection {
     /// Shown on the sign-in button.
     #[serde(default = "default_upstream_name")]
     pub(crate) name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TenantSection {
+    /// `[a-z0-9-]`, 1 to 32 characters.
+    pub(crate) name: String,
+    pub(crate) database: EnvString,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -342,8 +354,35 @@ impl Config {
         }
     }
 
-    /// The embedded issuer is trusted by the guard without being listed twice; a loopback one may
-    /// be fetched over http (it is this very process).
+    /// The issuers of the embedded tenants: `<issuer>/tenants/<name>`.
+    pub(crate) fn tenant_issuers(&self) -> Result<Vec<(String, Issuer)>, String> {
+        let (Some(a), Some(base)) = (&self.authorization_server, self.embedded_issuer()?) else {
+            return Ok(vec![]);
+        };
+        let mut seen = std::collections::HashSet::new();
+        a.tenants
+            .iter()
+            .map(|t| {
+                let ok = (1..=32).contains(&t.name.len())
+                    && t.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                if !ok {
+                    return Err(format!(
+                        "authorization_server.tenants: name {:?} must be [a-z0-9-], 1 to 32 characters",
+                        t.name
+                    ));
+                }
+                if !seen.insert(t.name.as_str()) {
+                    return Err(format!("authorization_server.tenants: {:?} appears twice", t.name));
+                }
+                let i = Issuer::parse(&format!("{}/tenants/{}", base.as_str().trim_end_matches('/'), t.name))
+                    .map_err(|e| format!("tenant {}: {e}", t.name))?;
+                Ok((t.name.clone(), i))
+            })
+            .collect()
+    }
+
+    /// The embedded issuers are trusted by the guard without being listed twice; a loopback one
+    /// may be fetched over http (it is this very process).
     fn normalize(&mut self) -> Result<(), String> {
         let Some(issuer) = self.embedded_issuer()? else {
             return Ok(());
@@ -364,6 +403,19 @@ impl Config {
                 jwks_uri: None,
             });
         }
+        for (_, t) in self.tenant_issuers()? {
+            if !self
+                .guard
+                .authorization_servers
+                .iter()
+                .any(|a| a.issuer == t)
+            {
+                self.guard.authorization_servers.push(IssuerEntry {
+                    issuer: t,
+                    jwks_uri: None,
+                });
+            }
+        }
         if issuer.is_loopback() {
             let u = issuer.url();
             if let (Some(h), Some(p)) = (u.host_str(), u.port_or_known_default()) {
@@ -374,6 +426,32 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if let Some(a) = &self.authorization_server {
+            if let Some(up) = &a.upstream {
+                let allowed = up.issuer.url().host_str().is_some_and(|h| {
+                    self.dangerous
+                        .allow_loopback_fetch
+                        .iter()
+                        .any(|x| x.starts_with(h))
+                });
+                if up.issuer.url().scheme() != "https" && !allowed {
+                    return Err(format!(
+                        "authorization_server.upstream.issuer {} is not https (a loopback development IdP needs dangerous.allow_loopback_fetch)",
+                        up.issuer
+                    ));
+                }
+                if !up.scopes.split(' ').any(|s| s == "openid") {
+                    return Err("authorization_server.upstream.scopes must include openid".into());
+                }
+            }
+            if !a.local_login && a.upstream.is_none() {
+                return Err("authorization_server: local_login is off and no upstream is configured; nobody could sign in".into());
+            }
+            if let Some(k) = &a.key_encryption_key {
+                gatehouse_server::KeyEncryptionKey::from_base64(&k.0)
+                    .map_err(|e| format!("authorization_server.key_encryption_key: {e}"))?;
+            }
+        }
         if !self.mcp.path.starts_with('/') || self.mcp.path.contains(['?', '#']) {
             return Err(format!(
                 "mcp.path {:?} must be a path starting with '/'",
@@ -538,6 +616,30 @@ mod tests {
             (
                 "listen: 127.0.0.1:1\nmcp: {path: mcp}\nguard: {authorization_servers: [{issuer: https://a.example}]}\n",
                 "mcp.path",
+            ),
+            (
+                "listen: 127.0.0.1:1\nguard: {}\nauthorization_server: {database: 'sqlite:///tmp/x.db', tenants: [{name: Bad_Name, database: 'sqlite:///tmp/y.db'}]}\n",
+                "must be [a-z0-9-]",
+            ),
+            (
+                "listen: 127.0.0.1:1\nguard: {}\nauthorization_server: {database: 'sqlite:///tmp/x.db', tenants: [{name: a, database: 'sqlite:///tmp/y.db'}, {name: a, database: 'sqlite:///tmp/z.db'}]}\n",
+                "appears twice",
+            ),
+            (
+                "listen: 127.0.0.1:1\nguard: {}\nauthorization_server: {database: 'sqlite:///tmp/x.db', local_login: false}\n",
+                "nobody could sign in",
+            ),
+            (
+                "listen: 127.0.0.1:1\nguard: {}\nauthorization_server: {database: 'sqlite:///tmp/x.db', upstream: {issuer: 'http://idp.example', client_id: a, client_secret: b}}\n",
+                "is not https",
+            ),
+            (
+                "listen: 127.0.0.1:1\nguard: {}\nauthorization_server: {database: 'sqlite:///tmp/x.db', upstream: {issuer: 'https://idp.example', client_id: a, client_secret: b, scopes: email}}\n",
+                "must include openid",
+            ),
+            (
+                "listen: 127.0.0.1:1\nguard: {}\nauthorization_server: {database: 'sqlite:///tmp/x.db', key_encryption_key: c2hvcnQ=}\n",
+                "32 bytes",
             ),
         ] {
             let e = Config::parse("t.yaml", text).expect_err(text).to_string();

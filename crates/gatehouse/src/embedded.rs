@@ -13,17 +13,7 @@ pub(crate) async fn build(cfg: &Config) -> Result<Option<Embedded>, String> {
     let (Some(section), Some(issuer)) = (&cfg.authorization_server, cfg.embedded_issuer()?) else {
         return Ok(None);
     };
-    let db = &section.database.0;
-    if let Some(path) = db.strip_prefix("sqlite://")
-        && let Some(dir) = std::path::Path::new(path).parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("authorization_server.database: {}: {e}", dir.display()))?;
-    }
-    let store = Store::open(db)
-        .await
-        .map_err(|e| format!("authorization_server.database: {e}"))?;
+    let store = open_store(&section.database.0, "authorization_server.database").await?;
     let resources = if section.resources.is_empty() {
         let g = &cfg.guard;
         let scopes = g.scopes_supported.clone().unwrap_or_else(|| {
@@ -89,13 +79,35 @@ pub(crate) async fn build(cfg: &Config) -> Result<Option<Embedded>, String> {
         ..FetchPolicy::default()
     })
     .map_err(|e| e.to_string())?;
-    let server = AuthServer::new(ac, store, fetcher, Arc::new(SystemClock))
-        .await
-        .map_err(|e| e.description)?;
-    tracing::info!(%issuer, backend = server.store().backend(), "embedded authorization server");
-    server.spawn_maintenance(std::time::Duration::from_secs(60));
-    Ok(Some(Embedded {
-        router: server.router(),
-        banner: vec![],
-    }))
+    let tenants = cfg.tenant_issuers()?;
+    let mut router = axum::Router::new();
+    let mut banner = Vec::new();
+    let mut servers = vec![(ac.clone(), store)];
+    for ((name, tenant_issuer), t) in tenants.into_iter().zip(&section.tenants) {
+        let mut tac = ac.clone();
+        tac.issuer = tenant_issuer;
+        let what = format!("authorization_server.tenants.{name}.database");
+        servers.push((tac, open_store(&t.database.0, &what).await?));
+    }
+    for (c, store) in servers {
+        let issuer = c.issuer.clone();
+        let server = AuthServer::new(c, store, fetcher.clone(), Arc::new(SystemClock))
+            .await
+            .map_err(|e| e.description)?;
+        tracing::info!(%issuer, backend = server.store().backend(), "embedded authorization server");
+        server.spawn_maintenance(std::time::Duration::from_secs(60));
+        banner.push(format!("  authorization server {issuer}"));
+        router = router.merge(server.router());
+    }
+    Ok(Some(Embedded { router, banner }))
+}
+
+async fn open_store(db: &str, what: &str) -> Result<Store, String> {
+    if let Some(path) = db.strip_prefix("sqlite://")
+        && let Some(dir) = std::path::Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{what}: {}: {e}", dir.display()))?;
+    }
+    Store::open(db).await.map_err(|e| format!("{what}: {e}"))
 }

@@ -187,3 +187,138 @@ async fn as26_dynamic_registration_can_be_turned_off() {
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["error"], "access_denied");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as01_as02_tenants_have_path_aware_issuers_and_separate_databases() {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let dir = std::env::temp_dir().join(format!("gatehouse-tenants-{port}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("gatehouse.yaml");
+    let d = dir.display();
+    std::fs::write(
+        &cfg,
+        format!("listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: sqlite://{d}/main.db\n  tenants:\n    - {{name: acme, database: 'sqlite://{d}/acme.db'}}\n    - {{name: globex, database: 'sqlite://{d}/globex.db'}}\n"),
+    )
+    .expect("config");
+    let mut cmd = gatehouse();
+    cmd.args(["serve", "--config"]).arg(&cfg);
+    let _p = Proc::start(cmd, "ready");
+    let http = reqwest::Client::new();
+    for t in ["acme", "globex"] {
+        let issuer = format!("{base}/tenants/{t}");
+        for path in [
+            format!("/.well-known/oauth-authorization-server/tenants/{t}"),
+            format!("/.well-known/openid-configuration/tenants/{t}"),
+            format!("/tenants/{t}/.well-known/openid-configuration"),
+        ] {
+            let m: Value = http
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .expect("meta")
+                .json()
+                .await
+                .expect("json");
+            assert_eq!(m["issuer"], json!(issuer), "{path}");
+            assert_eq!(
+                m["authorization_endpoint"],
+                json!(format!("{issuer}/authorize"))
+            );
+        }
+    }
+    let prm: Value = http
+        .get(format!("{base}/.well-known/oauth-protected-resource/mcp"))
+        .send()
+        .await
+        .expect("prm")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        prm["authorization_servers"],
+        json!([
+            base,
+            format!("{base}/tenants/acme"),
+            format!("{base}/tenants/globex")
+        ])
+    );
+
+    let acme = format!("{base}/tenants/acme");
+    let out = gatehouse()
+        .env("GATEHOUSE_PASSWORD", "acme-password-1")
+        .args([
+            "admin",
+            "--db",
+            &format!("sqlite://{d}/acme.db"),
+            "users",
+            "add",
+            "wile",
+        ])
+        .output()
+        .expect("admin");
+    assert!(out.status.success());
+    let reg: Value = http
+        .post(format!("{acme}/register"))
+        .json(&json!({"redirect_uris": ["http://127.0.0.1/cb"], "grant_types": ["authorization_code"], "token_endpoint_auth_method": "none", "application_type": "native"}))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("json");
+    let client_id = reg["client_id"].as_str().expect("id");
+    let v = PkceVerifier::generate();
+    let url_at = |issuer: &str| {
+        let mut u = url::Url::parse(&format!("{issuer}/authorize")).expect("url");
+        u.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", client_id)
+            .append_pair("redirect_uri", "http://127.0.0.1:7000/cb")
+            .append_pair("code_challenge", v.challenge().as_str())
+            .append_pair("code_challenge_method", "S256")
+            .append_pair("scope", "mcp:basic");
+        u.to_string()
+    };
+    let mut b = Browser::new();
+    let elsewhere = b.get(&url_at(&format!("{base}/tenants/globex"))).await;
+    assert_eq!(
+        elsewhere.status, 400,
+        "a client of one tenant is unknown to another"
+    );
+    let done = b
+        .sign_in_and_approve(&url_at(&acme), &acme, "wile", "acme-password-1")
+        .await;
+    assert!(
+        b.cookies.contains_key("gh_session_tenants-acme"),
+        "per-tenant cookie: {:?}",
+        b.cookies.keys()
+    );
+    let code = done.redirect_params()["code"].clone();
+    let tok: Value = http
+        .post(format!("{acme}/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("code_verifier", v.secret()),
+            ("client_id", client_id),
+        ])
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("json");
+    let at = tok["access_token"].as_str().expect("at");
+    assert_eq!(jwt_claims(at)["iss"], json!(acme));
+    let r = http
+        .post(format!("{base}/mcp"))
+        .bearer_auth(at)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
+        .send()
+        .await
+        .expect("mcp");
+    assert_eq!(r.status(), 200, "the guard trusts every tenant's issuer");
+}
