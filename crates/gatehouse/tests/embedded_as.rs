@@ -184,17 +184,7 @@ impl Dev {
     }
 
     async fn mcp_status(&self, token: &str) -> u16 {
-        self.http
-            .post(&self.mcp)
-            .bearer_auth(token)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
-            .send()
-            .await
-            .expect("mcp")
-            .status()
-            .as_u16()
+        mcp_initialize_status(&self.mcp, token).await
     }
 
     fn admin(&self) -> Command {

@@ -101,16 +101,7 @@ async fn flow(database: &str) {
         .await
         .expect("json");
     let at = tok["access_token"].as_str().expect("access token");
-    let r = http
-        .post(format!("{base}/mcp"))
-        .bearer_auth(at)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
-        .send()
-        .await
-        .expect("mcp");
-    assert_eq!(r.status(), 200);
+    assert_eq!(mcp_initialize_status(&format!("{base}/mcp"), at).await, 200);
     assert!(p.terminate(10).expect("exits").success());
     assert!(!p.all_output().contains("operator-pass-1"));
 }
@@ -311,14 +302,9 @@ async fn as01_as02_tenants_have_path_aware_issuers_and_separate_databases() {
         .expect("json");
     let at = tok["access_token"].as_str().expect("at");
     assert_eq!(jwt_claims(at)["iss"], json!(acme));
-    let r = http
-        .post(format!("{base}/mcp"))
-        .bearer_auth(at)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
-        .send()
-        .await
-        .expect("mcp");
-    assert_eq!(r.status(), 200, "the guard trusts every tenant's issuer");
+    assert_eq!(
+        mcp_initialize_status(&format!("{base}/mcp"), at).await,
+        200,
+        "the guard trusts every tenant's issuer"
+    );
 }

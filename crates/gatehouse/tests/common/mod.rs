@@ -211,3 +211,18 @@ pub fn jwt_claims(jwt: &str) -> serde_json::Value {
     )
     .expect("json")
 }
+
+/// Status of an MCP `initialize` POST to `endpoint` with `token` (200 when the guard lets it in).
+pub async fn mcp_initialize_status(endpoint: &str, token: &str) -> u16 {
+    reqwest::Client::new()
+        .post(endpoint)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
+        .send()
+        .await
+        .expect("mcp initialize")
+        .status()
+        .as_u16()
+}
