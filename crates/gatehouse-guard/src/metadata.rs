@@ -36,9 +36,7 @@ pub(crate) fn router(cfg: &GuardConfig) -> axum::Router {
         .allow_methods([http::Method::GET, http::Method::OPTIONS])
         .allow_headers([
             http::header::CONTENT_TYPE,
-            "mcp-protocol-version"
-                .parse()
-                .unwrap_or(http::header::ACCEPT),
+            http::HeaderName::from_static("mcp-protocol-version"),
         ]);
     let mut r = axum::Router::new().route(&cfg.resource.prm_path(), get(handler.clone()));
     let root = "/.well-known/oauth-protected-resource";

@@ -29,7 +29,7 @@ mod upstream;
 
 pub use error::OAuthError;
 pub use keys::{KeyEncryptionKey, KeyManager};
-pub use secrets::{hash_password, verify_password};
+pub use secrets::{hash_password, random_id, random_token, sha256_hex, verify_password};
 pub use upstream::UpstreamIdp;
 
 use gatehouse_core::{Clock, Issuer, Resource, ScopeSet};

@@ -5,19 +5,19 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
 /// 256 random bits, base64url: codes, refresh tokens, client secrets, session ids.
-pub(crate) fn random_token() -> String {
+pub fn random_token() -> String {
     let b: [u8; 32] = rand::random();
     URL_SAFE_NO_PAD.encode(b)
 }
 
 /// 128 random bits, base64url: identifiers that need not be secret.
-pub(crate) fn random_id() -> String {
+pub fn random_id() -> String {
     let b: [u8; 16] = rand::random();
     URL_SAFE_NO_PAD.encode(b)
 }
 
 /// Lower-case hex SHA-256: how secrets are stored and looked up.
-pub(crate) fn sha256_hex(s: &str) -> String {
+pub fn sha256_hex(s: &str) -> String {
     Sha256::digest(s.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -16,7 +16,8 @@ pub(crate) const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// Parses a form body, refusing repeated parameters (RFC 6749 §3.2: parameters MUST NOT be
-/// included more than once) — except `resource`, which RFC 8707 allows to repeat (we bind one).
+/// included more than once). That includes `resource`: RFC 8707 allows several, but a grant here
+/// is bound to exactly one resource, so a second one is an error rather than silently dropped.
 fn parse_form(body: &[u8]) -> Result<Form, OAuthError> {
     let mut out = HashMap::new();
     for (k, v) in url::form_urlencoded::parse(body) {

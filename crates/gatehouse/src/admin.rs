@@ -1,11 +1,11 @@
 //! `gatehouse admin`: users, clients, signing keys and grants of the embedded authorization
 //! server, straight on its store.
-use base64::Engine as _;
 use clap::{Args, Subcommand};
 use gatehouse_core::{Clock, RedirectUri, ScopeSet, SystemClock};
-use gatehouse_server::{KeyEncryptionKey, KeyManager, hash_password};
+use gatehouse_server::{
+    KeyEncryptionKey, KeyManager, hash_password, random_id, random_token, sha256_hex,
+};
 use gatehouse_store::{ClientRecord, ClientSource, Store, UserRecord};
-use sha2::Digest as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -235,20 +235,9 @@ async fn run_inner(args: AdminArgs) -> Result<(), String> {
                 if let Some(s) = &scope {
                     ScopeSet::parse(s).map_err(|e| e.to_string())?;
                 }
-                let id = client_id.unwrap_or_else(|| {
-                    let b: [u8; 16] = rand::random();
-                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-                });
-                let secret = (confidential && jwks.is_none()).then(|| {
-                    let b: [u8; 32] = rand::random();
-                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-                });
-                let hash = secret.as_deref().map(|s| {
-                    sha2::Sha256::digest(s.as_bytes())
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect::<String>()
-                });
+                let id = client_id.unwrap_or_else(random_id);
+                let secret = (confidential && jwks.is_none()).then(random_token);
+                let hash = secret.as_deref().map(sha256_hex);
                 store
                     .insert_client(&ClientRecord {
                         client_id: id.clone(),

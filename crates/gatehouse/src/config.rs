@@ -425,16 +425,25 @@ impl Config {
         Ok(())
     }
 
+    /// Is this URL's `host:port` one of the `dangerous.allow_loopback_fetch` authorities? Exact,
+    /// like the fetcher's own rule (a prefix would let `127.0.0.1` match `127.0.0.10:9`).
+    fn loopback_fetch_allowed(&self, u: &url::Url) -> bool {
+        let (Some(h), Some(p)) = (u.host_str(), u.port_or_known_default()) else {
+            return false;
+        };
+        let authority = format!("{h}:{p}");
+        self.dangerous
+            .allow_loopback_fetch
+            .iter()
+            .any(|x| x.eq_ignore_ascii_case(&authority))
+    }
+
     fn validate(&self) -> Result<(), String> {
         if let Some(a) = &self.authorization_server {
             if let Some(up) = &a.upstream {
-                let allowed = up.issuer.url().host_str().is_some_and(|h| {
-                    self.dangerous
-                        .allow_loopback_fetch
-                        .iter()
-                        .any(|x| x.starts_with(h))
-                });
-                if up.issuer.url().scheme() != "https" && !allowed {
+                if up.issuer.url().scheme() != "https"
+                    && !self.loopback_fetch_allowed(up.issuer.url())
+                {
                     return Err(format!(
                         "authorization_server.upstream.issuer {} is not https (a loopback development IdP needs dangerous.allow_loopback_fetch)",
                         up.issuer
@@ -471,12 +480,7 @@ impl Config {
             return Err("guard: configure authorization_servers, introspection or api_keys; nothing could authenticate".into());
         }
         for a in &g.authorization_servers {
-            let loopback_ok = self
-                .dangerous
-                .allow_loopback_fetch
-                .iter()
-                .any(|x| a.issuer.url().host_str().is_some_and(|h| x.starts_with(h)));
-            if a.issuer.url().scheme() != "https" && !loopback_ok {
+            if a.issuer.url().scheme() != "https" && !self.loopback_fetch_allowed(a.issuer.url()) {
                 return Err(format!(
                     "guard.authorization_servers: issuer {} is not https (a loopback development issuer needs dangerous.allow_loopback_fetch)",
                     a.issuer
@@ -628,6 +632,10 @@ mod tests {
             (
                 "listen: 127.0.0.1:1\nguard: {}\nauthorization_server: {database: 'sqlite:///tmp/x.db', local_login: false}\n",
                 "nobody could sign in",
+            ),
+            (
+                "listen: 127.0.0.1:1\nguard: {authorization_servers: [{issuer: 'http://127.0.0.1:9'}]}\ndangerous: {allow_loopback_fetch: ['127.0.0.1:90']}\n",
+                "is not https",
             ),
             (
                 "listen: 127.0.0.1:1\nguard: {}\nauthorization_server: {database: 'sqlite:///tmp/x.db', upstream: {issuer: 'http://idp.example', client_id: a, client_secret: b}}\n",
