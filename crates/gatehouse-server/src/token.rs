@@ -260,12 +260,14 @@ async fn code_grant(
     let wants_refresh = client.grant_types.iter().any(|g| g == "refresh_token");
     let refresh_secret = wants_refresh.then(random_token);
     let refresh_ttl = s.inner.cfg.refresh_token_ttl;
+    let client_id = client.client_id.clone();
+    let issued_refresh = refresh_secret.clone();
     let outcome = s
         .inner
         .store
-        .redeem_code(&sha256_hex(code), now, |c| {
+        .redeem_code(&sha256_hex(code), now, move |c| {
             // Every binding is checked before the code is spent; a failure changes nothing.
-            if c.client_id != client.client_id {
+            if c.client_id != client_id {
                 return Err(OAuthError::invalid_grant(
                     "code was issued to another client",
                 ));
@@ -281,7 +283,7 @@ async fn code_grant(
                 ));
             }
             same_resource(resource.as_deref(), &c.resource)?;
-            Ok(refresh_secret.as_deref().map(|secret| {
+            Ok(issued_refresh.as_deref().map(|secret| {
                 refresh_record(
                     secret,
                     &c.grant_id,
@@ -330,6 +332,12 @@ async fn refresh_grant(
     let now = s.inner.clock.now_unix();
     let new_secret = random_token();
     let cfg = &s.inner.cfg;
+    let client_id = client.client_id.clone();
+    let (stored_secret, checked_scope, refresh_ttl) = (
+        new_secret.clone(),
+        requested_scope.clone(),
+        cfg.refresh_token_ttl,
+    );
     let outcome = s
         .inner
         .store
@@ -337,15 +345,15 @@ async fn refresh_grant(
             &sha256_hex(presented_token),
             now,
             cfg.refresh_grace_secs,
-            |old| {
-                if old.client_id != client.client_id {
+            move |old| {
+                if old.client_id != client_id {
                     return Err(OAuthError::invalid_grant(
                         "refresh token was issued to another client",
                     ));
                 }
                 same_resource(resource.as_deref(), &old.resource)?;
                 let granted = ScopeSet::parse(&old.scope).unwrap_or_default();
-                if let Some(req) = &requested_scope
+                if let Some(req) = &checked_scope
                     && !granted.is_superset(req)
                 {
                     return Err(OAuthError::new(
@@ -355,22 +363,22 @@ async fn refresh_grant(
                 }
                 // The family keeps its granted scope; a narrower request narrows only the access token.
                 Ok(refresh_record(
-                    &new_secret,
+                    &stored_secret,
                     &old.grant_id,
                     &old.client_id,
                     &old.scope,
                     &old.resource,
-                    now + cfg.refresh_token_ttl,
+                    now + refresh_ttl,
                 ))
             },
         )
         .await??;
-    let old = match outcome {
-        Rotated::Ok { old, grace } => {
+    let (old, grant) = match outcome {
+        Rotated::Ok { old, grant, grace } => {
             if grace {
                 tracing::info!(client_id = %client.client_id, "refresh token used twice within the grace window");
             }
-            old
+            (old, grant)
         }
         Rotated::Reused { grant_id } => {
             tracing::warn!(client_id = %client.client_id, grant_id, "refresh token reuse detected; grant revoked");
@@ -382,12 +390,6 @@ async fn refresh_grant(
         Rotated::Expired => return Err(OAuthError::invalid_grant("refresh token expired")),
         Rotated::Unknown => return Err(OAuthError::invalid_grant("unknown refresh token")),
     };
-    let grant = s
-        .inner
-        .store
-        .get_grant(&old.grant_id)
-        .await?
-        .ok_or_else(|| OAuthError::invalid_grant("grant not found"))?;
     let scope = requested_scope.unwrap_or_else(|| ScopeSet::parse(&old.scope).unwrap_or_default());
     let access = s.access_token(
         &grant.subject,

@@ -11,8 +11,11 @@
 #![forbid(unsafe_code)]
 
 mod records;
+mod sqlite_ops;
+mod writer;
 
 pub use records::*;
+pub use writer::SqliteWriter;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
@@ -34,6 +37,8 @@ pub enum StoreError {
     Url,
     #[error("{0} already exists")]
     Conflict(String),
+    #[error("database error: {0}")]
+    Sqlite(String),
 }
 
 /// The store. Cheap to clone (pool handles).
@@ -43,7 +48,14 @@ pub enum StoreError {
 /// without sleeping, and a pool of read connections beside it (WAL lets reads run concurrently).
 #[derive(Clone, Debug)]
 pub enum Store {
-    Sqlite { read: SqlitePool, write: SqlitePool },
+    Sqlite {
+        read: SqlitePool,
+        write: SqlitePool,
+        /// The token endpoint's hot writes (see `writer.rs`).
+        writer: writer::SqliteWriter,
+        /// The token endpoint's hot reads (client lookups).
+        reader: writer::SqliteWriter,
+    },
     Postgres(PgPool),
 }
 
@@ -116,7 +128,13 @@ impl Store {
                 .max_connections(4)
                 .connect_with(opts.read_only(true))
                 .await?;
-            Store::Sqlite { read, write }
+            let file = path.split('?').next().unwrap_or(path);
+            Store::Sqlite {
+                read,
+                write,
+                writer: writer::SqliteWriter::open(file)?,
+                reader: writer::SqliteWriter::open_reader(file)?,
+            }
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()
                 .max_connections(16)
@@ -139,7 +157,7 @@ impl Store {
 
     pub async fn close(&self) {
         match self {
-            Store::Sqlite { read, write } => {
+            Store::Sqlite { read, write, .. } => {
                 read.close().await;
                 write.close().await;
             }

@@ -2,18 +2,18 @@
 use crate::*;
 
 #[derive(sqlx::FromRow)]
-struct ClientRow {
-    client_id: String,
-    secret_hash: Option<String>,
-    auth_method: String,
-    redirect_uris: String,
-    grant_types: String,
-    client_name: Option<String>,
-    scope: Option<String>,
-    source: String,
-    application_type: Option<String>,
-    metadata: String,
-    created_at: i64,
+pub(crate) struct ClientRow {
+    pub(crate) client_id: String,
+    pub(crate) secret_hash: Option<String>,
+    pub(crate) auth_method: String,
+    pub(crate) redirect_uris: String,
+    pub(crate) grant_types: String,
+    pub(crate) client_name: Option<String>,
+    pub(crate) scope: Option<String>,
+    pub(crate) source: String,
+    pub(crate) application_type: Option<String>,
+    pub(crate) metadata: String,
+    pub(crate) created_at: i64,
 }
 
 impl TryFrom<ClientRow> for ClientRecord {
@@ -74,7 +74,7 @@ struct ConsentRow {
     granted_at: i64,
 }
 
-const CLIENT_COLS: &str = "client_id, secret_hash, auth_method, redirect_uris, grant_types, client_name, scope, source, application_type, metadata, created_at";
+pub(crate) const CLIENT_COLS: &str = "client_id, secret_hash, auth_method, redirect_uris, grant_types, client_name, scope, source, application_type, metadata, created_at";
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
@@ -125,6 +125,13 @@ impl Store {
     }
 
     pub async fn get_client(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        if let Store::Sqlite { reader, .. } = self {
+            let id = client_id.to_owned();
+            let row = reader
+                .run(move |c| crate::sqlite_ops::get_client(c, &id))
+                .await?;
+            return row.map(ClientRecord::try_from).transpose();
+        }
         let row: Option<ClientRow> = with_read!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {CLIENT_COLS} FROM clients WHERE client_id = $1")))
             .bind(client_id).fetch_optional(p).await)?;
         row.map(ClientRecord::try_from).transpose()
@@ -283,8 +290,17 @@ impl Store {
         &self,
         code_hash: &str,
         now: i64,
-        check: impl FnOnce(&CodeRecord) -> Result<Option<RefreshRecord>, E>,
-    ) -> Result<Result<Redeemed, E>, StoreError> {
+        check: impl FnOnce(&CodeRecord) -> Result<Option<RefreshRecord>, E> + Send + 'static,
+    ) -> Result<Result<Redeemed, E>, StoreError>
+    where
+        E: Send + 'static,
+    {
+        if let Store::Sqlite { writer, .. } = self {
+            let code_hash = code_hash.to_owned();
+            return writer
+                .run(move |c| crate::sqlite_ops::redeem_code(c, &code_hash, now, check))
+                .await;
+        }
         with_tx!(self, tx => async {
             let row: Option<CodeRecord> = sqlx::query_as("SELECT code_hash, grant_id, client_id, redirect_uri, code_challenge, scope, resource, subject, auth_time, expires_at, used_at, claims FROM auth_codes WHERE code_hash = $1")
                 .bind(code_hash).fetch_optional(&mut *tx).await?;
@@ -325,16 +341,25 @@ impl Store {
         token_hash: &str,
         now: i64,
         grace: i64,
-        check: impl FnOnce(&RefreshRecord) -> Result<RefreshRecord, E>,
-    ) -> Result<Result<Rotated, E>, StoreError> {
+        check: impl FnOnce(&RefreshRecord) -> Result<RefreshRecord, E> + Send + 'static,
+    ) -> Result<Result<Rotated, E>, StoreError>
+    where
+        E: Send + 'static,
+    {
+        if let Store::Sqlite { writer, .. } = self {
+            let token_hash = token_hash.to_owned();
+            return writer
+                .run(move |c| crate::sqlite_ops::rotate_refresh(c, &token_hash, now, grace, check))
+                .await;
+        }
         with_tx!(self, tx => async {
             let row: Option<RefreshRecord> = sqlx::query_as("SELECT token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count FROM refresh_tokens WHERE token_hash = $1")
                 .bind(token_hash).fetch_optional(&mut *tx).await?;
             let Some(r) = row else { return Ok(Ok(Rotated::Unknown)) };
-            let revoked: Option<(Option<i64>,)> = sqlx::query_as("SELECT revoked_at FROM grants WHERE grant_id = $1").bind(&r.grant_id).fetch_optional(&mut *tx).await?;
-            if !matches!(revoked, Some((None,))) {
+            let grant: Option<GrantRecord> = sqlx::query_as("SELECT grant_id, subject, client_id, scope, resource, created_at, revoked_at, claims FROM grants WHERE grant_id = $1").bind(&r.grant_id).fetch_optional(&mut *tx).await?;
+            let Some(grant) = grant.filter(|g| g.revoked_at.is_none()) else {
                 return Ok(Ok(Rotated::Revoked));
-            }
+            };
             if r.expires_at <= now {
                 return Ok(Ok(Rotated::Expired));
             }
@@ -362,7 +387,7 @@ impl Store {
             sqlx::query("INSERT INTO refresh_tokens (token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count) VALUES ($1,$2,$3,$4,$5,$6,NULL,0)")
                 .bind(&new.token_hash).bind(&new.grant_id).bind(&new.client_id).bind(&new.scope).bind(&new.resource).bind(new.expires_at)
                 .execute(&mut *tx).await?;
-            Ok::<_, StoreError>(Ok(Rotated::Ok { old: r, grace: grace_use }))
+            Ok::<_, StoreError>(Ok(Rotated::Ok { old: r, grant: Box::new(grant), grace: grace_use }))
         }.await)
     }
 

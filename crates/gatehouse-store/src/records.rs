@@ -172,6 +172,8 @@ pub enum Rotated {
     /// allowed shortly after rotation (two racing refreshes).
     Ok {
         old: RefreshRecord,
+        /// The grant the family belongs to (not revoked).
+        grant: Box<GrantRecord>,
         grace: bool,
     },
     /// A rotated token was used again outside the grace window: the family is revoked.

@@ -308,3 +308,135 @@ async fn as01_as02_tenants_have_path_aware_issuers_and_separate_databases() {
         "the guard trusts every tenant's issuer"
     );
 }
+
+/// Issue 3 §7 (AS-29, T9): nothing is lost when the process is killed mid-request. Hundreds of
+/// refresh rotations are in flight when the server gets SIGKILL; after a restart on the same
+/// SQLite file, every refresh token a client actually received works: a token was either issued
+/// and stored, or not issued. (Group commit releases answers only after their commit.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as29_killed_mid_request_loses_no_issued_token() {
+    const N: usize = 300;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let dir = std::env::temp_dir().join(format!("gatehouse-kill-{port}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = format!("sqlite://{}/as.db", dir.display());
+    let cfg = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &cfg,
+        format!("listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: {db}\n"),
+    )
+    .expect("config");
+    let out = gatehouse()
+        .env("GATEHOUSE_PASSWORD", "operator-pass-1")
+        .args(["admin", "--db", &db, "users", "add", "alice"])
+        .output()
+        .expect("admin");
+    assert!(out.status.success());
+    let serve = || {
+        let mut cmd = gatehouse();
+        cmd.args(["serve", "--config"]).arg(&cfg);
+        Proc::start(cmd, "ready")
+    };
+    let mut p = serve();
+    let http = reqwest::Client::new();
+    let reg: Value = http
+        .post(format!("{base}/register"))
+        .json(&json!({"client_name": "Kill", "redirect_uris": ["http://127.0.0.1/cb"], "grant_types": ["authorization_code", "refresh_token"], "token_endpoint_auth_method": "none", "application_type": "native"}))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("json");
+    let client_id = reg["client_id"].as_str().expect("client_id").to_owned();
+    let v = PkceVerifier::generate();
+    let mut u = url::Url::parse(&format!("{base}/authorize")).expect("url");
+    u.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &client_id)
+        .append_pair("redirect_uri", "http://127.0.0.1:5000/cb")
+        .append_pair("code_challenge", v.challenge().as_str())
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("scope", "mcp:basic");
+    let mut b = Browser::new();
+    let mut refresh_tokens = Vec::with_capacity(N);
+    for _ in 0..N {
+        // The first round signs in and consents; later ones come straight back with a code.
+        let done = b
+            .sign_in_and_approve(u.as_str(), &base, "alice", "operator-pass-1")
+            .await;
+        let code = done.redirect_params()["code"].clone();
+        let tok: Value = http
+            .post(format!("{base}/token"))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("code_verifier", v.secret()),
+                ("client_id", &client_id),
+            ])
+            .send()
+            .await
+            .expect("token")
+            .json()
+            .await
+            .expect("json");
+        refresh_tokens.push(tok["refresh_token"].as_str().expect("rt").to_owned());
+    }
+
+    let refresh = |rt: String| {
+        let (http, base, client_id) = (http.clone(), base.clone(), client_id.clone());
+        async move {
+            let r = http
+                .post(format!("{base}/token"))
+                .form(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", rt.as_str()),
+                    ("client_id", client_id.as_str()),
+                ])
+                .send()
+                .await
+                .ok()?;
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.ok()?;
+            Some((status, v))
+        }
+    };
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = refresh_tokens
+        .iter()
+        .map(|rt| {
+            let (f, answered) = (refresh(rt.clone()), answered.clone());
+            tokio::spawn(async move {
+                let r = f.await;
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                r
+            })
+        })
+        .collect();
+    while answered.load(std::sync::atomic::Ordering::SeqCst) < 20 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    p.child.kill().expect("SIGKILL");
+    let _ = p.child.wait();
+    let mut issued = Vec::new();
+    let mut lost = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Some((200, v)) => issued.push(v["refresh_token"].as_str().expect("rt").to_owned()),
+            Some((status, v)) => panic!("refresh refused before the kill: {status} {v}"),
+            None => lost += 1,
+        }
+    }
+    assert!(
+        lost > 0 && !issued.is_empty(),
+        "the kill must land mid-stream: {} answered, {lost} cut off",
+        issued.len()
+    );
+
+    let _p = serve();
+    for rt in &issued {
+        let r = refresh(rt.clone()).await.expect("answer after restart");
+        assert_eq!(r.0, 200, "an issued refresh token was lost: {}", r.1);
+    }
+}

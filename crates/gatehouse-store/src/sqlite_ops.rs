@@ -1,0 +1,196 @@
+//! The token endpoint's two write operations for SQLite, run whole on the writer thread
+//! (see `writer.rs`). Same rules and the same SQL as the PostgreSQL versions in `ops.rs`; the
+//! store suite runs both.
+use crate::ops::{CLIENT_COLS, ClientRow};
+use crate::{CodeRecord, GrantRecord, Redeemed, RefreshRecord, Rotated};
+use rusqlite::{Connection, OptionalExtension, params};
+
+const REVOKE_GRANT: &str =
+    "UPDATE grants SET revoked_at = ?1 WHERE grant_id = ?2 AND revoked_at IS NULL";
+const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens (token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count) VALUES (?1,?2,?3,?4,?5,?6,NULL,0)";
+
+fn insert_refresh(c: &Connection, r: &RefreshRecord) -> rusqlite::Result<()> {
+    c.prepare_cached(INSERT_REFRESH)?.execute(params![
+        r.token_hash,
+        r.grant_id,
+        r.client_id,
+        r.scope,
+        r.resource,
+        r.expires_at
+    ])?;
+    Ok(())
+}
+
+fn revoke_grant(c: &Connection, grant_id: &str, now: i64) -> rusqlite::Result<()> {
+    c.prepare_cached(REVOKE_GRANT)?
+        .execute(params![now, grant_id])?;
+    Ok(())
+}
+
+pub(crate) fn redeem_code<E>(
+    c: &Connection,
+    code_hash: &str,
+    now: i64,
+    check: impl FnOnce(&CodeRecord) -> Result<Option<RefreshRecord>, E>,
+) -> rusqlite::Result<Result<Redeemed, E>> {
+    let row = c
+        .prepare_cached("SELECT code_hash, grant_id, client_id, redirect_uri, code_challenge, scope, resource, subject, auth_time, expires_at, used_at, claims FROM auth_codes WHERE code_hash = ?1")?
+        .query_row(params![code_hash], |r| {
+            Ok(CodeRecord {
+                code_hash: r.get(0)?,
+                grant_id: r.get(1)?,
+                client_id: r.get(2)?,
+                redirect_uri: r.get(3)?,
+                code_challenge: r.get(4)?,
+                scope: r.get(5)?,
+                resource: r.get(6)?,
+                subject: r.get(7)?,
+                auth_time: r.get(8)?,
+                expires_at: r.get(9)?,
+                used_at: r.get(10)?,
+                claims: r.get(11)?,
+            })
+        })
+        .optional()?;
+    let Some(code) = row else {
+        return Ok(Ok(Redeemed::Unknown));
+    };
+    if code.used_at.is_some() {
+        revoke_grant(c, &code.grant_id, now)?;
+        return Ok(Ok(Redeemed::Replayed {
+            grant_id: code.grant_id,
+        }));
+    }
+    if code.expires_at <= now {
+        return Ok(Ok(Redeemed::Expired));
+    }
+    let refresh = match check(&code) {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    // One writer thread runs this, but the file may have other writers (admin CLI, replicas of
+    // the sqlx pool): the update stays conditional.
+    let marked = c
+        .prepare_cached(
+            "UPDATE auth_codes SET used_at = ?1 WHERE code_hash = ?2 AND used_at IS NULL",
+        )?
+        .execute(params![now, code_hash])?;
+    if marked != 1 {
+        revoke_grant(c, &code.grant_id, now)?;
+        return Ok(Ok(Redeemed::Replayed {
+            grant_id: code.grant_id,
+        }));
+    }
+    if let Some(r) = refresh {
+        insert_refresh(c, &r)?;
+    }
+    Ok(Ok(Redeemed::Fresh(Box::new(CodeRecord {
+        used_at: Some(now),
+        ..code
+    }))))
+}
+
+pub(crate) fn rotate_refresh<E>(
+    c: &Connection,
+    token_hash: &str,
+    now: i64,
+    grace: i64,
+    check: impl FnOnce(&RefreshRecord) -> Result<RefreshRecord, E>,
+) -> rusqlite::Result<Result<Rotated, E>> {
+    let row = c
+        .prepare_cached("SELECT token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count FROM refresh_tokens WHERE token_hash = ?1")?
+        .query_row(params![token_hash], |r| {
+            Ok(RefreshRecord {
+                token_hash: r.get(0)?,
+                grant_id: r.get(1)?,
+                client_id: r.get(2)?,
+                scope: r.get(3)?,
+                resource: r.get(4)?,
+                expires_at: r.get(5)?,
+                rotated_at: r.get(6)?,
+                reuse_count: r.get(7)?,
+            })
+        })
+        .optional()?;
+    let Some(old) = row else {
+        return Ok(Ok(Rotated::Unknown));
+    };
+    let grant = c
+        .prepare_cached("SELECT grant_id, subject, client_id, scope, resource, created_at, revoked_at, claims FROM grants WHERE grant_id = ?1")?
+        .query_row(params![old.grant_id], |r| {
+            Ok(GrantRecord {
+                grant_id: r.get(0)?,
+                subject: r.get(1)?,
+                client_id: r.get(2)?,
+                scope: r.get(3)?,
+                resource: r.get(4)?,
+                created_at: r.get(5)?,
+                revoked_at: r.get(6)?,
+                claims: r.get(7)?,
+            })
+        })
+        .optional()?;
+    let Some(grant) = grant.filter(|g| g.revoked_at.is_none()) else {
+        return Ok(Ok(Rotated::Revoked));
+    };
+    if old.expires_at <= now {
+        return Ok(Ok(Rotated::Expired));
+    }
+    let within_grace = |rotated_at: Option<i64>| rotated_at.is_none_or(|t| now - t <= grace);
+    if !within_grace(old.rotated_at) || old.reuse_count > 0 {
+        revoke_grant(c, &old.grant_id, now)?;
+        return Ok(Ok(Rotated::Reused {
+            grant_id: old.grant_id,
+        }));
+    }
+    let new = match check(&old) {
+        Ok(n) => n,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut grace_use = false;
+    let rotated = c
+        .prepare_cached(
+            "UPDATE refresh_tokens SET rotated_at = ?1 WHERE token_hash = ?2 AND rotated_at IS NULL",
+        )?
+        .execute(params![now, token_hash])?;
+    if rotated != 1 {
+        grace_use = true;
+        let again = c
+            .prepare_cached("UPDATE refresh_tokens SET reuse_count = 1 WHERE token_hash = ?1 AND reuse_count = 0 AND rotated_at >= ?2")?
+            .execute(params![token_hash, now - grace])?;
+        if again != 1 {
+            revoke_grant(c, &old.grant_id, now)?;
+            return Ok(Ok(Rotated::Reused {
+                grant_id: old.grant_id,
+            }));
+        }
+    }
+    insert_refresh(c, &new)?;
+    Ok(Ok(Rotated::Ok {
+        old,
+        grant: Box::new(grant),
+        grace: grace_use,
+    }))
+}
+
+pub(crate) fn get_client(c: &Connection, client_id: &str) -> rusqlite::Result<Option<ClientRow>> {
+    c.prepare_cached(&format!(
+        "SELECT {CLIENT_COLS} FROM clients WHERE client_id = ?1"
+    ))?
+    .query_row(params![client_id], |r| {
+        Ok(ClientRow {
+            client_id: r.get(0)?,
+            secret_hash: r.get(1)?,
+            auth_method: r.get(2)?,
+            redirect_uris: r.get(3)?,
+            grant_types: r.get(4)?,
+            client_name: r.get(5)?,
+            scope: r.get(6)?,
+            source: r.get(7)?,
+            application_type: r.get(8)?,
+            metadata: r.get(9)?,
+            created_at: r.get(10)?,
+        })
+    })
+    .optional()
+}
