@@ -3,6 +3,7 @@
 
 mod admin;
 mod app;
+mod client;
 mod config;
 mod demo;
 mod dev;
@@ -61,6 +62,17 @@ enum Command {
     },
     /// Manage the embedded authorization server's users, clients, keys and grants.
     Admin(admin::AdminArgs),
+    /// Log in to a protected MCP server (discovery, registration, browser login) and keep the tokens.
+    Login(client::ClientArgs),
+    /// Forget (and revoke) the tokens kept for an MCP server.
+    Logout(client::ClientArgs),
+    /// Print a current access token for an MCP server (refreshed if needed; never logs in).
+    Token(client::ClientArgs),
+    /// Bridge stdio to a remote MCP server, logging in as needed: for hosts that speak only stdio.
+    Connect(client::ClientArgs),
+    /// The client under test for the MCP conformance suite (see conformance/client).
+    #[command(hide = true)]
+    ConformanceClient { url: String },
 }
 
 #[derive(Subcommand)]
@@ -172,6 +184,11 @@ fn main() -> ExitCode {
             })
         }
         Command::Admin(args) => admin::run(args),
+        Command::Login(args) => client::login(&args),
+        Command::Logout(args) => client::logout(&args),
+        Command::Token(args) => client::token(&args),
+        Command::Connect(args) => client::connect(&args),
+        Command::ConformanceClient { url } => client::conformance(&url),
         Command::Dev {
             listen,
             issuer,

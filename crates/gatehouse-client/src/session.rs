@@ -1,0 +1,475 @@
+//! Tokens for one MCP server, kept fresh: cache → refresh → login, never in a loop.
+use crate::ClientError;
+use crate::cache::TokenCache;
+use crate::discovery::{self, Discovered};
+use crate::login::{self, Listener};
+use crate::opener::Opener;
+use crate::registration::{self, Registration, RegistrationConfig, Source};
+use crate::tokens::{self, TokenRequest, TokenSet, now};
+use gatehouse_core::{BearerChallenge, ScopeSet};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Seconds before expiry at which a token counts as stale and is refreshed.
+const REFRESH_MARGIN: i64 = 60;
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub registration: RegistrationConfig,
+    /// Scopes always requested on top of what the server asks for.
+    pub extra_scope: Option<ScopeSet>,
+    pub opener: Opener,
+    /// Loopback port for the redirect; `None` picks one (and keeps it for the registration).
+    pub callback_port: Option<u16>,
+    pub login_timeout: Duration,
+    /// Authorizations one request may trigger (a login plus step-ups) before it fails (CL-11).
+    pub max_authorizations: u8,
+    /// False: never start a login; report `NotLoggedIn` instead (scripts, `gatehouse token`).
+    pub interactive: bool,
+    /// Machine client: `client_credentials` instead of a user login (needs a secret or a key).
+    pub client_credentials: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            registration: RegistrationConfig {
+                client_name: "Gatehouse".into(),
+                ..Default::default()
+            },
+            extra_scope: None,
+            opener: Opener::from_env(),
+            callback_port: None,
+            login_timeout: Duration::from_secs(300),
+            max_authorizations: 3,
+            interactive: true,
+            client_credentials: false,
+        }
+    }
+}
+
+/// What the cache keeps per server.
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    issuer: String,
+    resource: String,
+    tokens: TokenSet,
+    requested: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    discovered: Option<Discovered>,
+    tokens: Option<TokenSet>,
+    requested: Option<ScopeSet>,
+}
+
+pub struct Session {
+    server_url: String,
+    cfg: ClientConfig,
+    http: reqwest::Client,
+    cache: TokenCache,
+    state: tokio::sync::Mutex<State>,
+}
+
+const TOKENS: &str = "tokens";
+const CLIENTS: &str = "clients";
+
+impl Session {
+    pub fn new(
+        server_url: &str,
+        cfg: ClientConfig,
+        cache: TokenCache,
+    ) -> Result<Self, ClientError> {
+        crate::safety::check_endpoint("MCP server URL", server_url)?;
+        Ok(Self {
+            server_url: server_url.to_owned(),
+            cfg,
+            http: discovery::http_client()?,
+            cache,
+            state: tokio::sync::Mutex::new(State::default()),
+        })
+    }
+
+    pub fn server_url(&self) -> &str {
+        &self.server_url
+    }
+
+    pub fn max_authorizations(&self) -> u8 {
+        self.cfg.max_authorizations.max(1)
+    }
+
+    fn load_entry(&self) -> Result<Option<Entry>, ClientError> {
+        self.cache.load(TOKENS, &self.server_url)
+    }
+
+    fn save_entry(
+        &self,
+        d: &Discovered,
+        t: &TokenSet,
+        requested: Option<&ScopeSet>,
+    ) -> Result<(), ClientError> {
+        self.cache.save(
+            TOKENS,
+            &self.server_url,
+            &Entry {
+                issuer: d.issuer.as_str().to_owned(),
+                resource: d.resource.clone(),
+                tokens: t.clone(),
+                requested: requested.map(ToString::to_string),
+            },
+        )
+    }
+
+    /// A usable access token without logging in: memory, then the cache, refreshing it if it is
+    /// about to expire. `None` when a login is needed.
+    pub async fn current_token(&self) -> Result<Option<String>, ClientError> {
+        let mut st = self.state.lock().await;
+        if let Some(t) = &st.tokens
+            && t.fresh(now(), REFRESH_MARGIN)
+        {
+            return Ok(Some(t.access_token.clone()));
+        }
+        let Some(entry) = self.load_entry()? else {
+            return Ok(None);
+        };
+        if st.requested.is_none() {
+            st.requested = entry
+                .requested
+                .as_deref()
+                .and_then(|s| ScopeSet::parse(s).ok());
+        }
+        if entry.tokens.fresh(now(), REFRESH_MARGIN) {
+            st.tokens = Some(entry.tokens.clone());
+            return Ok(Some(entry.tokens.access_token));
+        }
+        self.refresh_locked(&mut st, None).await
+    }
+
+    /// Refreshes under the cross-process lock. `bad` is a token the server just refused: a
+    /// cached token equal to it is not "fresh" whatever its expiry says.
+    async fn refresh_locked(
+        &self,
+        st: &mut State,
+        bad: Option<&str>,
+    ) -> Result<Option<String>, ClientError> {
+        let _lock = self.cache.lock(&self.server_url).await?;
+        // Someone else may have refreshed while we waited for the lock.
+        let Some(entry) = self.load_entry()? else {
+            st.tokens = None;
+            return Ok(None);
+        };
+        if entry.tokens.fresh(now(), REFRESH_MARGIN)
+            && Some(entry.tokens.access_token.as_str()) != bad
+        {
+            st.tokens = Some(entry.tokens.clone());
+            return Ok(Some(entry.tokens.access_token));
+        }
+        let Some(rt) = entry.tokens.refresh_token.clone() else {
+            return Ok(None);
+        };
+        let d = match &st.discovered {
+            Some(d) if d.issuer.as_str() == entry.issuer => d.clone(),
+            _ => {
+                let d = discovery::discover(&self.http, &self.server_url, None).await?;
+                st.discovered = Some(d.clone());
+                d
+            }
+        };
+        if d.issuer.as_str() != entry.issuer {
+            // The server moved to another authorization server: old tokens mean nothing there.
+            self.cache.remove(TOKENS, &self.server_url)?;
+            st.tokens = None;
+            return Ok(None);
+        }
+        let Some(reg) = self.registration_for(&d)? else {
+            return Ok(None);
+        };
+        let res = tokens::request(
+            &self.http,
+            TokenRequest {
+                endpoint: &d.token_endpoint,
+                issuer: d.issuer.as_str(),
+                registration: &reg,
+                params: vec![
+                    ("grant_type", "refresh_token".into()),
+                    ("refresh_token", rt.clone()),
+                ],
+                resource: &d.resource,
+                requested_scope: entry.tokens.scope.clone(),
+            },
+        )
+        .await;
+        match res {
+            Ok(mut t) => {
+                // CL-21: a rotated refresh token replaces the old one; none new keeps the old.
+                if t.refresh_token.is_none() {
+                    t.refresh_token = Some(rt);
+                }
+                self.save_entry(&d, &t, st.requested.as_ref())?;
+                crate::progress("access token refreshed");
+                let at = t.access_token.clone();
+                st.tokens = Some(t);
+                Ok(Some(at))
+            }
+            Err(e) if e.is_invalid_grant() => {
+                // The refresh token is dead: forget it and log in again (no retry loop).
+                crate::progress("the refresh token was refused; a new login is needed");
+                self.cache.remove(TOKENS, &self.server_url)?;
+                st.tokens = None;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The registration to use at `d.issuer` without registering anew (`None`: DCR needed).
+    fn registration_for(&self, d: &Discovered) -> Result<Option<Registration>, ClientError> {
+        let cfg = &self.cfg.registration;
+        if cfg.client_id.is_some() || (cfg.client_metadata_url.is_some() && d.supports_cimd()) {
+            return Ok(Some(self.static_registration(d)));
+        }
+        let cached: Option<Registration> = self.cache.load(CLIENTS, d.issuer.as_str())?;
+        Ok(cached.filter(|r| r.issuer == d.issuer.as_str() && !r.expired(now())))
+    }
+
+    fn static_registration(&self, d: &Discovered) -> Registration {
+        let cfg = &self.cfg.registration;
+        match &cfg.client_id {
+            Some(id) => Registration {
+                issuer: d.issuer.as_str().to_owned(),
+                client_id: id.clone(),
+                client_secret: cfg.client_secret.clone(),
+                client_secret_expires_at: None,
+                auth_method: cfg.auth_method.unwrap_or(if cfg.private_key_pem.is_some() {
+                    registration::AuthMethod::PrivateKeyJwt
+                } else if cfg.client_secret.is_some() {
+                    registration::AuthMethod::ClientSecretBasic
+                } else {
+                    registration::AuthMethod::None
+                }),
+                redirect_uri: None,
+                source: Source::PreRegistered,
+                private_key_pem: cfg.private_key_pem.clone(),
+            },
+            None => Registration {
+                issuer: d.issuer.as_str().to_owned(),
+                client_id: cfg.client_metadata_url.clone().unwrap_or_default(),
+                client_secret: None,
+                client_secret_expires_at: None,
+                auth_method: registration::AuthMethod::None,
+                redirect_uri: None,
+                source: Source::MetadataDocument,
+                private_key_pem: None,
+            },
+        }
+    }
+
+    /// CL-10 / CL-11 / CL-22: the challenge's scope, else the PRM's `scopes_supported`, else
+    /// none; plus what was asked before (step-up keeps it), plus configured extras, plus
+    /// `offline_access` when the authorization server lists it.
+    fn choose_scope(
+        &self,
+        d: &Discovered,
+        challenge: Option<&BearerChallenge>,
+        previous: Option<&ScopeSet>,
+    ) -> Option<ScopeSet> {
+        let mut s = match challenge
+            .and_then(|c| c.scope.clone())
+            .filter(|s| !s.is_empty())
+        {
+            Some(s) => s,
+            None => ScopeSet::from_iter_strs(d.prm_scopes.iter().map(String::as_str))
+                .unwrap_or_default(),
+        };
+        if let Some(p) = previous {
+            s = s.union(p);
+        }
+        if let Some(x) = &self.cfg.extra_scope {
+            s = s.union(x);
+        }
+        if !s.is_empty()
+            && d.metadata
+                .scopes_supported
+                .iter()
+                .any(|x| x == "offline_access")
+        {
+            s = s.union(&ScopeSet::parse("offline_access").unwrap_or_default());
+        }
+        (!s.is_empty()).then_some(s)
+    }
+
+    /// A full authorization (discovery, registration, login or client_credentials).
+    /// `step_up` keeps the scopes asked for before (403 insufficient_scope).
+    pub async fn login(
+        &self,
+        challenge: Option<&BearerChallenge>,
+        step_up: bool,
+    ) -> Result<String, ClientError> {
+        let mut st = self.state.lock().await;
+        self.login_locked(&mut st, challenge, step_up).await
+    }
+
+    async fn login_locked(
+        &self,
+        st: &mut State,
+        challenge: Option<&BearerChallenge>,
+        step_up: bool,
+    ) -> Result<String, ClientError> {
+        if !self.cfg.interactive && !self.cfg.client_credentials {
+            return Err(ClientError::NotLoggedIn(self.server_url.clone()));
+        }
+        let _lock = self.cache.lock(&self.server_url).await?;
+        // Discovery runs again on every login: the server may have moved to another
+        // authorization server (CL-04), whose registration is its own.
+        let d = discovery::discover(&self.http, &self.server_url, challenge).await?;
+        st.discovered = Some(d.clone());
+        let previous = if step_up { st.requested.clone() } else { None };
+        let scope = self.choose_scope(&d, challenge, previous.as_ref());
+        let tokens = if self.cfg.client_credentials {
+            self.client_credentials(&d, scope.as_ref()).await?
+        } else {
+            self.code_flow(&d, scope.as_ref()).await?
+        };
+        self.save_entry(&d, &tokens, scope.as_ref())?;
+        crate::progress(format!(
+            "logged in to {} (authorization server {})",
+            self.server_url, d.issuer
+        ));
+        st.requested = scope;
+        let at = tokens.access_token.clone();
+        st.tokens = Some(tokens);
+        Ok(at)
+    }
+
+    async fn client_credentials(
+        &self,
+        d: &Discovered,
+        scope: Option<&ScopeSet>,
+    ) -> Result<TokenSet, ClientError> {
+        if self.cfg.registration.client_id.is_none() {
+            return Err(ClientError::Registration("client_credentials needs a pre-registered client (--client-id with a secret or key)".into()));
+        }
+        let reg = self.static_registration(d);
+        let mut params = vec![("grant_type", "client_credentials".to_owned())];
+        if let Some(s) = scope {
+            params.push(("scope", s.to_string()));
+        }
+        tokens::request(
+            &self.http,
+            TokenRequest {
+                endpoint: &d.token_endpoint,
+                issuer: d.issuer.as_str(),
+                registration: &reg,
+                params,
+                resource: &d.resource,
+                requested_scope: scope.map(ToString::to_string),
+            },
+        )
+        .await
+    }
+
+    async fn code_flow(
+        &self,
+        d: &Discovered,
+        scope: Option<&ScopeSet>,
+    ) -> Result<TokenSet, ClientError> {
+        let existing = self.registration_for(d)?;
+        // A dynamic registration is bound to its redirect port: reuse the port, or register anew
+        // when it is taken.
+        let wanted_port = existing
+            .as_ref()
+            .and_then(|r| r.redirect_uri.as_deref())
+            .and_then(|u| url::Url::parse(u).ok())
+            .and_then(|u| u.port())
+            .or(self.cfg.callback_port)
+            .unwrap_or(0);
+        let (listener, reg) = match (Listener::bind(wanted_port).await, existing) {
+            (Ok(l), Some(r)) => (l, r),
+            (bound, _) => {
+                let l = match bound {
+                    Ok(l) => l,
+                    Err(_) => Listener::bind(self.cfg.callback_port.unwrap_or(0)).await?,
+                };
+                let r = registration::register(
+                    &self.http,
+                    &self.cfg.registration,
+                    d,
+                    &l.redirect_uri(),
+                )
+                .await?;
+                if r.source == Source::Dynamic {
+                    self.cache.save(CLIENTS, d.issuer.as_str(), &r)?;
+                }
+                (l, r)
+            }
+        };
+        let res = login::authorize(
+            &self.http,
+            d,
+            &reg,
+            listener,
+            scope,
+            &self.cfg.opener,
+            self.cfg.login_timeout,
+        )
+        .await;
+        if let Err(ClientError::OAuth { error, .. }) = &res
+            && error == "invalid_client"
+            && reg.source == Source::Dynamic
+        {
+            // The server forgot us: the next login registers again.
+            let _ = self.cache.remove(CLIENTS, d.issuer.as_str());
+        }
+        res
+    }
+
+    /// CL-23: the server refused `sent`: refresh once (or take what another process already
+    /// refreshed). `None` when only a new login can help.
+    pub async fn refresh_after_refusal(&self, sent: &str) -> Result<Option<String>, ClientError> {
+        let mut st = self.state.lock().await;
+        st.tokens = None;
+        self.refresh_locked(&mut st, Some(sent)).await
+    }
+
+    /// CL-11: 403 insufficient_scope. A new authorization for the union of scopes, bounded by
+    /// `max_authorizations`.
+    pub async fn insufficient_scope(
+        &self,
+        challenge: &BearerChallenge,
+    ) -> Result<String, ClientError> {
+        let mut st = self.state.lock().await;
+        crate::progress(format!(
+            "the server needs more scope ({}); authorizing again",
+            challenge
+                .scope
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        ));
+        self.login_locked(&mut st, Some(challenge), true).await
+    }
+
+    /// Forgets this server's tokens, revoking the refresh token where the server allows it.
+    pub async fn logout(&self) -> Result<bool, ClientError> {
+        let _lock = self.cache.lock(&self.server_url).await?;
+        let Some(entry) = self.load_entry()? else {
+            return Ok(false);
+        };
+        if let Some(rt) = &entry.tokens.refresh_token
+            && let Ok(d) = discovery::discover(&self.http, &self.server_url, None).await
+            && d.issuer.as_str() == entry.issuer
+            && let (Some(endpoint), Ok(Some(reg))) = (
+                d.metadata.revocation_endpoint.clone(),
+                self.registration_for(&d),
+            )
+            && let Ok(endpoint) = crate::safety::check_endpoint("revocation_endpoint", &endpoint)
+        {
+            let r = tokens::revoke(&self.http, &endpoint, d.issuer.as_str(), &reg, rt).await;
+            if let Err(e) = r {
+                crate::progress(format!("could not revoke the refresh token: {e}"));
+            }
+        }
+        self.cache.remove(TOKENS, &self.server_url)
+    }
+}
