@@ -1,0 +1,392 @@
+//! Issue 4: Gatehouse's client end to end. A real MCP host (the TypeScript SDK's stdio client)
+//! talks stdio to `gatehouse connect`, which logs in to `gatehouse dev` through the real login
+//! and consent pages (a scripted browser started without a shell) and calls tools; a second run
+//! reuses the cached token with no login; when the token has expired, two bridges started together
+//! refresh it once. Plus `gatehouse token`/`logout`, and CVE-2025-6514: malicious authorization
+//! endpoints are refused and nothing is launched.
+mod common;
+
+use axum::routing::get;
+use common::*;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const USER: &str = "bridge-user";
+const PASSWORD: &str = "bridge-password-1";
+
+fn interop() -> PathBuf {
+    repo_root().join("interop")
+}
+
+struct Env {
+    home: PathBuf,
+    launches: PathBuf,
+}
+
+impl Env {
+    fn new(tag: &str) -> Self {
+        let base = std::env::temp_dir().join(format!("gatehouse-client-{tag}-{}", free_port()));
+        std::fs::create_dir_all(&base).expect("dir");
+        Self {
+            home: base.join("home"),
+            launches: base.join("launches.log"),
+        }
+    }
+
+    fn apply<'a>(&self, c: &'a mut Command) -> &'a mut Command {
+        c.env("GATEHOUSE_HOME", &self.home)
+            .env("GATEHOUSE_BROWSER", interop().join("login-browser.mjs"))
+            .env("LAUNCH_LOG", &self.launches)
+            .env("GH_USER", USER)
+            .env("GH_PASSWORD", PASSWORD)
+            .env_remove("GATEHOUSE_TOKEN_KEY")
+    }
+
+    fn launches(&self) -> usize {
+        std::fs::read_to_string(&self.launches)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn host(&self, url: &str) -> std::process::Child {
+        let mut c = Command::new("node");
+        self.apply(&mut c)
+            .current_dir(interop())
+            .arg("sdk-stdio-host.mjs")
+            .arg(env!("CARGO_BIN_EXE_gatehouse"))
+            .arg(url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c.spawn().expect("node")
+    }
+
+    fn token_file(&self) -> PathBuf {
+        let dir = self.home.join("tokens");
+        std::fs::read_dir(&dir)
+            .expect("tokens dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "json"))
+            .expect("a token file")
+    }
+}
+
+fn finish(child: std::process::Child) -> (Value, String) {
+    let out: Output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "host failed: {}\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    (serde_json::from_str(&line).expect("json line"), stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_stdio_host_through_connect_login_cache_and_single_flight_refresh() {
+    assert!(
+        interop()
+            .join("node_modules/@modelcontextprotocol/sdk")
+            .exists(),
+        "run scripts/setup"
+    );
+    let (_dev, port, _data) = gatehouse_dev_embedded(USER, PASSWORD);
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let env = Env::new("e2e");
+
+    // 1. First run: discovery, DCR, the browser login, token, tools.
+    let (v, stderr) = finish(env.host(&url));
+    assert_eq!(env.launches(), 1, "one login: {stderr}");
+    assert!(
+        v["tools"]
+            .as_array()
+            .expect("tools")
+            .contains(&json!("add"))
+    );
+    assert!(v["sum"].as_str().expect("sum").contains("42"), "{v}");
+    assert!(v["whoami"].as_str().expect("whoami").contains(USER), "{v}");
+    assert!(stderr.contains("logged in to"), "{stderr}");
+
+    // The cache is a private file holding no password; the bridge printed no token.
+    let file = env.token_file();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&file).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let cached: Value = serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("json");
+    let at = cached["tokens"]["access_token"]
+        .as_str()
+        .expect("at")
+        .to_owned();
+    let rt = cached["tokens"]["refresh_token"]
+        .as_str()
+        .expect("rt")
+        .to_owned();
+    assert!(!stderr.contains(&at) && !stderr.contains(&rt) && !stderr.contains(PASSWORD));
+
+    // 2. Second run: the cached token, no login.
+    let (v, stderr) = finish(env.host(&url));
+    assert_eq!(env.launches(), 1, "no second login: {stderr}");
+    assert!(v["sum"].as_str().expect("sum").contains("42"));
+    assert!(
+        !stderr.contains("logged in") && !stderr.contains("refreshed"),
+        "{stderr}"
+    );
+
+    // `gatehouse token` prints the cached token for scripts.
+    let mut c = gatehouse();
+    let out = env
+        .apply(&mut c)
+        .args(["token", &url])
+        .output()
+        .expect("token");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), at);
+
+    // 3. The access token has expired: two bridges started together refresh it once (the
+    //    cross-process lock), and neither logs in again.
+    let mut expired = cached.clone();
+    expired["tokens"]["expires_at"] = json!(1);
+    std::fs::write(&file, serde_json::to_vec(&expired).expect("json")).expect("write");
+    let (a, b) = (env.host(&url), env.host(&url));
+    let ((va, ea), (vb, eb)) = (finish(a), finish(b));
+    assert!(va["sum"].as_str().expect("sum").contains("42"));
+    assert!(vb["sum"].as_str().expect("sum").contains("42"));
+    let refreshes = format!("{ea}{eb}")
+        .matches("access token refreshed")
+        .count();
+    assert_eq!(refreshes, 1, "single-flight refresh:\n{ea}\n---\n{eb}");
+    assert_eq!(env.launches(), 1, "no login after an expiry");
+    let now: Value = serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("json");
+    let rt2 = now["tokens"]["refresh_token"].as_str().expect("rt");
+    assert_ne!(
+        rt2, rt,
+        "the rotated refresh token replaced the old one (CL-21)"
+    );
+
+    // 4. logout revokes the refresh token and forgets the tokens.
+    let reg_file = std::fs::read_dir(env.home.join("clients"))
+        .expect("clients dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("the dynamic registration is kept per issuer");
+    let reg: Value = serde_json::from_slice(&std::fs::read(reg_file).expect("read")).expect("json");
+    let client_id = reg["client_id"].as_str().expect("client_id").to_owned();
+    let mut c = gatehouse();
+    let out = env
+        .apply(&mut c)
+        .args(["logout", &url])
+        .output()
+        .expect("logout");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!file.exists());
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", rt2),
+            ("client_id", client_id.as_str()),
+        ])
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(r.status(), 400, "the refresh token no longer works");
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"], "invalid_grant");
+    let mut c = gatehouse();
+    let out = env
+        .apply(&mut c)
+        .args(["token", &url])
+        .output()
+        .expect("token");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gatehouse login"));
+}
+
+/// A protected-resource and authorization-server pair on loopback whose metadata carries
+/// `authorization_endpoint`.
+async fn hostile_server(authorization_endpoint: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!(
+        "http://127.0.0.1:{}",
+        listener.local_addr().expect("addr").port()
+    );
+    let b = base.clone();
+    let b2 = base.clone();
+    let app = axum::Router::new()
+        .route(
+            "/mcp",
+            axum::routing::post(move || {
+                let b = b.clone();
+                async move {
+                    (
+                        axum::http::StatusCode::UNAUTHORIZED,
+                        [(
+                            "www-authenticate",
+                            format!(
+                                "Bearer resource_metadata=\"{b}/.well-known/oauth-protected-resource/mcp\""
+                            ),
+                        )],
+                    )
+                }
+            }),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(move || {
+                let b = b2.clone();
+                async move { axum::Json(json!({"resource": format!("{b}/mcp"), "authorization_servers": [b]})) }
+            }),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get({
+                let b = base.clone();
+                move || {
+                    let b = b.clone();
+                    async move {
+                        axum::Json(json!({
+                            "issuer": b,
+                            "authorization_endpoint": authorization_endpoint,
+                            "token_endpoint": format!("{b}/token"),
+                            "registration_endpoint": format!("{b}/register"),
+                            "code_challenge_methods_supported": ["S256"],
+                        }))
+                    }
+                }
+            }),
+        )
+        .route(
+            "/register",
+            axum::routing::post(|| async {
+                (
+                    axum::http::StatusCode::CREATED,
+                    axum::Json(json!({"client_id": "c1", "token_endpoint_auth_method": "none"})),
+                )
+            }),
+        );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("{base}/mcp")
+}
+
+fn login_with_marker(url: &str, marker: &Path, home: &Path) -> Output {
+    // The "browser" would create the marker if it were ever started.
+    let browser = marker.with_extension("sh");
+    std::fs::write(
+        &browser,
+        format!("#!/bin/sh\ntouch '{}'\n", marker.display()),
+    )
+    .expect("write");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    gatehouse()
+        .env("GATEHOUSE_HOME", home)
+        .env("GATEHOUSE_BROWSER", &browser)
+        .args(["login", url])
+        .output()
+        .expect("login")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cl25_cve_2025_6514_malicious_authorization_endpoints_are_refused_and_nothing_launches() {
+    let dir = std::env::temp_dir().join(format!("gatehouse-cve-{}", free_port()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let pwned = dir.join("pwned");
+    for (i, endpoint) in [
+        "javascript:alert(document.cookie)",
+        "file:///etc/passwd",
+        "$(touch /tmp/gatehouse-pwned)",
+        "https://evil.example/authorize?x=`touch${IFS}/tmp/gatehouse-pwned`",
+        "https://evil.example/a\"&calc.exe&\"",
+        "http://auth.example.com/authorize",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let url = hostile_server(endpoint).await;
+        let marker = dir.join(format!("launched-{i}"));
+        let out = tokio::task::spawn_blocking({
+            let (url, marker, home) = (url.clone(), marker.clone(), dir.join(format!("home-{i}")));
+            move || login_with_marker(&url, &marker, &home)
+        })
+        .await
+        .expect("join");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{endpoint:?} must be refused");
+        assert!(
+            stderr.contains("refusing authorization_endpoint"),
+            "{endpoint:?}: {stderr}"
+        );
+        assert!(!marker.exists(), "{endpoint:?}: a browser was launched");
+    }
+    assert!(!pwned.exists() && !Path::new("/tmp/gatehouse-pwned").exists());
+
+    // Control: the same server with an honest https endpoint does launch the browser program,
+    // so the assertions above are not vacuous.
+    let url = hostile_server("https://auth.example.com/authorize").await;
+    let marker = dir.join("launched-control");
+    let out = tokio::task::spawn_blocking({
+        let (url, marker, home) = (url, marker.clone(), dir.join("home-control"));
+        move || login_with_marker_timeout(&url, &marker, &home)
+    })
+    .await;
+    assert!(out.is_ok());
+    assert!(
+        marker.exists(),
+        "the control login started the browser program"
+    );
+}
+
+/// Like `login_with_marker`, for a login that would wait for a redirect forever: stopped once
+/// the browser program has been started.
+fn login_with_marker_timeout(url: &str, marker: &Path, home: &Path) {
+    let browser = marker.with_extension("sh");
+    std::fs::write(
+        &browser,
+        format!("#!/bin/sh\ntouch '{}'\n", marker.display()),
+    )
+    .expect("write");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let mut child = gatehouse()
+        .env("GATEHOUSE_HOME", home)
+        .env("GATEHOUSE_BROWSER", &browser)
+        .args(["login", url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("login");
+    for _ in 0..100 {
+        if marker.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
