@@ -13,6 +13,9 @@ const port = Number(process.argv[2] || 4000);
 // Upstream-IdP mode (for Gatehouse's enterprise sign-in): a confidential code client whose
 // redirect URI is UPSTREAM_REDIRECT, the development login page, email and groups claims.
 const upstreamRedirect = process.env.UPSTREAM_REDIRECT;
+// Device-flow mode (for Gatehouse's client): a public client for the device authorization grant
+// (RFC 8628), with the development login pages for the user step.
+const deviceFlow = Boolean(process.env.DEVICE_FLOW);
 const issuer = `http://127.0.0.1:${port}`;
 const SCOPES = 'mcp:basic notes:write';
 
@@ -51,6 +54,14 @@ const provider = new Provider(issuer, {
       token_endpoint_auth_method: 'client_secret_basic',
       id_token_signed_response_alg: 'ES256',
     }] : []),
+    ...(deviceFlow ? [{
+      client_id: 'gatehouse-device',
+      grant_types: ['urn:ietf:params:oauth:grant-type:device_code'],
+      redirect_uris: [],
+      response_types: [],
+      token_endpoint_auth_method: 'none',
+      id_token_signed_response_alg: 'ES256',
+    }] : []),
   ],
   jwks: { keys: [jwk] },
   scopes: upstreamRedirect ? [...SCOPES.split(' '), 'openid', 'email', 'groups'] : SCOPES.split(' '),
@@ -64,7 +75,8 @@ const provider = new Provider(issuer, {
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
-    devInteractions: { enabled: Boolean(upstreamRedirect) },
+    devInteractions: { enabled: Boolean(upstreamRedirect) || deviceFlow },
+    deviceFlow: { enabled: deviceFlow },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => undefined,

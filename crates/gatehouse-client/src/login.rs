@@ -190,3 +190,88 @@ pub async fn authorize(
     )
     .await
 }
+
+/// RFC 8628 device authorization grant: for hosts with no browser. The user opens the
+/// verification URI anywhere (it is printed, and handed to the opener, which never uses a shell)
+/// and enters the code; the client polls the token endpoint as the server paces it.
+pub async fn device(
+    http: &reqwest::Client,
+    d: &Discovered,
+    reg: &Registration,
+    scope: Option<&ScopeSet>,
+    opener: &Opener,
+    timeout: Duration,
+) -> Result<TokenSet, ClientError> {
+    let endpoint = d
+        .metadata
+        .extra
+        .get("device_authorization_endpoint")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| {
+            ClientError::Authorization(format!(
+                "{} does not offer the device authorization grant",
+                d.issuer
+            ))
+        })?;
+    let endpoint = crate::safety::check_endpoint("device_authorization_endpoint", endpoint)?;
+    let mut params = vec![];
+    if let Some(s) = scope.filter(|s| !s.is_empty()) {
+        params.push(("scope", s.to_string()));
+    }
+    let v = tokens::form_post(http, &endpoint, d.issuer.as_str(), reg, params, &d.resource).await?;
+    let field = |k: &str| {
+        v[k].as_str().map(str::to_owned).ok_or_else(|| {
+            ClientError::Authorization(format!("device authorization answer without {k}"))
+        })
+    };
+    let device_code = field("device_code")?;
+    let user_code = field("user_code")?;
+    let verification_uri = field("verification_uri")?;
+    crate::safety::check_endpoint("verification_uri", &verification_uri)?;
+    let complete = v["verification_uri_complete"].as_str().map(str::to_owned);
+    let mut interval = v["interval"].as_u64().unwrap_or(5).max(1);
+    let expires = v["expires_in"].as_u64().unwrap_or(600);
+    crate::progress(format!(
+        "to log in, visit {verification_uri} and enter the code {user_code}"
+    ));
+    if let Some(c) = &complete {
+        // The same checks as an authorization URL; a refused one is only printed above.
+        if let Err(e) = opener.open(c, "").await {
+            crate::progress(e);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(expires).min(timeout);
+    loop {
+        tokio::time::sleep(Duration::from_secs(interval)).await;
+        if tokio::time::Instant::now() > deadline {
+            return Err(ClientError::Authorization(
+                "the device code expired before the login finished".into(),
+            ));
+        }
+        let res = tokens::request(
+            http,
+            TokenRequest {
+                endpoint: &d.token_endpoint,
+                issuer: d.issuer.as_str(),
+                registration: reg,
+                params: vec![
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:device_code".into(),
+                    ),
+                    ("device_code", device_code.clone()),
+                ],
+                resource: &d.resource,
+                requested_scope: scope.map(ToString::to_string),
+            },
+        )
+        .await;
+        match res {
+            Ok(t) => return Ok(t),
+            Err(ClientError::OAuth { error, .. }) if error == "authorization_pending" => {}
+            // RFC 8628 §3.5: slow down by 5 seconds, for this and every later request.
+            Err(ClientError::OAuth { error, .. }) if error == "slow_down" => interval += 5,
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -61,6 +61,8 @@ impl Opener {
                 spawn(p.as_os_str(), &[], url);
                 Ok(())
             }
+            // Without a redirect to deliver (device grant) there is nothing to follow.
+            Self::Headless if redirect_uri.is_empty() => Ok(()),
             Self::Headless => follow(url, redirect_uri).await,
         }
     }

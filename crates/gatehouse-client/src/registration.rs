@@ -80,6 +80,8 @@ pub struct RegistrationConfig {
     pub private_key_pem: Option<String>,
     /// An https URL whose document describes this client (CIMD).
     pub client_metadata_url: Option<String>,
+    /// Register for the device authorization grant (RFC 8628) as well.
+    pub device: bool,
 }
 
 /// Picks how to identify the client at `d.issuer`. `redirect_uri` is what DCR registers.
@@ -158,10 +160,14 @@ async fn dcr(
             d.issuer
         )));
     };
+    let mut grants = vec!["authorization_code", "refresh_token"];
+    if cfg.device {
+        grants.push("urn:ietf:params:oauth:grant-type:device_code");
+    }
     let body = serde_json::json!({
         "client_name": cfg.client_name,
         "redirect_uris": [redirect_uri],
-        "grant_types": ["authorization_code", "refresh_token"],
+        "grant_types": grants,
         "response_types": ["code"],
         "token_endpoint_auth_method": method,
         "application_type": "native",

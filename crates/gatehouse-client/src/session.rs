@@ -326,8 +326,16 @@ impl Session {
         st.discovered = Some(d.clone());
         let previous = if step_up { st.requested.clone() } else { None };
         let scope = self.choose_scope(&d, challenge, previous.as_ref());
+        let device_offered = d
+            .metadata
+            .extra
+            .contains_key("device_authorization_endpoint");
         let tokens = if self.cfg.client_credentials {
             self.client_credentials(&d, scope.as_ref()).await?
+        } else if self.cfg.registration.device
+            || (matches!(self.cfg.opener, Opener::PrintOnly) && device_offered)
+        {
+            self.device_flow(&d, scope.as_ref()).await?
         } else {
             self.code_flow(&d, scope.as_ref()).await?
         };
@@ -365,6 +373,36 @@ impl Session {
                 resource: &d.resource,
                 requested_scope: scope.map(ToString::to_string),
             },
+        )
+        .await
+    }
+
+    async fn device_flow(
+        &self,
+        d: &Discovered,
+        scope: Option<&ScopeSet>,
+    ) -> Result<TokenSet, ClientError> {
+        let reg = match self.registration_for(d)? {
+            Some(r) => r,
+            None => {
+                // DCR still wants a redirect URI; the device grant never uses it.
+                let l = Listener::bind(0).await?;
+                let mut cfg = self.cfg.registration.clone();
+                cfg.device = true;
+                let r = registration::register(&self.http, &cfg, d, &l.redirect_uri()).await?;
+                if r.source == Source::Dynamic {
+                    self.cache.save(CLIENTS, d.issuer.as_str(), &r)?;
+                }
+                r
+            }
+        };
+        login::device(
+            &self.http,
+            d,
+            &reg,
+            scope,
+            &self.cfg.opener,
+            self.cfg.login_timeout,
         )
         .await
     }

@@ -154,16 +154,17 @@ pub async fn revoke(
     }
 }
 
-/// Sends a token request and parses the answer.
-pub async fn request(http: &reqwest::Client, r: TokenRequest<'_>) -> Result<TokenSet, ClientError> {
-    let mut form = r.params;
-    form.push(("resource", r.resource.to_owned()));
-    let req = authenticate(
-        http.post(r.endpoint.clone()),
-        &mut form,
-        r.registration,
-        r.issuer,
-    )?;
+/// POSTs an authenticated form (with `resource`) and returns the JSON answer, or the OAuth error.
+pub(crate) async fn form_post(
+    http: &reqwest::Client,
+    endpoint: &url::Url,
+    issuer: &str,
+    reg: &Registration,
+    mut form: Vec<(&'static str, String)>,
+    resource: &str,
+) -> Result<serde_json::Value, ClientError> {
+    form.push(("resource", resource.to_owned()));
+    let req = authenticate(http.post(endpoint.clone()), &mut form, reg, issuer)?;
     let resp = req
         .header("accept", "application/json")
         .form(&form)
@@ -172,18 +173,36 @@ pub async fn request(http: &reqwest::Client, r: TokenRequest<'_>) -> Result<Toke
     let status = resp.status();
     let v: serde_json::Value = resp.json().await.unwrap_or_default();
     if !status.is_success() {
-        return Err(ClientError::OAuth {
-            error: v["error"]
-                .as_str()
-                .unwrap_or("server_error")
-                .chars()
-                .take(64)
-                .collect(),
-            description: v["error_description"]
-                .as_str()
-                .map(|d| d.chars().take(300).collect()),
-        });
+        return Err(oauth_error(&v));
     }
+    Ok(v)
+}
+
+fn oauth_error(v: &serde_json::Value) -> ClientError {
+    ClientError::OAuth {
+        error: v["error"]
+            .as_str()
+            .unwrap_or("server_error")
+            .chars()
+            .take(64)
+            .collect(),
+        description: v["error_description"]
+            .as_str()
+            .map(|d| d.chars().take(300).collect()),
+    }
+}
+
+/// Sends a token request and parses the answer.
+pub async fn request(http: &reqwest::Client, r: TokenRequest<'_>) -> Result<TokenSet, ClientError> {
+    let v = form_post(
+        http,
+        r.endpoint,
+        r.issuer,
+        r.registration,
+        r.params,
+        r.resource,
+    )
+    .await?;
     parse_response(&v, r.requested_scope)
 }
 

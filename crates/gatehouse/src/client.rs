@@ -38,6 +38,10 @@ pub(crate) struct ClientArgs {
     /// Machine login with client_credentials (needs --client-id with a secret or key).
     #[arg(long)]
     client_credentials: bool,
+    /// Log in with the device authorization grant (RFC 8628): a code to enter on any device.
+    /// Chosen by itself with --no-browser when the authorization server offers it.
+    #[arg(long)]
+    device: bool,
     /// Where tokens are kept (default $GATEHOUSE_HOME or ~/.local/state/gatehouse).
     #[arg(long, env = "GATEHOUSE_HOME")]
     home: Option<std::path::PathBuf>,
@@ -57,6 +61,7 @@ impl ClientArgs {
         cfg.registration.client_id = self.client_id.clone();
         cfg.registration.client_secret = self.client_secret.clone();
         cfg.registration.client_metadata_url = self.client_metadata_url.clone();
+        cfg.registration.device = self.device;
         if let Some(f) = &self.client_key_file {
             cfg.registration.private_key_pem =
                 Some(std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}"))?);

@@ -390,3 +390,43 @@ fn login_with_marker_timeout(url: &str, marker: &Path, home: &Path) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// RFC 8628 device authorization grant, for hosts with no browser, against the real
+/// oidc-provider: the client prints the code, hands the verification URL to the "browser" (here
+/// a script that confirms the code and signs in through oidc-provider's pages), polls, and the
+/// token it keeps is accepted by the guarded server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_authorization_grant_with_oidc_provider() {
+    let op_port = free_port();
+    let _op = oidc_provider_with(op_port, &[("DEVICE_FLOW", "1")]);
+    let issuer = format!("http://127.0.0.1:{op_port}");
+    let (_dev, url) = gatehouse_dev(&issuer);
+    let env = Env::new("device");
+    let mut c = gatehouse();
+    env.apply(&mut c)
+        .env("GATEHOUSE_BROWSER", interop().join("device-approve.mjs"))
+        .args(["login", &url, "--client-id", "gatehouse-device", "--device"]);
+    let out = tokio::task::spawn_blocking(move || c.output().expect("login"))
+        .await
+        .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("enter the code"), "{stderr}");
+    assert_eq!(env.launches(), 1);
+    let mut c = gatehouse();
+    let out = env
+        .apply(&mut c)
+        .args(["token", &url])
+        .output()
+        .expect("token");
+    assert!(out.status.success());
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let claims = jwt_claims(&token);
+    assert_eq!(
+        claims["aud"],
+        json!(url),
+        "audience-bound to the server (CL-09)"
+    );
+    assert_eq!(mcp_initialize_status(&url, &token).await, 200);
+    assert!(!stderr.contains(&token));
+}
