@@ -1,10 +1,14 @@
 //! Tokens and registrations on disk, shared by every process of the same user.
 //!
 //! Files are written atomically (temporary file, fsync, rename) with mode 0600 in a 0700 folder.
-//! With a key configured (`GATEHOUSE_TOKEN_KEY`, 32 bytes in base64, or `GATEHOUSE_TOKEN_KEY_FILE`)
-//! they are sealed with AES-256-GCM, bound to their own name so one file cannot be swapped for
-//! another. Without a key, what protects them is the file mode: any process running as the same
-//! user can read them (the same as an SSH key without a passphrase).
+//! They are sealed with AES-256-GCM, bound to their own name so one file cannot be swapped for
+//! another, when a key is available, from the first of: `GATEHOUSE_TOKEN_KEY` (32 bytes in
+//! base64), `GATEHOUSE_TOKEN_KEY_FILE`, or the OS keyring (macOS Keychain, Windows Credential
+//! Manager, the Secret Service on Linux desktops), where a random key is created on first use
+//! (`GATEHOUSE_KEYRING=off` skips it). The tokens stay in files so that any size fits and every
+//! platform behaves alike; the keyring holds only the key. Without any key (headless Linux, CI,
+//! containers: no Secret Service), what protects them is the file mode alone: any process running
+//! as the same user can read them, as with an SSH key without a passphrase.
 //!
 //! Refreshes are single-flight across processes: a per-server lock file (`flock`) is held from
 //! "is the token still fresh?" to "new tokens saved", so two bridges sharing an account refresh
@@ -17,6 +21,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const SEALED: &str = "gatehouse-sealed-v1:";
+/// The folder of per-server token files (see `session.rs`).
+const TOKENS_DIR: &str = "tokens";
 
 pub struct TokenCache {
     dir: PathBuf,
@@ -66,6 +72,78 @@ pub fn default_dir() -> Result<PathBuf, ClientError> {
         .ok_or_else(|| ClientError::Cache("no HOME; set GATEHOUSE_HOME".into()))
 }
 
+/// The sealing key from the OS keyring, created there on first use. `None` when there is no
+/// keyring (reported once on stderr) or it is turned off.
+#[cfg(feature = "keyring")]
+fn keyring_key(dir: &Path) -> Option<[u8; 32]> {
+    if std::env::var("GATEHOUSE_KEYRING").is_ok_and(|v| v == "off") {
+        return None;
+    }
+    let store = match platform_store() {
+        Ok(s) => s,
+        Err(e) => {
+            // Said once, when the cache is first created, not on every run.
+            if !dir.join(TOKENS_DIR).exists() {
+                crate::progress(format!(
+                    "no OS keyring ({e}); tokens are protected by file permissions only (see GATEHOUSE_TOKEN_KEY)"
+                ));
+            }
+            return None;
+        }
+    };
+    let entry = keyring_core::Entry::new_in_store(
+        &store,
+        "gatehouse",
+        &format!("token-cache-key:{}", dir.display()),
+    )
+    .ok()?;
+    match entry.get_secret() {
+        Ok(k) => k.try_into().ok(),
+        Err(keyring_core::Error::NoEntry) => {
+            let mut k = [0u8; 32];
+            rand::fill(&mut k);
+            entry.set_secret(&k).ok()?;
+            Some(k)
+        }
+        Err(e) => {
+            crate::progress(format!(
+                "the OS keyring refused ({e}); tokens are protected by file permissions only"
+            ));
+            None
+        }
+    }
+}
+
+#[cfg(not(feature = "keyring"))]
+fn keyring_key(_dir: &Path) -> Option<[u8; 32]> {
+    None
+}
+
+#[cfg(all(feature = "keyring", target_os = "linux"))]
+fn platform_store() -> keyring_core::Result<std::sync::Arc<keyring_core::CredentialStore>> {
+    Ok(zbus_secret_service_keyring_store::Store::new()?)
+}
+
+#[cfg(all(feature = "keyring", target_os = "macos"))]
+fn platform_store() -> keyring_core::Result<std::sync::Arc<keyring_core::CredentialStore>> {
+    Ok(apple_native_keyring_store::keychain::Store::new()?)
+}
+
+#[cfg(all(feature = "keyring", windows))]
+fn platform_store() -> keyring_core::Result<std::sync::Arc<keyring_core::CredentialStore>> {
+    Ok(windows_native_keyring_store::Store::new()?)
+}
+
+#[cfg(all(
+    feature = "keyring",
+    not(any(target_os = "linux", target_os = "macos", windows))
+))]
+fn platform_store() -> keyring_core::Result<std::sync::Arc<keyring_core::CredentialStore>> {
+    Err(keyring_core::Error::NotSupportedByStore(
+        "no keyring on this platform".into(),
+    ))
+}
+
 fn create_private_dir(p: &Path) -> Result<(), ClientError> {
     let mut b = std::fs::DirBuilder::new();
     b.recursive(true);
@@ -91,7 +169,7 @@ impl TokenCache {
             (None, Some(f)) => Some(parse_key(
                 &std::fs::read_to_string(&f).map_err(|e| err("GATEHOUSE_TOKEN_KEY_FILE", e))?,
             )?),
-            (None, None) => None,
+            (None, None) => keyring_key(&dir),
         };
         Self::with_key(dir, key)
     }

@@ -430,3 +430,59 @@ async fn device_authorization_grant_with_oidc_provider() {
     assert_eq!(mcp_initialize_status(&url, &token).await, 200);
     assert!(!stderr.contains(&token));
 }
+
+/// Tokens sealed with a key kept in the OS keyring: a real Secret Service (gnome-keyring on a
+/// private D-Bus session, installed by scripts/setup). The token file holds no token in the
+/// clear, and without the keyring it cannot be opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cl21_tokens_sealed_with_a_key_from_the_os_keyring() {
+    let (_dev, port, _data) = gatehouse_dev_embedded(USER, PASSWORD);
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let env = Env::new("keyring");
+    let home = env.home.parent().expect("base").join("user-home");
+    std::fs::create_dir_all(&home).expect("home");
+    // One D-Bus session: unlock a fresh keyring, log in, read the token back twice (with the
+    // keyring, and with it turned off).
+    let script = r#"set -e
+echo -n keyring-test-pass | gnome-keyring-daemon --unlock --components=secrets >/dev/null
+"$GH" login "$URL" 2>"$OUT/login.err"
+"$GH" token "$URL" >"$OUT/token.txt"
+GATEHOUSE_KEYRING=off "$GH" token "$URL" >/dev/null 2>"$OUT/nokeyring.err" && echo opened-without-keyring >"$OUT/nokeyring.err" || true
+"#;
+    let out_dir = env.home.parent().expect("base").to_path_buf();
+    let mut c = Command::new("dbus-run-session");
+    env.apply(&mut c)
+        .env("HOME", &home)
+        .env("GH", env!("CARGO_BIN_EXE_gatehouse"))
+        .env("URL", &url)
+        .env("OUT", &out_dir)
+        .args(["--", "sh", "-c", script]);
+    let out = tokio::task::spawn_blocking(move || {
+        c.output()
+            .expect("dbus-run-session (scripts/setup installs it)")
+    })
+    .await
+    .expect("join");
+    let read = |f: &str| std::fs::read_to_string(out_dir.join(f)).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        read("login.err")
+    );
+    assert!(
+        !read("login.err").contains("no OS keyring"),
+        "{}",
+        read("login.err")
+    );
+    let token = read("token.txt").trim().to_owned();
+    assert_eq!(jwt_claims(&token)["aud"], json!(url));
+    let raw = std::fs::read_to_string(env.token_file()).expect("token file");
+    assert!(raw.starts_with("gatehouse-sealed-v1:"), "sealed");
+    assert!(!raw.contains(&token), "no token in the clear");
+    assert!(
+        read("nokeyring.err").contains("sealed"),
+        "without the keyring the file cannot be opened: {}",
+        read("nokeyring.err")
+    );
+}
