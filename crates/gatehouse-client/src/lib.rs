@@ -14,6 +14,7 @@
 pub mod bridge;
 pub mod cache;
 pub mod discovery;
+pub mod dpop;
 mod error;
 pub mod login;
 pub mod opener;
@@ -24,7 +25,7 @@ pub mod tokens;
 pub mod transport;
 
 pub use error::ClientError;
-pub use session::{ClientConfig, Session};
+pub use session::{AssertionSource, ClientConfig, Session};
 
 /// Progress for the person at the terminal: always stderr, never a secret.
 pub(crate) fn progress(msg: impl std::fmt::Display) {

@@ -130,15 +130,22 @@ pub fn check_response(
 }
 
 /// Runs one authorization: opens the URL, waits for the redirect, redeems the code.
+/// How a login reaches the user, how long it waits, and the DPoP key tokens are bound to.
+pub struct LoginOptions<'a> {
+    pub opener: &'a Opener,
+    pub timeout: Duration,
+    pub dpop: Option<&'a crate::dpop::DpopKey>,
+}
+
 pub async fn authorize(
     http: &reqwest::Client,
     d: &Discovered,
     reg: &Registration,
     listener: Listener,
     scope: Option<&ScopeSet>,
-    opener: &Opener,
-    timeout: Duration,
+    opts: &LoginOptions<'_>,
 ) -> Result<TokenSet, ClientError> {
+    let (opener, timeout, dpop) = (opts.opener, opts.timeout, opts.dpop);
     let redirect_uri = listener.redirect_uri();
     let verifier = PkceVerifier::generate();
     let state = random_b64(32);
@@ -186,6 +193,7 @@ pub async fn authorize(
             ],
             resource: &d.resource,
             requested_scope: scope.map(ToString::to_string),
+            dpop,
         },
     )
     .await
@@ -199,9 +207,9 @@ pub async fn device(
     d: &Discovered,
     reg: &Registration,
     scope: Option<&ScopeSet>,
-    opener: &Opener,
-    timeout: Duration,
+    opts: &LoginOptions<'_>,
 ) -> Result<TokenSet, ClientError> {
+    let (opener, timeout, dpop) = (opts.opener, opts.timeout, opts.dpop);
     let endpoint = d
         .metadata
         .extra
@@ -218,7 +226,16 @@ pub async fn device(
     if let Some(s) = scope.filter(|s| !s.is_empty()) {
         params.push(("scope", s.to_string()));
     }
-    let v = tokens::form_post(http, &endpoint, d.issuer.as_str(), reg, params, &d.resource).await?;
+    let v = tokens::form_post(
+        http,
+        &endpoint,
+        d.issuer.as_str(),
+        reg,
+        params,
+        &d.resource,
+        None,
+    )
+    .await?;
     let field = |k: &str| {
         v[k].as_str().map(str::to_owned).ok_or_else(|| {
             ClientError::Authorization(format!("device authorization answer without {k}"))
@@ -263,6 +280,7 @@ pub async fn device(
                 ],
                 resource: &d.resource,
                 requested_scope: scope.map(ToString::to_string),
+                dpop,
             },
         )
         .await;

@@ -35,6 +35,11 @@ pub fn check_endpoint(what: &'static str, raw: &str) -> Result<url::Url, ClientE
             "contains characters a URL may not carry unescaped (spaces, quotes, shell metacharacters, control or non-ASCII characters)",
         ));
     }
+    // Legal in a URL but the stuff of command injection (T4); no authorization server needs them
+    // unescaped, so refusing is cheap insurance on top of never using a shell.
+    if raw.contains(';') || raw.contains("$(") {
+        return Err(refuse("contains shell metacharacters (`;` or `$(`)"));
+    }
     let u = url::Url::parse(raw).map_err(|e| refuse(&format!("not a URL: {e}")))?;
     match u.scheme() {
         "https" => {}
@@ -85,6 +90,8 @@ mod tests {
             "https://auth.example.com/$(touch${IFS}/tmp/pwned)",
             "https://auth.example.com/`id`",
             "https://auth.example.com/a|calc.exe",
+            "https://auth.example.com/a;calc.exe",
+            "https://auth.example.com/$(id)",
             "https://auth.example.com/\"&calc.exe",
             "https://auth.example.com/a\ncalc",
             "https://user:pw@auth.example.com/authorize",

@@ -2,12 +2,14 @@
 use crate::ClientError;
 use crate::cache::TokenCache;
 use crate::discovery::{self, Discovered};
+use crate::dpop::DpopKey;
 use crate::login::{self, Listener};
 use crate::opener::Opener;
 use crate::registration::{self, Registration, RegistrationConfig, Source};
 use crate::tokens::{self, TokenRequest, TokenSet, now};
 use gatehouse_core::{BearerChallenge, ScopeSet};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Seconds before expiry at which a token counts as stale and is refreshed.
@@ -28,6 +30,37 @@ pub struct ClientConfig {
     pub interactive: bool,
     /// Machine client: `client_credentials` instead of a user login (needs a secret or a key).
     pub client_credentials: bool,
+    /// Machine client with an identity assertion: the RFC 7523 JWT-bearer grant.
+    pub assertion: Option<AssertionSource>,
+}
+
+/// Where a JWT-bearer assertion comes from.
+#[derive(Clone)]
+pub enum AssertionSource {
+    /// Workload identity federation (SEP-1933): a JWT the platform gives the workload (read from
+    /// a file at each use, since platforms rotate it).
+    Jwt(String),
+    /// A file holding that JWT.
+    JwtFile(std::path::PathBuf),
+    /// Enterprise-managed authorization (SEP-990): the enterprise IdP exchanges the user's ID
+    /// token (RFC 8693) for an identity assertion grant (ID-JAG) for this authorization server
+    /// and resource.
+    IdJag {
+        idp_token_endpoint: String,
+        idp_client_id: String,
+        idp_client_secret: Option<String>,
+        id_token: String,
+    },
+}
+
+impl std::fmt::Debug for AssertionSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Jwt(_) => "Jwt(..)",
+            Self::JwtFile(_) => "JwtFile(..)",
+            Self::IdJag { .. } => "IdJag(..)",
+        })
+    }
 }
 
 impl Default for ClientConfig {
@@ -44,6 +77,7 @@ impl Default for ClientConfig {
             max_authorizations: 3,
             interactive: true,
             client_credentials: false,
+            assertion: None,
         }
     }
 }
@@ -62,6 +96,23 @@ struct State {
     discovered: Option<Discovered>,
     tokens: Option<TokenSet>,
     requested: Option<ScopeSet>,
+    /// The parsed DPoP key of `tokens` (PKCS#8 base64 and key).
+    dpop: Option<(String, Arc<DpopKey>)>,
+}
+
+/// A fresh DPoP key when the authorization server binds tokens with ES256 (RFC 9449).
+fn new_dpop_key(d: &Discovered) -> Result<Option<Arc<DpopKey>>, ClientError> {
+    let offered = d
+        .metadata
+        .extra
+        .get("dpop_signing_alg_values_supported")
+        .and_then(|v| v.as_array())
+        .is_some_and(|a| a.iter().any(|x| x == "ES256"));
+    Ok(if offered {
+        Some(Arc::new(DpopKey::generate()?))
+    } else {
+        None
+    })
 }
 
 pub struct Session {
@@ -185,6 +236,13 @@ impl Session {
         let Some(reg) = self.registration_for(&d)? else {
             return Ok(None);
         };
+        // A DPoP-bound refresh token must be used with the key it is bound to.
+        let refresh_key = entry
+            .tokens
+            .dpop_key
+            .as_deref()
+            .map(DpopKey::from_b64)
+            .transpose()?;
         let res = tokens::request(
             &self.http,
             TokenRequest {
@@ -197,6 +255,7 @@ impl Session {
                 ],
                 resource: &d.resource,
                 requested_scope: entry.tokens.scope.clone(),
+                dpop: refresh_key.as_ref(),
             },
         )
         .await;
@@ -316,7 +375,7 @@ impl Session {
         challenge: Option<&BearerChallenge>,
         step_up: bool,
     ) -> Result<String, ClientError> {
-        if !self.cfg.interactive && !self.cfg.client_credentials {
+        if !self.cfg.interactive && !self.cfg.client_credentials && self.cfg.assertion.is_none() {
             return Err(ClientError::NotLoggedIn(self.server_url.clone()));
         }
         let _lock = self.cache.lock(&self.server_url).await?;
@@ -330,7 +389,9 @@ impl Session {
             .metadata
             .extra
             .contains_key("device_authorization_endpoint");
-        let tokens = if self.cfg.client_credentials {
+        let tokens = if let Some(src) = &self.cfg.assertion {
+            self.jwt_bearer(&d, src, scope.as_ref()).await?
+        } else if self.cfg.client_credentials {
             self.client_credentials(&d, scope.as_ref()).await?
         } else if self.cfg.registration.device
             || (matches!(self.cfg.opener, Opener::PrintOnly) && device_offered)
@@ -350,11 +411,30 @@ impl Session {
         Ok(at)
     }
 
+    /// The DPoP key `token` is bound to, if it is a DPoP token of this session.
+    pub async fn dpop_for(&self, token: &str) -> Option<Arc<DpopKey>> {
+        let mut st = self.state.lock().await;
+        let b64 = st
+            .tokens
+            .as_ref()
+            .filter(|t| t.access_token == token)
+            .and_then(|t| t.dpop_key.clone())?;
+        if let Some((k, key)) = &st.dpop
+            && *k == b64
+        {
+            return Some(key.clone());
+        }
+        let key = Arc::new(DpopKey::from_b64(&b64).ok()?);
+        st.dpop = Some((b64, key.clone()));
+        Some(key)
+    }
+
     async fn client_credentials(
         &self,
         d: &Discovered,
         scope: Option<&ScopeSet>,
     ) -> Result<TokenSet, ClientError> {
+        let dpop = new_dpop_key(d)?;
         if self.cfg.registration.client_id.is_none() {
             return Err(ClientError::Registration("client_credentials needs a pre-registered client (--client-id with a secret or key)".into()));
         }
@@ -372,6 +452,113 @@ impl Session {
                 params,
                 resource: &d.resource,
                 requested_scope: scope.map(ToString::to_string),
+                dpop: dpop.as_deref(),
+            },
+        )
+        .await
+    }
+
+    /// RFC 7523 JWT-bearer grant. Errors are surfaced as they are: no retry, no other grant.
+    async fn jwt_bearer(
+        &self,
+        d: &Discovered,
+        src: &AssertionSource,
+        scope: Option<&ScopeSet>,
+    ) -> Result<TokenSet, ClientError> {
+        let dpop = new_dpop_key(d)?;
+        let assertion = match src {
+            AssertionSource::Jwt(j) => j.clone(),
+            AssertionSource::JwtFile(p) => std::fs::read_to_string(p)
+                .map_err(|e| ClientError::Authorization(format!("{}: {e}", p.display())))?
+                .trim()
+                .to_owned(),
+            AssertionSource::IdJag {
+                idp_token_endpoint,
+                idp_client_id,
+                idp_client_secret,
+                id_token,
+            } => {
+                let endpoint =
+                    crate::safety::check_endpoint("IdP token endpoint", idp_token_endpoint)?;
+                let idp = Registration {
+                    issuer: String::new(),
+                    client_id: idp_client_id.clone(),
+                    client_secret: idp_client_secret.clone(),
+                    client_secret_expires_at: None,
+                    auth_method: if idp_client_secret.is_some() {
+                        registration::AuthMethod::ClientSecretBasic
+                    } else {
+                        registration::AuthMethod::None
+                    },
+                    redirect_uri: None,
+                    source: Source::PreRegistered,
+                    private_key_pem: None,
+                };
+                let mut params = vec![
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:token-exchange".to_owned(),
+                    ),
+                    (
+                        "requested_token_type",
+                        "urn:ietf:params:oauth:token-type:id-jag".to_owned(),
+                    ),
+                    ("audience", d.issuer.as_str().to_owned()),
+                    ("subject_token", id_token.clone()),
+                    (
+                        "subject_token_type",
+                        "urn:ietf:params:oauth:token-type:id_token".to_owned(),
+                    ),
+                ];
+                if let Some(s) = scope {
+                    params.push(("scope", s.to_string()));
+                }
+                let v = tokens::form_post(
+                    &self.http,
+                    &endpoint,
+                    idp_token_endpoint,
+                    &idp,
+                    params,
+                    &d.resource,
+                    None,
+                )
+                .await?;
+                v["access_token"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        ClientError::Authorization("the IdP returned no identity assertion".into())
+                    })?
+            }
+        };
+        let reg = match &self.cfg.registration.client_id {
+            Some(_) => self.static_registration(d),
+            None => {
+                return Err(ClientError::Registration(
+                    "the JWT-bearer grant needs a client_id (--client-id)".into(),
+                ));
+            }
+        };
+        let mut params = vec![
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:jwt-bearer".to_owned(),
+            ),
+            ("assertion", assertion),
+        ];
+        if let Some(s) = scope {
+            params.push(("scope", s.to_string()));
+        }
+        tokens::request(
+            &self.http,
+            TokenRequest {
+                endpoint: &d.token_endpoint,
+                issuer: d.issuer.as_str(),
+                registration: &reg,
+                params,
+                resource: &d.resource,
+                requested_scope: scope.map(ToString::to_string),
+                dpop: dpop.as_deref(),
             },
         )
         .await
@@ -396,13 +583,17 @@ impl Session {
                 r
             }
         };
+        let dpop = new_dpop_key(d)?;
         login::device(
             &self.http,
             d,
             &reg,
             scope,
-            &self.cfg.opener,
-            self.cfg.login_timeout,
+            &login::LoginOptions {
+                opener: &self.cfg.opener,
+                timeout: self.cfg.login_timeout,
+                dpop: dpop.as_deref(),
+            },
         )
         .await
     }
@@ -442,14 +633,18 @@ impl Session {
                 (l, r)
             }
         };
+        let dpop = new_dpop_key(d)?;
         let res = login::authorize(
             &self.http,
             d,
             &reg,
             listener,
             scope,
-            &self.cfg.opener,
-            self.cfg.login_timeout,
+            &login::LoginOptions {
+                opener: &self.cfg.opener,
+                timeout: self.cfg.login_timeout,
+                dpop: dpop.as_deref(),
+            },
         )
         .await;
         if let Err(ClientError::OAuth { error, .. }) = &res

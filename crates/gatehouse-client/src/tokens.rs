@@ -20,6 +20,10 @@ pub struct TokenSet {
     pub refresh_token: Option<String>,
     /// The granted scope, if the server said; else the requested one.
     pub scope: Option<String>,
+    /// For a DPoP-bound token: the key it is bound to (PKCS#8, base64url). Kept with the tokens
+    /// because the refresh token is bound to it too.
+    #[serde(default)]
+    pub dpop_key: Option<String>,
 }
 
 impl std::fmt::Debug for TokenSet {
@@ -50,6 +54,8 @@ pub struct TokenRequest<'a> {
     pub resource: &'a str,
     /// What was asked for, kept when the response does not name a scope.
     pub requested_scope: Option<String>,
+    /// Request a DPoP-bound token with this key (RFC 9449).
+    pub dpop: Option<&'a crate::dpop::DpopKey>,
 }
 
 fn form_encode(s: &str) -> String {
@@ -162,20 +168,49 @@ pub(crate) async fn form_post(
     reg: &Registration,
     mut form: Vec<(&'static str, String)>,
     resource: &str,
+    dpop: Option<&crate::dpop::DpopKey>,
 ) -> Result<serde_json::Value, ClientError> {
     form.push(("resource", resource.to_owned()));
-    let req = authenticate(http.post(endpoint.clone()), &mut form, reg, issuer)?;
-    let resp = req
-        .header("accept", "application/json")
-        .form(&form)
-        .send()
-        .await?;
-    let status = resp.status();
-    let v: serde_json::Value = resp.json().await.unwrap_or_default();
-    if !status.is_success() {
+    let mut nonce: Option<String> = None;
+    // At most one retry: when the server asks for a DPoP nonce (RFC 9449 §8).
+    for _ in 0..2 {
+        // Client assertions are single-use: a retry builds a fresh one.
+        let mut f = form.clone();
+        let mut req = authenticate(http.post(endpoint.clone()), &mut f, reg, issuer)?;
+        if let Some(k) = dpop {
+            req = req.header(
+                "dpop",
+                k.proof("POST", endpoint.as_str(), None, nonce.as_deref())?,
+            );
+        }
+        let resp = req
+            .header("accept", "application/json")
+            .form(&f)
+            .send()
+            .await?;
+        let status = resp.status();
+        let server_nonce = resp
+            .headers()
+            .get("dpop-nonce")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let v: serde_json::Value = resp.json().await.unwrap_or_default();
+        if status.is_success() {
+            return Ok(v);
+        }
+        if dpop.is_some()
+            && nonce.is_none()
+            && v["error"] == "use_dpop_nonce"
+            && server_nonce.is_some()
+        {
+            nonce = server_nonce;
+            continue;
+        }
         return Err(oauth_error(&v));
     }
-    Ok(v)
+    Err(ClientError::Authorization(
+        "the server kept asking for a new DPoP nonce".into(),
+    ))
 }
 
 fn oauth_error(v: &serde_json::Value) -> ClientError {
@@ -201,9 +236,16 @@ pub async fn request(http: &reqwest::Client, r: TokenRequest<'_>) -> Result<Toke
         r.registration,
         r.params,
         r.resource,
+        r.dpop,
     )
     .await?;
-    parse_response(&v, r.requested_scope)
+    let mut t = parse_response(&v, r.requested_scope, r.dpop.is_some())?;
+    if t.dpop_key.is_some()
+        && let Some(k) = r.dpop
+    {
+        t.dpop_key = Some(k.to_b64());
+    }
+    Ok(t)
 }
 
 /// CL-28: unknown fields ignored, `token_type` compared without case, `expires_in` optional, the
@@ -211,6 +253,7 @@ pub async fn request(http: &reqwest::Client, r: TokenRequest<'_>) -> Result<Toke
 pub fn parse_response(
     v: &serde_json::Value,
     requested_scope: Option<String>,
+    sent_dpop: bool,
 ) -> Result<TokenSet, ClientError> {
     let access_token = v["access_token"]
         .as_str()
@@ -219,9 +262,10 @@ pub fn parse_response(
             ClientError::Authorization("no access_token in the token response".into())
         })?;
     let token_type = v["token_type"].as_str().unwrap_or_default();
-    if !token_type.eq_ignore_ascii_case("bearer") {
+    let dpop = sent_dpop && token_type.eq_ignore_ascii_case("dpop");
+    if !token_type.eq_ignore_ascii_case("bearer") && !dpop {
         return Err(ClientError::Authorization(format!(
-            "token_type {token_type:?} is not supported (Bearer only)"
+            "token_type {token_type:?} is not supported"
         )));
     }
     Ok(TokenSet {
@@ -229,6 +273,8 @@ pub fn parse_response(
         expires_at: v["expires_in"].as_i64().map(|s| now() + s),
         refresh_token: v["refresh_token"].as_str().map(str::to_owned),
         scope: v["scope"].as_str().map(str::to_owned).or(requested_scope),
+        // Filled in with the key by `request`; a marker here.
+        dpop_key: dpop.then(String::new),
     })
 }
 
@@ -241,6 +287,7 @@ mod tests {
         let t = parse_response(
             &serde_json::json!({"access_token": "a", "token_type": "bearer", "x": 1, "scope": "s1"}),
             Some("s1 s2".into()),
+            false,
         )
         .expect("accepted");
         assert_eq!(t.scope.as_deref(), Some("s1"), "the granted scope wins");
@@ -248,10 +295,11 @@ mod tests {
         assert!(
             parse_response(
                 &serde_json::json!({"access_token": "a", "token_type": "DPoP"}),
-                None
+                None,
+                false
             )
             .is_err()
         );
-        assert!(parse_response(&serde_json::json!({"token_type": "Bearer"}), None).is_err());
+        assert!(parse_response(&serde_json::json!({"token_type": "Bearer"}), None, false).is_err());
     }
 }

@@ -14,6 +14,22 @@ pub struct McpHttp {
     url: String,
     mcp_session: std::sync::Mutex<Option<String>>,
     protocol_version: std::sync::Mutex<Option<String>>,
+    /// The latest `DPoP-Nonce` the server gave.
+    rs_nonce: std::sync::Mutex<Option<String>>,
+}
+
+/// A `DPoP error="use_dpop_nonce"` challenge.
+fn dpop_nonce_challenge(resp: &reqwest::Response) -> bool {
+    let values: Vec<&str> = resp
+        .headers()
+        .get_all(reqwest::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    Challenge::parse_all(values.iter().copied()).is_ok_and(|cs| {
+        cs.iter()
+            .any(|c| c.is_scheme("dpop") && c.param("error") == Some("use_dpop_nonce"))
+    })
 }
 
 /// The Bearer challenge in a response, if any (CL-01).
@@ -40,6 +56,7 @@ impl McpHttp {
                 .build()?,
             mcp_session: std::sync::Mutex::new(None),
             protocol_version: std::sync::Mutex::new(None),
+            rs_nonce: std::sync::Mutex::new(None),
         })
     }
 
@@ -57,14 +74,25 @@ impl McpHttp {
         self.mcp_session.lock().ok().and_then(|s| s.clone())
     }
 
-    fn decorate(
+    async fn decorate(
         &self,
         mut req: reqwest::RequestBuilder,
+        method: &str,
         token: Option<&str>,
-    ) -> reqwest::RequestBuilder {
+    ) -> Result<reqwest::RequestBuilder, ClientError> {
         // CL-12: the token goes in the header on every request, never in the URL.
         if let Some(t) = token {
-            req = req.bearer_auth(t);
+            match self.session.dpop_for(t).await {
+                // RFC 9449 §7.1: the DPoP scheme and a fresh proof bound to this token.
+                Some(key) => {
+                    let nonce = self.rs_nonce.lock().ok().and_then(|n| n.clone());
+                    req = req.header("authorization", format!("DPoP {t}")).header(
+                        "dpop",
+                        key.proof(method, &self.url, Some(t), nonce.as_deref())?,
+                    );
+                }
+                None => req = req.bearer_auth(t),
+            }
         }
         if let Some(s) = self.mcp_session_id() {
             req = req.header("mcp-session-id", s);
@@ -72,7 +100,7 @@ impl McpHttp {
         if let Some(v) = self.protocol_version.lock().ok().and_then(|p| p.clone()) {
             req = req.header("mcp-protocol-version", v);
         }
-        req
+        Ok(req)
     }
 
     /// 2026-07-28: `Mcp-Method` and `Mcp-Name` mirror the body of a single message.
@@ -116,7 +144,7 @@ impl McpHttp {
         let extra = self.method_headers(&body);
         let mut token = self.session.current_token().await?;
         let mut authorizations = 0u8;
-        let (mut tried_refresh, mut logged_in) = (false, false);
+        let (mut tried_refresh, mut logged_in, mut nonce_retried) = (false, false, false);
         loop {
             let mut req = self
                 .http
@@ -127,7 +155,28 @@ impl McpHttp {
             for (k, v) in &extra {
                 req = req.header(*k, v);
             }
-            let resp = self.decorate(req, token.as_deref()).send().await?;
+            let resp = self
+                .decorate(req, "POST", token.as_deref())
+                .await?
+                .send()
+                .await?;
+            let server_nonce = resp
+                .headers()
+                .get("dpop-nonce")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            // RFC 9449 §9: the resource server wants a nonce in the proof; retry once with it.
+            let nonce_asked =
+                resp.status() == reqwest::StatusCode::UNAUTHORIZED && dpop_nonce_challenge(&resp);
+            if let Some(n) = server_nonce
+                && let Ok(mut slot) = self.rs_nonce.lock()
+            {
+                *slot = Some(n);
+            }
+            if nonce_asked && !nonce_retried {
+                nonce_retried = true;
+                continue;
+            }
             if let Some(id) = resp
                 .headers()
                 .get("mcp-session-id")
@@ -184,8 +233,12 @@ impl McpHttp {
             return;
         }
         let token = self.session.current_token().await.ok().flatten();
-        let req = self.decorate(self.http.delete(&self.url), token.as_deref());
-        let _ = req.send().await;
+        if let Ok(req) = self
+            .decorate(self.http.delete(&self.url), "DELETE", token.as_deref())
+            .await
+        {
+            let _ = req.send().await;
+        }
     }
 }
 

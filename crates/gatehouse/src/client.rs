@@ -38,6 +38,10 @@ pub(crate) struct ClientArgs {
     /// Machine login with client_credentials (needs --client-id with a secret or key).
     #[arg(long)]
     client_credentials: bool,
+    /// Machine login with the JWT-bearer grant (RFC 7523) using the workload identity token in
+    /// this file (workload identity federation); needs --client-id.
+    #[arg(long)]
+    assertion_file: Option<std::path::PathBuf>,
     /// Log in with the device authorization grant (RFC 8628): a code to enter on any device.
     /// Chosen by itself with --no-browser when the authorization server offers it.
     #[arg(long)]
@@ -62,6 +66,10 @@ impl ClientArgs {
         cfg.registration.client_secret = self.client_secret.clone();
         cfg.registration.client_metadata_url = self.client_metadata_url.clone();
         cfg.registration.device = self.device;
+        cfg.assertion = self
+            .assertion_file
+            .clone()
+            .map(gatehouse_client::AssertionSource::JwtFile);
         if let Some(f) = &self.client_key_file {
             cfg.registration.private_key_pem =
                 Some(std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}"))?);
@@ -266,6 +274,21 @@ pub(crate) fn conformance(url: &str) -> ExitCode {
             cfg.registration.auth_method = Some(AuthMethod::PrivateKeyJwt);
         }
         cfg.client_credentials = scenario.starts_with("auth/client-credentials");
+    }
+    if let (Some(endpoint), Some(idp_client_id), Some(id_token)) = (
+        s("idp_token_endpoint"),
+        s("idp_client_id"),
+        s("idp_id_token"),
+    ) {
+        cfg.assertion = Some(gatehouse_client::AssertionSource::IdJag {
+            idp_token_endpoint: endpoint,
+            idp_client_id,
+            idp_client_secret: None,
+            id_token,
+        });
+    }
+    if let Some(jwt) = s("valid_jwt") {
+        cfg.assertion = Some(gatehouse_client::AssertionSource::Jwt(jwt));
     }
     let Some(rt) = crate::runtime() else {
         return ExitCode::FAILURE;

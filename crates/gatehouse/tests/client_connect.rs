@@ -301,12 +301,24 @@ fn login_with_marker(url: &str, marker: &Path, home: &Path) -> Output {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
-    gatehouse()
+    // A login that was not refused would wait for a redirect: stop it after a while, so a
+    // regression fails fast instead of hanging.
+    let mut child = gatehouse()
         .env("GATEHOUSE_HOME", home)
         .env("GATEHOUSE_BROWSER", &browser)
         .args(["login", url])
-        .output()
-        .expect("login")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("login");
+    for _ in 0..300 {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait_with_output().expect("login output")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,6 +332,8 @@ async fn cl25_cve_2025_6514_malicious_authorization_endpoints_are_refused_and_no
         "$(touch /tmp/gatehouse-pwned)",
         "https://evil.example/authorize?x=`touch${IFS}/tmp/gatehouse-pwned`",
         "https://evil.example/a\"&calc.exe&\"",
+        "https://evil.example/authorize;calc.exe",
+        "https://evil.example/$(id)",
         "http://auth.example.com/authorize",
     ]
     .into_iter()

@@ -1,15 +1,12 @@
 //! Issue 4: the official MCP conformance suite's client auth scenarios, with Gatehouse's client
 //! (`conformance/client` → `gatehouse conformance-client`, the library `gatehouse connect` uses)
 //! as the client under test: every `auth/*` scenario of the newest release (0.1.16) and of the
-//! newest 0.2 alpha, one at a time, with no expected-failures list. Not run: the extension
-//! scenarios this client does not implement (enterprise-managed authorization / cross-app
-//! access, DPoP, workload identity); see the README.
+//! newest 0.2 alpha (extensions included: client credentials, enterprise-managed authorization,
+//! workload identity, DPoP), one at a time, with no expected-failures list and nothing skipped.
 mod common;
 
 use common::*;
 use std::process::Command;
-
-const NOT_IMPLEMENTED: &str = "cross-app-access|enterprise-managed|dpop|wif-jwt-bearer";
 
 fn run_suite(dir: &str) {
     let root = repo_root();
@@ -21,7 +18,6 @@ fn run_suite(dir: &str) {
     );
     let out = Command::new(root.join("conformance/run-client-auth.sh"))
         .arg(dir)
-        .arg(NOT_IMPLEMENTED)
         .env("GATEHOUSE_BIN", env!("CARGO_BIN_EXE_gatehouse"))
         .current_dir(&root)
         .output()
@@ -34,7 +30,8 @@ fn run_suite(dir: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
     let passed = stdout.lines().filter(|l| l.starts_with("pass ")).count();
-    assert!(passed >= 20, "too few scenarios ran: {passed}\n{stdout}");
+    assert!(passed >= 22, "too few scenarios ran: {passed}\n{stdout}");
+    assert!(!stdout.contains("skip "), "{stdout}");
 }
 
 #[test]
