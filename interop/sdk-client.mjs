@@ -106,6 +106,9 @@ const provider = {
       application_type: 'native',
     };
   },
+  // A Client ID Metadata Document URL (https) when GH_CIMD_URL is set: the SDK then uses it as
+  // the client_id instead of registering, where the server supports it.
+  ...(process.env.GH_CIMD_URL ? { clientMetadataUrl: process.env.GH_CIMD_URL } : {}),
   clientInformation: () => store.client,
   saveClientInformation: (c) => { store.client = c; log({ step: 'registered', client_id: c.client_id }); },
   tokens: () => store.tokens,
@@ -117,7 +120,7 @@ const provider = {
   codeVerifier: () => store.verifier,
   redirectToAuthorization: async (url) => {
     store.authorizations += 1;
-    log({ step: 'authorize', scope: url.searchParams.get('scope'), resource: url.searchParams.get('resource'), pkce: url.searchParams.get('code_challenge_method') });
+    log({ step: 'authorize', client_id: url.searchParams.get('client_id'), scope: url.searchParams.get('scope'), resource: url.searchParams.get('resource'), pkce: url.searchParams.get('code_challenge_method') });
     const got = new Promise((r) => { codeWaiter = r; });
     await (mode === 'chromium' ? chromiumBrowser(url) : fetchBrowser(url));
     pendingCode = await got;

@@ -64,6 +64,9 @@ pub struct FetchPolicy {
     /// over plain http too. Meant for `gatehouse dev` and tests with a local authorization
     /// server; anything that is not loopback is rejected when the fetcher is built.
     pub dangerous_allow_loopback: Vec<String>,
+    /// Extra trust anchors (PEM), added to the platform's: for operators whose client metadata
+    /// documents or identity providers sit behind a private certificate authority.
+    pub extra_roots_pem: Option<Vec<u8>>,
 }
 
 impl Default for FetchPolicy {
@@ -74,6 +77,7 @@ impl Default for FetchPolicy {
             connect_timeout: Duration::from_secs(5),
             max_redirects: 0,
             dangerous_allow_loopback: Vec::new(),
+            extra_roots_pem: None,
         }
     }
 }
@@ -290,7 +294,18 @@ impl Fetcher {
                 }
             })
         };
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &policy.extra_roots_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| FetchError::Config(format!("extra CA certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(FetchError::Config(
+                    "extra CA file holds no PEM certificate".into(),
+                ));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let client = builder
             .dns_resolver(Arc::new(resolver))
             .no_proxy()
             .redirect(redirect)

@@ -2,7 +2,7 @@
 use crate::config::Config;
 use crate::demo::DemoServer;
 use gatehouse_core::{Clock, Resource, ScopeSet, SecretString, SystemClock};
-use gatehouse_fetch::{FetchPolicy, Fetcher};
+use gatehouse_fetch::Fetcher;
 use gatehouse_guard::{ApiKey, Guard, GuardConfig};
 use gatehouse_tokens::{
     AccessTokenValidator, IntrospectionConfig, IntrospectionValidator, JwtValidator,
@@ -26,11 +26,7 @@ pub(crate) struct App {
 pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let resource = cfg.resource()?;
-    let fetcher = Fetcher::new(FetchPolicy {
-        dangerous_allow_loopback: cfg.dangerous.allow_loopback_fetch.clone(),
-        ..FetchPolicy::default()
-    })
-    .map_err(|e| e.to_string())?;
+    let fetcher = Fetcher::new(cfg.fetch_policy()?).map_err(|e| e.to_string())?;
     let g = &cfg.guard;
     let issuers: Vec<TrustedIssuer> = g
         .authorization_servers

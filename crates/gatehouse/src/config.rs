@@ -76,8 +76,28 @@ pub(crate) struct Config {
     /// Run the embedded authorization server on the same listener.
     #[serde(default)]
     pub(crate) authorization_server: Option<AuthServerSection>,
+    /// Extra CA certificates (a PEM file) trusted for outbound https, besides the platform's:
+    /// for identity providers or client metadata documents behind a private PKI.
+    #[serde(default)]
+    pub(crate) trusted_ca_file: Option<String>,
     #[serde(default)]
     pub(crate) dangerous: Dangerous,
+}
+
+impl Config {
+    /// The policy for every outbound fetch (metadata, JWKS, client documents, the IdP).
+    pub(crate) fn fetch_policy(&self) -> Result<gatehouse_fetch::FetchPolicy, String> {
+        let extra_roots_pem = self
+            .trusted_ca_file
+            .as_deref()
+            .map(|f| std::fs::read(f).map_err(|e| format!("trusted_ca_file {f}: {e}")))
+            .transpose()?;
+        Ok(gatehouse_fetch::FetchPolicy {
+            dangerous_allow_loopback: self.dangerous.allow_loopback_fetch.clone(),
+            extra_roots_pem,
+            ..gatehouse_fetch::FetchPolicy::default()
+        })
+    }
 }
 
 fn yes() -> bool {

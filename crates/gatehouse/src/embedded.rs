@@ -2,7 +2,7 @@
 use crate::Embedded;
 use crate::config::Config;
 use gatehouse_core::{SecretString, SystemClock};
-use gatehouse_fetch::{FetchPolicy, Fetcher};
+use gatehouse_fetch::Fetcher;
 use gatehouse_server::{
     AuthServer, AuthServerConfig, KeyEncryptionKey, ResourceEntry, UpstreamIdp,
 };
@@ -74,11 +74,7 @@ pub(crate) async fn build(cfg: &Config) -> Result<Option<Embedded>, String> {
     });
     // Metadata documents and the identity provider are fetched with the strict policy (https,
     // public addresses) plus only the loopback exceptions the operator named as dangerous.
-    let fetcher = Fetcher::new(FetchPolicy {
-        dangerous_allow_loopback: cfg.dangerous.allow_loopback_fetch.clone(),
-        ..FetchPolicy::default()
-    })
-    .map_err(|e| e.to_string())?;
+    let fetcher = Fetcher::new(cfg.fetch_policy()?).map_err(|e| e.to_string())?;
     let tenants = cfg.tenant_issuers()?;
     let mut router = axum::Router::new();
     let mut banner = Vec::new();

@@ -259,6 +259,7 @@ pub(crate) fn dev_config(listen: SocketAddr, issuer: Issuer) -> Result<Config, S
             ip_allow: vec![],
         },
         authorization_server: None,
+        trusted_ca_file: None,
         dangerous: Dangerous {
             allow_loopback_fetch: allow,
         },

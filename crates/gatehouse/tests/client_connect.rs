@@ -134,6 +134,57 @@ async fn sdk_stdio_host_through_connect_login_cache_and_single_flight_refresh() 
         .to_owned();
     assert!(!stderr.contains(&at) && !stderr.contains(&rt) && !stderr.contains(PASSWORD));
 
+    // 2026-07-28 refresh-token rules (CL-22, AS-31, RS-20): the authorization server lists
+    // `offline_access`, the protected resource does not; the client asked for it, got a refresh
+    // token, and the access token does not carry it as a permission.
+    let http = reqwest::Client::new();
+    let get = |u: String| {
+        let http = http.clone();
+        async move {
+            http.get(u)
+                .send()
+                .await
+                .expect("get")
+                .json::<Value>()
+                .await
+                .expect("json")
+        }
+    };
+    let as_meta = get(format!(
+        "http://127.0.0.1:{port}/.well-known/oauth-authorization-server"
+    ))
+    .await;
+    let prm = get(format!(
+        "http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp"
+    ))
+    .await;
+    assert!(
+        as_meta["scopes_supported"]
+            .as_array()
+            .expect("as scopes")
+            .contains(&json!("offline_access"))
+    );
+    assert!(
+        !prm["scopes_supported"]
+            .as_array()
+            .expect("prm scopes")
+            .contains(&json!("offline_access"))
+    );
+    let launched = std::fs::read_to_string(&env.launches).expect("launch log");
+    let auth_url = url::Url::parse(launched.lines().next().expect("a launch")).expect("url");
+    let asked = auth_url
+        .query_pairs()
+        .find(|(k, _)| k == "scope")
+        .map(|(_, v)| v.into_owned())
+        .expect("scope");
+    assert!(asked.split(' ').any(|s| s == "offline_access"), "{asked}");
+    assert!(asked.split(' ').any(|s| s == "mcp:basic"), "{asked}");
+    let at_scope = jwt_claims(&at)["scope"].as_str().expect("scope").to_owned();
+    assert!(
+        !at_scope.split(' ').any(|s| s == "offline_access"),
+        "{at_scope}"
+    );
+
     // 2. Second run: the cached token, no login.
     let (v, stderr) = finish(env.host(&url));
     assert_eq!(env.launches(), 1, "no second login: {stderr}");

@@ -440,3 +440,202 @@ async fn as29_killed_mid_request_loses_no_issued_token() {
         assert_eq!(r.0, 200, "an issued refresh token was lost: {}", r.1);
     }
 }
+
+/// Issue 3, "Done when" (CIMD with a real client): the unmodified TypeScript SDK registers by
+/// Client ID Metadata Document. The document is served over https by a separate loopback server
+/// whose certificate comes from a private CA the operator trusts (`trusted_ca_file`); the
+/// authorization server fetches it through the SSRF-safe fetcher (that one loopback authority
+/// excepted as `dangerous`), and the SDK logs in, calls tools, refreshes and steps up with the
+/// document URL as its client_id (AS-16 … AS-22).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as16_cimd_registration_with_the_typescript_sdk_over_https() {
+    let port = free_port();
+    let doc_port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let dir = std::env::temp_dir().join(format!("gatehouse-cimd-{port}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // A private CA and a leaf certificate for 127.0.0.1 signed by it.
+    let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let (cert, key, csr, ext) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("leaf.csr"),
+        dir.join("leaf.ext"),
+    );
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    let p = |s: &std::path::Path| s.display().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for args in [
+        [
+            &["req", "-x509"][..],
+            &ec[..],
+            &[
+                "-days",
+                "1",
+                "-subj",
+                "/CN=Gatehouse test CA",
+                "-keyout",
+                &p(&ca_key),
+                "-out",
+                &p(&ca),
+            ][..],
+        ]
+        .concat(),
+        [
+            &["req"][..],
+            &ec[..],
+            &[
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                &p(&key),
+                "-out",
+                &p(&csr),
+            ][..],
+        ]
+        .concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            &p(&csr),
+            "-CA",
+            &p(&ca),
+            "-CAkey",
+            &p(&ca_key),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &p(&ext),
+            "-out",
+            &p(&cert),
+        ],
+    ] {
+        let out = Command::new("openssl")
+            .args(&args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let doc_url = format!("https://127.0.0.1:{doc_port}/client.json");
+    let doc = json!({
+        "client_id": doc_url,
+        "client_name": "SDK via metadata document",
+        "redirect_uris": ["http://127.0.0.1/callback"],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+    });
+    let mut host = Command::new("node");
+    host.current_dir(repo_root().join("interop"))
+        .env("DOC", doc.to_string())
+        .arg("https-doc.mjs")
+        .arg(doc_port.to_string())
+        .arg(&cert)
+        .arg(&key);
+    let docs = Proc::start(host, "READY");
+
+    let db = format!("sqlite://{}/as.db", dir.display());
+    let cfg = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\n  scopes_supported: [mcp:basic, notes:write]\n  tool_scopes: {{notes_add: [notes:write]}}\nauthorization_server:\n  database: {db}\ntrusted_ca_file: {}\ndangerous:\n  allow_loopback_fetch: ['127.0.0.1:{doc_port}']\n",
+            ca.display()
+        ),
+    )
+    .expect("config");
+    let out = gatehouse()
+        .env("GATEHOUSE_PASSWORD", "cimd-pass-1")
+        .args(["admin", "--db", &db, "users", "add", "carol"])
+        .output()
+        .expect("admin");
+    assert!(out.status.success());
+    let mut cmd = gatehouse();
+    cmd.args(["serve", "--config"]).arg(&cfg);
+    let server = Proc::start(cmd, "ready");
+    let meta: Value = reqwest::get(format!("{base}/.well-known/oauth-authorization-server"))
+        .await
+        .expect("meta")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(meta["client_id_metadata_document_supported"], true);
+
+    let out = tokio::task::spawn_blocking({
+        let base = base.clone();
+        let doc_url = doc_url.clone();
+        move || {
+            Command::new("node")
+                .current_dir(repo_root().join("interop"))
+                .env("GH_USER", "carol")
+                .env("GH_PASSWORD", "cimd-pass-1")
+                .env("GH_CIMD_URL", &doc_url)
+                .arg("sdk-client.mjs")
+                .arg(format!("{base}/mcp"))
+                .output()
+                .expect("node")
+        }
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "SDK client failed:\n{stdout}\n{}\nserver:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.all_output()
+    );
+    let steps: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let authorizations: Vec<&Value> = steps.iter().filter(|s| s["step"] == "authorize").collect();
+    assert!(!authorizations.is_empty(), "{stdout}");
+    for a in &authorizations {
+        assert_eq!(
+            a["client_id"],
+            json!(doc_url),
+            "the document URL is the client_id"
+        );
+    }
+    assert!(steps.iter().any(|s| s["step"] == "refreshed"), "{stdout}");
+    assert!(
+        docs.stdout
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|l| l.contains("served /client.json")),
+        "the authorization server fetched the document"
+    );
+    // No dynamic registration happened: the only client is the document.
+    let out = gatehouse()
+        .args(["admin", "--db", &db, "clients", "list"])
+        .output()
+        .expect("admin");
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.lines().all(|l| !l.contains("\tdcr\t")),
+        "no dynamic registration: {list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&format!("{doc_url}\tcimd"))),
+        "the document's client is known as such: {list}"
+    );
+}
