@@ -2,12 +2,14 @@
 # Benchmark (not a test): token-endpoint throughput for code exchange and refresh rotation,
 # Gatehouse (release build, `gatehouse dev`, SQLite) against oidc-provider (npm, in-memory) on
 # this machine in the same run. Last line: `code_exchange/oidc-provider=R refresh/oidc-provider=R`.
-#   N=5000 CONNECTIONS=16 bench/token-endpoint.sh
+#   N=40000 DURATION=2 CONNECTIONS=16 bench/token-endpoint.sh   (load generator: wrk, installed if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HOME:-/root}/.cache/gatehouse/target}"
 scripts/setup >/dev/null
 (cd bench && { [ -d node_modules/autocannon ] || npm ci --no-audit --no-fund --loglevel=error; })
+# wrk (C, epoll) is the load generator: on 2 cores a Node generator takes a core the servers need.
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 cargo build --release --locked -p gatehouse >&2
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 GH_PORT=$(free_port); OP_PORT=$(free_port)
