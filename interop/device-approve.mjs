@@ -4,19 +4,11 @@
 // code, signs in and consents by submitting each page's form, as a person would.
 // env: LAUNCH_LOG (one line per launch).
 import { appendFileSync } from 'node:fs';
+import { cookieFetch } from './cookie-fetch.mjs';
 
 const start = process.argv[2];
 if (process.env.LAUNCH_LOG) appendFileSync(process.env.LAUNCH_LOG, `${start}\n`);
-const jar = new Map();
-async function go(url, init = {}) {
-  const r = await fetch(url, { ...init, redirect: 'manual', headers: { ...(init.headers ?? {}), cookie: [...jar].map(([k, v]) => `${k}=${v}`).join('; ') } });
-  for (const c of r.headers.getSetCookie()) {
-    const [pair] = c.split(';');
-    const i = pair.indexOf('=');
-    jar.set(pair.slice(0, i).trim(), pair.slice(i + 1).trim());
-  }
-  return { url, status: r.status, location: r.headers.get('location'), body: await r.text() };
-}
+const go = cookieFetch();
 let page = await go(start);
 for (let i = 0; i < 20; i += 1) {
   if (page.location) {

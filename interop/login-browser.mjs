@@ -5,19 +5,11 @@
 // client's loopback listener, as a browser would.
 // env: GH_USER, GH_PASSWORD; LAUNCH_LOG (a file that gets one line per launch, for assertions).
 import { appendFileSync } from 'node:fs';
+import { cookieFetch } from './cookie-fetch.mjs';
 
 const start = process.argv[2];
 if (process.env.LAUNCH_LOG) appendFileSync(process.env.LAUNCH_LOG, `${start}\n`);
-const jar = new Map();
-async function go(url, init = {}) {
-  const r = await fetch(url, { ...init, redirect: 'manual', headers: { ...(init.headers ?? {}), cookie: [...jar].map(([k, v]) => `${k}=${v}`).join('; ') } });
-  for (const c of r.headers.getSetCookie()) {
-    const [pair] = c.split(';');
-    const i = pair.indexOf('=');
-    jar.set(pair.slice(0, i).trim(), pair.slice(i + 1).trim());
-  }
-  return { status: r.status, location: r.headers.get('location'), body: await r.text() };
-}
+const go = cookieFetch();
 const form = (o) => ({ method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams(o).toString() });
 const origin = new URL(start).origin;
 let page = await go(start);

@@ -439,7 +439,25 @@ impl Session {
             return Err(ClientError::Registration("client_credentials needs a pre-registered client (--client-id with a secret or key)".into()));
         }
         let reg = self.static_registration(d);
-        let mut params = vec![("grant_type", "client_credentials".to_owned())];
+        self.machine_grant(
+            d,
+            &reg,
+            vec![("grant_type", "client_credentials".to_owned())],
+            scope,
+            dpop.as_deref(),
+        )
+        .await
+    }
+
+    /// A token request for a grant without a user step (client credentials, JWT bearer).
+    async fn machine_grant(
+        &self,
+        d: &Discovered,
+        reg: &Registration,
+        mut params: Vec<(&'static str, String)>,
+        scope: Option<&ScopeSet>,
+        dpop: Option<&DpopKey>,
+    ) -> Result<TokenSet, ClientError> {
         if let Some(s) = scope {
             params.push(("scope", s.to_string()));
         }
@@ -448,11 +466,11 @@ impl Session {
             TokenRequest {
                 endpoint: &d.token_endpoint,
                 issuer: d.issuer.as_str(),
-                registration: &reg,
+                registration: reg,
                 params,
                 resource: &d.resource,
                 requested_scope: scope.map(ToString::to_string),
-                dpop: dpop.as_deref(),
+                dpop,
             },
         )
         .await
@@ -539,29 +557,15 @@ impl Session {
                 ));
             }
         };
-        let mut params = vec![
+        let params = vec![
             (
                 "grant_type",
                 "urn:ietf:params:oauth:grant-type:jwt-bearer".to_owned(),
             ),
             ("assertion", assertion),
         ];
-        if let Some(s) = scope {
-            params.push(("scope", s.to_string()));
-        }
-        tokens::request(
-            &self.http,
-            TokenRequest {
-                endpoint: &d.token_endpoint,
-                issuer: d.issuer.as_str(),
-                registration: &reg,
-                params,
-                resource: &d.resource,
-                requested_scope: scope.map(ToString::to_string),
-                dpop: dpop.as_deref(),
-            },
-        )
-        .await
+        self.machine_grant(d, &reg, params, scope, dpop.as_deref())
+            .await
     }
 
     async fn device_flow(

@@ -20,28 +20,25 @@ pub struct McpHttp {
 
 /// A `DPoP error="use_dpop_nonce"` challenge.
 fn dpop_nonce_challenge(resp: &reqwest::Response) -> bool {
+    challenges(resp)
+        .iter()
+        .any(|c| c.is_scheme("dpop") && c.param("error") == Some("use_dpop_nonce"))
+}
+
+/// Every challenge of every `WWW-Authenticate` line (CL-01); none when they do not parse.
+fn challenges(resp: &reqwest::Response) -> Vec<Challenge> {
     let values: Vec<&str> = resp
         .headers()
         .get_all(reqwest::header::WWW_AUTHENTICATE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    Challenge::parse_all(values.iter().copied()).is_ok_and(|cs| {
-        cs.iter()
-            .any(|c| c.is_scheme("dpop") && c.param("error") == Some("use_dpop_nonce"))
-    })
+    Challenge::parse_all(values.iter().copied()).unwrap_or_default()
 }
 
 /// The Bearer challenge in a response, if any (CL-01).
 pub fn challenge_of(resp: &reqwest::Response) -> Option<BearerChallenge> {
-    let values: Vec<&str> = resp
-        .headers()
-        .get_all(reqwest::header::WWW_AUTHENTICATE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let parsed = Challenge::parse_all(values.iter().copied()).ok()?;
-    BearerChallenge::from_challenges(&parsed).and_then(Result::ok)
+    BearerChallenge::from_challenges(&challenges(resp)).and_then(Result::ok)
 }
 
 impl McpHttp {

@@ -109,83 +109,61 @@ async fn probe(url: &str) -> Result<Option<gatehouse_core::BearerChallenge>, Cli
     Ok(gatehouse_client::transport::challenge_of(&resp))
 }
 
-pub(crate) fn login(args: &ClientArgs) -> ExitCode {
-    let session = match args.session(true) {
+/// Builds the session and a runtime, then runs `f` to an exit code.
+fn run<F, Fut>(args: &ClientArgs, interactive: bool, f: F) -> ExitCode
+where
+    F: FnOnce(Session) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ClientError>>,
+{
+    let session = match args.session(interactive) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
     let Some(rt) = crate::runtime() else {
         return ExitCode::FAILURE;
     };
-    rt.block_on(async {
-        let challenge = match probe(&args.url).await {
-            Ok(c) => c,
-            Err(e) => return fail(e),
-        };
-        match session.login(challenge.as_ref(), false).await {
-            Ok(_) => ExitCode::SUCCESS,
-            Err(e) => fail(e),
-        }
+    match rt.block_on(f(session)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+pub(crate) fn login(args: &ClientArgs) -> ExitCode {
+    run(args, true, |session| async move {
+        let challenge = probe(session.server_url()).await?;
+        session.login(challenge.as_ref(), false).await.map(|_| ())
     })
 }
 
 pub(crate) fn logout(args: &ClientArgs) -> ExitCode {
-    let session = match args.session(false) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
-    let Some(rt) = crate::runtime() else {
-        return ExitCode::FAILURE;
-    };
-    match rt.block_on(session.logout()) {
-        Ok(true) => {
-            eprintln!("gatehouse: logged out of {}", args.url);
-            ExitCode::SUCCESS
+    run(args, false, |session| async move {
+        let was = session.logout().await?;
+        let url = session.server_url();
+        if was {
+            eprintln!("gatehouse: logged out of {url}");
+        } else {
+            eprintln!("gatehouse: not logged in to {url}");
         }
-        Ok(false) => {
-            eprintln!("gatehouse: not logged in to {}", args.url);
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
-    }
+        Ok(())
+    })
 }
 
 /// Prints a current access token (refreshing it if needed) for scripts; never logs in.
 pub(crate) fn token(args: &ClientArgs) -> ExitCode {
-    let session = match args.session(false) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
-    let Some(rt) = crate::runtime() else {
-        return ExitCode::FAILURE;
-    };
-    match rt.block_on(session.current_token()) {
-        Ok(Some(t)) => {
-            println!("{t}");
-            ExitCode::SUCCESS
-        }
-        Ok(None) => fail(ClientError::NotLoggedIn(args.url.clone())),
-        Err(e) => fail(e),
-    }
+    run(args, false, |session| async move {
+        let t = session
+            .current_token()
+            .await?
+            .ok_or_else(|| ClientError::NotLoggedIn(session.server_url().to_owned()))?;
+        println!("{t}");
+        Ok(())
+    })
 }
 
 pub(crate) fn connect(args: &ClientArgs) -> ExitCode {
-    let session = match args.session(true) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
-    let Some(rt) = crate::runtime() else {
-        return ExitCode::FAILURE;
-    };
-    rt.block_on(async {
-        let mcp = match McpHttp::new(Arc::new(session)) {
-            Ok(m) => Arc::new(m),
-            Err(e) => return fail(e),
-        };
-        match gatehouse_client::bridge::run_stdio(mcp).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(e),
-        }
+    run(args, true, |session| async move {
+        let mcp = Arc::new(McpHttp::new(Arc::new(session))?);
+        gatehouse_client::bridge::run_stdio(mcp).await
     })
 }
 

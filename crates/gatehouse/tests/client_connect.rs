@@ -339,7 +339,10 @@ async fn hostile_server(authorization_endpoint: &'static str) -> String {
     format!("{base}/mcp")
 }
 
-fn login_with_marker(url: &str, marker: &Path, home: &Path) -> Output {
+/// `gatehouse login` with a "browser" that only creates `marker`. A login that was not refused
+/// waits for a redirect: it is stopped after a while (or, with `stop_once_launched`, as soon as
+/// the browser ran), so a regression fails fast instead of hanging.
+fn login_with_marker(url: &str, marker: &Path, home: &Path, stop_once_launched: bool) -> Output {
     // The "browser" would create the marker if it were ever started.
     let browser = marker.with_extension("sh");
     std::fs::write(
@@ -352,8 +355,6 @@ fn login_with_marker(url: &str, marker: &Path, home: &Path) -> Output {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
-    // A login that was not refused would wait for a redirect: stop it after a while, so a
-    // regression fails fast instead of hanging.
     let mut child = gatehouse()
         .env("GATEHOUSE_HOME", home)
         .env("GATEHOUSE_BROWSER", &browser)
@@ -364,6 +365,9 @@ fn login_with_marker(url: &str, marker: &Path, home: &Path) -> Output {
         .expect("login");
     for _ in 0..300 {
         if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if stop_once_launched && marker.exists() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -394,7 +398,7 @@ async fn cl25_cve_2025_6514_malicious_authorization_endpoints_are_refused_and_no
         let marker = dir.join(format!("launched-{i}"));
         let out = tokio::task::spawn_blocking({
             let (url, marker, home) = (url.clone(), marker.clone(), dir.join(format!("home-{i}")));
-            move || login_with_marker(&url, &marker, &home)
+            move || login_with_marker(&url, &marker, &home, false)
         })
         .await
         .expect("join");
@@ -414,7 +418,7 @@ async fn cl25_cve_2025_6514_malicious_authorization_endpoints_are_refused_and_no
     let marker = dir.join("launched-control");
     let out = tokio::task::spawn_blocking({
         let (url, marker, home) = (url, marker.clone(), dir.join("home-control"));
-        move || login_with_marker_timeout(&url, &marker, &home)
+        move || login_with_marker(&url, &marker, &home, true)
     })
     .await;
     assert!(out.is_ok());
@@ -422,38 +426,6 @@ async fn cl25_cve_2025_6514_malicious_authorization_endpoints_are_refused_and_no
         marker.exists(),
         "the control login started the browser program"
     );
-}
-
-/// Like `login_with_marker`, for a login that would wait for a redirect forever: stopped once
-/// the browser program has been started.
-fn login_with_marker_timeout(url: &str, marker: &Path, home: &Path) {
-    let browser = marker.with_extension("sh");
-    std::fs::write(
-        &browser,
-        format!("#!/bin/sh\ntouch '{}'\n", marker.display()),
-    )
-    .expect("write");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    }
-    let mut child = gatehouse()
-        .env("GATEHOUSE_HOME", home)
-        .env("GATEHOUSE_BROWSER", &browser)
-        .args(["login", url])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("login");
-    for _ in 0..100 {
-        if marker.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// RFC 8628 device authorization grant, for hosts with no browser, against the real
