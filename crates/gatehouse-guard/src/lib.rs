@@ -129,6 +129,12 @@ impl Guard {
     /// Routes serving the PRM at the path-inserted and the root well-known URLs (RS-02, RS-03),
     /// without authentication and with CORS (RS-22).
     pub fn metadata_router(&self) -> axum::Router {
-        metadata::router(&self.inner.cfg)
+        metadata::router(&self.inner.cfg, true)
+    }
+
+    /// Only the path-inserted PRM: for one of several resources on a host (gateway upstreams),
+    /// where the root document belongs to another.
+    pub fn path_metadata_router(&self) -> axum::Router {
+        metadata::router(&self.inner.cfg, false)
     }
 }

@@ -20,7 +20,7 @@ pub(crate) fn prm(cfg: &GuardConfig) -> ProtectedResourceMetadata {
     }
 }
 
-pub(crate) fn router(cfg: &GuardConfig) -> axum::Router {
+pub(crate) fn router(cfg: &GuardConfig, with_root: bool) -> axum::Router {
     let doc = prm(cfg);
     let handler = move || {
         let doc = doc.clone();
@@ -40,7 +40,7 @@ pub(crate) fn router(cfg: &GuardConfig) -> axum::Router {
         ]);
     let mut r = axum::Router::new().route(&cfg.resource.prm_path(), get(handler.clone()));
     let root = "/.well-known/oauth-protected-resource";
-    if cfg.resource.prm_path() != root {
+    if with_root && cfg.resource.prm_path() != root {
         r = r.route(root, get(handler));
     }
     r.layer(cors)

@@ -27,6 +27,41 @@ pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let resource = cfg.resource()?;
     let fetcher = Fetcher::new(cfg.fetch_policy()?).map_err(|e| e.to_string())?;
+    let (guard, jwt) = build_guard(cfg, &resource, &fetcher, &clock)?;
+    let mut upstream_routes = axum::Router::new();
+    if let Some(gw) = &cfg.gateway {
+        let audit = gw
+            .audit_log
+            .as_deref()
+            .map(crate::gateway::Audit::open)
+            .transpose()?
+            .map(Arc::new);
+        let http = crate::gateway::upstream_client()?;
+        for u in &gw.upstreams {
+            let r = cfg.upstream_resource(&u.name)?;
+            let (g, _) = build_guard(cfg, &r, &fetcher, &clock)?;
+            let proxy = crate::gateway::Proxy::new(u, http.clone(), audit.clone())?;
+            let guarded = tower::ServiceBuilder::new()
+                .layer(cors_layer(&cfg.mcp.allowed_origins))
+                .layer(g.layer())
+                .service(proxy.into_service());
+            upstream_routes = upstream_routes
+                .route_service(r.path_str(), guarded)
+                .merge(g.path_metadata_router());
+        }
+    }
+    finish(cfg, dev_origins, resource, guard, jwt, upstream_routes)
+}
+
+/// The guard (and its JWT validator) for one protected resource: the demo endpoint or a
+/// gateway upstream. Each has its own audience and Protected Resource Metadata.
+fn build_guard(
+    cfg: &Config,
+    resource: &Resource,
+    fetcher: &Fetcher,
+    clock: &Arc<dyn Clock>,
+) -> Result<(Guard, Option<Arc<JwtValidator>>), String> {
+    let (resource, clock) = (resource.clone(), clock.clone());
     let g = &cfg.guard;
     let issuers: Vec<TrustedIssuer> = g
         .authorization_servers
@@ -107,8 +142,17 @@ pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
             })
         })
         .collect::<Result<_, String>>()?;
-    let guard = Guard::new(gc, validator, clock);
+    Ok((Guard::new(gc, validator, clock), jwt))
+}
 
+fn finish(
+    cfg: &Config,
+    dev_origins: bool,
+    resource: Resource,
+    guard: Guard,
+    jwt: Option<Arc<JwtValidator>>,
+    upstream_routes: axum::Router,
+) -> Result<App, String> {
     let cancel = CancellationToken::new();
     let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     if let Some(h) = resource.url().host_str() {
@@ -147,7 +191,8 @@ pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
         .service(mcp);
     let router = axum::Router::new()
         .route_service(&cfg.mcp.path, guarded)
-        .merge(guard.metadata_router());
+        .merge(guard.metadata_router())
+        .merge(upstream_routes);
     Ok(App {
         router,
         resource,

@@ -76,6 +76,9 @@ pub(crate) struct Config {
     /// Run the embedded authorization server on the same listener.
     #[serde(default)]
     pub(crate) authorization_server: Option<AuthServerSection>,
+    /// The gateway: upstream MCP servers, each behind its own guarded path.
+    #[serde(default)]
+    pub(crate) gateway: Option<GatewaySection>,
     /// Extra CA certificates (a PEM file) trusted for outbound https, besides the platform's:
     /// for identity providers or client metadata documents behind a private PKI.
     #[serde(default)]
@@ -84,7 +87,42 @@ pub(crate) struct Config {
     pub(crate) dangerous: Dangerous,
 }
 
+/// The gateway (issue 5, first part): each upstream is served at `/servers/<name>/mcp` with its
+/// own Protected Resource Metadata and the guard's validation; the inbound token never goes
+/// upstream, only the headers configured here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GatewaySection {
+    pub(crate) upstreams: Vec<UpstreamEntry>,
+    /// Append-only JSON-lines audit log, one hash-chained record per request.
+    #[serde(default)]
+    pub(crate) audit_log: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamEntry {
+    /// Lower-case letters, digits and `-`: the path segment.
+    pub(crate) name: String,
+    /// The upstream's Streamable HTTP endpoint.
+    pub(crate) url: String,
+    /// Headers sent upstream instead of the caller's credentials (e.g. `Authorization: Bearer
+    /// ${env:UPSTREAM_TOKEN}`).
+    #[serde(default)]
+    pub(crate) headers: std::collections::BTreeMap<String, EnvString>,
+}
+
 impl Config {
+    /// The protected resource of each gateway upstream: `<public_url>/servers/<name>/mcp`.
+    pub(crate) fn upstream_resource(&self, name: &str) -> Result<Resource, String> {
+        let base = self.public_url();
+        Resource::parse(&format!(
+            "{}/servers/{name}/mcp",
+            base.trim_end_matches('/')
+        ))
+        .map_err(|e| format!("gateway upstream {name}: {e}"))
+    }
+
     /// The policy for every outbound fetch (metadata, JWKS, client documents, the IdP).
     pub(crate) fn fetch_policy(&self) -> Result<gatehouse_fetch::FetchPolicy, String> {
         let extra_roots_pem = self
@@ -459,6 +497,36 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if let Some(g) = &self.gateway {
+            let mut seen = std::collections::HashSet::new();
+            for u in &g.upstreams {
+                if u.name.is_empty()
+                    || !u
+                        .name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                {
+                    return Err(format!(
+                        "gateway.upstreams: name {:?} must be lower-case letters, digits and -",
+                        u.name
+                    ));
+                }
+                if !seen.insert(u.name.as_str()) {
+                    return Err(format!("gateway.upstreams: {:?} appears twice", u.name));
+                }
+                let url = url::Url::parse(&u.url)
+                    .map_err(|e| format!("gateway.upstreams.{}.url: {e}", u.name))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(format!("gateway.upstreams.{}.url must be http(s)", u.name));
+                }
+                for k in u.headers.keys() {
+                    http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+                        format!("gateway.upstreams.{}.headers: bad name {k:?}", u.name)
+                    })?;
+                }
+                self.upstream_resource(&u.name)?;
+            }
+        }
         if let Some(a) = &self.authorization_server {
             if let Some(up) = &a.upstream {
                 if up.issuer.url().scheme() != "https"

@@ -21,10 +21,18 @@ pub(crate) async fn build(cfg: &Config) -> Result<Option<Embedded>, String> {
                 .values()
                 .fold(g.required_scopes.clone(), |acc, s| acc.union(s))
         });
-        vec![ResourceEntry {
+        // The demo endpoint and every gateway upstream, with the guard's scopes.
+        let mut all = vec![ResourceEntry {
             resource: cfg.resource()?,
-            scopes,
-        }]
+            scopes: scopes.clone(),
+        }];
+        for u in cfg.gateway.iter().flat_map(|g| &g.upstreams) {
+            all.push(ResourceEntry {
+                resource: cfg.upstream_resource(&u.name)?,
+                scopes: scopes.clone(),
+            });
+        }
+        all
     } else {
         section
             .resources

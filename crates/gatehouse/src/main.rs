@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod dev;
 mod embedded;
+mod gateway;
 
 use clap::{Parser, Subcommand};
 use config::{Config, Dangerous, GuardSection, IssuerEntry, LogConfig, McpConfig};
@@ -260,6 +261,7 @@ pub(crate) fn dev_config(listen: SocketAddr, issuer: Issuer) -> Result<Config, S
         },
         authorization_server: None,
         trusted_ca_file: None,
+        gateway: None,
         dangerous: Dangerous {
             allow_loopback_fetch: allow,
         },

@@ -1,0 +1,321 @@
+//! Issue 5 (first part): the gateway in front of real upstreams. `@modelcontextprotocol/
+//! server-everything` (npm, Streamable HTTP) and a recording upstream sit behind
+//! `gatehouse serve` with the embedded authorization server; rmcp's MCP client and raw requests
+//! go through. Proves: per-upstream protected resources (own PRM, own audience), no token
+//! passthrough (T3: the upstream sees only its configured credential), sessions bound to the
+//! user across the proxy (T2), a hash-chained audit log without tokens.
+mod common;
+
+use common::*;
+use rmcp::ServiceExt as _;
+use rmcp::model::CallToolRequestParams;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, Mutex};
+
+const UPSTREAM_SECRET: &str = "upstream-credential-7f3a";
+
+/// An upstream that answers every JSON-RPC request with the `Authorization` header it received.
+async fn recording_upstream(seen: Arc<Mutex<Vec<Option<String>>>>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::Json<Value>| {
+            let seen = seen.clone();
+            async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                seen.lock().expect("lock").push(auth.clone());
+                axum::Json(json!({"jsonrpc": "2.0", "id": body["id"], "result": {"authorization": auth}}))
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    port
+}
+
+fn server_everything(port: u16) -> Proc {
+    let mut cmd = std::process::Command::new("node");
+    cmd.current_dir(repo_root().join("interop"))
+        .env("PORT", port.to_string())
+        .args([
+            "node_modules/@modelcontextprotocol/server-everything/dist/index.js",
+            "streamableHttp",
+        ]);
+    // It reports readiness on stderr only; wait for the port instead.
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null());
+    let child = cmd
+        .spawn()
+        .expect("node (scripts/setup installs server-everything)");
+    let p = Proc {
+        child,
+        stdout: Arc::default(),
+        stderr: Arc::default(),
+    };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return p;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("server-everything did not start");
+}
+
+async fn cc_token_for(base: &str, id: &str, secret: &str, resource: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "mcp:basic"),
+            ("resource", resource),
+        ])
+        .send()
+        .await
+        .expect("token");
+    let v: Value = r.json().await.expect("json");
+    v["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_owned()
+}
+
+async fn post(
+    url: &str,
+    token: Option<&str>,
+    session: Option<&str>,
+    body: Value,
+) -> reqwest::Response {
+    let mut r = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .json(&body);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(s) = session {
+        r = r.header("mcp-session-id", s);
+    }
+    r.send().await.expect("post")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_audits() {
+    assert!(
+        repo_root()
+            .join("interop/node_modules/@modelcontextprotocol/server-everything")
+            .exists(),
+        "run scripts/setup"
+    );
+    let everything_port = free_port();
+    let _everything = server_everything(everything_port);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let echo_port = recording_upstream(seen.clone()).await;
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let dir = std::env::temp_dir().join(format!("gatehouse-gw-{port}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = format!("sqlite://{}/as.db", dir.display());
+    let audit = dir.join("audit.jsonl");
+    let cfg = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: {db}\ngateway:\n  audit_log: {}\n  upstreams:\n    - name: everything\n      url: http://127.0.0.1:{everything_port}/mcp\n    - name: echo\n      url: http://127.0.0.1:{echo_port}/mcp\n      headers:\n        Authorization: \"Bearer ${{env:ECHO_UPSTREAM_TOKEN}}\"\n",
+            audit.display()
+        ),
+    )
+    .expect("config");
+    let add = |name: &str| {
+        let out = gatehouse()
+            .args([
+                "admin",
+                "--db",
+                &db,
+                "clients",
+                "add",
+                "--name",
+                name,
+                "--confidential",
+                "--grant",
+                "client_credentials",
+                "--scope",
+                "mcp:basic",
+            ])
+            .output()
+            .expect("admin");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .expect("line")
+                .trim()
+                .to_owned()
+        };
+        (get("client_id:"), get("client_secret:"))
+    };
+    let (alice, alice_secret) = add("agent-alice");
+    let (bob, bob_secret) = add("agent-bob");
+    let mut cmd = gatehouse();
+    cmd.env("ECHO_UPSTREAM_TOKEN", UPSTREAM_SECRET)
+        .args(["serve", "--config"])
+        .arg(&cfg);
+    let server = Proc::start(cmd, "ready");
+    let everything = format!("{base}/servers/everything/mcp");
+    let echo = format!("{base}/servers/echo/mcp");
+
+    // Each upstream is its own protected resource, with its own metadata and audience.
+    let r = post(
+        &echo,
+        None,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let prm_url = format!("{base}/.well-known/oauth-protected-resource/servers/echo/mcp");
+    assert!(challenge.contains(&prm_url), "{challenge}");
+    let prm: Value = reqwest::get(&prm_url)
+        .await
+        .expect("prm")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(prm["resource"], json!(echo));
+    assert_eq!(prm["authorization_servers"], json!([base]));
+    let echo_token = cc_token_for(&base, &alice, &alice_secret, &echo).await;
+    let r = post(
+        &everything,
+        Some(&echo_token),
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        401,
+        "a token for one upstream is refused at another"
+    );
+    assert!(
+        seen.lock().expect("lock").is_empty(),
+        "nothing reached an upstream yet"
+    );
+
+    // T3: the upstream sees its configured credential, never the caller's token.
+    let r = post(
+        &echo,
+        Some(&echo_token),
+        None,
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(
+        v["result"]["authorization"],
+        json!(format!("Bearer {UPSTREAM_SECRET}"))
+    );
+    let seen_all = seen.lock().expect("lock").clone();
+    assert!(!seen_all.iter().flatten().any(|a| a.contains(&echo_token)));
+
+    // A real MCP client through the gateway to server-everything.
+    let alice_token = cc_token_for(&base, &alice, &alice_secret, &everything).await;
+    let mut tc = StreamableHttpClientTransportConfig::with_uri(everything.clone());
+    tc.auth_header = Some(alice_token.clone());
+    let client =
+        ().serve(StreamableHttpClientTransport::from_config(tc))
+            .await
+            .expect("initialize through the gateway");
+    let tools = client.list_all_tools().await.expect("tools/list");
+    assert!(
+        tools.iter().any(|t| t.name == "echo"),
+        "{:?}",
+        tools.iter().map(|t| t.name.clone()).collect::<Vec<_>>()
+    );
+    let mut p = CallToolRequestParams::new("echo".to_owned());
+    if let Value::Object(m) = json!({"message": "through the gateway"}) {
+        p = p.with_arguments(m);
+    }
+    let out = client.call_tool(p).await.expect("tools/call");
+    assert!(
+        format!("{:?}", out.content).contains("through the gateway"),
+        "{out:?}"
+    );
+
+    // T2: a session opened by alice is not bob's to use, across the proxy.
+    let r = post(&everything, Some(&alice_token), None, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})).await;
+    assert_eq!(r.status(), 200);
+    let session = r.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    drop(r);
+    let bob_token = cc_token_for(&base, &bob, &bob_secret, &everything).await;
+    let r = post(
+        &everything,
+        Some(&bob_token),
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(r.status(), 404, "another user's session id");
+    client.cancel().await.expect("close");
+
+    // The audit log: a record per request, chained, no token in it.
+    let log = std::fs::read_to_string(&audit).expect("audit log");
+    let mut prev = "0".repeat(64);
+    let mut n = 0;
+    for line in log.lines() {
+        let mut v: Value = serde_json::from_str(line).expect("json line");
+        assert_eq!(v["prev"], json!(prev), "chain");
+        let hash = v["hash"].as_str().expect("hash").to_owned();
+        v.as_object_mut().expect("object").remove("hash");
+        let h: String = Sha256::digest(v.to_string().as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(h, hash, "hash of line {n}");
+        prev = hash;
+        n += 1;
+    }
+    assert!(n >= 4, "{log}");
+    assert!(
+        log.contains("\"tool\":\"echo\"") && log.contains("\"server\":\"everything\""),
+        "{log}"
+    );
+    for secret in [
+        &alice_token,
+        &bob_token,
+        &echo_token,
+        &UPSTREAM_SECRET.to_owned(),
+    ] {
+        assert!(!log.contains(secret.as_str()), "no token in the audit log");
+        assert!(
+            !server.all_output().contains(secret.as_str()),
+            "no token in the logs"
+        );
+    }
+}
