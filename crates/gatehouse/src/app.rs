@@ -37,10 +37,16 @@ pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
             .transpose()?
             .map(Arc::new);
         let http = crate::gateway::upstream_client()?;
+        let limits = gw
+            .rate_limit
+            .as_ref()
+            .map(crate::gateway::RateLimits::new)
+            .transpose()?
+            .map(Arc::new);
         for u in &gw.upstreams {
             let r = cfg.upstream_resource(&u.name)?;
             let (g, _) = build_guard(cfg, &r, &fetcher, &clock)?;
-            let proxy = crate::gateway::Proxy::new(u, http.clone(), audit.clone())?;
+            let proxy = crate::gateway::Proxy::new(u, http.clone(), audit.clone(), limits.clone())?;
             let guarded = tower::ServiceBuilder::new()
                 .layer(cors_layer(&cfg.mcp.allowed_origins))
                 .layer(g.layer())

@@ -97,6 +97,19 @@ pub(crate) struct GatewaySection {
     /// Append-only JSON-lines audit log, one hash-chained record per request.
     #[serde(default)]
     pub(crate) audit_log: Option<String>,
+    /// Requests per subject (issuer + subject), across all upstreams.
+    #[serde(default)]
+    pub(crate) rate_limit: Option<RateLimitConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RateLimitConfig {
+    /// Sustained rate.
+    pub(crate) per_minute: u32,
+    /// Requests allowed at once above the sustained rate (default: a tenth of a minute's worth).
+    #[serde(default)]
+    pub(crate) burst: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

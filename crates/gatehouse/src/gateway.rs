@@ -59,6 +59,51 @@ struct ProxyInner {
     headers: Vec<(HeaderName, HeaderValue)>,
     http: reqwest::Client,
     audit: Option<Arc<Audit>>,
+    limits: Option<Arc<RateLimits>>,
+}
+
+/// Per-subject request limits (GCRA), shared by every upstream: one runaway agent is slowed
+/// down, the others are not touched.
+pub(crate) struct RateLimits {
+    limiter: governor::DefaultKeyedRateLimiter<String>,
+    checks: std::sync::atomic::AtomicU64,
+}
+
+impl RateLimits {
+    pub(crate) fn new(c: &crate::config::RateLimitConfig) -> Result<Self, String> {
+        let per_minute = std::num::NonZeroU32::new(c.per_minute)
+            .ok_or("gateway.rate_limit.per_minute must be above 0")?;
+        let burst = c.burst.unwrap_or((c.per_minute / 10).max(1));
+        let burst =
+            std::num::NonZeroU32::new(burst).ok_or("gateway.rate_limit.burst must be above 0")?;
+        Ok(Self {
+            limiter: governor::RateLimiter::keyed(
+                governor::Quota::per_minute(per_minute).allow_burst(burst),
+            ),
+            checks: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// `Err(seconds to wait)` when `key` is over its limit.
+    fn check(&self, key: &str) -> Result<(), u64> {
+        // Forget idle subjects now and then, so memory follows the active ones.
+        if self
+            .checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % 4096
+            == 4095
+        {
+            self.limiter.retain_recent();
+        }
+        self.limiter
+            .check_key(&key.to_owned())
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ));
+                wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+            })
+    }
 }
 
 impl Proxy {
@@ -66,6 +111,7 @@ impl Proxy {
         u: &UpstreamEntry,
         http: reqwest::Client,
         audit: Option<Arc<Audit>>,
+        limits: Option<Arc<RateLimits>>,
     ) -> Result<Self, String> {
         let headers = u
             .headers
@@ -86,6 +132,7 @@ impl Proxy {
                 headers,
                 http,
                 audit,
+                limits,
             }),
         })
     }
@@ -132,6 +179,48 @@ impl Proxy {
             .map(|m| (m.method.clone(), m.tool_name().map(str::to_owned)))
             .unwrap_or_default();
 
+        let audit = |decision: &str, upstream_status: Option<u16>| {
+            if let Some(a) = &self.inner.audit {
+                a.record(serde_json::json!({
+                    "time": time::OffsetDateTime::now_utc()
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                    "subject": principal.as_ref().map(|p| p.subject.clone()),
+                    "client": principal.as_ref().and_then(|p| p.client_id.clone()),
+                    "tenant": principal.as_ref().and_then(|p| p.tenant.clone()),
+                    "server": self.inner.name,
+                    "http_method": parts.method.as_str(),
+                    "method": method,
+                    "tool": tool,
+                    "decision": decision,
+                    // Integers only: the chain is checked by re-serialising records, and floats
+                    // do not round-trip byte for byte.
+                    "latency_us": u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    "upstream_status": upstream_status,
+                }));
+            }
+        };
+        if let (Some(limits), Some(p)) = (&self.inner.limits, &principal)
+            && let Err(wait) = limits.check(&format!("{}\n{}", p.issuer, p.subject))
+        {
+            audit("rate_limited", None);
+            let id = peek
+                .as_ref()
+                .and_then(|p| p.messages.first())
+                .and_then(|m| m.id.clone())
+                .unwrap_or(serde_json::Value::Null);
+            let body = serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": id,
+                "error": {"code": -32000, "message": format!("rate limit exceeded; retry in {wait} s")},
+            });
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(http::header::RETRY_AFTER, wait.to_string())],
+                axum::Json(body),
+            )
+                .into_response();
+        }
         let mut out = self
             .inner
             .http
@@ -165,25 +254,7 @@ impl Proxy {
                 )
             }
         };
-        if let Some(a) = &self.inner.audit {
-            a.record(serde_json::json!({
-                "time": time::OffsetDateTime::now_utc()
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
-                "subject": principal.as_ref().map(|p| p.subject.clone()),
-                "client": principal.as_ref().and_then(|p| p.client_id.clone()),
-                "tenant": principal.as_ref().and_then(|p| p.tenant.clone()),
-                "server": self.inner.name,
-                "http_method": parts.method.as_str(),
-                "method": method,
-                "tool": tool,
-                "decision": "allow",
-                // Integers only: the chain is checked by re-serialising records, and floats do not
-                // round-trip byte for byte.
-                "latency_us": u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                "upstream_status": upstream_status,
-            }));
-        }
+        audit("allow", upstream_status);
         response
     }
 }

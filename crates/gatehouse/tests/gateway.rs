@@ -3,7 +3,7 @@
 //! `gatehouse serve` with the embedded authorization server; rmcp's MCP client and raw requests
 //! go through. Proves: per-upstream protected resources (own PRM, own audience), no token
 //! passthrough (T3: the upstream sees only its configured credential), sessions bound to the
-//! user across the proxy (T2), a hash-chained audit log without tokens.
+//! user across the proxy (T2), per-subject rate limits, a hash-chained audit log without tokens.
 mod common;
 
 use common::*;
@@ -135,7 +135,7 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
     std::fs::write(
         &cfg,
         format!(
-            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: {db}\ngateway:\n  audit_log: {}\n  upstreams:\n    - name: everything\n      url: http://127.0.0.1:{everything_port}/mcp\n    - name: echo\n      url: http://127.0.0.1:{echo_port}/mcp\n      headers:\n        Authorization: \"Bearer ${{env:ECHO_UPSTREAM_TOKEN}}\"\n",
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: {db}\ngateway:\n  audit_log: {}\n  rate_limit: {{per_minute: 60, burst: 20}}\n  upstreams:\n    - name: everything\n      url: http://127.0.0.1:{everything_port}/mcp\n    - name: echo\n      url: http://127.0.0.1:{echo_port}/mcp\n      headers:\n        Authorization: \"Bearer ${{env:ECHO_UPSTREAM_TOKEN}}\"\n",
             audit.display()
         ),
     )
@@ -284,6 +284,48 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
     assert_eq!(r.status(), 404, "another user's session id");
     client.cancel().await.expect("close");
 
+    // A flood from one subject is limited (429 with Retry-After, a JSON-RPC error body) without
+    // touching another subject.
+    let mut limited = None;
+    for i in 0..40 {
+        let r = post(
+            &echo,
+            Some(&echo_token),
+            None,
+            json!({"jsonrpc": "2.0", "id": 100 + i, "method": "tools/list"}),
+        )
+        .await;
+        if r.status() == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status(), 200);
+    }
+    let r = limited.expect("the flood was limited");
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    let v: Value = r.json().await.expect("json");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("rate limit"),
+        "{v}"
+    );
+    let bob_echo = cc_token_for(&base, &bob, &bob_secret, &echo).await;
+    let r = post(
+        &echo,
+        Some(&bob_echo),
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "another subject is not affected");
+
     // The audit log: a record per request, chained, no token in it.
     let log = std::fs::read_to_string(&audit).expect("audit log");
     let mut prev = "0".repeat(64);
@@ -306,10 +348,15 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
         log.contains("\"tool\":\"echo\"") && log.contains("\"server\":\"everything\""),
         "{log}"
     );
+    assert!(
+        log.contains("\"decision\":\"rate_limited\""),
+        "denials are audited too"
+    );
     for secret in [
         &alice_token,
         &bob_token,
         &echo_token,
+        &bob_echo,
         &UPSTREAM_SECRET.to_owned(),
     ] {
         assert!(!log.contains(secret.as_str()), "no token in the audit log");
