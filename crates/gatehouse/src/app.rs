@@ -37,6 +37,9 @@ pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
             .transpose()?
             .map(Arc::new);
         let http = crate::gateway::upstream_client()?;
+        let default_token_endpoint = cfg
+            .embedded_issuer()?
+            .map(|i| format!("{}/token", i.as_str().trim_end_matches('/')));
         let limits = gw
             .rate_limit
             .as_ref()
@@ -46,7 +49,13 @@ pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
         for u in &gw.upstreams {
             let r = cfg.upstream_resource(&u.name)?;
             let (g, _) = build_guard(cfg, &r, &fetcher, &clock)?;
-            let proxy = crate::gateway::Proxy::new(u, http.clone(), audit.clone(), limits.clone())?;
+            let proxy = crate::gateway::Proxy::new(
+                u,
+                http.clone(),
+                audit.clone(),
+                limits.clone(),
+                default_token_endpoint.clone(),
+            )?;
             let guarded = tower::ServiceBuilder::new()
                 .layer(cors_layer(&cfg.mcp.allowed_origins))
                 .layer(g.layer())

@@ -123,6 +123,23 @@ pub(crate) struct UpstreamEntry {
     /// ${env:UPSTREAM_TOKEN}`).
     #[serde(default)]
     pub(crate) headers: std::collections::BTreeMap<String, EnvString>,
+    /// RFC 8693: exchange the caller's token for one whose audience is this upstream.
+    #[serde(default)]
+    pub(crate) token_exchange: Option<TokenExchangeConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenExchangeConfig {
+    /// The authorization server's token endpoint (default: the embedded one).
+    #[serde(default)]
+    pub(crate) token_endpoint: Option<String>,
+    /// The gateway's confidential client there (allowed to exchange for this upstream).
+    pub(crate) client_id: EnvString,
+    pub(crate) client_secret: EnvString,
+    /// The audience asked for (default: the upstream's `url`).
+    #[serde(default)]
+    pub(crate) resource: Option<String>,
 }
 
 impl Config {

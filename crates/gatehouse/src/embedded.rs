@@ -31,6 +31,15 @@ pub(crate) async fn build(cfg: &Config) -> Result<Option<Embedded>, String> {
                 resource: cfg.upstream_resource(&u.name)?,
                 scopes: scopes.clone(),
             });
+            // The audience a token exchange for this upstream asks for.
+            if let Some(x) = &u.token_exchange {
+                let r = x.resource.as_deref().unwrap_or(&u.url);
+                all.push(ResourceEntry {
+                    resource: gatehouse_core::Resource::parse(r)
+                        .map_err(|e| format!("gateway.upstreams.{}: {e}", u.name))?,
+                    scopes: scopes.clone(),
+                });
+            }
         }
         all
     } else {

@@ -60,6 +60,99 @@ struct ProxyInner {
     http: reqwest::Client,
     audit: Option<Arc<Audit>>,
     limits: Option<Arc<RateLimits>>,
+    exchange: Option<Exchanger>,
+}
+
+/// RFC 8693 token exchange for one upstream: the caller's token becomes one whose audience is
+/// the upstream (with `act` naming the gateway), cached by the caller token's hash until shortly
+/// before it expires.
+struct Exchanger {
+    endpoint: String,
+    client_id: String,
+    client_secret: String,
+    resource: String,
+    cache: Mutex<std::collections::HashMap<String, (String, Instant)>>,
+}
+
+/// Entries kept at most; expired ones are dropped first.
+const EXCHANGE_CACHE_MAX: usize = 10_000;
+
+impl Exchanger {
+    async fn token_for(
+        &self,
+        http: &reqwest::Client,
+        inbound: &str,
+    ) -> Result<String, (StatusCode, String)> {
+        let key: String = Sha256::digest(inbound.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let now = Instant::now();
+        if let Ok(c) = self.cache.lock()
+            && let Some((t, until)) = c.get(&key)
+            && *until > now
+        {
+            return Ok(t.clone());
+        }
+        let resp = http
+            .post(&self.endpoint)
+            .basic_auth(&self.client_id, Some(&self.client_secret))
+            .form(&[
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange",
+                ),
+                ("subject_token", inbound),
+                (
+                    "subject_token_type",
+                    "urn:ietf:params:oauth:token-type:access_token",
+                ),
+                ("resource", self.resource.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|e| {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    format!("token exchange failed: {e}"),
+                )
+            })?;
+        let status = resp.status();
+        let v: serde_json::Value = resp.json().await.unwrap_or_default();
+        let Some(token) = v["access_token"].as_str().filter(|_| status.is_success()) else {
+            let code = if status.is_client_error() {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            return Err((
+                code,
+                format!(
+                    "no credential for this upstream: the authorization server answered {}",
+                    v["error"].as_str().unwrap_or("an error")
+                ),
+            ));
+        };
+        // Reused until 30 s before it expires (at least the next few seconds).
+        let ttl = v["expires_in"]
+            .as_u64()
+            .unwrap_or(60)
+            .saturating_sub(30)
+            .max(5);
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= EXCHANGE_CACHE_MAX {
+                c.retain(|_, (_, until)| *until > now);
+                if c.len() >= EXCHANGE_CACHE_MAX {
+                    c.clear();
+                }
+            }
+            c.insert(
+                key,
+                (token.to_owned(), now + std::time::Duration::from_secs(ttl)),
+            );
+        }
+        Ok(token.to_owned())
+    }
 }
 
 /// Per-subject request limits (GCRA), shared by every upstream: one runaway agent is slowed
@@ -112,7 +205,30 @@ impl Proxy {
         http: reqwest::Client,
         audit: Option<Arc<Audit>>,
         limits: Option<Arc<RateLimits>>,
+        default_token_endpoint: Option<String>,
     ) -> Result<Self, String> {
+        let exchange = u
+            .token_exchange
+            .as_ref()
+            .map(|x| {
+                Ok::<_, String>(Exchanger {
+                    endpoint: x
+                        .token_endpoint
+                        .clone()
+                        .or_else(|| default_token_endpoint.clone())
+                        .ok_or_else(|| {
+                            format!(
+                                "gateway.upstreams.{}.token_exchange.token_endpoint is needed without the embedded authorization server",
+                                u.name
+                            )
+                        })?,
+                    client_id: x.client_id.0.clone(),
+                    client_secret: x.client_secret.0.clone(),
+                    resource: x.resource.clone().unwrap_or_else(|| u.url.clone()),
+                    cache: Mutex::default(),
+                })
+            })
+            .transpose()?;
         let headers = u
             .headers
             .iter()
@@ -133,6 +249,7 @@ impl Proxy {
                 http,
                 audit,
                 limits,
+                exchange,
             }),
         })
     }
@@ -229,6 +346,30 @@ impl Proxy {
         // T3: only the configured credentials go upstream; the caller's never do.
         for (k, v) in &self.inner.headers {
             out = out.header(k.clone(), v.clone());
+        }
+        if let Some(x) = &self.inner.exchange {
+            let inbound = parts
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, t)| t.trim().to_owned())
+                .unwrap_or_default();
+            match x.token_for(&self.inner.http, &inbound).await {
+                Ok(t) => {
+                    out = out.bearer_auth(t);
+                }
+                Err((status, msg)) => {
+                    audit("credential_refused", None);
+                    let body = serde_json::json!({
+                        "jsonrpc": "2.0",
+                        "id": null,
+                        "error": {"code": -32000, "message": msg},
+                    });
+                    return (status, axum::Json(body)).into_response();
+                }
+            }
         }
         let result = out.body(bytes).send().await;
         let (response, upstream_status) = match result {

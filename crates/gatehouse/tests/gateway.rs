@@ -124,6 +124,9 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
     let _everything = server_everything(everything_port);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let echo_port = recording_upstream(seen.clone()).await;
+    let exchanged_seen = Arc::new(Mutex::new(Vec::new()));
+    let exchanged_port = recording_upstream(exchanged_seen.clone()).await;
+    let exchanged_audience = format!("http://127.0.0.1:{exchanged_port}/mcp");
 
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -135,12 +138,12 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
     std::fs::write(
         &cfg,
         format!(
-            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: {db}\ngateway:\n  audit_log: {}\n  rate_limit: {{per_minute: 60, burst: 20}}\n  upstreams:\n    - name: everything\n      url: http://127.0.0.1:{everything_port}/mcp\n    - name: echo\n      url: http://127.0.0.1:{echo_port}/mcp\n      headers:\n        Authorization: \"Bearer ${{env:ECHO_UPSTREAM_TOKEN}}\"\n",
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: {db}\ngateway:\n  audit_log: {}\n  rate_limit: {{per_minute: 60, burst: 20}}\n  upstreams:\n    - name: everything\n      url: http://127.0.0.1:{everything_port}/mcp\n    - name: echo\n      url: http://127.0.0.1:{echo_port}/mcp\n      headers:\n        Authorization: \"Bearer ${{env:ECHO_UPSTREAM_TOKEN}}\"\n    - name: exchanged\n      url: {exchanged_audience}\n      token_exchange:\n        client_id: ${{env:GW_CLIENT_ID}}\n        client_secret: ${{env:GW_CLIENT_SECRET}}\n",
             audit.display()
         ),
     )
     .expect("config");
-    let add = |name: &str| {
+    let add = |name: &str, extra: &[&str]| {
         let out = gatehouse()
             .args([
                 "admin",
@@ -151,11 +154,10 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
                 "--name",
                 name,
                 "--confidential",
-                "--grant",
-                "client_credentials",
                 "--scope",
                 "mcp:basic",
             ])
+            .args(extra)
             .output()
             .expect("admin");
         assert!(
@@ -173,10 +175,23 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
         };
         (get("client_id:"), get("client_secret:"))
     };
-    let (alice, alice_secret) = add("agent-alice");
-    let (bob, bob_secret) = add("agent-bob");
+    let cc = ["--grant", "client_credentials"];
+    let (alice, alice_secret) = add("agent-alice", &cc);
+    let (bob, bob_secret) = add("agent-bob", &cc);
+    // The gateway's own client, allowed to exchange tokens for the `exchanged` upstream only.
+    let (gw, gw_secret) = add(
+        "gateway",
+        &[
+            "--grant",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+            "--exchange-target",
+            &exchanged_audience,
+        ],
+    );
     let mut cmd = gatehouse();
     cmd.env("ECHO_UPSTREAM_TOKEN", UPSTREAM_SECRET)
+        .env("GW_CLIENT_ID", &gw)
+        .env("GW_CLIENT_SECRET", &gw_secret)
         .args(["serve", "--config"])
         .arg(&cfg);
     let server = Proc::start(cmd, "ready");
@@ -284,6 +299,34 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
     assert_eq!(r.status(), 404, "another user's session id");
     client.cancel().await.expect("close");
 
+    // RFC 8693 for the `exchanged` upstream: it gets a token for its own audience, for the same
+    // subject, with `act` naming the gateway — reused from the cache on the next call.
+    let exchanged = format!("{base}/servers/exchanged/mcp");
+    let alice_x = cc_token_for(&base, &alice, &alice_secret, &exchanged).await;
+    for id in [1, 2] {
+        let r = post(
+            &exchanged,
+            Some(&alice_x),
+            None,
+            json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"}),
+        )
+        .await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    }
+    let got = exchanged_seen.lock().expect("lock").clone();
+    assert_eq!(got.len(), 2);
+    let upstream_token = got[0]
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .expect("bearer")
+        .to_owned();
+    assert_eq!(got[1], got[0], "the exchanged token is cached");
+    assert_ne!(upstream_token, alice_x, "never the caller's token");
+    let claims = jwt_claims(&upstream_token);
+    assert_eq!(claims["aud"], json!(exchanged_audience));
+    assert_eq!(claims["sub"], jwt_claims(&alice_x)["sub"]);
+    assert_eq!(claims["act"]["sub"], json!(gw));
+
     // A flood from one subject is limited (429 with Retry-After, a JSON-RPC error body) without
     // touching another subject.
     let mut limited = None;
@@ -357,6 +400,8 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
         &bob_token,
         &echo_token,
         &bob_echo,
+        &alice_x,
+        &upstream_token,
         &UPSTREAM_SECRET.to_owned(),
     ] {
         assert!(!log.contains(secret.as_str()), "no token in the audit log");
