@@ -277,6 +277,13 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, app: App) -> std::i
         tracing::info!("shutting down");
         cancel.cancel();
     };
+    // Answers are often written in pieces (headers, then streamed SSE events): without
+    // TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to each one.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let server = axum::serve(
         listener,
         app.router

@@ -42,6 +42,8 @@ pub(crate) fn upstream_client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(std::time::Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(64)
         .user_agent(concat!("gatehouse-gateway/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| e.to_string())

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): MCP tools/call through (a) the upstream directly, (b) nginx as a plain
+# reverse proxy, (c) the Gatehouse gateway with JWT validation, rate limiting and the audit log
+# on — all on this machine in one run, with wrk. The upstream is @modelcontextprotocol/
+# server-everything (Streamable HTTP). Prints throughput and p50/p99 per target, a paced run at
+# about 1k requests/s for the added p99, the gateway's RSS idle and loaded, and last:
+#   gateway/direct=R gateway/nginx=R p99_added_ms=X
+#   DURATION=5 CONNECTIONS=16 bench/gateway.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HOME:-/root}/.cache/gatehouse/target}"
+DURATION="${DURATION:-5}"; CONNECTIONS="${CONNECTIONS:-16}"
+scripts/setup >/dev/null
+for tool in wrk nginx; do
+  command -v "$tool" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null; }
+done
+cargo build --release --locked -p gatehouse >&2
+bin="$CARGO_TARGET_DIR/release/gatehouse"
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+UP=$(free_port); NG=$(free_port); GW=$(free_port)
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; nginx -c "$work/nginx.conf" -p "$work" -s stop 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; return 1; }
+
+# (a) the upstream
+PORT=$UP node interop/node_modules/@modelcontextprotocol/server-everything/dist/index.js streamableHttp >/dev/null 2>&1 &
+pids+=($!)
+wait_port "$UP"
+
+# (b) nginx, a plain streaming reverse proxy with upstream keep-alive
+cat > "$work/nginx.conf" <<CONF
+worker_processes 1;
+error_log $work/nginx-error.log;
+pid $work/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  upstream mcp { server 127.0.0.1:$UP; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NG;
+    location / {
+      proxy_pass http://mcp;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+CONF
+nginx -c "$work/nginx.conf" -p "$work"
+wait_port "$NG"
+
+# (c) the gateway: embedded authorization server, JWT validation, rate limit, audit log
+db="sqlite://$work/as.db"
+cat > "$work/gatehouse.yaml" <<CONF
+listen: 127.0.0.1:$GW
+guard:
+  required_scopes: [mcp:basic]
+authorization_server:
+  database: $db
+gateway:
+  audit_log: $work/audit.jsonl
+  rate_limit: {per_minute: 100000000, burst: 1000000}
+  upstreams:
+    - name: everything
+      url: http://127.0.0.1:$UP/mcp
+CONF
+creds=$("$bin" admin --db "$db" clients add --name bench --confidential --grant client_credentials --scope mcp:basic)
+cid=$(sed -n 's/^client_id: *//p' <<<"$creds"); csec=$(sed -n 's/^client_secret: *//p' <<<"$creds")
+GATEHOUSE_LOG=warn "$bin" serve --config "$work/gatehouse.yaml" >/dev/null 2>&1 &
+gwpid=$!; pids+=($gwpid)
+wait_port "$GW"
+gw_url="http://127.0.0.1:$GW/servers/everything/mcp"
+token=$(curl -fsS -u "$cid:$csec" -d grant_type=client_credentials -d scope=mcp:basic --data-urlencode "resource=$gw_url" "http://127.0.0.1:$GW/token" | python3 -c 'import json,sys;print(json.load(sys.stdin)["access_token"])')
+rss() { awk '/VmRSS/ {print $2}' "/proc/$gwpid/status"; }
+idle_rss=$(rss)
+
+session() { # URL [TOKEN] -> an initialized MCP session id
+  local auth=(); [ -n "${2:-}" ] && auth=(-H "Authorization: Bearer $2")
+  local sid
+  sid=$(curl -fsS -D - -o /dev/null "${auth[@]}" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+    -d '{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}' "$1" \
+    | tr -d '\r' | sed -n 's/^[Mm]cp-[Ss]ession-[Ii]d: //p')
+  curl -fsS -o /dev/null "${auth[@]}" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+    -H "Mcp-Session-Id: $sid" -H 'MCP-Protocol-Version: 2025-11-25' -d '{"jsonrpc":"2.0","method":"notifications/initialized"}' "$1"
+  echo "$sid"
+}
+run() { # NAME URL TOKEN [RATE_PER_CONN CONNS]
+  local sid; sid=$(session "$2" "$3")
+  SESSION="$sid" TOKEN="$3" RATE_PER_CONN="${4:-0}" wrk -t1 -c"${5:-$CONNECTIONS}" -d"${DURATION}s" --timeout 10s \
+    -s bench/mcp-call.lua "$2" | tail -1
+}
+direct=$(run direct "http://127.0.0.1:$UP/mcp" "")
+proxy=$(run nginx "http://127.0.0.1:$NG/mcp" "")
+gateway=$(run gateway "$gw_url" "$token")
+loaded_rss=$(rss)
+# Paced: 10 connections at 100 requests/s each (about 1k requests/s) for the latency added.
+direct_paced=$(run direct-paced "http://127.0.0.1:$UP/mcp" "" 100 10)
+gateway_paced=$(run gateway-paced "$gw_url" "$token" 100 10)
+echo "{\"target\":\"direct\",\"result\":$direct}"
+echo "{\"target\":\"nginx\",\"result\":$proxy}"
+echo "{\"target\":\"gateway\",\"result\":$gateway}"
+echo "{\"target\":\"direct@1k\",\"result\":$direct_paced}"
+echo "{\"target\":\"gateway@1k\",\"result\":$gateway_paced}"
+echo "{\"gateway_rss_kib\":{\"idle\":$idle_rss,\"loaded\":$loaded_rss},\"audit_records\":$(wc -l <"$work/audit.jsonl")}"
+python3 - "$direct" "$proxy" "$gateway" "$direct_paced" "$gateway_paced" <<'PY'
+import json, sys
+d, n, g, dp, gp = (json.loads(a) for a in sys.argv[1:])
+for name, r in (("direct", d), ("nginx", n), ("gateway", g), ("direct@1k", dp), ("gateway@1k", gp)):
+    if r["non200"]:
+        print(f"{name}: {r['non200']} answers were not 200", file=sys.stderr)
+print(f"gateway/direct={g['rps']/d['rps']:.2f} gateway/nginx={g['rps']/n['rps']:.2f} p99_added_ms={gp['p99_ms']-dp['p99_ms']:.3f}")
+PY
