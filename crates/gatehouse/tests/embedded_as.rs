@@ -730,20 +730,7 @@ async fn as32_as33_as35_revocation_introspection_client_credentials_via_admin_cl
         ])
         .output()
         .expect("admin");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let get = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k))
-            .expect("line")
-            .trim()
-            .to_owned()
-    };
-    let (rs_id, rs_secret) = (get("client_id:"), get("client_secret:"));
+    let (rs_id, rs_secret) = added_client(&out);
     // AS-35: client_credentials for the confidential client.
     let r = d
         .http
@@ -902,21 +889,7 @@ async fn as34_token_exchange_is_policy_bound_narrowing_and_carries_act() {
             TE,
         ])
         .args(extra);
-        let out = c.output().expect("admin");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let get = |k: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(k))
-                .expect("line")
-                .trim()
-                .to_owned()
-        };
-        (get("client_id:"), get("client_secret:"))
+        added_client(&c.output().expect("admin"))
     };
     let (gw, gw_secret) = add(&["--exchange-target", &d.mcp]);
     let (other, other_secret) = add(&[]);

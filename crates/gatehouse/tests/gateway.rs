@@ -160,20 +160,7 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
             .args(extra)
             .output()
             .expect("admin");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let get = |k: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(k))
-                .expect("line")
-                .trim()
-                .to_owned()
-        };
-        (get("client_id:"), get("client_secret:"))
+        added_client(&out)
     };
     let cc = ["--grant", "client_credentials"];
     let (alice, alice_secret) = add("agent-alice", &cc);

@@ -226,3 +226,21 @@ pub async fn mcp_initialize_status(endpoint: &str, token: &str) -> u16 {
         .status()
         .as_u16()
 }
+
+/// The `client_id` and `client_secret` that `gatehouse admin … clients add` printed.
+pub fn added_client(out: &std::process::Output) -> (String, String) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .expect("line")
+            .trim()
+            .to_owned()
+    };
+    (get("client_id:"), get("client_secret:"))
+}
