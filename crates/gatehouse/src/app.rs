@@ -55,6 +55,10 @@ pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
                 audit.clone(),
                 limits.clone(),
                 default_token_endpoint.clone(),
+                crate::gateway::ToolScopes {
+                    required: cfg.guard.required_scopes.clone(),
+                    per_tool: cfg.guard.tool_scopes.clone(),
+                },
             )?;
             let guarded = tower::ServiceBuilder::new()
                 .layer(cors_layer(&cfg.mcp.allowed_origins))

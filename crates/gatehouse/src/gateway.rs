@@ -63,6 +63,73 @@ struct ProxyInner {
     audit: Option<Arc<Audit>>,
     limits: Option<Arc<RateLimits>>,
     exchange: Option<Exchanger>,
+    scopes: ToolScopes,
+}
+
+/// The scopes a tool needs (the guard's `required_scopes` plus its `tool_scopes` entry): calls
+/// without them are refused by the guard (403 `insufficient_scope`), and `tools/list` answers
+/// are filtered so callers see only what they may use.
+#[derive(Clone, Default)]
+pub(crate) struct ToolScopes {
+    pub(crate) required: gatehouse_core::ScopeSet,
+    pub(crate) per_tool: std::collections::HashMap<String, gatehouse_core::ScopeSet>,
+}
+
+impl ToolScopes {
+    fn allows(&self, held: &gatehouse_core::ScopeSet, tool: &str) -> bool {
+        held.is_superset(&self.required)
+            && self.per_tool.get(tool).is_none_or(|s| held.is_superset(s))
+    }
+
+    /// Removes the tools `held` does not cover from a `tools/list` result.
+    fn filter(&self, held: &gatehouse_core::ScopeSet, msg: &mut serde_json::Value) {
+        if let Some(tools) = msg
+            .get_mut("result")
+            .and_then(|r| r.get_mut("tools"))
+            .and_then(|t| t.as_array_mut())
+        {
+            tools.retain(|t| t["name"].as_str().is_some_and(|n| self.allows(held, n)));
+        }
+    }
+
+    /// Filters a whole answer, JSON or SSE (one JSON message per `data:` line).
+    fn filter_body(&self, held: &gatehouse_core::ScopeSet, sse: bool, body: &[u8]) -> Vec<u8> {
+        let text = String::from_utf8_lossy(body);
+        if !sse {
+            return match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(mut v) => {
+                    self.filter(held, &mut v);
+                    v.to_string().into_bytes()
+                }
+                Err(_) => body.to_vec(),
+            };
+        }
+        let mut out = String::with_capacity(text.len());
+        for line in text.split_inclusive('\n') {
+            let (content, end) = match line.strip_suffix('\n') {
+                Some(c) => (c, "\n"),
+                None => (line, ""),
+            };
+            let (content, cr) = match content.strip_suffix('\r') {
+                Some(c) => (c, "\r"),
+                None => (content, ""),
+            };
+            match content
+                .strip_prefix("data:")
+                .map(|d| serde_json::from_str::<serde_json::Value>(d.trim_start()))
+            {
+                Some(Ok(mut v)) => {
+                    self.filter(held, &mut v);
+                    out.push_str("data: ");
+                    out.push_str(&v.to_string());
+                }
+                _ => out.push_str(content),
+            }
+            out.push_str(cr);
+            out.push_str(end);
+        }
+        out.into_bytes()
+    }
 }
 
 /// RFC 8693 token exchange for one upstream: the caller's token becomes one whose audience is
@@ -208,6 +275,7 @@ impl Proxy {
         audit: Option<Arc<Audit>>,
         limits: Option<Arc<RateLimits>>,
         default_token_endpoint: Option<String>,
+        scopes: ToolScopes,
     ) -> Result<Self, String> {
         let exchange = u
             .token_exchange
@@ -252,6 +320,7 @@ impl Proxy {
                 audit,
                 limits,
                 exchange,
+                scopes,
             }),
         })
     }
@@ -378,8 +447,28 @@ impl Proxy {
             Ok(r) => {
                 let status = r.status();
                 let headers = pick(r.headers(), &RETURNED);
-                // Streamed as it arrives: SSE events reach the caller without buffering.
-                let mut resp = Response::new(Body::from_stream(r.bytes_stream()));
+                let filter = method.as_deref() == Some("tools/list")
+                    && status.is_success()
+                    && (!self.inner.scopes.per_tool.is_empty());
+                let body = match (&principal, filter) {
+                    // A list answer is read whole to be filtered (lists are small and end).
+                    (Some(p), true) => {
+                        let sse = headers
+                            .get(http::header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok())
+                            .is_some_and(|c| c.starts_with("text/event-stream"));
+                        match r.bytes().await {
+                            Ok(b) => Body::from(self.inner.scopes.filter_body(&p.scopes, sse, &b)),
+                            Err(e) => {
+                                tracing::warn!(upstream = %self.inner.name, error = %e, "upstream answer cut off");
+                                Body::empty()
+                            }
+                        }
+                    }
+                    // Streamed as it arrives: SSE events reach the caller without buffering.
+                    _ => Body::from_stream(r.bytes_stream()),
+                };
+                let mut resp = Response::new(body);
                 *resp.status_mut() = status;
                 *resp.headers_mut() = headers;
                 (resp, Some(status.as_u16()))
@@ -487,6 +576,36 @@ pub(crate) fn verify_chain(log: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tools_list_filtered_by_scope_in_json_and_sse() {
+        let ts = ToolScopes {
+            required: gatehouse_core::ScopeSet::parse("mcp:basic").expect("scope"),
+            per_tool: [(
+                "get-env".to_owned(),
+                gatehouse_core::ScopeSet::parse("mcp:admin").expect("scope"),
+            )]
+            .into(),
+        };
+        let basic = gatehouse_core::ScopeSet::parse("mcp:basic").expect("scope");
+        let admin = gatehouse_core::ScopeSet::parse("mcp:basic mcp:admin").expect("scope");
+        let msg =
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo"},{"name":"get-env"}]}}"#;
+        let out = String::from_utf8(ts.filter_body(&basic, false, msg.as_bytes())).expect("utf8");
+        assert!(out.contains("echo") && !out.contains("get-env"), "{out}");
+        let out = String::from_utf8(ts.filter_body(&admin, false, msg.as_bytes())).expect("utf8");
+        assert!(out.contains("get-env"));
+        let sse = format!("event: message\r\nid: 7\r\ndata: {msg}\r\n\r\n");
+        let out = String::from_utf8(ts.filter_body(&basic, true, sse.as_bytes())).expect("utf8");
+        assert!(
+            out.starts_with("event: message\r\nid: 7\r\ndata: {"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("}\r\n\r\n") && !out.contains("get-env"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn audit_chain_shows_tampering() {

@@ -138,7 +138,7 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
     std::fs::write(
         &cfg,
         format!(
-            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: {db}\ngateway:\n  audit_log: {}\n  rate_limit: {{per_minute: 60, burst: 20}}\n  upstreams:\n    - name: everything\n      url: http://127.0.0.1:{everything_port}/mcp\n    - name: echo\n      url: http://127.0.0.1:{echo_port}/mcp\n      headers:\n        Authorization: \"Bearer ${{env:ECHO_UPSTREAM_TOKEN}}\"\n    - name: exchanged\n      url: {exchanged_audience}\n      token_exchange:\n        client_id: ${{env:GW_CLIENT_ID}}\n        client_secret: ${{env:GW_CLIENT_SECRET}}\n",
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\n  tool_scopes: {{get-env: [mcp:admin]}}\nauthorization_server:\n  database: {db}\ngateway:\n  audit_log: {}\n  rate_limit: {{per_minute: 60, burst: 20}}\n  upstreams:\n    - name: everything\n      url: http://127.0.0.1:{everything_port}/mcp\n    - name: echo\n      url: http://127.0.0.1:{echo_port}/mcp\n      headers:\n        Authorization: \"Bearer ${{env:ECHO_UPSTREAM_TOKEN}}\"\n    - name: exchanged\n      url: {exchanged_audience}\n      token_exchange:\n        client_id: ${{env:GW_CLIENT_ID}}\n        client_secret: ${{env:GW_CLIENT_SECRET}}\n",
             audit.display()
         ),
     )
@@ -256,6 +256,19 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
         tools.iter().any(|t| t.name == "echo"),
         "{:?}",
         tools.iter().map(|t| t.name.clone()).collect::<Vec<_>>()
+    );
+    // Per-tool scopes: `get-env` needs mcp:admin, which this caller lacks: it is not listed,
+    // and calling it is a 403 insufficient_scope naming every scope the call needs.
+    assert!(!tools.iter().any(|t| t.name == "get-env"), "filtered out");
+    let r = post(&everything, Some(&alice_token), None, json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "get-env", "arguments": {}}})).await;
+    assert_eq!(r.status(), 403);
+    let challenge = r.headers()["www-authenticate"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        challenge.contains("insufficient_scope") && challenge.contains("mcp:admin"),
+        "{challenge}"
     );
     let mut p = CallToolRequestParams::new("echo".to_owned());
     if let Value::Object(m) = json!({"message": "through the gateway"}) {
