@@ -117,8 +117,17 @@ pub(crate) struct RateLimitConfig {
 pub(crate) struct UpstreamEntry {
     /// Lower-case letters, digits and `-`: the path segment.
     pub(crate) name: String,
-    /// The upstream's Streamable HTTP endpoint.
+    /// The upstream's Streamable HTTP endpoint (or `command` for a stdio server).
+    #[serde(default)]
     pub(crate) url: String,
+    /// A stdio MCP server the gateway starts, one process per MCP session, with a clean
+    /// environment: only `PATH` and what `env` sets.
+    #[serde(default)]
+    pub(crate) command: Option<String>,
+    #[serde(default)]
+    pub(crate) args: Vec<String>,
+    #[serde(default)]
+    pub(crate) env: std::collections::BTreeMap<String, EnvString>,
     /// Headers sent upstream instead of the caller's credentials (e.g. `Authorization: Bearer
     /// ${env:UPSTREAM_TOKEN}`).
     #[serde(default)]
@@ -544,10 +553,31 @@ impl Config {
                 if !seen.insert(u.name.as_str()) {
                     return Err(format!("gateway.upstreams: {:?} appears twice", u.name));
                 }
-                let url = url::Url::parse(&u.url)
-                    .map_err(|e| format!("gateway.upstreams.{}.url: {e}", u.name))?;
-                if !matches!(url.scheme(), "http" | "https") {
-                    return Err(format!("gateway.upstreams.{}.url must be http(s)", u.name));
+                match (&u.command, u.url.is_empty()) {
+                    (Some(_), true) => {
+                        if u.token_exchange.is_some() || !u.headers.is_empty() {
+                            return Err(format!(
+                                "gateway.upstreams.{}: headers and token_exchange are for HTTP upstreams",
+                                u.name
+                            ));
+                        }
+                    }
+                    (None, false) => {
+                        let url = url::Url::parse(&u.url)
+                            .map_err(|e| format!("gateway.upstreams.{}.url: {e}", u.name))?;
+                        if !matches!(url.scheme(), "http" | "https") {
+                            return Err(format!(
+                                "gateway.upstreams.{}.url must be http(s)",
+                                u.name
+                            ));
+                        }
+                    }
+                    _ => {
+                        return Err(format!(
+                            "gateway.upstreams.{}: give either url or command",
+                            u.name
+                        ));
+                    }
                 }
                 for k in u.headers.keys() {
                     http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| {

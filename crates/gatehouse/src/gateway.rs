@@ -64,6 +64,7 @@ struct ProxyInner {
     limits: Option<Arc<RateLimits>>,
     exchange: Option<Exchanger>,
     scopes: ToolScopes,
+    stdio: Option<StdioUpstream>,
 }
 
 /// The scopes a tool needs (the guard's `required_scopes` plus its `tool_scopes` entry): calls
@@ -321,6 +322,7 @@ impl Proxy {
                 limits,
                 exchange,
                 scopes,
+                stdio: StdioUpstream::new(u),
             }),
         })
     }
@@ -408,6 +410,24 @@ impl Proxy {
                 axum::Json(body),
             )
                 .into_response();
+        }
+        if let Some(stdio) = &self.inner.stdio {
+            let (resp, status) = stdio
+                .handle(&parts.method, &parts.headers, principal.as_ref(), &bytes)
+                .await;
+            audit("allow", status);
+            let Some(p) = principal
+                .as_ref()
+                .filter(|_| method.as_deref() == Some("tools/list") && status == Some(200))
+            else {
+                return resp;
+            };
+            let (head, body) = resp.into_parts();
+            let body = axum::body::to_bytes(body, MAX_BODY)
+                .await
+                .unwrap_or_default();
+            let filtered = self.inner.scopes.filter_body(&p.scopes, false, &body);
+            return Response::from_parts(head, Body::from(filtered));
         }
         let mut out = self
             .inner
@@ -511,6 +531,12 @@ pub(crate) struct Audit {
 
 impl Audit {
     pub(crate) fn open(path: &str) -> Result<Self, String> {
+        if let Some(dir) = std::path::Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|e| format!("gateway.audit_log {path}: {e}"))?;
+        }
         // Continue the chain of an existing log.
         let last = std::fs::read_to_string(path)
             .ok()
@@ -571,6 +597,234 @@ pub(crate) fn verify_chain(log: &str) -> Option<usize> {
         prev = hash;
     }
     None
+}
+
+/// A stdio upstream: one process per MCP session, started by `initialize` (clean environment:
+/// `PATH` plus the configured variables), owned by the user who opened it, stopped by DELETE
+/// or when the gateway stops. Requests are matched to answers by JSON-RPC id. Messages the
+/// server sends on its own (notifications, requests to the client) are not relayed: there is
+/// no GET stream for stdio upstreams yet.
+pub(crate) struct StdioUpstream {
+    command: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    sessions: Mutex<std::collections::HashMap<String, Arc<StdioSession>>>,
+}
+
+struct StdioSession {
+    owner: (String, String),
+    stdin: tokio::sync::Mutex<tokio::process::ChildStdin>,
+    pending: Arc<Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<String>>>>,
+    _child: tokio::process::Child,
+}
+
+/// Longest wait for a stdio server's answer.
+const STDIO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+fn jsonrpc_error(status: StatusCode, id: serde_json::Value, msg: &str) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32000, "message": msg}})),
+    )
+        .into_response()
+}
+
+impl StdioUpstream {
+    pub(crate) fn new(u: &UpstreamEntry) -> Option<Self> {
+        let command = u.command.clone()?;
+        Some(Self {
+            command,
+            args: u.args.clone(),
+            env: u
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect(),
+            sessions: Mutex::default(),
+        })
+    }
+
+    fn spawn(&self, owner: (String, String)) -> Result<StdioSession, String> {
+        let mut cmd = tokio::process::Command::new(&self.command);
+        cmd.args(&self.args)
+            .env_clear()
+            .envs(std::env::var_os("PATH").map(|p| ("PATH".to_owned(), p)))
+            .envs(self.env.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.command))?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let pending: Arc<
+            Mutex<std::collections::HashMap<_, tokio::sync::oneshot::Sender<String>>>,
+        > = Arc::default();
+        let routes = pending.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                let is_answer = v.get("result").is_some() || v.get("error").is_some();
+                if let (true, Some(id)) = (is_answer, v.get("id"))
+                    && let Ok(mut p) = routes.lock()
+                    && let Some(tx) = p.remove(&id.to_string())
+                {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        Ok(StdioSession {
+            owner,
+            stdin: tokio::sync::Mutex::new(stdin),
+            pending,
+            _child: child,
+        })
+    }
+
+    pub(crate) async fn handle(
+        &self,
+        method: &http::Method,
+        headers: &HeaderMap,
+        principal: Option<&Principal>,
+        body: &[u8],
+    ) -> (Response, Option<u16>) {
+        let owner = principal
+            .map(|p| (p.issuer.clone(), p.subject.clone()))
+            .unwrap_or_default();
+        let sid = headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let existing = sid.as_ref().and_then(|s| {
+            self.sessions
+                .lock()
+                .ok()
+                .and_then(|m| m.get(s).cloned())
+                .filter(|sess| sess.owner == owner)
+        });
+        if *method == http::Method::DELETE {
+            return match (sid, existing) {
+                (Some(s), Some(_)) => {
+                    if let Ok(mut m) = self.sessions.lock() {
+                        m.remove(&s);
+                    }
+                    (StatusCode::OK.into_response(), None)
+                }
+                _ => (StatusCode::NOT_FOUND.into_response(), None),
+            };
+        }
+        if *method != http::Method::POST {
+            return (StatusCode::METHOD_NOT_ALLOWED.into_response(), None);
+        }
+        let Ok(msg) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return (
+                jsonrpc_error(StatusCode::BAD_REQUEST, serde_json::Value::Null, "not JSON"),
+                None,
+            );
+        };
+        if !msg.is_object() {
+            return (
+                jsonrpc_error(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::Value::Null,
+                    "batches are not supported for stdio upstreams",
+                ),
+                None,
+            );
+        }
+        let id = msg.get("id").cloned();
+        let is_request = id.is_some() && msg.get("method").is_some();
+        let initialize = msg.get("method").and_then(|m| m.as_str()) == Some("initialize");
+        let (session, new_id) = match (existing, sid, initialize) {
+            (Some(s), _, _) => (s, None),
+            (None, None, true) => match self.spawn(owner) {
+                Ok(s) => {
+                    let mut b = [0u8; 16];
+                    rand::fill(&mut b);
+                    let new: String = b.iter().map(|x| format!("{x:02x}")).collect();
+                    let s = Arc::new(s);
+                    if let Ok(mut m) = self.sessions.lock() {
+                        m.insert(new.clone(), s.clone());
+                    }
+                    (s, Some(new))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "stdio upstream did not start");
+                    return (
+                        jsonrpc_error(
+                            StatusCode::BAD_GATEWAY,
+                            id.unwrap_or_default(),
+                            "the upstream server did not start",
+                        ),
+                        None,
+                    );
+                }
+            },
+            // An unknown (or someone else's) session, or no session and no initialize.
+            (None, Some(_), _) => return (StatusCode::NOT_FOUND.into_response(), None),
+            (None, None, false) => {
+                return (
+                    jsonrpc_error(
+                        StatusCode::BAD_REQUEST,
+                        id.unwrap_or_default(),
+                        "no MCP session: initialize first",
+                    ),
+                    None,
+                );
+            }
+        };
+        let rx = is_request.then(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if let (Ok(mut p), Some(id)) = (session.pending.lock(), &id) {
+                p.insert(id.to_string(), tx);
+            }
+            rx
+        });
+        {
+            use tokio::io::AsyncWriteExt;
+            let mut stdin = session.stdin.lock().await;
+            let line = format!("{msg}\n");
+            if stdin.write_all(line.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
+                return (
+                    jsonrpc_error(
+                        StatusCode::BAD_GATEWAY,
+                        id.unwrap_or_default(),
+                        "the upstream server stopped",
+                    ),
+                    None,
+                );
+            }
+        }
+        let Some(rx) = rx else {
+            return (StatusCode::ACCEPTED.into_response(), Some(202));
+        };
+        match tokio::time::timeout(STDIO_TIMEOUT, rx).await {
+            Ok(Ok(answer)) => {
+                let mut resp =
+                    ([(http::header::CONTENT_TYPE, "application/json")], answer).into_response();
+                if let Some(s) = new_id
+                    && let Ok(v) = HeaderValue::from_str(&s)
+                {
+                    resp.headers_mut().insert("mcp-session-id", v);
+                }
+                (resp, Some(200))
+            }
+            _ => (
+                jsonrpc_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    id.unwrap_or_default(),
+                    "the upstream server did not answer",
+                ),
+                None,
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -133,12 +133,17 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
     let dir = std::env::temp_dir().join(format!("gatehouse-gw-{port}"));
     std::fs::create_dir_all(&dir).expect("dir");
     let db = format!("sqlite://{}/as.db", dir.display());
+    let memory_js = repo_root()
+        .join("interop/node_modules/@modelcontextprotocol/server-memory/dist/index.js")
+        .display()
+        .to_string();
+    let memory_file = dir.join("memory.jsonl").display().to_string();
     let audit = dir.join("audit.jsonl");
     let cfg = dir.join("gatehouse.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\n  tool_scopes: {{get-env: [mcp:admin]}}\nauthorization_server:\n  database: {db}\ngateway:\n  audit_log: {}\n  rate_limit: {{per_minute: 60, burst: 20}}\n  upstreams:\n    - name: everything\n      url: http://127.0.0.1:{everything_port}/mcp\n    - name: echo\n      url: http://127.0.0.1:{echo_port}/mcp\n      headers:\n        Authorization: \"Bearer ${{env:ECHO_UPSTREAM_TOKEN}}\"\n    - name: exchanged\n      url: {exchanged_audience}\n      token_exchange:\n        client_id: ${{env:GW_CLIENT_ID}}\n        client_secret: ${{env:GW_CLIENT_SECRET}}\n",
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\n  tool_scopes: {{get-env: [mcp:admin]}}\nauthorization_server:\n  database: {db}\ngateway:\n  audit_log: {}\n  rate_limit: {{per_minute: 60, burst: 20}}\n  upstreams:\n    - name: everything\n      url: http://127.0.0.1:{everything_port}/mcp\n    - name: echo\n      url: http://127.0.0.1:{echo_port}/mcp\n      headers:\n        Authorization: \"Bearer ${{env:ECHO_UPSTREAM_TOKEN}}\"\n    - name: memory\n      command: node\n      args: ['{memory_js}']\n      env:\n        MEMORY_FILE_PATH: '{memory_file}'\n    - name: exchanged\n      url: {exchanged_audience}\n      token_exchange:\n        client_id: ${{env:GW_CLIENT_ID}}\n        client_secret: ${{env:GW_CLIENT_SECRET}}\n",
             audit.display()
         ),
     )
@@ -299,6 +304,61 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
     assert_eq!(r.status(), 404, "another user's session id");
     client.cancel().await.expect("close");
 
+    // A stdio upstream (the real server-memory), one process per session, started with its
+    // configured environment.
+    let memory = format!("{base}/servers/memory/mcp");
+    let alice_m = cc_token_for(&base, &alice, &alice_secret, &memory).await;
+    let mut tc = StreamableHttpClientTransportConfig::with_uri(memory.clone());
+    tc.auth_header = Some(alice_m.clone());
+    let mem =
+        ().serve(StreamableHttpClientTransport::from_config(tc))
+            .await
+            .expect("initialize a stdio upstream");
+    let tools = mem.list_all_tools().await.expect("tools/list");
+    assert!(
+        tools.iter().any(|t| t.name == "create_entities"),
+        "{tools:?}"
+    );
+    let mut p = CallToolRequestParams::new("create_entities".to_owned());
+    if let Value::Object(m) = json!({"entities": [{"name": "gatehouse", "entityType": "project", "observations": ["behind the gateway"]}]})
+    {
+        p = p.with_arguments(m);
+    }
+    mem.call_tool(p).await.expect("tools/call create_entities");
+    let graph = mem
+        .call_tool(CallToolRequestParams::new("read_graph".to_owned()))
+        .await
+        .expect("read_graph");
+    assert!(format!("{:?}", graph.content).contains("behind the gateway"));
+    assert!(
+        std::path::Path::new(&memory_file).exists(),
+        "MEMORY_FILE_PATH reached the process"
+    );
+    mem.cancel().await.expect("close");
+    let r = post(&memory, Some(&alice_m), None, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})).await;
+    assert_eq!(r.status(), 200);
+    let mem_session = r.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let bob_m = cc_token_for(&base, &bob, &bob_secret, &memory).await;
+    let r = post(
+        &memory,
+        Some(&bob_m),
+        Some(&mem_session),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(r.status(), 404, "another user's stdio session");
+    let r = post(
+        &memory,
+        Some(&alice_m),
+        Some(&mem_session),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "the owner's session works");
+
     // RFC 8693 for the `exchanged` upstream: it gets a token for its own audience, for the same
     // subject, with `act` naming the gateway — reused from the cache on the next call.
     let exchanged = format!("{base}/servers/exchanged/mcp");
@@ -401,6 +461,8 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
         &echo_token,
         &bob_echo,
         &alice_x,
+        &alice_m,
+        &bob_m,
         &upstream_token,
         &UPSTREAM_SECRET.to_owned(),
     ] {
