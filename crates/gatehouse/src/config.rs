@@ -110,6 +110,10 @@ pub(crate) struct RateLimitConfig {
     /// Requests allowed at once above the sustained rate (default: a tenth of a minute's worth).
     #[serde(default)]
     pub(crate) burst: Option<u32>,
+    /// Share the limits across replicas through Redis (`redis://127.0.0.1:6379`); otherwise
+    /// they are kept in this process.
+    #[serde(default)]
+    pub(crate) redis_url: Option<EnvString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -226,11 +226,42 @@ impl Exchanger {
 }
 
 /// Per-subject request limits (GCRA), shared by every upstream: one runaway agent is slowed
-/// down, the others are not touched.
+/// down, the others are not touched. Kept in this process, or in Redis so that replicas share
+/// them (the same algorithm as one atomic script, on the Redis server's clock).
 pub(crate) struct RateLimits {
-    limiter: governor::DefaultKeyedRateLimiter<String>,
-    checks: std::sync::atomic::AtomicU64,
+    backend: Backend,
 }
+
+enum Backend {
+    Local {
+        limiter: governor::DefaultKeyedRateLimiter<String>,
+        checks: std::sync::atomic::AtomicU64,
+    },
+    Redis(Box<RedisBackend>),
+}
+
+struct RedisBackend {
+    client: redis::Client,
+    conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    script: redis::Script,
+    /// Emission interval and burst tolerance, in milliseconds.
+    interval_ms: u64,
+    tolerance_ms: u64,
+}
+
+/// GCRA: allow when the theoretical arrival time is at most `tolerance` ahead of now; the
+/// answer is 0 (allowed) or the milliseconds to wait.
+const GCRA_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat - now > tolerance then return tat - now - tolerance end
+redis.call('SET', KEYS[1], tat + interval, 'PX', tat + interval - now)
+return 0
+"#;
 
 impl RateLimits {
     pub(crate) fn new(c: &crate::config::RateLimitConfig) -> Result<Self, String> {
@@ -239,33 +270,79 @@ impl RateLimits {
         let burst = c.burst.unwrap_or((c.per_minute / 10).max(1));
         let burst =
             std::num::NonZeroU32::new(burst).ok_or("gateway.rate_limit.burst must be above 0")?;
-        Ok(Self {
-            limiter: governor::RateLimiter::keyed(
-                governor::Quota::per_minute(per_minute).allow_burst(burst),
-            ),
-            checks: std::sync::atomic::AtomicU64::new(0),
-        })
+        let backend = match &c.redis_url {
+            None => Backend::Local {
+                limiter: governor::RateLimiter::keyed(
+                    governor::Quota::per_minute(per_minute).allow_burst(burst),
+                ),
+                checks: std::sync::atomic::AtomicU64::new(0),
+            },
+            Some(url) => {
+                let interval_ms = (60_000 / u64::from(per_minute.get())).max(1);
+                Backend::Redis(Box::new(RedisBackend {
+                    client: redis::Client::open(url.0.as_str())
+                        .map_err(|e| format!("gateway.rate_limit.redis_url: {e}"))?,
+                    conn: tokio::sync::OnceCell::new(),
+                    script: redis::Script::new(GCRA_LUA),
+                    interval_ms,
+                    tolerance_ms: interval_ms * u64::from(burst.get() - 1),
+                }))
+            }
+        };
+        Ok(Self { backend })
     }
 
     /// `Err(seconds to wait)` when `key` is over its limit.
-    fn check(&self, key: &str) -> Result<(), u64> {
-        // Forget idle subjects now and then, so memory follows the active ones.
-        if self
-            .checks
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            % 4096
-            == 4095
-        {
-            self.limiter.retain_recent();
+    async fn check(&self, key: &str) -> Result<(), u64> {
+        match &self.backend {
+            Backend::Local { limiter, checks } => {
+                // Forget idle subjects now and then, so memory follows the active ones.
+                if checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4096 == 4095 {
+                    limiter.retain_recent();
+                }
+                limiter.check_key(&key.to_owned()).map_err(|not_until| {
+                    let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                        &governor::clock::DefaultClock::default(),
+                    ));
+                    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+                })
+            }
+            Backend::Redis(r) => {
+                let RedisBackend {
+                    client,
+                    conn,
+                    script,
+                    interval_ms,
+                    tolerance_ms,
+                } = &**r;
+                let hashed: String = Sha256::digest(key.as_bytes())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                let outcome = async {
+                    let c = conn
+                        .get_or_try_init(|| redis::aio::ConnectionManager::new(client.clone()))
+                        .await?;
+                    let mut c = c.clone();
+                    script
+                        .key(format!("gatehouse:rl:{hashed}"))
+                        .arg(*interval_ms)
+                        .arg(*tolerance_ms)
+                        .invoke_async::<u64>(&mut c)
+                        .await
+                }
+                .await;
+                match outcome {
+                    Ok(0) => Ok(()),
+                    Ok(wait_ms) => Err(wait_ms.div_ceil(1000).max(1)),
+                    Err(e) => {
+                        // Fail open: an unreachable Redis must not take every upstream down.
+                        tracing::error!(error = %e, "rate limit store unreachable; request allowed");
+                        Ok(())
+                    }
+                }
+            }
         }
-        self.limiter
-            .check_key(&key.to_owned())
-            .map_err(|not_until| {
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                    &governor::clock::DefaultClock::default(),
-                ));
-                wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
-            })
     }
 }
 
@@ -391,7 +468,7 @@ impl Proxy {
             }
         };
         if let (Some(limits), Some(p)) = (&self.inner.limits, &principal)
-            && let Err(wait) = limits.check(&format!("{}\n{}", p.issuer, p.subject))
+            && let Err(wait) = limits.check(&format!("{}\n{}", p.issuer, p.subject)).await
         {
             audit("rate_limited", None);
             let id = peek

@@ -473,3 +473,102 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
         );
     }
 }
+
+/// Rate limits shared across replicas through the real Redis at 127.0.0.1:6379: two gateway
+/// processes (same database, same public URL) serve one subject in turn, and together they let
+/// through one burst, not one each; another subject is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_shared_across_replicas_through_redis() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let echo_port = recording_upstream(seen).await;
+    let (pa, pb) = (free_port(), free_port());
+    let public = format!("http://127.0.0.1:{pa}");
+    let dir = std::env::temp_dir().join(format!("gatehouse-gw-redis-{pa}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = format!("sqlite://{}/as.db", dir.display());
+    let config = |port: u16, name: &str| {
+        let cfg = dir.join(name);
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen: 127.0.0.1:{port}\npublic_url: {public}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: {db}\ngateway:\n  rate_limit: {{per_minute: 60, burst: 10, redis_url: 'redis://127.0.0.1:6379'}}\n  upstreams:\n    - name: echo\n      url: http://127.0.0.1:{echo_port}/mcp\n"
+            ),
+        )
+        .expect("config");
+        cfg
+    };
+    let add = |name: &str| {
+        added_client(
+            &gatehouse()
+                .args([
+                    "admin",
+                    "--db",
+                    &db,
+                    "clients",
+                    "add",
+                    "--name",
+                    name,
+                    "--confidential",
+                    "--grant",
+                    "client_credentials",
+                    "--scope",
+                    "mcp:basic",
+                ])
+                .output()
+                .expect("admin"),
+        )
+    };
+    let (alice, alice_secret) = add("replica-alice");
+    let (bob, bob_secret) = add("replica-bob");
+    let start = |cfg: std::path::PathBuf| {
+        let mut cmd = gatehouse();
+        cmd.args(["serve", "--config"]).arg(cfg);
+        Proc::start(cmd, "ready")
+    };
+    // The first replica creates the signing key; the second loads it.
+    let _a = start(config(pa, "a.yaml"));
+    let _b = start(config(pb, "b.yaml"));
+    let resource = format!("{public}/servers/echo/mcp");
+    let token = cc_token_for(&public, &alice, &alice_secret, &resource).await;
+    let urls = [
+        resource.clone(),
+        format!("http://127.0.0.1:{pb}/servers/echo/mcp"),
+    ];
+    let (mut allowed, mut limited) = ([0usize; 2], false);
+    for i in 0..30 {
+        let r = post(
+            &urls[i % 2],
+            Some(&token),
+            None,
+            json!({"jsonrpc": "2.0", "id": i, "method": "tools/list"}),
+        )
+        .await;
+        match r.status().as_u16() {
+            200 => allowed[i % 2] += 1,
+            429 => {
+                limited = true;
+                break;
+            }
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert!(limited, "the flood was limited");
+    assert!(
+        allowed[0] > 0 && allowed[1] > 0,
+        "both replicas served: {allowed:?}"
+    );
+    let total = allowed[0] + allowed[1];
+    assert!(
+        (10..=11).contains(&total),
+        "one shared burst of 10, not one per replica: {allowed:?}"
+    );
+    let bob_token = cc_token_for(&public, &bob, &bob_secret, &resource).await;
+    let r = post(
+        &urls[1],
+        Some(&bob_token),
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "another subject is not affected");
+}
