@@ -76,6 +76,9 @@ pub(crate) struct Config {
     /// Run the embedded authorization server on the same listener.
     #[serde(default)]
     pub(crate) authorization_server: Option<AuthServerSection>,
+    /// Serve Prometheus metrics at `http://<this>/metrics` (a separate listener).
+    #[serde(default)]
+    pub(crate) metrics_listen: Option<SocketAddr>,
     /// The gateway: upstream MCP servers, each behind its own guarded path.
     #[serde(default)]
     pub(crate) gateway: Option<GatewaySection>,

@@ -447,6 +447,11 @@ impl Proxy {
             .unwrap_or_default();
 
         let audit = |decision: &str, upstream_status: Option<u16>| {
+            let server = self.inner.name.clone();
+            metrics::counter!("gatehouse_gateway_requests_total", "server" => server.clone(), "decision" => decision.to_owned())
+                .increment(1);
+            metrics::histogram!("gatehouse_gateway_request_seconds", "server" => server)
+                .record(started.elapsed().as_secs_f64());
             if let Some(a) = &self.inner.audit {
                 a.record(serde_json::json!({
                     "time": time::OffsetDateTime::now_utc()

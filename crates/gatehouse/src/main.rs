@@ -262,6 +262,7 @@ pub(crate) fn dev_config(listen: SocketAddr, issuer: Issuer) -> Result<Config, S
         authorization_server: None,
         trusted_ca_file: None,
         gateway: None,
+        metrics_listen: None,
         dangerous: Dangerous {
             allow_loopback_fetch: allow,
         },
@@ -321,6 +322,36 @@ pub(crate) async fn serve_app(
                 return ExitCode::FAILURE;
             }
         };
+        if let Some(addr) = cfg.metrics_listen {
+            // Prometheus text on its own listener, so operators keep it off the public one.
+            let handle =
+                match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+                    Ok(h) => h,
+                    Err(e) => {
+                        eprintln!("error: metrics: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+            let l = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: cannot listen on {addr} (metrics_listen): {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let router = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let h = handle.clone();
+                    async move { h.render() }
+                }),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, router).await {
+                    tracing::error!(error = %e, "metrics listener stopped");
+                }
+            });
+        }
         if let Some(jwt) = app.jwt.clone() {
             // In the background, once we serve (the issuer may be this very process). Not fatal:
             // keys are fetched on first use as well.

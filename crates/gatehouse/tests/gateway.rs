@@ -133,6 +133,7 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
     let dir = std::env::temp_dir().join(format!("gatehouse-gw-{port}"));
     std::fs::create_dir_all(&dir).expect("dir");
     let db = format!("sqlite://{}/as.db", dir.display());
+    let metrics_port = free_port();
     let memory_js = repo_root()
         .join("interop/node_modules/@modelcontextprotocol/server-memory/dist/index.js")
         .display()
@@ -143,7 +144,7 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
     std::fs::write(
         &cfg,
         format!(
-            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\n  tool_scopes: {{get-env: [mcp:admin]}}\nauthorization_server:\n  database: {db}\ngateway:\n  audit_log: {}\n  rate_limit: {{per_minute: 60, burst: 20}}\n  upstreams:\n    - name: everything\n      url: http://127.0.0.1:{everything_port}/mcp\n    - name: echo\n      url: http://127.0.0.1:{echo_port}/mcp\n      headers:\n        Authorization: \"Bearer ${{env:ECHO_UPSTREAM_TOKEN}}\"\n    - name: memory\n      command: node\n      args: ['{memory_js}']\n      env:\n        MEMORY_FILE_PATH: '{memory_file}'\n    - name: exchanged\n      url: {exchanged_audience}\n      token_exchange:\n        client_id: ${{env:GW_CLIENT_ID}}\n        client_secret: ${{env:GW_CLIENT_SECRET}}\n",
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\n  tool_scopes: {{get-env: [mcp:admin]}}\nauthorization_server:\n  database: {db}\nmetrics_listen: 127.0.0.1:{metrics_port}\ngateway:\n  audit_log: {}\n  rate_limit: {{per_minute: 60, burst: 20}}\n  upstreams:\n    - name: everything\n      url: http://127.0.0.1:{everything_port}/mcp\n    - name: echo\n      url: http://127.0.0.1:{echo_port}/mcp\n      headers:\n        Authorization: \"Bearer ${{env:ECHO_UPSTREAM_TOKEN}}\"\n    - name: memory\n      command: node\n      args: ['{memory_js}']\n      env:\n        MEMORY_FILE_PATH: '{memory_file}'\n    - name: exchanged\n      url: {exchanged_audience}\n      token_exchange:\n        client_id: ${{env:GW_CLIENT_ID}}\n        client_secret: ${{env:GW_CLIENT_SECRET}}\n",
             audit.display()
         ),
     )
@@ -428,6 +429,23 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
     )
     .await;
     assert_eq!(r.status(), 200, "another subject is not affected");
+
+    // Prometheus metrics on their own listener: requests by server and decision.
+    let m = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        m.contains("gatehouse_gateway_requests_total{server=\"echo\",decision=\"rate_limited\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("gatehouse_gateway_requests_total{server=\"everything\",decision=\"allow\"}"),
+        "{m}"
+    );
+    assert!(m.contains("gatehouse_gateway_request_seconds"), "{m}");
 
     // The audit log: a record per request, chained, no token in it.
     let log = std::fs::read_to_string(&audit).expect("audit log");
