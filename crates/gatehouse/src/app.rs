@@ -60,8 +60,16 @@ pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
                     per_tool: cfg.guard.tool_scopes.clone(),
                 },
             )?;
+            let refusals = crate::gateway::RefusalAudit {
+                audit: audit.clone(),
+                server: u.name.clone(),
+            };
             let guarded = tower::ServiceBuilder::new()
                 .layer(cors_layer(&cfg.mcp.allowed_origins))
+                .layer(axum::middleware::from_fn_with_state(
+                    refusals,
+                    crate::gateway::audit_refusals,
+                ))
                 .layer(g.layer())
                 .service(proxy.into_service());
             upstream_routes = upstream_routes

@@ -416,7 +416,11 @@ impl Proxy {
     + 'static {
         tower::service_fn(move |req: http::Request<Body>| {
             let p = self.clone();
-            async move { Ok(p.forward(req).await) }
+            async move {
+                let mut resp = p.forward(req).await;
+                resp.extensions_mut().insert(Audited);
+                Ok(resp)
+            }
         })
     }
 
@@ -591,6 +595,55 @@ impl Proxy {
         audit("allow", upstream_status);
         response
     }
+}
+
+/// Marks a response the proxy has audited already.
+#[derive(Clone, Copy)]
+struct Audited;
+
+/// State of [`audit_refusals`]: the log and the upstream's name.
+#[derive(Clone)]
+pub(crate) struct RefusalAudit {
+    pub(crate) audit: Option<Arc<Audit>>,
+    pub(crate) server: String,
+}
+
+/// Outside the guard: requests it refused (no or bad token, missing scope, someone else's
+/// session, malformed) never reach the proxy, so they are audited here, with the status and
+/// the Bearer error; the caller is unknown at that point.
+pub(crate) async fn audit_refusals(
+    axum::extract::State(s): axum::extract::State<RefusalAudit>,
+    req: http::Request<Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    if resp.extensions().get::<Audited>().is_none() && !resp.status().is_success() {
+        let reason = resp
+            .headers()
+            .get(http::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split("error=\"").nth(1))
+            .and_then(|v| v.split('"').next())
+            .map(str::to_owned);
+        metrics::counter!("gatehouse_gateway_requests_total", "server" => s.server.clone(), "decision" => "refused")
+            .increment(1);
+        if let Some(a) = &s.audit {
+            a.record(serde_json::json!({
+                "time": time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+                "server": s.server,
+                "http_method": method.as_str(),
+                "decision": "refused",
+                "http_status": resp.status().as_u16(),
+                "reason": reason,
+                "latency_us": u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            }));
+        }
+    }
+    resp
 }
 
 fn pick(from: &HeaderMap, names: &[&str]) -> HeaderMap {

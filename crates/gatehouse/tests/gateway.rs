@@ -473,6 +473,12 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
         log.contains("\"decision\":\"rate_limited\""),
         "denials are audited too"
     );
+    assert!(
+        log.contains("\"decision\":\"refused\"")
+            && log.contains("\"reason\":\"insufficient_scope\"")
+            && log.contains("\"http_status\":401"),
+        "refusals by the guard are audited too: {log}"
+    );
     for secret in [
         &alice_token,
         &bob_token,
