@@ -86,20 +86,7 @@ async fn flow(database: &str) {
         .sign_in_and_approve(u.as_str(), &base, "alice", "operator-pass-1")
         .await;
     let code = done.redirect_params()["code"].clone();
-    let tok: Value = http
-        .post(format!("{base}/token"))
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", code.as_str()),
-            ("code_verifier", v.secret()),
-            ("client_id", client_id),
-        ])
-        .send()
-        .await
-        .expect("token")
-        .json()
-        .await
-        .expect("json");
+    let tok = redeem_code(&format!("{base}/token"), &code, v.secret(), client_id).await;
     let at = tok["access_token"].as_str().expect("access token");
     assert_eq!(mcp_initialize_status(&format!("{base}/mcp"), at).await, 200);
     assert!(p.terminate(10).expect("exits").success());
@@ -286,20 +273,7 @@ async fn as01_as02_tenants_have_path_aware_issuers_and_separate_databases() {
         b.cookies.keys()
     );
     let code = done.redirect_params()["code"].clone();
-    let tok: Value = http
-        .post(format!("{acme}/token"))
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", code.as_str()),
-            ("code_verifier", v.secret()),
-            ("client_id", client_id),
-        ])
-        .send()
-        .await
-        .expect("token")
-        .json()
-        .await
-        .expect("json");
+    let tok = redeem_code(&format!("{acme}/token"), &code, v.secret(), client_id).await;
     let at = tok["access_token"].as_str().expect("at");
     assert_eq!(jwt_claims(at)["iss"], json!(acme));
     assert_eq!(
@@ -367,20 +341,7 @@ async fn as29_killed_mid_request_loses_no_issued_token() {
             .sign_in_and_approve(u.as_str(), &base, "alice", "operator-pass-1")
             .await;
         let code = done.redirect_params()["code"].clone();
-        let tok: Value = http
-            .post(format!("{base}/token"))
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("code", code.as_str()),
-                ("code_verifier", v.secret()),
-                ("client_id", &client_id),
-            ])
-            .send()
-            .await
-            .expect("token")
-            .json()
-            .await
-            .expect("json");
+        let tok = redeem_code(&format!("{base}/token"), &code, v.secret(), &client_id).await;
         refresh_tokens.push(tok["refresh_token"].as_str().expect("rt").to_owned());
     }
 

@@ -244,3 +244,26 @@ pub fn added_client(out: &std::process::Output) -> (String, String) {
     };
     (get("client_id:"), get("client_secret:"))
 }
+
+/// Redeems an authorization code for a public client (PKCE); the token response.
+pub async fn redeem_code(
+    token_url: &str,
+    code: &str,
+    verifier: &str,
+    client_id: &str,
+) -> serde_json::Value {
+    reqwest::Client::new()
+        .post(token_url)
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("code_verifier", verifier),
+            ("client_id", client_id),
+        ])
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("json")
+}
