@@ -196,6 +196,7 @@ impl GuardInner {
             }
         }
         let mut needed = self.cfg.required_scopes.clone();
+        let mut peeked = None;
         if req.method() == http::Method::POST {
             let version = ProtocolVersion::from_header(header_str(&req, "mcp-protocol-version"))
                 .map_err(|e| {
@@ -230,6 +231,7 @@ impl GuardInner {
                 needed = needed.union(&self.cfg.scopes_for_tool(t));
                 who.tool = Some(t.to_owned());
             }
+            peeked = Some(peek);
         }
         let missing: ScopeSet = principal.scopes.missing_from(&needed);
         if !missing.is_empty() {
@@ -244,6 +246,10 @@ impl GuardInner {
         }
         let (mut parts, _) = req.into_parts();
         parts.extensions.insert(principal);
+        // What the body says, for the service behind (the gateway audits it): parsed once here.
+        if let Some(p) = peeked {
+            parts.extensions.insert(p);
+        }
         Ok((Request::from_parts(parts, Body::from(body)), who))
     }
 }

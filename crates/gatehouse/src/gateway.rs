@@ -5,10 +5,10 @@
 use crate::config::UpstreamEntry;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use gatehouse_core::{McpPeek, ProtocolVersion};
+use gatehouse_core::McpPeek;
+use gatehouse_server::sha256_hex;
 use gatehouse_tokens::Principal;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -153,10 +153,7 @@ impl Exchanger {
         http: &reqwest::Client,
         inbound: &str,
     ) -> Result<String, (StatusCode, String)> {
-        let key: String = Sha256::digest(inbound.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let key = sha256_hex(inbound);
         let now = Instant::now();
         if let Ok(c) = self.cache.lock()
             && let Some((t, until)) = c.get(&key)
@@ -315,10 +312,7 @@ impl RateLimits {
                     interval_ms,
                     tolerance_ms,
                 } = &**r;
-                let hashed: String = Sha256::digest(key.as_bytes())
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
+                let hashed = sha256_hex(key);
                 let outcome = async {
                     let c = conn
                         .get_or_try_init(|| redis::aio::ConnectionManager::new(client.clone()))
@@ -434,16 +428,8 @@ impl Proxy {
                 return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response();
             }
         };
-        let version = ProtocolVersion::from_header(
-            parts
-                .headers
-                .get("mcp-protocol-version")
-                .and_then(|v| v.to_str().ok()),
-        )
-        .unwrap_or(ProtocolVersion::V2025_03_26);
-        let peek = (!bytes.is_empty())
-            .then(|| McpPeek::parse(&bytes, version).ok())
-            .flatten();
+        // The guard parsed the body already (for per-tool scopes) and left what it found.
+        let peek = parts.extensions.get::<McpPeek>().cloned();
         let (method, tool) = peek
             .as_ref()
             .and_then(|p| p.messages.first())
@@ -697,10 +683,7 @@ impl Audit {
         };
         v["prev"] = st.1.clone().into();
         let body = v.to_string();
-        let hash: String = Sha256::digest(body.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = sha256_hex(&body);
         v["hash"] = hash.clone().into();
         let line = format!("{v}\n");
         if let Err(e) = st.0.write_all(line.as_bytes()) {
@@ -722,10 +705,7 @@ pub(crate) fn verify_chain(log: &str) -> Option<usize> {
             return Some(i);
         }
         v.as_object_mut()?.remove("hash");
-        let h: String = Sha256::digest(v.to_string().as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let h = sha256_hex(&v.to_string());
         if h != hash {
             return Some(i);
         }

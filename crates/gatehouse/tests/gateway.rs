@@ -7,10 +7,7 @@
 mod common;
 
 use common::*;
-use rmcp::ServiceExt as _;
 use rmcp::model::CallToolRequestParams;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
@@ -251,12 +248,7 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
 
     // A real MCP client through the gateway to server-everything.
     let alice_token = cc_token_for(&base, &alice, &alice_secret, &everything).await;
-    let mut tc = StreamableHttpClientTransportConfig::with_uri(everything.clone());
-    tc.auth_header = Some(alice_token.clone());
-    let client =
-        ().serve(StreamableHttpClientTransport::from_config(tc))
-            .await
-            .expect("initialize through the gateway");
+    let client = mcp_client(&everything, &alice_token).await;
     let tools = client.list_all_tools().await.expect("tools/list");
     assert!(
         tools.iter().any(|t| t.name == "echo"),
@@ -309,12 +301,7 @@ async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_aud
     // configured environment.
     let memory = format!("{base}/servers/memory/mcp");
     let alice_m = cc_token_for(&base, &alice, &alice_secret, &memory).await;
-    let mut tc = StreamableHttpClientTransportConfig::with_uri(memory.clone());
-    tc.auth_header = Some(alice_m.clone());
-    let mem =
-        ().serve(StreamableHttpClientTransport::from_config(tc))
-            .await
-            .expect("initialize a stdio upstream");
+    let mem = mcp_client(&memory, &alice_m).await;
     let tools = mem.list_all_tools().await.expect("tools/list");
     assert!(
         tools.iter().any(|t| t.name == "create_entities"),

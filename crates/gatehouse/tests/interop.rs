@@ -4,23 +4,8 @@ mod common;
 
 use common::*;
 use gatehouse_core::{BearerChallenge, BearerError, Challenge};
-use rmcp::ServiceExt as _;
 use rmcp::model::CallToolRequestParams;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
-
-async fn mcp_client(
-    endpoint: &str,
-    token: &str,
-) -> rmcp::service::RunningService<rmcp::RoleClient, ()> {
-    let mut cfg = StreamableHttpClientTransportConfig::with_uri(endpoint.to_owned());
-    cfg.auth_header = Some(token.to_owned());
-    let transport = StreamableHttpClientTransport::from_config(cfg);
-    ().serve(transport)
-        .await
-        .expect("MCP initialize through the guard")
-}
 
 async fn call(
     client: &rmcp::service::RunningService<rmcp::RoleClient, ()>,

@@ -267,3 +267,18 @@ pub async fn redeem_code(
         .await
         .expect("json")
 }
+
+/// rmcp's real MCP client, initialized against `endpoint` with `token` as its bearer.
+pub async fn mcp_client(
+    endpoint: &str,
+    token: &str,
+) -> rmcp::service::RunningService<rmcp::RoleClient, ()> {
+    use rmcp::ServiceExt as _;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let mut cfg = StreamableHttpClientTransportConfig::with_uri(endpoint.to_owned());
+    cfg.auth_header = Some(token.to_owned());
+    ().serve(StreamableHttpClientTransport::from_config(cfg))
+        .await
+        .expect("MCP initialize through the guard")
+}
