@@ -4,6 +4,10 @@
 //! go through. Proves: per-upstream protected resources (own PRM, own audience), no token
 //! passthrough (T3: the upstream sees only its configured credential), sessions bound to the
 //! user across the proxy (T2), per-subject rate limits, a hash-chained audit log without tokens.
+//! REQUIREMENTS ids: GW-01 (upstreams never see the inbound token; a token for another upstream
+//! is 401), GW-07 (another user's session → 404), GW-12 (no token in the audit log or logs),
+//! GW-13 (a privileged tool → 403 naming only what is needed), GW-14 (a stdio server is started
+//! only for an authenticated caller, with a clean environment).
 mod common;
 
 use common::*;
@@ -110,7 +114,8 @@ async fn post(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_guards_each_upstream_never_passes_tokens_binds_sessions_and_audits() {
+async fn gw01_gw07_gw12_gw13_gw14_guards_each_upstream_never_passes_tokens_binds_sessions_and_audits()
+ {
     assert!(
         repo_root()
             .join("interop/node_modules/@modelcontextprotocol/server-everything")
