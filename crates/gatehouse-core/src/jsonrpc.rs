@@ -73,6 +73,9 @@ pub struct PeekedMessage {
     /// `params.name` of `tools/call` and `prompts/get`, `params.uri` of `resources/read`: the
     /// value the 2026-07-28 `Mcp-Name` header carries.
     pub name: Option<String>,
+    /// `params` of the methods whose arguments policies look at (`tools/call`, `prompts/get`,
+    /// `resources/subscribe`, `resources/unsubscribe`).
+    pub params: Option<Value>,
 }
 
 impl PeekedMessage {
@@ -142,11 +145,18 @@ fn peek_one(v: &Value) -> Result<PeekedMessage, CoreError> {
             .map(str::to_owned),
         _ => None,
     };
+    let params = match method.as_deref() {
+        Some("tools/call" | "prompts/get" | "resources/subscribe" | "resources/unsubscribe") => {
+            params.cloned()
+        }
+        _ => None,
+    };
     Ok(PeekedMessage {
         kind,
         method,
         id,
         name,
+        params,
     })
 }
 

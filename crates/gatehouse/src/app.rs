@@ -20,6 +20,8 @@ pub(crate) struct App {
     pub(crate) guard: Guard,
     pub(crate) jwt: Option<Arc<JwtValidator>>,
     pub(crate) cancel: CancellationToken,
+    /// The gateway's policies and how often to re-read their file.
+    pub(crate) policy: Option<(Arc<gatehouse_policy::Engine>, Duration)>,
 }
 
 /// Builds everything from a validated config. Performs no network I/O.
@@ -27,8 +29,10 @@ pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let resource = cfg.resource()?;
     let fetcher = Fetcher::new(cfg.fetch_policy()?).map_err(|e| e.to_string())?;
-    let (guard, jwt) = build_guard(cfg, &resource, &fetcher, &clock)?;
+    let (guard, jwt) = build_guard(cfg, &resource, &fetcher, &clock, true)?;
     let mut upstream_routes = axum::Router::new();
+    let mut policy = None;
+    let gates = Arc::new(OriginGate::new(cfg, &resource, dev_origins));
     if let Some(gw) = &cfg.gateway {
         let audit = gw
             .audit_log
@@ -46,38 +50,140 @@ pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
             .map(crate::gateway::RateLimits::new)
             .transpose()?
             .map(Arc::new);
+        let engine = Arc::new(cfg.policy_engine()?);
+        let reload = Duration::from_secs(gw.policy.as_ref().map_or(2, |p| p.reload_seconds).max(1));
+        policy = Some((engine.clone(), reload));
         for u in &gw.upstreams {
             let r = cfg.upstream_resource(&u.name)?;
-            let (g, _) = build_guard(cfg, &r, &fetcher, &clock)?;
+            // Per-tool scopes are decided by the policy engine (with the upstream's own
+            // entries), not by the guard; the guard authenticates and checks the baseline.
+            let (g, _) = build_guard(cfg, &r, &fetcher, &clock, false)?;
             let proxy = crate::gateway::Proxy::new(
                 u,
-                http.clone(),
-                audit.clone(),
-                limits.clone(),
-                default_token_endpoint.clone(),
-                crate::gateway::ToolScopes {
+                crate::gateway::ProxyParts {
+                    http: http.clone(),
+                    audit: audit.clone(),
+                    limits: limits.clone(),
+                    default_token_endpoint: default_token_endpoint.clone(),
+                    policy: engine.clone(),
+                    prm_url: r.prm_url(),
                     required: cfg.guard.required_scopes.clone(),
-                    per_tool: cfg.guard.tool_scopes.clone(),
                 },
             )?;
             let refusals = crate::gateway::RefusalAudit {
                 audit: audit.clone(),
                 server: u.name.clone(),
             };
-            let guarded = tower::ServiceBuilder::new()
-                .layer(cors_layer(&cfg.mcp.allowed_origins))
+            let front = tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn_with_state(
+                    gates.clone(),
+                    origin_gate,
+                ))
+                .layer(cors_layer(&gates.origins))
                 .layer(axum::middleware::from_fn_with_state(
                     refusals,
                     crate::gateway::audit_refusals,
-                ))
-                .layer(g.layer())
-                .service(proxy.into_service());
-            upstream_routes = upstream_routes
-                .route_service(r.path_str(), guarded)
-                .merge(g.path_metadata_router());
+                ));
+            if u.anonymous {
+                tracing::warn!(upstream = %u.name, "served without authentication (anonymous: true)");
+                upstream_routes = upstream_routes
+                    .route_service(r.path_str(), front.service(proxy.into_service()));
+            } else {
+                let guarded = front.layer(g.layer()).service(proxy.into_service());
+                upstream_routes = upstream_routes
+                    .route_service(r.path_str(), guarded)
+                    .merge(g.path_metadata_router());
+            }
         }
     }
-    finish(cfg, dev_origins, resource, guard, jwt, upstream_routes)
+    let mut app = finish(cfg, &gates, resource, guard, jwt, upstream_routes)?;
+    app.policy = policy;
+    Ok(app)
+}
+
+/// GW-08 / TR-11: requests from a browser page on another origin (DNS rebinding) and requests
+/// for a host this server is not are refused before anything else.
+pub(crate) struct OriginGate {
+    hosts: Vec<String>,
+    origins: Vec<String>,
+}
+
+impl OriginGate {
+    fn new(cfg: &Config, resource: &Resource, dev_origins: bool) -> Self {
+        let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        if let Some(h) = resource.url().host_str() {
+            hosts.push(h.trim_matches(['[', ']']).to_owned());
+            if let Some(p) = resource.url().port() {
+                hosts.push(format!("{h}:{p}"));
+            }
+        }
+        hosts.extend(cfg.mcp.allowed_hosts.iter().cloned());
+        let mut origins = cfg.mcp.allowed_origins.clone();
+        if dev_origins {
+            origins.extend([
+                "http://localhost:*".to_owned(),
+                "http://127.0.0.1:*".to_owned(),
+            ]);
+        }
+        Self { hosts, origins }
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        // `Host` may carry a port; entries without one match any port.
+        let bare = match host.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        };
+        let bare = bare.trim_matches(['[', ']']);
+        self.hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(bare))
+    }
+}
+
+async fn origin_gate(
+    axum::extract::State(g): axum::extract::State<Arc<OriginGate>>,
+    req: http::Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    // (A header that is not text matches nothing.)
+    let refused = {
+        let h = req.headers();
+        let text = |n| {
+            h.get(n)
+                .map(|v: &http::HeaderValue| v.to_str().unwrap_or("\u{fffd}"))
+        };
+        match (text(http::header::ORIGIN), text(http::header::HOST)) {
+            (Some(o), _) if !origin_allowed(&g.origins, o) => Some("origin not allowed"),
+            (_, Some(host)) if !g.host_allowed(host) => Some("host not allowed"),
+            _ => None,
+        }
+    };
+    match refused {
+        Some(why) => (
+            http::StatusCode::FORBIDDEN,
+            axum::Json(serde_json::json!({
+                "jsonrpc": "2.0",
+                "error": {"code": -32000, "message": format!("forbidden: {why}")},
+            })),
+        )
+            .into_response(),
+        None => next.run(req).await,
+    }
+}
+
+/// Origin patterns: exact, or `scheme://host:*` for any port.
+fn origin_allowed(patterns: &[String], o: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix(":*") {
+        Some(prefix) => {
+            o == prefix
+                || o.strip_prefix(prefix).is_some_and(|r| {
+                    r.starts_with(':') && r[1..].bytes().all(|b| b.is_ascii_digit())
+                })
+        }
+        None => o == p,
+    })
 }
 
 /// The guard (and its JWT validator) for one protected resource: the demo endpoint or a
@@ -87,6 +193,7 @@ fn build_guard(
     resource: &Resource,
     fetcher: &Fetcher,
     clock: &Arc<dyn Clock>,
+    tool_scopes_in_guard: bool,
 ) -> Result<(Guard, Option<Arc<JwtValidator>>), String> {
     let (resource, clock) = (resource.clone(), clock.clone());
     let g = &cfg.guard;
@@ -135,10 +242,23 @@ fn build_guard(
             .collect(),
     );
     gc.required_scopes = g.required_scopes.clone();
-    gc.tool_scopes = g.tool_scopes.clone();
+    if tool_scopes_in_guard {
+        gc.tool_scopes = g.tool_scopes.clone();
+    }
+    // Advertised: the baseline and every scope a tool of this resource may need.
+    let upstream_scopes = cfg
+        .gateway
+        .iter()
+        .flat_map(|gw| &gw.upstreams)
+        .filter(|u| {
+            cfg.upstream_resource(&u.name)
+                .is_ok_and(|r| r.as_str() == resource.as_str())
+        })
+        .flat_map(|u| u.tool_scopes.values());
     gc.scopes_supported = g.scopes_supported.clone().unwrap_or_else(|| {
         g.tool_scopes
             .values()
+            .chain(upstream_scopes)
             .fold(g.required_scopes.clone(), |acc, s| acc.union(s))
     });
     gc.resource_name = g.resource_name.clone();
@@ -174,28 +294,14 @@ fn build_guard(
 
 fn finish(
     cfg: &Config,
-    dev_origins: bool,
+    gates: &OriginGate,
     resource: Resource,
     guard: Guard,
     jwt: Option<Arc<JwtValidator>>,
     upstream_routes: axum::Router,
 ) -> Result<App, String> {
     let cancel = CancellationToken::new();
-    let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
-    if let Some(h) = resource.url().host_str() {
-        hosts.push(h.trim_matches(['[', ']']).to_owned());
-        if let Some(p) = resource.url().port() {
-            hosts.push(format!("{h}:{p}"));
-        }
-    }
-    hosts.extend(cfg.mcp.allowed_hosts.iter().cloned());
-    let mut origins = cfg.mcp.allowed_origins.clone();
-    if dev_origins {
-        origins.extend([
-            "http://localhost:*".to_owned(),
-            "http://127.0.0.1:*".to_owned(),
-        ]);
-    }
+    let (hosts, origins) = (gates.hosts.clone(), gates.origins.clone());
     let mut mcp_cfg = StreamableHttpServerConfig::default()
         .with_allowed_hosts(hosts)
         .with_cancellation_token(cancel.clone());
@@ -226,6 +332,7 @@ fn finish(
         guard,
         jwt,
         cancel,
+        policy: None,
     })
 }
 
@@ -238,16 +345,7 @@ fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
     } else {
         let patterns = origins.to_vec();
         tower_http::cors::AllowOrigin::predicate(move |o, _| {
-            let Ok(o) = o.to_str() else { return false };
-            patterns.iter().any(|p| match p.strip_suffix(":*") {
-                Some(prefix) => {
-                    o == prefix
-                        || o.strip_prefix(prefix).is_some_and(|r| {
-                            r.starts_with(':') && r[1..].bytes().all(|b| b.is_ascii_digit())
-                        })
-                }
-                None => o == p,
-            })
+            o.to_str().is_ok_and(|o| origin_allowed(&patterns, o))
         })
     };
     tower_http::cors::CorsLayer::new()

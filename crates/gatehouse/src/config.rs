@@ -100,9 +100,40 @@ pub(crate) struct GatewaySection {
     /// Append-only JSON-lines audit log, one hash-chained record per request.
     #[serde(default)]
     pub(crate) audit_log: Option<String>,
-    /// Requests per subject (issuer + subject), across all upstreams.
+    /// Requests per subject (issuer + subject), across all upstreams; optionally also per
+    /// tenant and per tool.
     #[serde(default)]
     pub(crate) rate_limit: Option<RateLimitConfig>,
+    /// Cedar policies deciding who may do what on which upstream (with `tool_scopes`
+    /// compiled into the same set).
+    #[serde(default)]
+    pub(crate) policy: Option<PolicySection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PolicySection {
+    /// A Cedar policy file (relative to this config file), validated against the schema in
+    /// `gatehouse-policy` (`SCHEMA`). Without it, everything the scope rules allow is permitted.
+    #[serde(default)]
+    pub(crate) file: Option<String>,
+    /// How often the file is checked for changes (a valid change replaces the policies in
+    /// force without a restart; an invalid one is refused and logged).
+    #[serde(default = "two")]
+    pub(crate) reload_seconds: u64,
+}
+
+fn two() -> u64 {
+    2
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitConfig {
+    pub(crate) per_minute: u32,
+    /// Default: a tenth of a minute's worth.
+    #[serde(default)]
+    pub(crate) burst: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -117,6 +148,12 @@ pub(crate) struct RateLimitConfig {
     /// they are kept in this process.
     #[serde(default)]
     pub(crate) redis_url: Option<EnvString>,
+    /// Requests per tenant (the token's tenant claim), all its subjects together.
+    #[serde(default)]
+    pub(crate) per_tenant: Option<LimitConfig>,
+    /// Calls of one tool per subject, by `<upstream>/<tool>` (or a tool name for every upstream).
+    #[serde(default)]
+    pub(crate) per_tool: std::collections::BTreeMap<String, LimitConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +179,14 @@ pub(crate) struct UpstreamEntry {
     /// RFC 8693: exchange the caller's token for one whose audience is this upstream.
     #[serde(default)]
     pub(crate) token_exchange: Option<TokenExchangeConfig>,
+    /// Scopes per tool of this upstream (in addition to `guard.tool_scopes`, which apply to
+    /// every upstream); compiled into the Cedar policy set.
+    #[serde(default)]
+    pub(crate) tool_scopes: HashMap<String, ScopeSet>,
+    /// Serve this upstream without authentication (policies and limits still apply, to the
+    /// principal `anonymous`). For public servers and conformance runs only.
+    #[serde(default)]
+    pub(crate) anonymous: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +212,36 @@ impl Config {
             base.trim_end_matches('/')
         ))
         .map_err(|e| format!("gateway upstream {name}: {e}"))
+    }
+
+    /// The gateway's policy engine: the Cedar file (if any) and every `tool_scopes` entry,
+    /// validated together.
+    pub(crate) fn policy_engine(&self) -> Result<gatehouse_policy::Engine, String> {
+        let rule =
+            |server: Option<&str>, tool: &str, scopes: &ScopeSet| gatehouse_policy::ScopeRule {
+                server: server.map(str::to_owned),
+                tool: tool.to_owned(),
+                scopes: scopes.to_vec().into_iter().collect(),
+            };
+        let mut rules: Vec<_> = self
+            .guard
+            .tool_scopes
+            .iter()
+            .map(|(t, s)| rule(None, t, s))
+            .collect();
+        let upstreams = self.gateway.iter().flat_map(|g| &g.upstreams);
+        for u in upstreams {
+            rules.extend(u.tool_scopes.iter().map(|(t, s)| rule(Some(&u.name), t, s)));
+        }
+        // Deterministic order, so messages name the same rule every time.
+        rules.sort_by(|a, b| (&a.server, &a.tool).cmp(&(&b.server, &b.tool)));
+        let file = self
+            .gateway
+            .as_ref()
+            .and_then(|g| g.policy.as_ref())
+            .and_then(|p| p.file.as_deref())
+            .map(std::path::Path::new);
+        gatehouse_policy::Engine::load(file, rules).map_err(|e| format!("gateway.policy: {e}"))
     }
 
     /// The policy for every outbound fetch (metadata, JWKS, client documents, the IdP).
@@ -420,6 +495,17 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+        // The policy file travels with the config: a relative path is relative to it.
+        if let Some(f) = cfg
+            .gateway
+            .as_mut()
+            .and_then(|g| g.policy.as_mut())
+            .and_then(|p| p.file.as_mut())
+            && std::path::Path::new(f.as_str()).is_relative()
+            && let Some(dir) = std::path::Path::new(path).parent()
+        {
+            *f = dir.join(f.as_str()).display().to_string();
+        }
         cfg.normalize().map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
             message,
@@ -592,7 +678,31 @@ impl Config {
                     })?;
                 }
                 self.upstream_resource(&u.name)?;
+                for (tool, scopes) in &u.tool_scopes {
+                    if scopes.is_empty() {
+                        return Err(format!(
+                            "gateway.upstreams.{}.tool_scopes.{tool}: empty scope list",
+                            u.name
+                        ));
+                    }
+                }
             }
+            if let Some(rl) = &g.rate_limit {
+                for (what, l) in rl
+                    .per_tool
+                    .iter()
+                    .map(|(k, l)| (format!("per_tool.{k}"), l))
+                    .chain(rl.per_tenant.iter().map(|l| ("per_tenant".to_owned(), l)))
+                {
+                    if l.per_minute == 0 || l.burst == Some(0) {
+                        return Err(format!(
+                            "gateway.rate_limit.{what}: per_minute and burst must be above 0"
+                        ));
+                    }
+                }
+            }
+            // Policies are compiled and validated here, so `config check` refuses bad ones.
+            self.policy_engine()?;
         }
         if let Some(a) = &self.authorization_server {
             if let Some(up) = &a.upstream {

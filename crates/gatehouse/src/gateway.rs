@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The largest request body forwarded (the guard has read it already for per-tool scopes).
-const MAX_BODY: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// Request headers that travel upstream. Everything else stays here: `Authorization` and
 /// cookies above all, and hop-by-hop headers.
@@ -63,74 +63,22 @@ struct ProxyInner {
     audit: Option<Arc<Audit>>,
     limits: Option<Arc<RateLimits>>,
     exchange: Option<Exchanger>,
-    scopes: ToolScopes,
+    policy: Arc<gatehouse_policy::Engine>,
+    /// For the 403 `insufficient_scope` challenge: this upstream's PRM and baseline scopes.
+    prm_url: String,
+    required: gatehouse_core::ScopeSet,
     stdio: Option<StdioUpstream>,
 }
 
-/// The scopes a tool needs (the guard's `required_scopes` plus its `tool_scopes` entry): calls
-/// without them are refused by the guard (403 `insufficient_scope`), and `tools/list` answers
-/// are filtered so callers see only what they may use.
-#[derive(Clone, Default)]
-pub(crate) struct ToolScopes {
+/// What [`Proxy::new`] shares across upstreams, and this upstream's own parts.
+pub(crate) struct ProxyParts {
+    pub(crate) http: reqwest::Client,
+    pub(crate) audit: Option<Arc<Audit>>,
+    pub(crate) limits: Option<Arc<RateLimits>>,
+    pub(crate) default_token_endpoint: Option<String>,
+    pub(crate) policy: Arc<gatehouse_policy::Engine>,
+    pub(crate) prm_url: String,
     pub(crate) required: gatehouse_core::ScopeSet,
-    pub(crate) per_tool: std::collections::HashMap<String, gatehouse_core::ScopeSet>,
-}
-
-impl ToolScopes {
-    fn allows(&self, held: &gatehouse_core::ScopeSet, tool: &str) -> bool {
-        held.is_superset(&self.required)
-            && self.per_tool.get(tool).is_none_or(|s| held.is_superset(s))
-    }
-
-    /// Removes the tools `held` does not cover from a `tools/list` result.
-    fn filter(&self, held: &gatehouse_core::ScopeSet, msg: &mut serde_json::Value) {
-        if let Some(tools) = msg
-            .get_mut("result")
-            .and_then(|r| r.get_mut("tools"))
-            .and_then(|t| t.as_array_mut())
-        {
-            tools.retain(|t| t["name"].as_str().is_some_and(|n| self.allows(held, n)));
-        }
-    }
-
-    /// Filters a whole answer, JSON or SSE (one JSON message per `data:` line).
-    fn filter_body(&self, held: &gatehouse_core::ScopeSet, sse: bool, body: &[u8]) -> Vec<u8> {
-        let text = String::from_utf8_lossy(body);
-        if !sse {
-            return match serde_json::from_str::<serde_json::Value>(&text) {
-                Ok(mut v) => {
-                    self.filter(held, &mut v);
-                    v.to_string().into_bytes()
-                }
-                Err(_) => body.to_vec(),
-            };
-        }
-        let mut out = String::with_capacity(text.len());
-        for line in text.split_inclusive('\n') {
-            let (content, end) = match line.strip_suffix('\n') {
-                Some(c) => (c, "\n"),
-                None => (line, ""),
-            };
-            let (content, cr) = match content.strip_suffix('\r') {
-                Some(c) => (c, "\r"),
-                None => (content, ""),
-            };
-            match content
-                .strip_prefix("data:")
-                .map(|d| serde_json::from_str::<serde_json::Value>(d.trim_start()))
-            {
-                Some(Ok(mut v)) => {
-                    self.filter(held, &mut v);
-                    out.push_str("data: ");
-                    out.push_str(&v.to_string());
-                }
-                _ => out.push_str(content),
-            }
-            out.push_str(cr);
-            out.push_str(end);
-        }
-        out.into_bytes()
-    }
 }
 
 /// RFC 8693 token exchange for one upstream: the caller's token becomes one whose audience is
@@ -222,11 +170,39 @@ impl Exchanger {
     }
 }
 
-/// Per-subject request limits (GCRA), shared by every upstream: one runaway agent is slowed
-/// down, the others are not touched. Kept in this process, or in Redis so that replicas share
-/// them (the same algorithm as one atomic script, on the Redis server's clock).
+/// Request limits (GCRA): per subject across every upstream, optionally per tenant (all its
+/// subjects together) and per tool (per subject). One runaway agent is slowed down, the others
+/// are not touched. Kept in this process, or in Redis so that replicas share them (the same
+/// algorithm as one atomic script, on the Redis server's clock).
 pub(crate) struct RateLimits {
+    subject: Limiter,
+    tenant: Option<Limiter>,
+    /// By `<upstream>/<tool>` or a bare tool name (every upstream).
+    tools: std::collections::HashMap<String, Limiter>,
+}
+
+/// Which limit refused a request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LimitHit {
+    Subject,
+    Tenant,
+    Tool,
+}
+
+impl LimitHit {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Subject => "subject",
+            Self::Tenant => "tenant",
+            Self::Tool => "tool",
+        }
+    }
+}
+
+struct Limiter {
     backend: Backend,
+    /// Keeps the limits' keys apart in Redis.
+    namespace: String,
 }
 
 enum Backend {
@@ -234,16 +210,19 @@ enum Backend {
         limiter: governor::DefaultKeyedRateLimiter<String>,
         checks: std::sync::atomic::AtomicU64,
     },
-    Redis(Box<RedisBackend>),
+    Redis {
+        redis: Arc<RedisConn>,
+        /// Emission interval and burst tolerance, in milliseconds.
+        interval_ms: u64,
+        tolerance_ms: u64,
+    },
 }
 
-struct RedisBackend {
+/// One multiplexed connection, shared by every limit.
+struct RedisConn {
     client: redis::Client,
     conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
     script: redis::Script,
-    /// Emission interval and burst tolerance, in milliseconds.
-    interval_ms: u64,
-    tolerance_ms: u64,
 }
 
 /// GCRA: allow when the theoretical arrival time is at most `tolerance` ahead of now; the
@@ -260,40 +239,48 @@ redis.call('SET', KEYS[1], tat + interval, 'PX', tat + interval - now)
 return 0
 "#;
 
-impl RateLimits {
-    pub(crate) fn new(c: &crate::config::RateLimitConfig) -> Result<Self, String> {
-        let per_minute = std::num::NonZeroU32::new(c.per_minute)
-            .ok_or("gateway.rate_limit.per_minute must be above 0")?;
-        let burst = c.burst.unwrap_or((c.per_minute / 10).max(1));
-        let burst =
-            std::num::NonZeroU32::new(burst).ok_or("gateway.rate_limit.burst must be above 0")?;
-        let backend = match &c.redis_url {
+impl Limiter {
+    fn new(
+        what: &str,
+        per_minute: u32,
+        burst: Option<u32>,
+        redis: Option<&Arc<RedisConn>>,
+    ) -> Result<Self, String> {
+        let per_minute = std::num::NonZeroU32::new(per_minute)
+            .ok_or_else(|| format!("gateway.rate_limit{what}.per_minute must be above 0"))?;
+        let burst = burst.unwrap_or((per_minute.get() / 10).max(1));
+        let burst = std::num::NonZeroU32::new(burst)
+            .ok_or_else(|| format!("gateway.rate_limit{what}.burst must be above 0"))?;
+        let backend = match redis {
             None => Backend::Local {
                 limiter: governor::RateLimiter::keyed(
                     governor::Quota::per_minute(per_minute).allow_burst(burst),
                 ),
                 checks: std::sync::atomic::AtomicU64::new(0),
             },
-            Some(url) => {
+            Some(redis) => {
                 let interval_ms = (60_000 / u64::from(per_minute.get())).max(1);
-                Backend::Redis(Box::new(RedisBackend {
-                    client: redis::Client::open(url.0.as_str())
-                        .map_err(|e| format!("gateway.rate_limit.redis_url: {e}"))?,
-                    conn: tokio::sync::OnceCell::new(),
-                    script: redis::Script::new(GCRA_LUA),
+                Backend::Redis {
+                    redis: redis.clone(),
                     interval_ms,
                     tolerance_ms: interval_ms * u64::from(burst.get() - 1),
-                }))
+                }
             }
         };
-        Ok(Self { backend })
+        Ok(Self {
+            backend,
+            namespace: match what.trim_start_matches('.') {
+                "" => "subject".to_owned(),
+                ns => ns.to_owned(),
+            },
+        })
     }
 
     /// `Err(seconds to wait)` when `key` is over its limit.
     async fn check(&self, key: &str) -> Result<(), u64> {
         match &self.backend {
             Backend::Local { limiter, checks } => {
-                // Forget idle subjects now and then, so memory follows the active ones.
+                // Forget idle keys now and then, so memory follows the active ones.
                 if checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4096 == 4095 {
                     limiter.retain_recent();
                 }
@@ -304,22 +291,23 @@ impl RateLimits {
                     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
                 })
             }
-            Backend::Redis(r) => {
-                let RedisBackend {
-                    client,
-                    conn,
-                    script,
-                    interval_ms,
-                    tolerance_ms,
-                } = &**r;
+            Backend::Redis {
+                redis,
+                interval_ms,
+                tolerance_ms,
+            } => {
                 let hashed = sha256_hex(key);
                 let outcome = async {
-                    let c = conn
-                        .get_or_try_init(|| redis::aio::ConnectionManager::new(client.clone()))
+                    let c = redis
+                        .conn
+                        .get_or_try_init(|| {
+                            redis::aio::ConnectionManager::new(redis.client.clone())
+                        })
                         .await?;
                     let mut c = c.clone();
-                    script
-                        .key(format!("gatehouse:rl:{hashed}"))
+                    redis
+                        .script
+                        .key(format!("gatehouse:rl:{}:{hashed}", self.namespace))
                         .arg(*interval_ms)
                         .arg(*tolerance_ms)
                         .invoke_async::<u64>(&mut c)
@@ -340,15 +328,84 @@ impl RateLimits {
     }
 }
 
+impl RateLimits {
+    pub(crate) fn new(c: &crate::config::RateLimitConfig) -> Result<Self, String> {
+        let redis = c
+            .redis_url
+            .as_ref()
+            .map(|url| {
+                Ok::<_, String>(Arc::new(RedisConn {
+                    client: redis::Client::open(url.0.as_str())
+                        .map_err(|e| format!("gateway.rate_limit.redis_url: {e}"))?,
+                    conn: tokio::sync::OnceCell::new(),
+                    script: redis::Script::new(GCRA_LUA),
+                }))
+            })
+            .transpose()?;
+        Ok(Self {
+            subject: Limiter::new("", c.per_minute, c.burst, redis.as_ref())?,
+            tenant: c
+                .per_tenant
+                .as_ref()
+                .map(|l| Limiter::new(".per_tenant", l.per_minute, l.burst, redis.as_ref()))
+                .transpose()?,
+            tools: c
+                .per_tool
+                .iter()
+                .map(|(k, l)| {
+                    Ok((
+                        k.clone(),
+                        Limiter::new(
+                            &format!(".per_tool.{k}"),
+                            l.per_minute,
+                            l.burst,
+                            redis.as_ref(),
+                        )?,
+                    ))
+                })
+                .collect::<Result<_, String>>()?,
+        })
+    }
+
+    /// `Err((seconds to wait, which limit))` when a limit is reached. The most specific limit
+    /// is taken first, so a subject held back on one tool keeps its budget for the others.
+    pub(crate) async fn check(
+        &self,
+        subject: &str,
+        tenant: Option<&str>,
+        server: &str,
+        tool: Option<&str>,
+    ) -> Result<(), (u64, LimitHit)> {
+        if let Some(tool) = tool {
+            let qualified = format!("{server}/{tool}");
+            if let Some(l) = self.tools.get(&qualified).or_else(|| self.tools.get(tool)) {
+                l.check(&format!("{subject}\n{qualified}"))
+                    .await
+                    .map_err(|w| (w, LimitHit::Tool))?;
+            }
+        }
+        self.subject
+            .check(subject)
+            .await
+            .map_err(|w| (w, LimitHit::Subject))?;
+        if let (Some(l), Some(t)) = (&self.tenant, tenant) {
+            l.check(t).await.map_err(|w| (w, LimitHit::Tenant))?;
+        }
+        Ok(())
+    }
+}
+
 impl Proxy {
-    pub(crate) fn new(
-        u: &UpstreamEntry,
-        http: reqwest::Client,
-        audit: Option<Arc<Audit>>,
-        limits: Option<Arc<RateLimits>>,
-        default_token_endpoint: Option<String>,
-        scopes: ToolScopes,
-    ) -> Result<Self, String> {
+    pub(crate) fn new(u: &UpstreamEntry, parts: ProxyParts) -> Result<Self, String> {
+        let ProxyParts {
+            http,
+            audit,
+            limits,
+            default_token_endpoint,
+            policy,
+            prm_url,
+            required,
+        } = parts;
         let exchange = u
             .token_exchange
             .as_ref()
@@ -392,7 +449,9 @@ impl Proxy {
                 audit,
                 limits,
                 exchange,
-                scopes,
+                policy,
+                prm_url,
+                required,
                 stdio: StdioUpstream::new(u),
             }),
         })
@@ -428,22 +487,46 @@ impl Proxy {
                 return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response();
             }
         };
-        // The guard parsed the body already (for per-tool scopes) and left what it found.
-        let peek = parts.extensions.get::<McpPeek>().cloned();
+        // The guard parsed the body already and left what it found; an anonymous upstream has
+        // no guard, so it is parsed here (policies need it either way).
+        let peek = match parts.extensions.get::<McpPeek>() {
+            Some(p) => Some(p.clone()),
+            None if parts.method == http::Method::POST => {
+                let version = parts
+                    .headers
+                    .get("mcp-protocol-version")
+                    .and_then(|v| v.to_str().ok());
+                let parsed = gatehouse_core::ProtocolVersion::from_header(version)
+                    .and_then(|v| McpPeek::parse(&bytes, v));
+                match parsed {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        let body = serde_json::json!({
+                            "jsonrpc": "2.0",
+                            "id": null,
+                            "error": {"code": -32600, "message": e.to_string()},
+                        });
+                        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+                    }
+                }
+            }
+            None => None,
+        };
         let (method, tool) = peek
             .as_ref()
             .and_then(|p| p.messages.first())
             .map(|m| (m.method.clone(), m.tool_name().map(str::to_owned)))
             .unwrap_or_default();
+        let who = crate::authz::Who::of(principal.as_ref());
 
-        let audit = |decision: &str, upstream_status: Option<u16>| {
+        let audit = |decision: &str, upstream_status: Option<u16>, extra: serde_json::Value| {
             let server = self.inner.name.clone();
             metrics::counter!("gatehouse_gateway_requests_total", "server" => server.clone(), "decision" => decision.to_owned())
                 .increment(1);
             metrics::histogram!("gatehouse_gateway_request_seconds", "server" => server)
                 .record(started.elapsed().as_secs_f64());
             if let Some(a) = &self.inner.audit {
-                a.record(serde_json::json!({
+                let mut record = serde_json::json!({
                     "time": time::OffsetDateTime::now_utc()
                         .format(&time::format_description::well_known::Rfc3339)
                         .unwrap_or_default(),
@@ -459,47 +542,87 @@ impl Proxy {
                     // do not round-trip byte for byte.
                     "latency_us": u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                     "upstream_status": upstream_status,
-                }));
+                });
+                if let (Some(r), serde_json::Value::Object(more)) = (record.as_object_mut(), extra)
+                {
+                    r.extend(more);
+                }
+                a.record(record);
             }
         };
-        if let (Some(limits), Some(p)) = (&self.inner.limits, &principal)
-            && let Err(wait) = limits.check(&format!("{}\n{}", p.issuer, p.subject)).await
-        {
-            audit("rate_limited", None);
-            let id = peek
-                .as_ref()
-                .and_then(|p| p.messages.first())
-                .and_then(|m| m.id.clone())
-                .unwrap_or(serde_json::Value::Null);
-            let body = serde_json::json!({
-                "jsonrpc": "2.0",
-                "id": id,
-                "error": {"code": -32000, "message": format!("rate limit exceeded; retry in {wait} s")},
-            });
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                [(http::header::RETRY_AFTER, wait.to_string())],
-                axum::Json(body),
-            )
-                .into_response();
+        if let Some(limits) = &self.inner.limits {
+            let key = match &principal {
+                Some(p) => format!("{}\n{}", p.issuer, p.subject),
+                None => "anonymous".to_owned(),
+            };
+            let tenant = principal.as_ref().and_then(|p| p.tenant.as_deref());
+            if let Err((wait, hit)) = limits
+                .check(&key, tenant, &self.inner.name, tool.as_deref())
+                .await
+            {
+                audit(
+                    "rate_limited",
+                    None,
+                    serde_json::json!({"limit": hit.as_str()}),
+                );
+                let id = peek
+                    .as_ref()
+                    .and_then(|p| p.messages.first())
+                    .and_then(|m| m.id.clone())
+                    .unwrap_or(serde_json::Value::Null);
+                let body = serde_json::json!({
+                    "jsonrpc": "2.0",
+                    "id": id,
+                    "error": {
+                        "code": -32000,
+                        "message": format!("rate limit ({}) exceeded; retry in {wait} s", hit.as_str()),
+                    },
+                });
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(http::header::RETRY_AFTER, wait.to_string())],
+                    axum::Json(body),
+                )
+                    .into_response();
+            }
         }
+        let policies = self.inner.policy.current();
+        if let Some(peek) = &peek {
+            match crate::authz::decide(&policies, &who, &self.inner.name, peek) {
+                crate::authz::Verdict::Allow => {}
+                crate::authz::Verdict::NeedScopes(needed) => {
+                    audit(
+                        "insufficient_scope",
+                        None,
+                        serde_json::json!({"needs": needed}),
+                    );
+                    return crate::authz::scope_response(
+                        &self.inner.prm_url,
+                        &self.inner.required,
+                        &needed,
+                    );
+                }
+                crate::authz::Verdict::Deny { policies, ids } => {
+                    audit("deny", None, serde_json::json!({"policies": policies}));
+                    return crate::authz::denied_response(&policies, &ids, peek.batch);
+                }
+            }
+        }
+        // List answers are read whole and cut down to what the caller may use.
+        let list = method
+            .as_deref()
+            .filter(|m| crate::authz::is_filtered_list(Some(m)));
         if let Some(stdio) = &self.inner.stdio {
             let (resp, status) = stdio
                 .handle(&parts.method, &parts.headers, principal.as_ref(), &bytes)
                 .await;
-            audit("allow", status);
-            let Some(p) = principal
-                .as_ref()
-                .filter(|_| method.as_deref() == Some("tools/list") && status == Some(200))
-            else {
-                return resp;
+            audit("allow", status, serde_json::Value::Null);
+            return match (list, status) {
+                (Some(m), Some(200)) => {
+                    crate::authz::filter_response(&policies, &who, &self.inner.name, m, resp).await
+                }
+                _ => resp,
             };
-            let (head, body) = resp.into_parts();
-            let body = axum::body::to_bytes(body, MAX_BODY)
-                .await
-                .unwrap_or_default();
-            let filtered = self.inner.scopes.filter_body(&p.scopes, false, &body);
-            return Response::from_parts(head, Body::from(filtered));
         }
         let mut out = self
             .inner
@@ -524,7 +647,7 @@ impl Proxy {
                     out = out.bearer_auth(t);
                 }
                 Err((status, msg)) => {
-                    audit("credential_refused", None);
+                    audit("credential_refused", None, serde_json::Value::Null);
                     let body = serde_json::json!({
                         "jsonrpc": "2.0",
                         "id": null,
@@ -539,30 +662,24 @@ impl Proxy {
             Ok(r) => {
                 let status = r.status();
                 let headers = pick(r.headers(), &RETURNED);
-                let filter = method.as_deref() == Some("tools/list")
-                    && status.is_success()
-                    && (!self.inner.scopes.per_tool.is_empty());
-                let body = match (&principal, filter) {
-                    // A list answer is read whole to be filtered (lists are small and end).
-                    (Some(p), true) => {
-                        let sse = headers
-                            .get(http::header::CONTENT_TYPE)
-                            .and_then(|v| v.to_str().ok())
-                            .is_some_and(|c| c.starts_with("text/event-stream"));
-                        match r.bytes().await {
-                            Ok(b) => Body::from(self.inner.scopes.filter_body(&p.scopes, sse, &b)),
-                            Err(e) => {
-                                tracing::warn!(upstream = %self.inner.name, error = %e, "upstream answer cut off");
-                                Body::empty()
-                            }
-                        }
-                    }
-                    // Streamed as it arrives: SSE events reach the caller without buffering.
-                    _ => Body::from_stream(r.bytes_stream()),
-                };
-                let mut resp = Response::new(body);
+                let mut resp = Response::new(Body::from_stream(r.bytes_stream()));
                 *resp.status_mut() = status;
                 *resp.headers_mut() = headers;
+                // Streamed as it arrives (SSE events reach the caller without buffering),
+                // except list answers, which are short and end.
+                if status.is_success() {
+                    resp.headers_mut().insert(
+                        HeaderName::from_static("x-accel-buffering"),
+                        HeaderValue::from_static("no"),
+                    );
+                }
+                let resp = match list.filter(|_| status.is_success()) {
+                    Some(m) => {
+                        crate::authz::filter_response(&policies, &who, &self.inner.name, m, resp)
+                            .await
+                    }
+                    None => resp,
+                };
                 (resp, Some(status.as_u16()))
             }
             Err(e) => {
@@ -578,7 +695,7 @@ impl Proxy {
                 )
             }
         };
-        audit("allow", upstream_status);
+        audit("allow", upstream_status, serde_json::Value::Null);
         response
     }
 }
@@ -945,36 +1062,6 @@ impl StdioUpstream {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tools_list_filtered_by_scope_in_json_and_sse() {
-        let ts = ToolScopes {
-            required: gatehouse_core::ScopeSet::parse("mcp:basic").expect("scope"),
-            per_tool: [(
-                "get-env".to_owned(),
-                gatehouse_core::ScopeSet::parse("mcp:admin").expect("scope"),
-            )]
-            .into(),
-        };
-        let basic = gatehouse_core::ScopeSet::parse("mcp:basic").expect("scope");
-        let admin = gatehouse_core::ScopeSet::parse("mcp:basic mcp:admin").expect("scope");
-        let msg =
-            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo"},{"name":"get-env"}]}}"#;
-        let out = String::from_utf8(ts.filter_body(&basic, false, msg.as_bytes())).expect("utf8");
-        assert!(out.contains("echo") && !out.contains("get-env"), "{out}");
-        let out = String::from_utf8(ts.filter_body(&admin, false, msg.as_bytes())).expect("utf8");
-        assert!(out.contains("get-env"));
-        let sse = format!("event: message\r\nid: 7\r\ndata: {msg}\r\n\r\n");
-        let out = String::from_utf8(ts.filter_body(&basic, true, sse.as_bytes())).expect("utf8");
-        assert!(
-            out.starts_with("event: message\r\nid: 7\r\ndata: {"),
-            "{out}"
-        );
-        assert!(
-            out.ends_with("}\r\n\r\n") && !out.contains("get-env"),
-            "{out}"
-        );
-    }
 
     #[test]
     fn audit_chain_shows_tampering() {

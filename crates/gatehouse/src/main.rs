@@ -3,6 +3,7 @@
 
 mod admin;
 mod app;
+mod authz;
 mod client;
 mod config;
 mod demo;
@@ -351,6 +352,16 @@ pub(crate) async fn serve_app(
                     tracing::error!(error = %e, "metrics listener stopped");
                 }
             });
+        }
+        if let Some((engine, every)) = &app.policy {
+            // Policies reload without a restart; a change that does not validate is refused.
+            let p = engine.current();
+            tracing::info!(
+                policies = p.len(),
+                from = p.origin(),
+                "gateway policies loaded"
+            );
+            let _ = engine.watch(*every);
         }
         if let Some(jwt) = app.jwt.clone() {
             // In the background, once we serve (the issuer may be this very process). Not fatal:

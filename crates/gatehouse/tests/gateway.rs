@@ -466,10 +466,13 @@ async fn gw01_gw07_gw12_gw13_gw14_guards_each_upstream_never_passes_tokens_binds
         "denials are audited too"
     );
     assert!(
-        log.contains("\"decision\":\"refused\"")
-            && log.contains("\"reason\":\"insufficient_scope\"")
-            && log.contains("\"http_status\":401"),
+        log.contains("\"decision\":\"refused\"") && log.contains("\"http_status\":401"),
         "refusals by the guard are audited too: {log}"
+    );
+    assert!(
+        log.contains("\"decision\":\"insufficient_scope\"")
+            && log.contains("\"needs\":[\"mcp:admin\"]"),
+        "the scope refusal is audited with what it needs: {log}"
     );
     for secret in [
         &alice_token,
@@ -587,4 +590,299 @@ async fn rate_limits_are_shared_across_replicas_through_redis() {
     )
     .await;
     assert_eq!(r.status(), 200, "another subject is not affected");
+}
+
+/// The policy file of [`gateway_policies_cedar_hot_reload_per_tool_limits_and_origin`]:
+/// `{alice}` is replaced by alice's client id.
+const POLICY_V1: &str = r#"
+@id("agents use everything")
+permit(principal, action, resource in Server::"everything");
+
+@id("memory for alice only")
+permit(principal, action, resource in Server::"memory") when { principal.client == "{alice}" };
+
+@id("no environment dumps")
+forbid(principal, action == Action::"tools/call", resource == Tool::"everything/get-env");
+
+@id("echo no secrets")
+forbid(principal, action == Action::"tools/call", resource == Tool::"everything/echo")
+when { resource.hasTag("message") && resource.getTag("message") like "*secret*" };
+"#;
+
+/// Cedar policies through the gateway, against the real server-everything (HTTP) and
+/// server-memory (stdio): per-server and per-tool rules over the caller's client, a rule over a
+/// tool argument, filtered lists, a per-upstream scope rule compiled into the same set (403
+/// `insufficient_scope`), the JSON-RPC error for a policy refusal, a policy change picked up
+/// without a restart and a broken change refused; a per-tool rate limit that leaves the
+/// subject's other calls alone; GW-08 Origin and Host checks on POST, GET and DELETE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_policies_cedar_hot_reload_per_tool_limits_and_origin() {
+    let everything_port = free_port();
+    let _everything = server_everything(everything_port);
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let dir = std::env::temp_dir().join(format!("gatehouse-gw-policy-{port}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = format!("sqlite://{}/as.db", dir.display());
+    let add = |name: &str| {
+        added_client(
+            &gatehouse()
+                .args([
+                    "admin",
+                    "--db",
+                    &db,
+                    "clients",
+                    "add",
+                    "--name",
+                    name,
+                    "--confidential",
+                    "--grant",
+                    "client_credentials",
+                    "--scope",
+                    "mcp:basic",
+                ])
+                .output()
+                .expect("admin"),
+        )
+    };
+    let (alice, alice_secret) = add("policy-alice");
+    let (bob, bob_secret) = add("policy-bob");
+    let policy = dir.join("policy.cedar");
+    std::fs::write(&policy, POLICY_V1.replace("{alice}", &alice)).expect("policy");
+    let memory_js = repo_root()
+        .join("interop/node_modules/@modelcontextprotocol/server-memory/dist/index.js")
+        .display()
+        .to_string();
+    let audit = dir.join("audit.jsonl");
+    let cfg = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: {db}\ngateway:\n  audit_log: {audit}\n  policy: {{file: {policy}, reload_seconds: 1}}\n  rate_limit:\n    per_minute: 600\n    burst: 100\n    per_tool: {{everything/echo: {{per_minute: 60, burst: 3}}}}\n  upstreams:\n    - name: everything\n      url: http://127.0.0.1:{everything_port}/mcp\n    - name: memory\n      command: node\n      args: ['{memory_js}']\n      env: {{MEMORY_FILE_PATH: '{mem}'}}\n      tool_scopes: {{delete_entities: [memory:admin]}}\n",
+            audit = audit.display(),
+            policy = policy.display(),
+            mem = dir.join("memory.jsonl").display(),
+        ),
+    )
+    .expect("config");
+    let mut cmd = gatehouse();
+    cmd.args(["serve", "--config"]).arg(&cfg);
+    let server = Proc::start(cmd, "ready");
+    let everything = format!("{base}/servers/everything/mcp");
+    let memory = format!("{base}/servers/memory/mcp");
+    let alice_e = cc_token_for(&base, &alice, &alice_secret, &everything).await;
+    let alice_m = cc_token_for(&base, &alice, &alice_secret, &memory).await;
+    let bob_m = cc_token_for(&base, &bob, &bob_secret, &memory).await;
+
+    // Lists show what the policies allow; the forbidden tool is not offered.
+    let client = mcp_client(&everything, &alice_e).await;
+    let tools: Vec<String> = client
+        .list_all_tools()
+        .await
+        .expect("tools/list")
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert!(tools.contains(&"echo".to_owned()), "{tools:?}");
+    assert!(!tools.contains(&"get-env".to_owned()), "{tools:?}");
+    // A rule over an argument: the JSON-RPC error names the policy (no scope would help).
+    let call = |id: u32, message: &str| json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": message}}});
+    let r = post(
+        &everything,
+        Some(&alice_e),
+        None,
+        call(5, "the secret is 42"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["id"], json!(5));
+    assert_eq!(v["error"]["code"], json!(-32003), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("echo no secrets"),
+        "{v}"
+    );
+    let r = post(&everything, Some(&alice_e), None, json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {"name": "get-env", "arguments": {}}})).await;
+    let v: Value = r.json().await.expect("json");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("no environment dumps"),
+        "{v}"
+    );
+
+    // Per-tool limit: echo allows a burst of 3 per subject (the refused call above counted);
+    // the subject's other calls go on.
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let r = post(&everything, Some(&alice_e), None, init.clone()).await;
+    let e_session = r.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    drop(r);
+    let mut limited = None;
+    for i in 0..6 {
+        let r = post(
+            &everything,
+            Some(&alice_e),
+            Some(&e_session),
+            call(10 + i, "hello"),
+        )
+        .await;
+        if r.status() == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status(), 200);
+    }
+    let r = limited.expect("the per-tool limit");
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.expect("json");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("rate limit (tool)"),
+        "{v}"
+    );
+    let r = post(
+        &everything,
+        Some(&alice_e),
+        Some(&e_session),
+        json!({"jsonrpc": "2.0", "id": 30, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        200,
+        "other calls of the subject are not limited"
+    );
+    client.cancel().await.expect("close");
+
+    // The stdio upstream: alice only; the per-upstream scope rule hides and refuses a tool.
+    let r = post(&memory, Some(&bob_m), None, init.clone()).await;
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"]["code"], json!(-32003), "bob has no permit: {v}");
+    let mem = mcp_client(&memory, &alice_m).await;
+    let tools: Vec<String> = mem
+        .list_all_tools()
+        .await
+        .expect("tools/list")
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert!(tools.contains(&"read_graph".to_owned()), "{tools:?}");
+    assert!(!tools.contains(&"delete_entities".to_owned()), "{tools:?}");
+    mem.cancel().await.expect("close");
+    let r = post(&memory, Some(&alice_m), None, init.clone()).await;
+    let session = r.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let r = post(&memory, Some(&alice_m), Some(&session), json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "delete_entities", "arguments": {"entityNames": ["x"]}}})).await;
+    assert_eq!(r.status(), 403);
+    let challenge = r.headers()["www-authenticate"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        challenge.contains("insufficient_scope")
+            && challenge.contains("memory:admin")
+            && challenge.contains("/.well-known/oauth-protected-resource/servers/memory/mcp"),
+        "{challenge}"
+    );
+
+    // A policy change takes effect without a restart...
+    let v2 = format!(
+        "{}\n@id(\"memory for bob too\")\npermit(principal, action, resource in Server::\"memory\") when {{ principal.client == \"{bob}\" }};\n",
+        POLICY_V1.replace("{alice}", &alice)
+    );
+    std::fs::write(&policy, &v2).expect("policy v2");
+    let mut reloaded = false;
+    for _ in 0..50 {
+        let r = post(&memory, Some(&bob_m), None, init.clone()).await;
+        if r.status() == 200 && r.headers().contains_key("mcp-session-id") {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(reloaded, "the new policy was picked up");
+    // ...and a change that does not validate is refused, the policies in force stay.
+    std::fs::write(
+        &policy,
+        format!("{v2}\npermit(principal, action, resource) when {{ principal.grups == 1 }};\n"),
+    )
+    .expect("bad policy");
+    let mut refused = false;
+    for _ in 0..50 {
+        if server.all_output().contains("policy change refused") {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(refused, "{}", server.all_output());
+    assert!(server.all_output().contains("grups"), "the error says why");
+    let r = post(&memory, Some(&bob_m), None, init.clone()).await;
+    assert_eq!(r.status(), 200, "the previous policies still apply");
+    assert!(r.headers().contains_key("mcp-session-id"));
+
+    // GW-08: a foreign Origin is refused (POST, GET, DELETE) before authentication; so is a
+    // foreign Host (DNS rebinding); no Origin is a normal (here: unauthenticated) request.
+    let http = reqwest::Client::new();
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::GET,
+        reqwest::Method::DELETE,
+    ] {
+        let r = http
+            .request(method.clone(), &everything)
+            .header("origin", "https://evil.example")
+            .bearer_auth(&alice_e)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 403, "{method}");
+    }
+    let r = http
+        .post(&everything)
+        .header("host", "evil.example")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 403, "foreign Host");
+    let r = post(
+        &everything,
+        None,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}),
+    )
+    .await;
+    assert_eq!(r.status(), 401, "no Origin: handled normally");
+
+    // The audit log records policy refusals with the policy's name.
+    let log = std::fs::read_to_string(&audit).expect("audit");
+    assert!(
+        log.contains("\"decision\":\"deny\"") && log.contains("\"policies\":[\"echo no secrets\"]"),
+        "{log}"
+    );
+    assert!(log.contains("\"limit\":\"tool\""), "{log}");
+
+    // `config check` validates the policies too.
+    let out = gatehouse()
+        .args(["config", "check"])
+        .arg(&cfg)
+        .output()
+        .expect("config check");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("grups"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,0 +1,279 @@
+#![allow(clippy::unwrap_used)]
+use super::*;
+use serde_json::json;
+
+fn scopes(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+struct Who {
+    scopes: BTreeSet<String>,
+    claims: Map<String, Value>,
+    tenant: Option<&'static str>,
+}
+
+impl Who {
+    fn new(s: &[&str], claims: Value) -> Self {
+        Self {
+            scopes: scopes(s),
+            claims: claims.as_object().cloned().unwrap_or_default(),
+            tenant: None,
+        }
+    }
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            issuer: "https://as.example",
+            subject: self.claims["sub"].as_str().unwrap_or("alice"),
+            client: Some("client-1"),
+            tenant: self.tenant,
+            scopes: &self.scopes,
+            claims: &self.claims,
+        }
+    }
+}
+
+fn call<'a>(server: &'a str, tool: &'a str, args: Option<&'a Map<String, Value>>) -> Ask<'a> {
+    Ask {
+        server,
+        method: "tools/call",
+        target: Some(tool),
+        arguments: args,
+    }
+}
+
+fn rule(server: Option<&str>, tool: &str, s: &[&str]) -> ScopeRule {
+    ScopeRule {
+        server: server.map(str::to_owned),
+        tool: tool.to_owned(),
+        scopes: scopes(s),
+    }
+}
+
+#[test]
+fn scope_rules_alone_compile_to_cedar_and_ask_for_the_scope() {
+    let p = Policies::compile(
+        None,
+        "test",
+        &[
+            rule(None, "get-env", &["mcp:admin"]),
+            rule(Some("memory"), "delete_entities", &["memory:write"]),
+        ],
+    )
+    .unwrap();
+    let basic = Who::new(&["mcp:basic"], json!({"sub": "alice"}));
+    assert_eq!(
+        p.decide(&basic.caller(), &call("everything", "echo", None)),
+        Decision::Allow
+    );
+    assert_eq!(
+        p.decide(&basic.caller(), &call("everything", "get-env", None)),
+        Decision::NeedScopes(scopes(&["mcp:admin"]))
+    );
+    // The server-bound rule applies to its server only.
+    assert_eq!(
+        p.decide(&basic.caller(), &call("memory", "delete_entities", None)),
+        Decision::NeedScopes(scopes(&["memory:write"]))
+    );
+    assert_eq!(
+        p.decide(&basic.caller(), &call("other", "delete_entities", None)),
+        Decision::Allow
+    );
+    let admin = Who::new(&["mcp:basic", "mcp:admin"], json!({"sub": "root"}));
+    assert_eq!(
+        p.decide(&admin.caller(), &call("everything", "get-env", None)),
+        Decision::Allow
+    );
+    assert!(!p.lists(&basic.caller(), "everything", "tools/list", "get-env"));
+    assert!(p.lists(&admin.caller(), "everything", "tools/list", "get-env"));
+}
+
+const POLICY: &str = r#"
+@id("members use everything")
+permit(principal in Group::"engineering", action, resource in Server::"everything");
+
+@id("anyone may list and initialize")
+permit(principal, action in [Action::"initialize", Action::"tools/list", Action::"ping", Action::"other"], resource);
+
+@id("no printEnv outside ops")
+forbid(principal, action == Action::"tools/call", resource == Tool::"everything/get-env")
+unless { principal in Role::"ops" };
+
+@id("finance only from their tenant")
+forbid(principal, action, resource in Server::"ledger")
+unless { principal.tenant == "acme" && principal.hasTag("department") && principal.getTag("department") == "finance" };
+
+@id("ledger for finance")
+permit(principal, action, resource in Server::"ledger");
+
+@id("echo no secrets")
+forbid(principal, action == Action::"tools/call", resource == Tool::"everything/echo")
+when { resource.hasTag("message") && resource.getTag("message") like "*password*" };
+"#;
+
+#[test]
+fn cedar_policies_over_groups_roles_claims_tenant_and_arguments() {
+    let p = Policies::compile(
+        Some(POLICY),
+        "policy.cedar",
+        &[rule(None, "add", &["mcp:math"])],
+    )
+    .unwrap();
+    let eng = Who::new(
+        &["mcp:basic"],
+        json!({"sub": "alice", "groups": ["engineering"]}),
+    );
+    let outsider = Who::new(
+        &["mcp:basic"],
+        json!({"sub": "mallory", "groups": ["sales"]}),
+    );
+    let ops = Who::new(
+        &["mcp:basic"],
+        json!({"sub": "olga", "groups": ["engineering"], "realm_access": {"roles": ["ops"]}}),
+    );
+    assert_eq!(
+        p.decide(&eng.caller(), &call("everything", "echo", None)),
+        Decision::Allow
+    );
+    // No permit for sales: denied, and no scope would help.
+    assert_eq!(
+        p.decide(&outsider.caller(), &call("everything", "echo", None)),
+        Decision::Deny { policies: vec![] }
+    );
+    // Methods on the server itself.
+    let list = Ask {
+        server: "everything",
+        method: "tools/list",
+        target: None,
+        arguments: None,
+    };
+    assert_eq!(p.decide(&outsider.caller(), &list), Decision::Allow);
+    // A forbid names itself.
+    assert_eq!(
+        p.decide(&eng.caller(), &call("everything", "get-env", None)),
+        Decision::Deny {
+            policies: vec!["no printEnv outside ops".into()]
+        }
+    );
+    assert_eq!(
+        p.decide(&ops.caller(), &call("everything", "get-env", None)),
+        Decision::Allow
+    );
+    // Tool arguments.
+    let args = json!({"message": "my password is hunter2"});
+    let args = args.as_object().unwrap();
+    assert_eq!(
+        p.decide(&eng.caller(), &call("everything", "echo", Some(args))),
+        Decision::Deny {
+            policies: vec!["echo no secrets".into()]
+        }
+    );
+    let fine = json!({"message": "hello"});
+    assert_eq!(
+        p.decide(&eng.caller(), &call("everything", "echo", fine.as_object())),
+        Decision::Allow
+    );
+    // Claims as tags, and the tenant.
+    let mut finance = Who::new(
+        &["mcp:basic"],
+        json!({"sub": "fin", "department": "finance"}),
+    );
+    assert!(matches!(
+        p.decide(&finance.caller(), &call("ledger", "post", None)),
+        Decision::Deny { .. }
+    ));
+    finance.tenant = Some("acme");
+    assert_eq!(
+        p.decide(&finance.caller(), &call("ledger", "post", None)),
+        Decision::Allow
+    );
+    // A scope rule in the same set: the scope is asked for only when it would be enough.
+    assert_eq!(
+        p.decide(&eng.caller(), &call("everything", "add", None)),
+        Decision::NeedScopes(scopes(&["mcp:math"]))
+    );
+    assert!(matches!(
+        p.decide(&outsider.caller(), &call("everything", "add", None)),
+        Decision::Deny { .. }
+    ));
+    // Lists follow the call decision.
+    assert!(p.lists(&eng.caller(), "everything", "tools/list", "echo"));
+    assert!(!p.lists(&eng.caller(), "everything", "tools/list", "get-env"));
+    assert!(p.lists(&ops.caller(), "everything", "tools/list", "get-env"));
+}
+
+#[test]
+fn invalid_policies_are_refused_with_the_reason() {
+    // A typo in an attribute, an unknown entity type, an unguarded tag, a syntax error.
+    for (bad, needle) in [
+        (
+            "permit(principal, action, resource) when { principal.tenat == \"x\" };",
+            "tenat",
+        ),
+        (
+            "permit(principal in Team::\"a\", action, resource);",
+            "Team",
+        ),
+        (
+            "permit(principal, action == Action::\"tools/call\", resource) when { resource.getTag(\"x\") == \"y\" };",
+            "tag",
+        ),
+        ("permit(principal, action, resource", "parse"),
+        (
+            "permit(principal, action == Action::\"tools/cal\", resource);",
+            "tools/cal",
+        ),
+    ] {
+        let err = Policies::compile(Some(bad), "p.cedar", &[])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("p.cedar"), "{err}");
+        assert!(
+            err.to_lowercase().contains(&needle.to_lowercase()),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn hostile_names_stay_data() {
+    // A tool name that tries to close the string in a compiled rule.
+    let evil = "x\" || true || \"";
+    let p = Policies::compile(None, "t", &[rule(None, evil, &["s"])]).unwrap();
+    let who = Who::new(&[], json!({"sub": "a"}));
+    assert_eq!(
+        p.decide(&who.caller(), &call("srv", "other", None)),
+        Decision::Allow
+    );
+    assert_eq!(
+        p.decide(&who.caller(), &call("srv", evil, None)),
+        Decision::NeedScopes(scopes(&["s"]))
+    );
+}
+
+#[test]
+fn reload_replaces_only_with_valid_policies() {
+    let dir = std::env::temp_dir().join(format!("gh-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("p.cedar");
+    std::fs::write(&path, "permit(principal, action, resource);").unwrap();
+    let engine = Engine::load(Some(&path), vec![]).unwrap();
+    let who = Who::new(&[], json!({"sub": "a"}));
+    let decide = |e: &Engine| e.current().decide(&who.caller(), &call("s", "t", None));
+    assert_eq!(decide(&engine), Decision::Allow);
+    assert!(!engine.reload().unwrap());
+    std::fs::write(&path, "forbid(principal, action, resource);").unwrap();
+    assert!(engine.reload().unwrap());
+    assert!(matches!(decide(&engine), Decision::Deny { .. }));
+    // A broken edit is refused and the policies in force stay.
+    std::fs::write(
+        &path,
+        "permit(principal, action, resource) when { nonsense };",
+    )
+    .unwrap();
+    assert!(engine.reload().is_err());
+    assert!(matches!(decide(&engine), Decision::Deny { .. }));
+    // Reported once, not on every check.
+    assert!(!engine.reload().unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
