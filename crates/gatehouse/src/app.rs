@@ -154,9 +154,21 @@ async fn origin_gate(
             h.get(n)
                 .map(|v: &http::HeaderValue| v.to_str().unwrap_or("\u{fffd}"))
         };
-        match (text(http::header::ORIGIN), text(http::header::HOST)) {
-            (Some(o), _) if !origin_allowed(&g.origins, o) => Some("origin not allowed"),
+        let host = text(http::header::HOST);
+        match (text(http::header::ORIGIN), host) {
             (_, Some(host)) if !g.host_allowed(host) => Some("host not allowed"),
+            // Same origin (a page served by this host, which passed the check above) is not
+            // cross-origin; anything else must be listed.
+            (Some(o), _)
+                if !origin_allowed(&g.origins, o)
+                    && !host.is_some_and(|h| {
+                        o.strip_prefix("http://")
+                            .or_else(|| o.strip_prefix("https://"))
+                            .is_some_and(|rest| rest.eq_ignore_ascii_case(h))
+                    }) =>
+            {
+                Some("origin not allowed")
+            }
             _ => None,
         }
     };
