@@ -16,25 +16,19 @@ use std::time::Instant;
 /// The largest request body forwarded (the guard has read it already for per-tool scopes).
 pub(crate) const MAX_BODY: usize = 4 * 1024 * 1024;
 
-/// Request headers that travel upstream. Everything else stays here: `Authorization` and
-/// cookies above all, and hop-by-hop headers.
-const FORWARDED: [&str; 7] = [
+/// Request headers that travel upstream (the session id is mapped per hop, GW-11).
+/// Everything else stays here: `Authorization` and cookies above all, and hop-by-hop headers.
+const FORWARDED: [&str; 6] = [
     "content-type",
     "accept",
-    "mcp-session-id",
     "mcp-protocol-version",
     "last-event-id",
     "mcp-method",
     "mcp-name",
 ];
 
-/// Response headers that travel back.
-const RETURNED: [&str; 4] = [
-    "content-type",
-    "mcp-session-id",
-    "cache-control",
-    "mcp-protocol-version",
-];
+/// Response headers that travel back (the session id is mapped per hop).
+const RETURNED: [&str; 3] = ["content-type", "cache-control", "mcp-protocol-version"];
 
 /// The client for upstreams: no redirects (a redirect could carry the upstream credential
 /// elsewhere), no connection-level timeout on bodies (SSE streams last).
@@ -64,6 +58,8 @@ struct ProxyInner {
     limits: Option<Arc<RateLimits>>,
     exchange: Option<Exchanger>,
     policy: Arc<gatehouse_policy::Engine>,
+    /// GW-11: client-facing session ids ↔ the upstream's (HTTP upstreams).
+    sessions: Sessions,
     /// For the 403 `insufficient_scope` challenge: this upstream's PRM and baseline scopes.
     prm_url: String,
     required: gatehouse_core::ScopeSet,
@@ -450,6 +446,7 @@ impl Proxy {
                 limits,
                 exchange,
                 policy,
+                sessions: Sessions::default(),
                 prm_url,
                 required,
                 stdio: StdioUpstream::new(u),
@@ -624,15 +621,8 @@ impl Proxy {
                 _ => resp,
             };
         }
-        let mut out = self
-            .inner
-            .http
-            .request(parts.method.clone(), &self.inner.url);
-        out = out.headers(pick(&parts.headers, &FORWARDED));
         // T3: only the configured credentials go upstream; the caller's never do.
-        for (k, v) in &self.inner.headers {
-            out = out.header(k.clone(), v.clone());
-        }
+        let mut creds: Vec<(HeaderName, HeaderValue)> = self.inner.headers.clone();
         if let Some(x) = &self.inner.exchange {
             let inbound = parts
                 .headers
@@ -644,7 +634,10 @@ impl Proxy {
                 .unwrap_or_default();
             match x.token_for(&self.inner.http, &inbound).await {
                 Ok(t) => {
-                    out = out.bearer_auth(t);
+                    if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {t}")) {
+                        v.set_sensitive(true);
+                        creds.push((http::header::AUTHORIZATION, v));
+                    }
                 }
                 Err((status, msg)) => {
                     audit("credential_refused", None, serde_json::Value::Null);
@@ -657,11 +650,90 @@ impl Proxy {
                 }
             }
         }
-        let result = out.body(bytes).send().await;
+        // GW-11: the caller's session id is ours; the upstream's stays here.
+        let owner = format!("{}\n{}", who.caller().issuer, who.caller().subject);
+        let client_sid = parts
+            .headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let session = match &client_sid {
+            None => None,
+            Some(c) => match self.inner.sessions.get(c, &owner) {
+                Some(s) => Some(s),
+                None => {
+                    audit("unknown_session", Some(404), serde_json::Value::Null);
+                    return jsonrpc_error(
+                        StatusCode::NOT_FOUND,
+                        serde_json::Value::Null,
+                        "session not found",
+                    );
+                }
+            },
+        };
+        let initialize = method.as_deref() == Some("initialize") && session.is_none();
+        let forwarded = pick(&parts.headers, &FORWARDED);
+        let send = |upstream_sid: Option<String>| {
+            let mut out = self
+                .inner
+                .http
+                .request(parts.method.clone(), &self.inner.url)
+                .headers(forwarded.clone());
+            for (k, v) in &creds {
+                out = out.header(k.clone(), v.clone());
+            }
+            if let Some(u) = upstream_sid {
+                out = out.header("mcp-session-id", u);
+            }
+            out.body(bytes.clone()).send()
+        };
+        let mut result = send(session.as_ref().map(|s| s.upstream())).await;
+        // The upstream forgot the session (restart, expiry): open a new one with the caller's
+        // original initialize, then retry once. The caller keeps its session id.
+        if let (Ok(r), Some(s)) = (&result, &session)
+            && r.status() == StatusCode::NOT_FOUND
+            && parts.method != http::Method::DELETE
+        {
+            match self.reinitialize(s, &creds).await {
+                Ok(fresh) => {
+                    tracing::info!(upstream = %self.inner.name, "upstream session lost; re-initialized");
+                    result = send(Some(fresh)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %self.inner.name, error = %e, "upstream re-initialization failed");
+                }
+            }
+        }
+        if let (Some(c), Some(_), Ok(r)) = (&client_sid, &session, &result)
+            && parts.method == http::Method::DELETE
+            && (r.status().is_success() || r.status() == StatusCode::NOT_FOUND)
+        {
+            self.inner.sessions.remove(c);
+        }
         let (response, upstream_status) = match result {
             Ok(r) => {
                 let status = r.status();
-                let headers = pick(r.headers(), &RETURNED);
+                let mut headers = pick(r.headers(), &RETURNED);
+                let upstream_sid = r
+                    .headers()
+                    .get("mcp-session-id")
+                    .and_then(|v| v.to_str().ok());
+                let shown = match (&client_sid, upstream_sid) {
+                    (Some(c), _) => Some(c.clone()),
+                    (None, Some(u)) if initialize => Some(self.inner.sessions.open(
+                        u,
+                        owner.clone(),
+                        bytes.clone(),
+                        parts.headers.get("mcp-protocol-version").cloned(),
+                    )),
+                    _ => None,
+                };
+                if let Some(v) = shown
+                    .filter(|_| upstream_sid.is_some())
+                    .and_then(|c| HeaderValue::from_str(&c).ok())
+                {
+                    headers.insert("mcp-session-id", v);
+                }
                 let mut resp = Response::new(Body::from_stream(r.bytes_stream()));
                 *resp.status_mut() = status;
                 *resp.headers_mut() = headers;
@@ -697,6 +769,132 @@ impl Proxy {
         };
         audit("allow", upstream_status, serde_json::Value::Null);
         response
+    }
+}
+
+/// GW-11: sessions per hop. The caller sees an id of ours (128 random bits); the upstream's id
+/// never leaves the gateway, so an upstream that loses its session can be re-initialized
+/// without the caller noticing. Each session belongs to the user who opened it.
+#[derive(Default)]
+struct Sessions {
+    map: Mutex<std::collections::HashMap<String, Arc<UpstreamSession>>>,
+}
+
+struct UpstreamSession {
+    upstream: Mutex<String>,
+    owner: String,
+    /// The caller's `initialize`, replayed to open a new upstream session.
+    init: bytes::Bytes,
+    version: Option<HeaderValue>,
+    last_used: Mutex<Instant>,
+}
+
+impl UpstreamSession {
+    fn upstream(&self) -> String {
+        self.upstream.lock().map(|u| u.clone()).unwrap_or_default()
+    }
+}
+
+/// Sessions idle this long are forgotten (the upstream has long dropped them too).
+const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+impl Sessions {
+    fn open(
+        &self,
+        upstream: &str,
+        owner: String,
+        init: bytes::Bytes,
+        version: Option<HeaderValue>,
+    ) -> String {
+        let mut b = [0u8; 16];
+        rand::fill(&mut b);
+        let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        if let Ok(mut m) = self.map.lock() {
+            if m.len() % 1024 == 1023 {
+                m.retain(|_, s| s.last_used.lock().is_ok_and(|t| t.elapsed() < SESSION_IDLE));
+            }
+            m.insert(
+                id.clone(),
+                Arc::new(UpstreamSession {
+                    upstream: Mutex::new(upstream.to_owned()),
+                    owner,
+                    init,
+                    version,
+                    last_used: Mutex::new(Instant::now()),
+                }),
+            );
+        }
+        id
+    }
+
+    /// The session, if it exists and belongs to `owner`.
+    fn get(&self, id: &str, owner: &str) -> Option<Arc<UpstreamSession>> {
+        let s = self.map.lock().ok()?.get(id).cloned()?;
+        if s.owner != owner {
+            return None;
+        }
+        if let Ok(mut t) = s.last_used.lock() {
+            *t = Instant::now();
+        }
+        Some(s)
+    }
+
+    fn remove(&self, id: &str) {
+        if let Ok(mut m) = self.map.lock() {
+            m.remove(id);
+        }
+    }
+}
+
+impl Proxy {
+    /// Opens a new upstream session for `s` with the caller's original `initialize` (and the
+    /// `initialized` notification); the new upstream id replaces the old one.
+    async fn reinitialize(
+        &self,
+        s: &UpstreamSession,
+        creds: &[(HeaderName, HeaderValue)],
+    ) -> Result<String, String> {
+        let request = |body: bytes::Bytes, sid: Option<&str>| {
+            let mut out = self
+                .inner
+                .http
+                .post(&self.inner.url)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .header(http::header::ACCEPT, "application/json, text/event-stream");
+            if let Some(v) = &s.version {
+                out = out.header("mcp-protocol-version", v.clone());
+            }
+            for (k, v) in creds {
+                out = out.header(k.clone(), v.clone());
+            }
+            if let Some(sid) = sid {
+                out = out.header("mcp-session-id", sid);
+            }
+            out.body(body).send()
+        };
+        let r = request(s.init.clone(), None)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!("initialize answered {}", r.status()));
+        }
+        let fresh = r
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or("no session id in the initialize answer")?;
+        // Read the answer to its end (an SSE answer closes after the result).
+        let _ = r.bytes().await;
+        let done =
+            bytes::Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        request(done, Some(&fresh))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Ok(mut u) = s.upstream.lock() {
+            *u = fresh.clone();
+        }
+        Ok(fresh)
     }
 }
 
@@ -1062,6 +1260,22 @@ impl StdioUpstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gw07_session_ids_are_random_and_bound_to_their_owner() {
+        let s = Sessions::default();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let id = s.open("up", "iss\nalice".into(), bytes::Bytes::new(), None);
+            assert_eq!(id.len(), 32);
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert!(seen.insert(id), "collision");
+        }
+        let id = s.open("up", "iss\nalice".into(), bytes::Bytes::new(), None);
+        assert!(s.get(&id, "iss\nalice").is_some());
+        assert!(s.get(&id, "iss\nbob").is_none());
+        assert!(s.get(&id, "other-iss\nalice").is_none());
+    }
 
     #[test]
     fn audit_chain_shows_tampering() {

@@ -92,8 +92,66 @@ fn official_server_scenarios_pass_through_the_gateway_as_they_do_directly() {
         direct, through,
         "scenarios differ through the gateway:\n{through_log}"
     );
+    // GW-11: SSE is relayed as it comes, event by event: the fixture's progress tool sends
+    // three notifications 50 ms apart, then its result; they must not arrive in one batch.
+    sse_arrives_incrementally(&format!("http://127.0.0.1:{port}/servers/conformance/mcp"));
+
     // Everything went through the proxy (and was audited).
     let audit = std::fs::read_to_string(dir.join("audit.jsonl")).expect("audit");
     assert!(audit.lines().count() > 100, "{}", audit.lines().count());
     assert!(audit.contains("\"tool\":\"test_sampling\""));
+}
+
+fn sse_arrives_incrementally(url: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let post = |body: serde_json::Value, session: Option<&str>| {
+            let mut r = http
+                .post(url)
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2025-11-25")
+                .json(&body);
+            if let Some(s) = session {
+                r = r.header("mcp-session-id", s);
+            }
+            r.send()
+        };
+        let r = post(serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}), None)
+            .await
+            .expect("initialize");
+        let session = r.headers()["mcp-session-id"]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        drop(r.bytes().await);
+        post(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}), Some(&session))
+            .await
+            .expect("initialized");
+        let started = std::time::Instant::now();
+        let mut r = post(serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "test_tool_with_progress", "arguments": {}, "_meta": {"progressToken": "p1"}}}), Some(&session))
+            .await
+            .expect("call");
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        assert_eq!(r.headers()["x-accel-buffering"], "no");
+        let mut arrivals = Vec::new();
+        let mut text = String::new();
+        while let Some(chunk) = r.chunk().await.expect("chunk") {
+            let piece = String::from_utf8_lossy(&chunk).into_owned();
+            for _ in piece.matches("data:") {
+                arrivals.push(started.elapsed());
+            }
+            text.push_str(&piece);
+        }
+        assert_eq!(arrivals.len(), 4, "3 progress events and the result: {text}");
+        assert!(text.contains("notifications/progress") && text.contains("Progress tool completed"));
+        let spread = arrivals[3] - arrivals[0];
+        assert!(
+            spread >= std::time::Duration::from_millis(80),
+            "events arrived together ({arrivals:?}): buffered"
+        );
+    });
 }

@@ -886,3 +886,175 @@ async fn gateway_policies_cedar_hot_reload_per_tool_limits_and_origin() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A session-aware upstream: `initialize` opens `up-<n>`, other requests need a live session
+/// (404 otherwise) and answer with the session id they came with.
+#[derive(Default)]
+struct SessionUpstream {
+    issued: Mutex<Vec<String>>,
+    live: Mutex<std::collections::HashSet<String>>,
+    initialized: Mutex<Vec<String>>,
+}
+
+async fn session_upstream(state: Arc<SessionUpstream>) -> u16 {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let sid = |h: &HeaderMap| {
+        h.get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let post_state = state.clone();
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(move |headers: HeaderMap, body: axum::Json<Value>| {
+            let st = post_state.clone();
+            async move {
+                if body["method"] == "initialize" {
+                    let mut issued = st.issued.lock().expect("lock");
+                    let id = format!("up-{}", issued.len());
+                    issued.push(id.clone());
+                    st.live.lock().expect("lock").insert(id.clone());
+                    return (
+                        [("mcp-session-id", id)],
+                        axum::Json(json!({"jsonrpc": "2.0", "id": body["id"], "result": {"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}}})),
+                    )
+                        .into_response();
+                }
+                let Some(s) = sid(&headers).filter(|s| st.live.lock().expect("lock").contains(s))
+                else {
+                    return StatusCode::NOT_FOUND.into_response();
+                };
+                if body["method"] == "notifications/initialized" {
+                    st.initialized.lock().expect("lock").push(s);
+                    return StatusCode::ACCEPTED.into_response();
+                }
+                axum::Json(json!({"jsonrpc": "2.0", "id": body["id"], "result": {"session": s}}))
+                    .into_response()
+            }
+        })
+        .delete(move |headers: HeaderMap| {
+            let st = state.clone();
+            async move {
+                match sid(&headers) {
+                    Some(s) if st.live.lock().expect("lock").remove(&s) => StatusCode::OK,
+                    _ => StatusCode::NOT_FOUND,
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    port
+}
+
+/// GW-11: the caller's session id is the gateway's own, the upstream's never leaves the gateway;
+/// when the upstream forgets a session (restart, expiry) the gateway opens a new one with the
+/// caller's original `initialize` and the caller carries on with the same id; DELETE ends both;
+/// GW-07: another user presenting the id gets 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gw11_sessions_are_mapped_per_hop_and_reopened_when_the_upstream_forgets() {
+    let up = Arc::new(SessionUpstream::default());
+    let up_port = session_upstream(up.clone()).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let dir = std::env::temp_dir().join(format!("gatehouse-gw-sessions-{port}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = format!("sqlite://{}/as.db", dir.display());
+    let cfg = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: {db}\ngateway:\n  upstreams:\n    - name: sess\n      url: http://127.0.0.1:{up_port}/mcp\n"
+        ),
+    )
+    .expect("config");
+    let add = |name: &str| {
+        added_client(
+            &gatehouse()
+                .args([
+                    "admin",
+                    "--db",
+                    &db,
+                    "clients",
+                    "add",
+                    "--name",
+                    name,
+                    "--confidential",
+                    "--grant",
+                    "client_credentials",
+                    "--scope",
+                    "mcp:basic",
+                ])
+                .output()
+                .expect("admin"),
+        )
+    };
+    let (alice, alice_secret) = add("sess-alice");
+    let (bob, bob_secret) = add("sess-bob");
+    let mut cmd = gatehouse();
+    cmd.args(["serve", "--config"]).arg(&cfg);
+    let _server = Proc::start(cmd, "ready");
+    let url = format!("{base}/servers/sess/mcp");
+    let alice_t = cc_token_for(&base, &alice, &alice_secret, &url).await;
+    let bob_t = cc_token_for(&base, &bob, &bob_secret, &url).await;
+
+    let r = post(&url, Some(&alice_t), None, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})).await;
+    assert_eq!(r.status(), 200);
+    let session = r.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let first = up.issued.lock().expect("lock")[0].clone();
+    assert_ne!(session, first, "the upstream's id is not shown");
+    assert_eq!(session.len(), 32, "128 random bits, hex: {session}");
+    let list = |id: u32| json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"});
+    let r = post(&url, Some(&alice_t), Some(&session), list(2)).await;
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(
+        v["result"]["session"],
+        json!(first),
+        "mapped to the upstream's id"
+    );
+
+    let r = post(&url, Some(&bob_t), Some(&session), list(3)).await;
+    assert_eq!(r.status(), 404, "another user's session");
+    let r = post(&url, Some(&alice_t), Some(&first), list(4)).await;
+    assert_eq!(r.status(), 404, "the upstream's id means nothing here");
+
+    // The upstream forgets every session: the caller does not notice.
+    up.live.lock().expect("lock").clear();
+    let r = post(&url, Some(&alice_t), Some(&session), list(5)).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    let second = up.issued.lock().expect("lock")[1].clone();
+    assert_eq!(
+        v["result"]["session"],
+        json!(second),
+        "re-initialized upstream"
+    );
+    assert_eq!(v["id"], json!(5));
+    assert_eq!(
+        up.initialized.lock().expect("lock").clone(),
+        vec![second.clone()],
+        "the new upstream session was completed with notifications/initialized"
+    );
+
+    // DELETE ends the caller's session and the upstream's.
+    let r = reqwest::Client::new()
+        .delete(&url)
+        .bearer_auth(&alice_t)
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 200);
+    assert!(!up.live.lock().expect("lock").contains(&second));
+    let r = post(&url, Some(&alice_t), Some(&session), list(6)).await;
+    assert_eq!(r.status(), 404, "ended");
+}
