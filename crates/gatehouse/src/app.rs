@@ -53,6 +53,7 @@ pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
         let engine = Arc::new(cfg.policy_engine()?);
         let reload = Duration::from_secs(gw.policy.as_ref().map_or(2, |p| p.reload_seconds).max(1));
         policy = Some((engine.clone(), reload));
+        let mut proxies = Vec::new();
         for u in &gw.upstreams {
             let r = cfg.upstream_resource(&u.name)?;
             // Per-tool scopes are decided by the policy engine (with the upstream's own
@@ -70,6 +71,7 @@ pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
                     required: cfg.guard.required_scopes.clone(),
                 },
             )?;
+            proxies.push((u.name.clone(), proxy.clone()));
             let refusals = crate::gateway::RefusalAudit {
                 audit: audit.clone(),
                 server: u.name.clone(),
@@ -94,6 +96,29 @@ pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
                     .route_service(r.path_str(), guarded)
                     .merge(g.path_metadata_router());
             }
+        }
+        if let Some(name) = cfg.aggregate_name() {
+            let r = cfg.upstream_resource(name)?;
+            let (g, _) = build_guard(cfg, &r, &fetcher, &clock, false)?;
+            let refusals = crate::gateway::RefusalAudit {
+                audit: audit.clone(),
+                server: name.to_owned(),
+            };
+            let guarded = tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn_with_state(
+                    gates.clone(),
+                    origin_gate,
+                ))
+                .layer(cors_layer(&gates.origins))
+                .layer(axum::middleware::from_fn_with_state(
+                    refusals,
+                    crate::gateway::audit_refusals,
+                ))
+                .layer(g.layer())
+                .service(crate::aggregate::Aggregate::new(proxies).into_service());
+            upstream_routes = upstream_routes
+                .route_service(r.path_str(), guarded)
+                .merge(g.path_metadata_router());
         }
     }
     let mut app = finish(cfg, &gates, resource, guard, jwt, upstream_routes)?;
@@ -265,6 +290,10 @@ fn build_guard(
         .filter(|u| {
             cfg.upstream_resource(&u.name)
                 .is_ok_and(|r| r.as_str() == resource.as_str())
+                || cfg
+                    .aggregate_name()
+                    .and_then(|a| cfg.upstream_resource(a).ok())
+                    .is_some_and(|r| r.as_str() == resource.as_str())
         })
         .flat_map(|u| u.tool_scopes.values());
     gc.scopes_supported = g.scopes_supported.clone().unwrap_or_else(|| {

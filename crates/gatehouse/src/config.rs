@@ -108,6 +108,17 @@ pub(crate) struct GatewaySection {
     /// compiled into the same set).
     #[serde(default)]
     pub(crate) policy: Option<PolicySection>,
+    /// One more endpoint, `/servers/<name>/mcp`, serving every upstream at once: tools and
+    /// prompts as `<upstream>__<name>`, resources routed by URI. Each call still goes through
+    /// its upstream's policies, limits, credentials and audit.
+    #[serde(default)]
+    pub(crate) aggregate: Option<AggregateSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AggregateSection {
+    pub(crate) name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,6 +223,14 @@ impl Config {
             base.trim_end_matches('/')
         ))
         .map_err(|e| format!("gateway upstream {name}: {e}"))
+    }
+
+    /// The aggregate endpoint's name (its path segment), if configured.
+    pub(crate) fn aggregate_name(&self) -> Option<&str> {
+        self.gateway
+            .as_ref()
+            .and_then(|g| g.aggregate.as_ref())
+            .map(|a| a.name.as_str())
     }
 
     /// The gateway's policy engine: the Cedar file (if any) and every `tool_scopes` entry,
@@ -685,6 +704,25 @@ impl Config {
                             u.name
                         ));
                     }
+                }
+            }
+            if let Some(a) = &g.aggregate {
+                if !seen.insert(a.name.as_str())
+                    || a.name.is_empty()
+                    || !a
+                        .name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                {
+                    return Err(format!(
+                        "gateway.aggregate.name {:?}: lower-case letters, digits and -, and not an upstream's name",
+                        a.name
+                    ));
+                }
+                if g.upstreams.iter().any(|u| u.anonymous) {
+                    return Err(
+                        "gateway.aggregate: not with anonymous upstreams (the aggregate is authenticated; it would mix the two)".into(),
+                    );
                 }
             }
             if let Some(rl) = &g.rate_limit {

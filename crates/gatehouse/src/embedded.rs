@@ -26,10 +26,16 @@ pub(crate) async fn build(cfg: &Config) -> Result<Option<Embedded>, String> {
             resource: cfg.resource()?,
             scopes: scopes.clone(),
         }];
+        let mut every = scopes.clone();
         for u in cfg.gateway.iter().flat_map(|g| &g.upstreams) {
+            let own = u
+                .tool_scopes
+                .values()
+                .fold(scopes.clone(), |acc, s| acc.union(s));
+            every = every.union(&own);
             all.push(ResourceEntry {
                 resource: cfg.upstream_resource(&u.name)?,
-                scopes: scopes.clone(),
+                scopes: own,
             });
             // The audience a token exchange for this upstream asks for.
             if let Some(x) = &u.token_exchange {
@@ -40,6 +46,12 @@ pub(crate) async fn build(cfg: &Config) -> Result<Option<Embedded>, String> {
                     scopes: scopes.clone(),
                 });
             }
+        }
+        if let Some(name) = cfg.aggregate_name() {
+            all.push(ResourceEntry {
+                resource: cfg.upstream_resource(name)?,
+                scopes: every,
+            });
         }
         all
     } else {

@@ -474,7 +474,7 @@ impl Proxy {
         })
     }
 
-    async fn forward(&self, req: http::Request<Body>) -> Response {
+    pub(crate) async fn forward(&self, req: http::Request<Body>) -> Response {
         let started = Instant::now();
         let (parts, body) = req.into_parts();
         let principal = parts.extensions.get::<Principal>().cloned();

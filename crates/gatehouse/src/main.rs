@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod aggregate;
 mod app;
 mod authz;
 mod client;

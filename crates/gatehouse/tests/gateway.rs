@@ -92,6 +92,29 @@ async fn cc_token_for(base: &str, id: &str, secret: &str, resource: &str) -> Str
         .to_owned()
 }
 
+/// A confidential machine client (client_credentials, scope mcp:basic) in the AS database.
+fn add_machine_client(db: &str, name: &str) -> (String, String) {
+    added_client(
+        &gatehouse()
+            .args([
+                "admin",
+                "--db",
+                db,
+                "clients",
+                "add",
+                "--name",
+                name,
+                "--confidential",
+                "--grant",
+                "client_credentials",
+                "--scope",
+                "mcp:basic",
+            ])
+            .output()
+            .expect("admin"),
+    )
+}
+
 async fn post(
     url: &str,
     token: Option<&str>,
@@ -516,27 +539,7 @@ async fn rate_limits_are_shared_across_replicas_through_redis() {
         .expect("config");
         cfg
     };
-    let add = |name: &str| {
-        added_client(
-            &gatehouse()
-                .args([
-                    "admin",
-                    "--db",
-                    &db,
-                    "clients",
-                    "add",
-                    "--name",
-                    name,
-                    "--confidential",
-                    "--grant",
-                    "client_credentials",
-                    "--scope",
-                    "mcp:basic",
-                ])
-                .output()
-                .expect("admin"),
-        )
-    };
+    let add = |name: &str| add_machine_client(&db, name);
     let (alice, alice_secret) = add("replica-alice");
     let (bob, bob_secret) = add("replica-bob");
     let start = |cfg: std::path::PathBuf| {
@@ -624,27 +627,7 @@ async fn gateway_policies_cedar_hot_reload_per_tool_limits_and_origin() {
     let dir = std::env::temp_dir().join(format!("gatehouse-gw-policy-{port}"));
     std::fs::create_dir_all(&dir).expect("dir");
     let db = format!("sqlite://{}/as.db", dir.display());
-    let add = |name: &str| {
-        added_client(
-            &gatehouse()
-                .args([
-                    "admin",
-                    "--db",
-                    &db,
-                    "clients",
-                    "add",
-                    "--name",
-                    name,
-                    "--confidential",
-                    "--grant",
-                    "client_credentials",
-                    "--scope",
-                    "mcp:basic",
-                ])
-                .output()
-                .expect("admin"),
-        )
-    };
+    let add = |name: &str| add_machine_client(&db, name);
     let (alice, alice_secret) = add("policy-alice");
     let (bob, bob_secret) = add("policy-bob");
     let policy = dir.join("policy.cedar");
@@ -974,27 +957,7 @@ async fn gw11_sessions_are_mapped_per_hop_and_reopened_when_the_upstream_forgets
         ),
     )
     .expect("config");
-    let add = |name: &str| {
-        added_client(
-            &gatehouse()
-                .args([
-                    "admin",
-                    "--db",
-                    &db,
-                    "clients",
-                    "add",
-                    "--name",
-                    name,
-                    "--confidential",
-                    "--grant",
-                    "client_credentials",
-                    "--scope",
-                    "mcp:basic",
-                ])
-                .output()
-                .expect("admin"),
-        )
-    };
+    let add = |name: &str| add_machine_client(&db, name);
     let (alice, alice_secret) = add("sess-alice");
     let (bob, bob_secret) = add("sess-bob");
     let mut cmd = gatehouse();
@@ -1057,4 +1020,178 @@ async fn gw11_sessions_are_mapped_per_hop_and_reopened_when_the_upstream_forgets
     assert!(!up.live.lock().expect("lock").contains(&second));
     let r = post(&url, Some(&alice_t), Some(&session), list(6)).await;
     assert_eq!(r.status(), 404, "ended");
+}
+
+/// The aggregate endpoint: one MCP server made of server-everything (HTTP) and server-memory
+/// (stdio), driven by rmcp's client. Names are prefixed, calls reach the right upstream, and
+/// each call still meets its upstream's policies (a forbidden tool is neither listed nor
+/// callable, a scope rule answers 403); the aggregate is its own protected resource, and its
+/// sessions belong to their user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregate_endpoint_merges_upstreams_under_their_policies() {
+    let everything_port = free_port();
+    let _everything = server_everything(everything_port);
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let dir = std::env::temp_dir().join(format!("gatehouse-gw-aggregate-{port}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = format!("sqlite://{}/as.db", dir.display());
+    let (alice, alice_secret) = add_machine_client(&db, "agg-alice");
+    let (bob, bob_secret) = add_machine_client(&db, "agg-bob");
+    std::fs::write(
+        dir.join("policy.cedar"),
+        "permit(principal, action, resource);\n@id(\"no environment dumps\")\nforbid(principal, action == Action::\"tools/call\", resource == Tool::\"everything/get-env\");\n",
+    )
+    .expect("policy");
+    let memory_js = repo_root()
+        .join("interop/node_modules/@modelcontextprotocol/server-memory/dist/index.js")
+        .display()
+        .to_string();
+    let audit = dir.join("audit.jsonl");
+    let cfg = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: {db}\ngateway:\n  audit_log: {audit}\n  policy: {{file: policy.cedar}}\n  aggregate: {{name: all}}\n  upstreams:\n    - name: everything\n      url: http://127.0.0.1:{everything_port}/mcp\n    - name: memory\n      command: node\n      args: ['{memory_js}']\n      env: {{MEMORY_FILE_PATH: '{mem}'}}\n      tool_scopes: {{delete_entities: [memory:admin]}}\n",
+            audit = audit.display(),
+            mem = dir.join("memory.jsonl").display(),
+        ),
+    )
+    .expect("config");
+    let mut cmd = gatehouse();
+    cmd.args(["serve", "--config"]).arg(&cfg);
+    let _server = Proc::start(cmd, "ready");
+    let all = format!("{base}/servers/all/mcp");
+
+    // Its own protected resource: its metadata, and a token for an upstream does not open it.
+    let prm: Value = reqwest::get(format!(
+        "{base}/.well-known/oauth-protected-resource/servers/all/mcp"
+    ))
+    .await
+    .expect("prm")
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(prm["resource"], json!(all));
+    let for_everything = cc_token_for(
+        &base,
+        &alice,
+        &alice_secret,
+        &format!("{base}/servers/everything/mcp"),
+    )
+    .await;
+    let r = post(
+        &all,
+        Some(&for_everything),
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}),
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+
+    let token = cc_token_for(&base, &alice, &alice_secret, &all).await;
+    let client = mcp_client(&all, &token).await;
+    let info = client.peer_info().expect("server info");
+    assert_eq!(
+        info.server_info.as_ref().map(|i| i.name.as_str()),
+        Some("gatehouse-aggregate")
+    );
+    let tools: Vec<String> = client
+        .list_all_tools()
+        .await
+        .expect("tools/list")
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    for present in [
+        "everything__echo",
+        "memory__read_graph",
+        "memory__create_entities",
+    ] {
+        assert!(tools.contains(&present.to_owned()), "{present}: {tools:?}");
+    }
+    for absent in ["everything__get-env", "memory__delete_entities", "echo"] {
+        assert!(!tools.contains(&absent.to_owned()), "{absent}: {tools:?}");
+    }
+    let mut p = CallToolRequestParams::new("everything__echo".to_owned());
+    if let Value::Object(m) = json!({"message": "via the aggregate"}) {
+        p = p.with_arguments(m);
+    }
+    let out = client.call_tool(p).await.expect("everything__echo");
+    assert!(
+        format!("{:?}", out.content).contains("via the aggregate"),
+        "{out:?}"
+    );
+    let mut p = CallToolRequestParams::new("memory__create_entities".to_owned());
+    if let Value::Object(m) = json!({"entities": [{"name": "aggregate", "entityType": "test", "observations": ["merged"]}]})
+    {
+        p = p.with_arguments(m);
+    }
+    client.call_tool(p).await.expect("memory__create_entities");
+    let graph = client
+        .call_tool(CallToolRequestParams::new("memory__read_graph".to_owned()))
+        .await
+        .expect("memory__read_graph");
+    assert!(
+        format!("{:?}", graph.content).contains("merged"),
+        "{graph:?}"
+    );
+    // Refusals of the upstream's policies come through.
+    let err = client
+        .call_tool(CallToolRequestParams::new("everything__get-env".to_owned()))
+        .await
+        .expect_err("forbidden by policy");
+    assert!(
+        format!("{err:?}").contains("no environment dumps"),
+        "{err:?}"
+    );
+    // Prompts and resources, prefixed; a listed resource is read from its upstream.
+    let prompts = client.list_all_prompts().await.expect("prompts/list");
+    assert!(
+        !prompts.is_empty() && prompts.iter().all(|p| p.name.starts_with("everything__")),
+        "{prompts:?}"
+    );
+    let resources = client.list_all_resources().await.expect("resources/list");
+    let first = resources
+        .first()
+        .expect("server-everything lists resources");
+    assert!(first.name.starts_with("everything__"), "{first:?}");
+    let read = client
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(
+            first.uri.clone(),
+        ))
+        .await
+        .expect("resources/read");
+    assert!(!read.contents.is_empty());
+
+    // A raw request for the scope rule's answer, and another user's use of the session.
+    let r = post(&all, Some(&token), None, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})).await;
+    let session = r.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    drop(r);
+    let r = post(&all, Some(&token), Some(&session), json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "memory__delete_entities", "arguments": {"entityNames": ["aggregate"]}}})).await;
+    assert_eq!(r.status(), 403);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .expect("ascii")
+            .contains("memory:admin")
+    );
+    let bob_token = cc_token_for(&base, &bob, &bob_secret, &all).await;
+    let r = post(
+        &all,
+        Some(&bob_token),
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(r.status(), 404, "another user's aggregate session");
+    client.cancel().await.expect("close");
+
+    // Each call is audited under its upstream.
+    let log = std::fs::read_to_string(&audit).expect("audit");
+    assert!(log.contains("\"tool\":\"echo\""), "{log}");
+    assert!(log.contains("\"server\":\"memory\""), "{log}");
 }

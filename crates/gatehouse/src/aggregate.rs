@@ -1,0 +1,628 @@
+//! The aggregate endpoint: one MCP server made of every upstream. Tools and prompts appear as
+//! `<upstream>__<name>`, resources keep their URIs (their names get the prefix) and reads are
+//! routed to the upstream that listed them. Each request to an upstream goes through that
+//! upstream's own proxy — its policies, limits, credentials, session mapping and audit — so
+//! the aggregate adds no way around them.
+use crate::gateway::{MAX_BODY, Proxy};
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use gatehouse_core::{McpPeek, ProtocolVersion};
+use gatehouse_tokens::Principal;
+use http::{HeaderValue, StatusCode};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Between the upstream's name and the tool's (upstream names have no `_`).
+const SEPARATOR: &str = "__";
+
+/// Pages read from one upstream for one list (cursor pagination).
+const MAX_PAGES: usize = 20;
+
+#[derive(Clone)]
+pub(crate) struct Aggregate {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    upstreams: Vec<(String, Proxy)>,
+    sessions: Mutex<HashMap<String, Arc<AggSession>>>,
+}
+
+struct AggSession {
+    owner: String,
+    /// Each upstream's session id at its proxy (`None`: the upstream keeps no sessions).
+    members: HashMap<String, Option<String>>,
+    /// Resource URI → upstream, learned from `resources/list`.
+    uris: Mutex<HashMap<String, String>>,
+    /// URI templates per upstream, learned from `resources/templates/list`.
+    templates: Mutex<Vec<(String, String)>>,
+}
+
+fn rpc_error(status: StatusCode, id: &Value, code: i64, message: &str) -> Response {
+    (
+        status,
+        axum::Json(
+            json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}),
+        ),
+    )
+        .into_response()
+}
+
+fn rpc_result(id: &Value, result: Value, session: Option<&str>) -> Response {
+    let mut resp =
+        axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response();
+    if let Some(s) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
+        resp.headers_mut().insert("mcp-session-id", s);
+    }
+    resp
+}
+
+/// The JSON-RPC answer with `id` in a response (JSON, or one `data:` line of an SSE stream).
+async fn answer(resp: Response, id: &Value) -> Option<Value> {
+    let sse = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("text/event-stream"));
+    let body = axum::body::to_bytes(resp.into_body(), MAX_BODY)
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&body);
+    if !sse {
+        return serde_json::from_str(&text).ok();
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|v| {
+            v.get("id") == Some(id) && (v.get("result").is_some() || v.get("error").is_some())
+        })
+}
+
+/// Does `uri` match an RFC 6570 level-1 template (`{var}` = one or more characters but `/`)?
+fn template_matches(template: &str, uri: &str) -> bool {
+    let mut rest = uri;
+    let mut parts = template.split('{');
+    let Some(head) = parts.next() else {
+        return false;
+    };
+    let Some(r) = rest.strip_prefix(head) else {
+        return false;
+    };
+    rest = r;
+    for part in parts {
+        let Some((_, literal)) = part.split_once('}') else {
+            return false;
+        };
+        // The variable takes everything up to the next literal (or the end), without '/'.
+        let end = if literal.is_empty() {
+            rest.len()
+        } else {
+            match rest.find(literal) {
+                Some(i) => i,
+                None => return false,
+            }
+        };
+        if end == 0 || rest[..end].contains('/') {
+            return false;
+        }
+        rest = &rest[end + literal.len()..];
+    }
+    rest.is_empty()
+}
+
+impl Aggregate {
+    pub(crate) fn new(upstreams: Vec<(String, Proxy)>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                upstreams,
+                sessions: Mutex::default(),
+            }),
+        }
+    }
+
+    pub(crate) fn into_service(
+        self,
+    ) -> impl tower::Service<
+        http::Request<Body>,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static {
+        tower::service_fn(move |req: http::Request<Body>| {
+            let a = self.clone();
+            async move { Ok(a.handle(req).await) }
+        })
+    }
+
+    fn proxy(&self, name: &str) -> Option<&Proxy> {
+        self.inner
+            .upstreams
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p)
+    }
+
+    /// Sends one JSON-RPC message to one upstream through its proxy, as the caller.
+    async fn send(
+        &self,
+        upstream: &str,
+        template: &http::request::Parts,
+        session: Option<&str>,
+        method: http::Method,
+        body: Value,
+    ) -> Response {
+        let Some(proxy) = self.proxy(upstream) else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
+        let bytes = body.to_string();
+        let mut req = http::Request::new(Body::from(bytes.clone()));
+        *req.method_mut() = method;
+        for name in [
+            http::header::AUTHORIZATION,
+            http::header::ACCEPT,
+            http::header::CONTENT_TYPE,
+            http::header::HeaderName::from_static("mcp-protocol-version"),
+            http::header::HeaderName::from_static("mcp-method"),
+        ] {
+            if let Some(v) = template.headers.get(&name) {
+                req.headers_mut().insert(name, v.clone());
+            }
+        }
+        let name = body
+            .pointer("/params/name")
+            .or_else(|| body.pointer("/params/uri"))
+            .and_then(Value::as_str)
+            .and_then(|n| HeaderValue::from_str(n).ok());
+        if let (Some(n), true) = (name, template.headers.contains_key("mcp-name")) {
+            req.headers_mut().insert("mcp-name", n);
+        }
+        if let Some(s) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
+            req.headers_mut().insert("mcp-session-id", s);
+        }
+        if let Some(p) = template.extensions.get::<Principal>() {
+            req.extensions_mut().insert(p.clone());
+        }
+        let version = template
+            .headers
+            .get("mcp-protocol-version")
+            .and_then(|v| v.to_str().ok());
+        if let Ok(peek) =
+            ProtocolVersion::from_header(version).and_then(|v| McpPeek::parse(bytes.as_bytes(), v))
+        {
+            req.extensions_mut().insert(peek);
+        }
+        proxy.forward(req).await
+    }
+
+    async fn handle(&self, req: http::Request<Body>) -> Response {
+        let (parts, body) = req.into_parts();
+        let owner = parts
+            .extensions
+            .get::<Principal>()
+            .map(|p| format!("{}\n{}", p.issuer, p.subject))
+            .unwrap_or_else(|| "anonymous".into());
+        let sid = parts
+            .headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let session = match &sid {
+            None => None,
+            Some(s) => {
+                let found = self
+                    .inner
+                    .sessions
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(s).cloned())
+                    .filter(|x| x.owner == owner);
+                match found {
+                    Some(x) => Some(x),
+                    None => {
+                        return rpc_error(
+                            StatusCode::NOT_FOUND,
+                            &Value::Null,
+                            -32001,
+                            "session not found",
+                        );
+                    }
+                }
+            }
+        };
+        match parts.method {
+            http::Method::DELETE => {
+                let (Some(s), Some(sess)) = (&sid, &session) else {
+                    return StatusCode::NOT_FOUND.into_response();
+                };
+                for (u, member) in &sess.members {
+                    let _ = self
+                        .send(
+                            u,
+                            &parts,
+                            member.as_deref(),
+                            http::Method::DELETE,
+                            Value::Null,
+                        )
+                        .await;
+                }
+                if let Ok(mut m) = self.inner.sessions.lock() {
+                    m.remove(s);
+                }
+                return StatusCode::OK.into_response();
+            }
+            http::Method::POST => {}
+            // No standalone stream: server-initiated messages are not merged (yet).
+            _ => return StatusCode::METHOD_NOT_ALLOWED.into_response(),
+        }
+        let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+            return rpc_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &Value::Null,
+                -32600,
+                "body too large",
+            );
+        };
+        let Ok(msg) = serde_json::from_slice::<Value>(&bytes) else {
+            return rpc_error(StatusCode::BAD_REQUEST, &Value::Null, -32700, "not JSON");
+        };
+        if !msg.is_object() {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                &Value::Null,
+                -32600,
+                "batches are not supported by the aggregate endpoint",
+            );
+        }
+        let id = msg.get("id").cloned().unwrap_or(Value::Null);
+        let method = msg
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if method == "initialize" {
+            return self.initialize(&parts, &owner, &msg, &id).await;
+        }
+        let Some(sess) = session else {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                &id,
+                -32600,
+                "no MCP session: initialize first",
+            );
+        };
+        if msg.get("method").is_none() {
+            // A reply to a server-initiated request: the aggregate does not relay those.
+            return StatusCode::ACCEPTED.into_response();
+        }
+        if msg.get("id").is_none() {
+            // Notifications go to every upstream of the session.
+            for (u, member) in &sess.members {
+                let _ = self
+                    .send(
+                        u,
+                        &parts,
+                        member.as_deref(),
+                        http::Method::POST,
+                        msg.clone(),
+                    )
+                    .await;
+            }
+            return StatusCode::ACCEPTED.into_response();
+        }
+        match method {
+            "ping" => rpc_result(&id, json!({}), None),
+            "logging/setLevel" => {
+                for (u, member) in &sess.members {
+                    let _ = self
+                        .send(
+                            u,
+                            &parts,
+                            member.as_deref(),
+                            http::Method::POST,
+                            msg.clone(),
+                        )
+                        .await;
+                }
+                rpc_result(&id, json!({}), None)
+            }
+            "tools/list" => {
+                self.merge_list(&parts, &sess, &msg, &id, "tools", "name")
+                    .await
+            }
+            "prompts/list" => {
+                self.merge_list(&parts, &sess, &msg, &id, "prompts", "name")
+                    .await
+            }
+            "resources/list" => {
+                self.merge_list(&parts, &sess, &msg, &id, "resources", "name")
+                    .await
+            }
+            "resources/templates/list" => {
+                self.merge_list(&parts, &sess, &msg, &id, "resourceTemplates", "name")
+                    .await
+            }
+            "tools/call" | "prompts/get" => {
+                let name = msg
+                    .pointer("/params/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let Some((u, original)) = name.split_once(SEPARATOR) else {
+                    return rpc_error(
+                        StatusCode::OK,
+                        &id,
+                        -32602,
+                        &format!("unknown name {name:?}: expected <server>{SEPARATOR}<name>"),
+                    );
+                };
+                let Some(member) = sess.members.get(u) else {
+                    return rpc_error(
+                        StatusCode::OK,
+                        &id,
+                        -32602,
+                        &format!("unknown server {u:?}"),
+                    );
+                };
+                let mut forwarded = msg.clone();
+                forwarded["params"]["name"] = Value::String(original.to_owned());
+                self.send(u, &parts, member.as_deref(), http::Method::POST, forwarded)
+                    .await
+            }
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                let uri = msg
+                    .pointer("/params/uri")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                match self.route_uri(&sess, uri) {
+                    Some(u) => {
+                        let member = sess.members.get(&u).cloned().flatten();
+                        self.send(
+                            &u,
+                            &parts,
+                            member.as_deref(),
+                            http::Method::POST,
+                            msg.clone(),
+                        )
+                        .await
+                    }
+                    None => rpc_error(
+                        StatusCode::OK,
+                        &id,
+                        -32602,
+                        "Resource not found (list resources through this endpoint first)",
+                    ),
+                }
+            }
+            "completion/complete" => {
+                let reference = msg.pointer("/params/ref").cloned().unwrap_or_default();
+                let (u, forwarded) = match reference["type"].as_str() {
+                    Some("ref/prompt") => {
+                        let name = reference["name"].as_str().unwrap_or_default();
+                        match name.split_once(SEPARATOR) {
+                            Some((u, original)) => {
+                                let mut f = msg.clone();
+                                f["params"]["ref"]["name"] = Value::String(original.to_owned());
+                                (Some(u.to_owned()), f)
+                            }
+                            None => (None, msg.clone()),
+                        }
+                    }
+                    Some("ref/resource") => (
+                        self.route_uri(&sess, reference["uri"].as_str().unwrap_or_default()),
+                        msg.clone(),
+                    ),
+                    _ => (None, msg.clone()),
+                };
+                match u.filter(|u| sess.members.contains_key(u)) {
+                    Some(u) => {
+                        let member = sess.members.get(&u).cloned().flatten();
+                        self.send(&u, &parts, member.as_deref(), http::Method::POST, forwarded)
+                            .await
+                    }
+                    None => rpc_result(
+                        &id,
+                        json!({"completion": {"values": [], "hasMore": false}}),
+                        None,
+                    ),
+                }
+            }
+            other => rpc_error(
+                StatusCode::OK,
+                &id,
+                -32601,
+                &format!("{other} is not available on the aggregate endpoint"),
+            ),
+        }
+    }
+
+    fn route_uri(&self, sess: &AggSession, uri: &str) -> Option<String> {
+        if let Some(u) = sess.uris.lock().ok()?.get(uri) {
+            return Some(u.clone());
+        }
+        sess.templates
+            .lock()
+            .ok()?
+            .iter()
+            .find(|(_, t)| template_matches(t, uri))
+            .map(|(u, _)| u.clone())
+    }
+
+    /// Opens a session with every upstream (with the caller's own `initialize`) and answers
+    /// with the union of their capabilities.
+    async fn initialize(
+        &self,
+        parts: &http::request::Parts,
+        owner: &str,
+        msg: &Value,
+        id: &Value,
+    ) -> Response {
+        let mut members = HashMap::new();
+        let mut capabilities = serde_json::Map::new();
+        let mut version = None;
+        for (u, _) in &self.inner.upstreams {
+            let resp = self
+                .send(u, parts, None, http::Method::POST, msg.clone())
+                .await;
+            let status = resp.status();
+            let member = resp
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let Some(result) = answer(resp, id)
+                .await
+                .and_then(|a| a.get("result").cloned())
+            else {
+                tracing::warn!(upstream = %u, %status, "left out of the aggregate session: initialize failed");
+                continue;
+            };
+            if let Some(caps) = result["capabilities"].as_object() {
+                for (k, v) in caps {
+                    capabilities.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+            version = version.or_else(|| result["protocolVersion"].as_str().map(str::to_owned));
+            // The caller's `initialized` notification comes later and is fanned out then.
+            members.insert(u.clone(), member);
+        }
+        if members.is_empty() {
+            return rpc_error(
+                StatusCode::BAD_GATEWAY,
+                id,
+                -32603,
+                "no upstream could be initialized",
+            );
+        }
+        // Server-to-client features are not merged; list changes are not relayed.
+        for cap in ["tools", "prompts", "resources"] {
+            if let Some(c) = capabilities.get_mut(cap).and_then(Value::as_object_mut) {
+                c.remove("listChanged");
+                if cap == "resources" {
+                    c.remove("subscribe");
+                }
+            }
+        }
+        let mut b = [0u8; 16];
+        rand::fill(&mut b);
+        let sid: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        if let Ok(mut m) = self.inner.sessions.lock() {
+            m.insert(
+                sid.clone(),
+                Arc::new(AggSession {
+                    owner: owner.to_owned(),
+                    members,
+                    uris: Mutex::default(),
+                    templates: Mutex::default(),
+                }),
+            );
+        }
+        let version = version.unwrap_or_else(|| {
+            msg.pointer("/params/protocolVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("2025-11-25")
+                .to_owned()
+        });
+        rpc_result(
+            id,
+            json!({
+                "protocolVersion": version,
+                "capabilities": capabilities,
+                "serverInfo": {"name": "gatehouse-aggregate", "version": env!("CARGO_PKG_VERSION")},
+                "instructions": format!("Tools and prompts of several servers, named <server>{SEPARATOR}<name>."),
+            }),
+            Some(&sid),
+        )
+    }
+
+    /// Lists from every upstream (every page), prefixed and merged into one page.
+    async fn merge_list(
+        &self,
+        parts: &http::request::Parts,
+        sess: &AggSession,
+        msg: &Value,
+        id: &Value,
+        key: &str,
+        name_key: &str,
+    ) -> Response {
+        let mut merged = Vec::new();
+        if key == "resourceTemplates"
+            && let Ok(mut t) = sess.templates.lock()
+        {
+            t.clear();
+        }
+        let mut names: Vec<&String> = sess.members.keys().collect();
+        names.sort();
+        for u in names {
+            let member = sess.members.get(u).cloned().flatten();
+            let mut cursor: Option<Value> = None;
+            for _ in 0..MAX_PAGES {
+                let mut m = msg.clone();
+                match &cursor {
+                    Some(c) => m["params"] = json!({"cursor": c}),
+                    None => {
+                        if let Some(p) = m.get_mut("params").and_then(Value::as_object_mut) {
+                            p.remove("cursor");
+                        }
+                    }
+                }
+                let resp = self
+                    .send(u, parts, member.as_deref(), http::Method::POST, m)
+                    .await;
+                let Some(result) = answer(resp, id)
+                    .await
+                    .and_then(|a| a.get("result").cloned())
+                else {
+                    break;
+                };
+                for mut item in result[key].as_array().cloned().unwrap_or_default() {
+                    if key == "resources"
+                        && let (Some(uri), Ok(mut map)) = (item["uri"].as_str(), sess.uris.lock())
+                    {
+                        map.insert(uri.to_owned(), u.clone());
+                    }
+                    if key == "resourceTemplates"
+                        && let (Some(t), Ok(mut list)) =
+                            (item["uriTemplate"].as_str(), sess.templates.lock())
+                    {
+                        list.push((u.clone(), t.to_owned()));
+                    }
+                    if let Some(n) = item[name_key].as_str() {
+                        item[name_key] = Value::String(format!("{u}{SEPARATOR}{n}"));
+                    }
+                    merged.push(item);
+                }
+                cursor = result.get("nextCursor").cloned().filter(|c| !c.is_null());
+                if cursor.is_none() {
+                    break;
+                }
+            }
+        }
+        rpc_result(id, json!({ key: merged }), None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::template_matches;
+
+    #[test]
+    fn uri_templates_route_reads() {
+        assert!(template_matches(
+            "test://template/{id}/data",
+            "test://template/123/data"
+        ));
+        assert!(!template_matches(
+            "test://template/{id}/data",
+            "test://template/1/2/data"
+        ));
+        assert!(!template_matches(
+            "test://template/{id}/data",
+            "test://template//data"
+        ));
+        assert!(template_matches("file:///{path}", "file:///notes"));
+        assert!(!template_matches("file:///{path}", "file:///a/b"));
+        assert!(!template_matches("a://{x}", "b://y"));
+    }
+}
