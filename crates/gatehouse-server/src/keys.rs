@@ -94,6 +94,22 @@ impl KeyEncryptionKey {
     }
 }
 
+impl KeyEncryptionKey {
+    /// Seals a secret other than a signing key (e.g. a user's upstream tokens), bound to
+    /// `label` (associated data: the row it belongs to).
+    pub fn seal_secret(&self, label: &str, plaintext: &[u8]) -> Result<String, String> {
+        self.seal(label, plaintext).map_err(|e| e.description)
+    }
+
+    /// Opens what [`Self::seal_secret`] sealed under the same `label`.
+    pub fn open_secret(&self, label: &str, sealed: &str) -> Result<Vec<u8>, String> {
+        let body = sealed
+            .strip_prefix(SEALED)
+            .ok_or_else(|| "not a sealed value".to_owned())?;
+        self.open(label, body).map_err(|e| e.description)
+    }
+}
+
 impl std::fmt::Debug for KeyEncryptionKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("KeyEncryptionKey(<redacted>)")

@@ -503,6 +503,41 @@ impl Store {
         }.await)
     }
 
+    /// Stores (or replaces) a user's sealed grant for an upstream (GW-09).
+    pub async fn put_upstream_grant(
+        &self,
+        owner_hash: &str,
+        upstream: &str,
+        sealed: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        with_write!(self, p => sqlx::query("INSERT INTO upstream_grants (owner_hash, upstream, sealed, updated_at) VALUES ($1,$2,$3,$4) ON CONFLICT (owner_hash, upstream) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at")
+            .bind(owner_hash).bind(upstream).bind(sealed).bind(now).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// A user's sealed grant for an upstream.
+    pub async fn get_upstream_grant(
+        &self,
+        owner_hash: &str,
+        upstream: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> = with_read!(self, p => sqlx::query_as("SELECT sealed FROM upstream_grants WHERE owner_hash = $1 AND upstream = $2")
+            .bind(owner_hash).bind(upstream).fetch_optional(p).await)?;
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Forgets a user's grant for an upstream; true when there was one.
+    pub async fn delete_upstream_grant(
+        &self,
+        owner_hash: &str,
+        upstream: &str,
+    ) -> Result<bool, StoreError> {
+        let n = with_write!(self, p => sqlx::query("DELETE FROM upstream_grants WHERE owner_hash = $1 AND upstream = $2")
+            .bind(owner_hash).bind(upstream).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(n > 0)
+    }
+
     /// Records a client assertion's jti; false when it was seen before (a replay).
     pub async fn use_assertion_jti(
         &self,

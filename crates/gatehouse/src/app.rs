@@ -26,6 +26,16 @@ pub(crate) struct App {
 
 /// Builds everything from a validated config. Performs no network I/O.
 pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
+    build_with(cfg, dev_origins, None)
+}
+
+/// [`build`], with what per-user upstream grants (GW-09) need from the embedded
+/// authorization server.
+pub(crate) fn build_with(
+    cfg: &Config,
+    dev_origins: bool,
+    connect: Option<crate::connect::Backend>,
+) -> Result<App, String> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let resource = cfg.resource()?;
     let fetcher = Fetcher::new(cfg.fetch_policy()?).map_err(|e| e.to_string())?;
@@ -53,6 +63,33 @@ pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
         let engine = Arc::new(cfg.policy_engine()?);
         let reload = Duration::from_secs(gw.policy.as_ref().map_or(2, |p| p.reload_seconds).max(1));
         policy = Some((engine.clone(), reload));
+        let user_oauth: Vec<_> = gw
+            .upstreams
+            .iter()
+            .filter_map(|u| {
+                u.user_oauth
+                    .clone()
+                    .map(|o| (u.name.clone(), u.url.clone(), o))
+            })
+            .collect();
+        let connect = match (connect, user_oauth.is_empty()) {
+            (_, true) => None,
+            (Some(backend), false) => {
+                let c = Arc::new(crate::connect::Connect::new(
+                    backend,
+                    &cfg.public_url(),
+                    resource.as_str().to_owned(),
+                    cfg.guard.required_scopes.to_string(),
+                    fetcher.clone(),
+                    user_oauth,
+                )?);
+                upstream_routes = upstream_routes.merge(c.router());
+                Some(c)
+            }
+            (None, false) => {
+                return Err("gateway: user_oauth needs the embedded authorization server running in this process".into());
+            }
+        };
         let mut proxies = Vec::new();
         for u in &gw.upstreams {
             let r = cfg.upstream_resource(&u.name)?;
@@ -69,6 +106,7 @@ pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
                     policy: engine.clone(),
                     prm_url: r.prm_url(),
                     required: cfg.guard.required_scopes.clone(),
+                    connect: connect.clone().filter(|c| c.serves(&u.name)),
                 },
             )?;
             proxies.push((u.name.clone(), proxy.clone()));

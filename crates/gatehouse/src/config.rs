@@ -198,6 +198,30 @@ pub(crate) struct UpstreamEntry {
     /// principal `anonymous`). For public servers and conformance runs only.
     #[serde(default)]
     pub(crate) anonymous: bool,
+    /// GW-09: each user connects their own account at the upstream's authorization server
+    /// once (through a link the MCP client shows, URL-mode elicitation); the gateway then calls
+    /// the upstream with that user's token. Needs the embedded authorization server (users
+    /// sign in there to prove who they are) and its `key_encryption_key` (tokens are stored
+    /// encrypted).
+    #[serde(default)]
+    pub(crate) user_oauth: Option<UserOAuthConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UserOAuthConfig {
+    /// The gateway's client at the upstream's authorization server; its redirect URI there
+    /// is `<public_url>/connect/callback`.
+    pub(crate) client_id: EnvString,
+    /// For a confidential client (sent with HTTP Basic); a public client uses PKCE alone.
+    #[serde(default)]
+    pub(crate) client_secret: Option<EnvString>,
+    #[serde(default)]
+    pub(crate) scopes: ScopeSet,
+    /// The upstream's authorization server; default: the first one its Protected Resource
+    /// Metadata names.
+    #[serde(default)]
+    pub(crate) issuer: Option<Issuer>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -664,6 +688,26 @@ impl Config {
                 }
                 if !seen.insert(u.name.as_str()) {
                     return Err(format!("gateway.upstreams: {:?} appears twice", u.name));
+                }
+                if u.user_oauth.is_some() {
+                    let Some(a) = &self.authorization_server else {
+                        return Err(format!(
+                            "gateway.upstreams.{}.user_oauth needs the embedded authorization_server (users sign in there)",
+                            u.name
+                        ));
+                    };
+                    if a.key_encryption_key.is_none() {
+                        return Err(format!(
+                            "gateway.upstreams.{}.user_oauth needs authorization_server.key_encryption_key (user tokens are stored encrypted)",
+                            u.name
+                        ));
+                    }
+                    if u.token_exchange.is_some() || u.command.is_some() || u.anonymous {
+                        return Err(format!(
+                            "gateway.upstreams.{}.user_oauth: for authenticated HTTP upstreams without token_exchange",
+                            u.name
+                        ));
+                    }
                 }
                 match (&u.command, u.url.is_empty()) {
                     (Some(_), true) => {

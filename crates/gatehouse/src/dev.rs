@@ -106,6 +106,7 @@ pub(crate) fn run_embedded(listen: SocketAddr, data_dir: &str) -> ExitCode {
             Some(Embedded {
                 router: server.router(),
                 banner,
+                connect: None,
             }),
         )
         .await

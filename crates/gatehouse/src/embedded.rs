@@ -107,6 +107,43 @@ pub(crate) async fn build(cfg: &Config) -> Result<Option<Embedded>, String> {
     let tenants = cfg.tenant_issuers()?;
     let mut router = axum::Router::new();
     let mut banner = Vec::new();
+    // GW-09: the public client through which a browser proves who it is before connecting an
+    // upstream account (see connect.rs); kept in step with the config at every start.
+    let connect = match &ac.key_encryption_key {
+        Some(kek)
+            if cfg
+                .gateway
+                .iter()
+                .flat_map(|g| &g.upstreams)
+                .any(|u| u.user_oauth.is_some()) =>
+        {
+            let public = cfg.public_url();
+            store
+                .upsert_client(&gatehouse_store::ClientRecord {
+                    client_id: crate::connect::IDENTITY_CLIENT.into(),
+                    secret_hash: None,
+                    auth_method: "none".into(),
+                    redirect_uris: vec![format!("{}/connect/return", public.trim_end_matches('/'))],
+                    grant_types: vec!["authorization_code".into()],
+                    client_name: Some(
+                        "Gatehouse gateway: connect your accounts at its servers".into(),
+                    ),
+                    scope: None,
+                    source: gatehouse_store::ClientSource::Preregistered,
+                    application_type: Some("web".into()),
+                    metadata: serde_json::json!({}),
+                    created_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+                })
+                .await
+                .map_err(|e| format!("authorization_server.database: {e}"))?;
+            Some(crate::connect::Backend {
+                store: store.clone(),
+                kek: kek.clone(),
+                issuer: issuer.as_str().trim_end_matches('/').to_owned(),
+            })
+        }
+        _ => None,
+    };
     let mut servers = vec![(ac.clone(), store)];
     for ((name, tenant_issuer), t) in tenants.into_iter().zip(&section.tenants) {
         let mut tac = ac.clone();
@@ -124,7 +161,11 @@ pub(crate) async fn build(cfg: &Config) -> Result<Option<Embedded>, String> {
         banner.push(format!("  authorization server {issuer}"));
         router = router.merge(server.router());
     }
-    Ok(Some(Embedded { router, banner }))
+    Ok(Some(Embedded {
+        router,
+        banner,
+        connect,
+    }))
 }
 
 async fn open_store(db: &str, what: &str) -> Result<Store, String> {

@@ -63,6 +63,7 @@ struct ProxyInner {
     /// For the 403 `insufficient_scope` challenge: this upstream's PRM and baseline scopes.
     prm_url: String,
     required: gatehouse_core::ScopeSet,
+    connect: Option<Arc<crate::connect::Connect>>,
     stdio: Option<StdioUpstream>,
 }
 
@@ -75,6 +76,8 @@ pub(crate) struct ProxyParts {
     pub(crate) policy: Arc<gatehouse_policy::Engine>,
     pub(crate) prm_url: String,
     pub(crate) required: gatehouse_core::ScopeSet,
+    /// GW-09: this upstream is called with each user's own token.
+    pub(crate) connect: Option<Arc<crate::connect::Connect>>,
 }
 
 /// RFC 8693 token exchange for one upstream: the caller's token becomes one whose audience is
@@ -401,6 +404,7 @@ impl Proxy {
             policy,
             prm_url,
             required,
+            connect,
         } = parts;
         let exchange = u
             .token_exchange
@@ -449,6 +453,7 @@ impl Proxy {
                 sessions: Sessions::default(),
                 prm_url,
                 required,
+                connect,
                 stdio: StdioUpstream::new(u),
             }),
         })
@@ -650,6 +655,38 @@ impl Proxy {
                 }
             }
         }
+        let user = crate::connect::Owner {
+            issuer: who.caller().issuer.to_owned(),
+            subject: who.caller().subject.to_owned(),
+        };
+        if let Some(c) = &self.inner.connect {
+            let id = peek
+                .as_ref()
+                .and_then(|p| p.messages.first())
+                .and_then(|m| m.id.clone())
+                .unwrap_or(serde_json::Value::Null);
+            match c.token_for(&user, &self.inner.name).await {
+                Ok(t) => {
+                    if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {t}")) {
+                        v.set_sensitive(true);
+                        creds.push((http::header::AUTHORIZATION, v));
+                    }
+                }
+                Err(crate::connect::NoToken::Connect) => {
+                    audit("connect_required", None, serde_json::Value::Null);
+                    return crate::connect::elicit_response(c, &user, &self.inner.name, id);
+                }
+                Err(crate::connect::NoToken::Failed(e)) => {
+                    tracing::warn!(upstream = %self.inner.name, error = %e, "no upstream credential");
+                    audit("credential_refused", None, serde_json::Value::Null);
+                    return jsonrpc_error(
+                        StatusCode::BAD_GATEWAY,
+                        id,
+                        "no credential for this upstream",
+                    );
+                }
+            }
+        }
         // GW-11: the caller's session id is ours; the upstream's stays here.
         let owner = format!("{}\n{}", who.caller().issuer, who.caller().subject);
         let client_sid = parts
@@ -709,6 +746,19 @@ impl Proxy {
             && (r.status().is_success() || r.status() == StatusCode::NOT_FOUND)
         {
             self.inner.sessions.remove(c);
+        }
+        if let (Some(c), Ok(r)) = (&self.inner.connect, &result)
+            && r.status() == StatusCode::UNAUTHORIZED
+        {
+            // The upstream no longer takes the user's token (revoked, expired): connect again.
+            c.forget(&user, &self.inner.name).await;
+            audit("connect_required", Some(401), serde_json::Value::Null);
+            let id = peek
+                .as_ref()
+                .and_then(|p| p.messages.first())
+                .and_then(|m| m.id.clone())
+                .unwrap_or(serde_json::Value::Null);
+            return crate::connect::elicit_response(c, &user, &self.inner.name, id);
         }
         let (response, upstream_status) = match result {
             Ok(r) => {

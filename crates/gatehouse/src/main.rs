@@ -7,6 +7,7 @@ mod app;
 mod authz;
 mod client;
 mod config;
+mod connect;
 mod demo;
 mod dev;
 mod embedded;
@@ -289,6 +290,8 @@ pub(crate) fn runtime() -> Option<tokio::runtime::Runtime> {
 pub(crate) struct Embedded {
     pub(crate) router: axum::Router,
     pub(crate) banner: Vec<String>,
+    /// What per-user upstream grants (GW-09) borrow from the authorization server.
+    pub(crate) connect: Option<connect::Backend>,
 }
 
 fn run(cfg: Config, dev: bool, data_dir: Option<&str>, embedded: Option<Embedded>) -> ExitCode {
@@ -305,7 +308,8 @@ pub(crate) async fn serve_app(
     embedded: Option<Embedded>,
 ) -> ExitCode {
     {
-        let mut app = match app::build(&cfg, dev) {
+        let connect = embedded.as_ref().and_then(|e| e.connect.clone());
+        let mut app = match app::build_with(&cfg, dev, connect) {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("error: {e}");

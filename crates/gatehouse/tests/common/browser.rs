@@ -12,6 +12,15 @@ use std::collections::HashMap;
 pub struct Browser {
     pub http: reqwest::Client,
     pub cookies: HashMap<String, String>,
+    /// With [`Browser::per_origin`]: a cookie jar per origin (several servers on one host,
+    /// whose cookie names would collide in one jar).
+    jars: Option<HashMap<String, HashMap<String, String>>>,
+}
+
+fn origin(url: &str) -> String {
+    url::Url::parse(url)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_default()
 }
 
 pub struct Page {
@@ -51,24 +60,40 @@ impl Browser {
                 .build()
                 .unwrap(),
             cookies: HashMap::new(),
+            jars: None,
         }
     }
 
-    fn cookie_header(&self) -> String {
-        self.cookies
-            .iter()
+    pub fn per_origin() -> Self {
+        Self {
+            jars: Some(HashMap::new()),
+            ..Self::new()
+        }
+    }
+
+    fn cookie_header(&self, url: &str) -> String {
+        let jar = match &self.jars {
+            Some(j) => j.get(&origin(url)),
+            None => Some(&self.cookies),
+        };
+        jar.into_iter()
+            .flatten()
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join("; ")
     }
 
     async fn take(&mut self, r: reqwest::Response) -> Page {
+        let from = origin(r.url().as_str());
         for c in r.headers().get_all("set-cookie") {
             let s = c.to_str().unwrap();
             let pair = s.split(';').next().unwrap();
             if let Some((k, v)) = pair.split_once('=') {
-                self.cookies
-                    .insert(k.trim().to_owned(), v.trim().to_owned());
+                let jar = match &mut self.jars {
+                    Some(j) => j.entry(from.clone()).or_default(),
+                    None => &mut self.cookies,
+                };
+                jar.insert(k.trim().to_owned(), v.trim().to_owned());
             }
         }
         Page {
@@ -82,7 +107,7 @@ impl Browser {
         let r = self
             .http
             .get(url)
-            .header("cookie", self.cookie_header())
+            .header("cookie", self.cookie_header(url))
             .send()
             .await
             .unwrap();
@@ -93,7 +118,7 @@ impl Browser {
         let r = self
             .http
             .post(url)
-            .header("cookie", self.cookie_header())
+            .header("cookie", self.cookie_header(url))
             .form(form)
             .send()
             .await

@@ -1,0 +1,891 @@
+//! GW-09: per-user upstream OAuth grants, "connect once". An upstream configured with
+//! `user_oauth` is called with the user's own token at the upstream's authorization server.
+//! Without one, the MCP call answers `-32042` (URL elicitation required) with a link that
+//! carries only a random id. The link proves nothing by itself: the browser must sign in at the
+//! gateway's authorization server as the user who made the call (else: refused), approve on the
+//! gateway's own page (who connects what, which scopes, where the browser goes), then authorize
+//! at the upstream's authorization server (PKCE, `state` made only after approval, single use,
+//! 10 minutes, `iss` checked). The tokens are stored sealed (AES-256-GCM under the
+//! key-encryption key), per user and upstream, refreshed when they expire, and never leave the
+//! gateway.
+use crate::config::UserOAuthConfig;
+use axum::extract::{Path, Query, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use gatehouse_core::PkceVerifier;
+use gatehouse_fetch::Fetcher;
+use gatehouse_server::{KeyEncryptionKey, random_token, sha256_hex};
+use gatehouse_store::Store;
+use http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// JSON-RPC error: the request needs the user to complete a URL-mode elicitation.
+pub(crate) const URL_ELICITATION_REQUIRED: i64 = -32042;
+
+/// How long a link, an approval and an authorization in flight stay usable (GW-05).
+const TTL: Duration = Duration::from_secs(600);
+
+/// The pre-registered public client of the embedded authorization server through which the
+/// browser proves who it is.
+pub(crate) const IDENTITY_CLIENT: &str = "gatehouse-connect";
+
+/// What the embedded authorization server lends the gateway.
+#[derive(Clone)]
+pub(crate) struct Backend {
+    pub(crate) store: Store,
+    pub(crate) kek: KeyEncryptionKey,
+    pub(crate) issuer: String,
+}
+
+/// A user, as the policies and the store know them: issuer and subject.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Owner {
+    pub(crate) issuer: String,
+    pub(crate) subject: String,
+}
+
+impl Owner {
+    fn key(&self) -> String {
+        sha256_hex(&format!("{}\n{}", self.issuer, self.subject))
+    }
+}
+
+/// The upstream authorization server, discovered from the upstream's resource metadata.
+#[derive(Clone)]
+struct AsMeta {
+    issuer: String,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    iss_parameter: bool,
+}
+
+/// One upstream with `user_oauth`.
+pub(crate) struct UpstreamOAuth {
+    name: String,
+    resource: String,
+    cfg: UserOAuthConfig,
+    meta: tokio::sync::OnceCell<AsMeta>,
+    /// One refresh at a time per upstream (refresh tokens rotate).
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+/// The stored grant (sealed).
+#[derive(Serialize, Deserialize)]
+struct Grant {
+    access_token: String,
+    refresh_token: Option<String>,
+    expires_at: Option<i64>,
+}
+
+struct Link {
+    owner: Owner,
+    upstream: String,
+    until: Instant,
+}
+
+enum Step {
+    /// The browser went to the gateway's AS to show who it is.
+    Identity { link: String, verifier: String },
+    /// Identity shown; waiting for the user's approval on the gateway's page.
+    Approval { link: String, owner: Owner },
+    /// Approved; the browser is at the upstream's AS.
+    Upstream {
+        link: String,
+        owner: Owner,
+        verifier: String,
+    },
+}
+
+struct InFlight {
+    step: Step,
+    /// Hash of the flow cookie: the browser that started it.
+    browser: String,
+    until: Instant,
+}
+
+pub(crate) struct Connect {
+    backend: Backend,
+    public: String,
+    identity_resource: String,
+    identity_scope: String,
+    secure_cookies: bool,
+    http: reqwest::Client,
+    fetcher: Fetcher,
+    upstreams: HashMap<String, Arc<UpstreamOAuth>>,
+    links: Mutex<HashMap<String, Link>>,
+    flights: Mutex<HashMap<String, InFlight>>,
+}
+
+#[derive(Debug)]
+pub(crate) enum NoToken {
+    /// The user has not connected (or the grant ended): elicit.
+    Connect,
+    /// Something failed on the way (store, upstream AS); not the user's doing.
+    Failed(String),
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// A page of ours: no framing (clickjacking), no caching, no referrer.
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
+         <meta name=\"viewport\" content=\"width=device-width\"></head><body><main>\
+         <h1>{t}</h1>{body}</main></body></html>",
+        t = esc(title)
+    );
+    (
+        status,
+        [
+            (
+                http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; form-action 'self' https: http:; frame-ancestors 'none'",
+            ),
+            (http::header::X_FRAME_OPTIONS, "DENY"),
+            (http::header::CACHE_CONTROL, "no-store"),
+            (http::header::REFERRER_POLICY, "no-referrer"),
+        ],
+        Html(html),
+    )
+        .into_response()
+}
+
+fn refuse(status: StatusCode, why: &str) -> Response {
+    page(status, "Not connected", &format!("<p>{}</p>", esc(why)))
+}
+
+impl Connect {
+    pub(crate) fn new(
+        backend: Backend,
+        public: &str,
+        identity_resource: String,
+        identity_scope: String,
+        fetcher: Fetcher,
+        upstreams: Vec<(String, String, UserOAuthConfig)>,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            secure_cookies: public.starts_with("https://"),
+            public: public.trim_end_matches('/').to_owned(),
+            backend,
+            identity_resource,
+            identity_scope,
+            http: crate::gateway::upstream_client()?,
+            fetcher,
+            upstreams: upstreams
+                .into_iter()
+                .map(|(name, resource, cfg)| {
+                    (
+                        name.clone(),
+                        Arc::new(UpstreamOAuth {
+                            name,
+                            resource,
+                            cfg,
+                            meta: tokio::sync::OnceCell::new(),
+                            refreshing: tokio::sync::Mutex::new(()),
+                        }),
+                    )
+                })
+                .collect(),
+            links: Mutex::default(),
+            flights: Mutex::default(),
+        })
+    }
+
+    pub(crate) fn router(self: &Arc<Self>) -> axum::Router {
+        axum::Router::new()
+            .route("/connect/return", axum::routing::get(identity_return))
+            .route("/connect/approve", axum::routing::post(approve))
+            .route("/connect/callback", axum::routing::get(upstream_callback))
+            .route("/connect/{link}", axum::routing::get(start))
+            .with_state(self.clone())
+    }
+
+    pub(crate) fn serves(&self, upstream: &str) -> bool {
+        self.upstreams.contains_key(upstream)
+    }
+
+    fn label(owner: &Owner, upstream: &str) -> String {
+        format!("upstream-grant:{}:{upstream}", owner.key())
+    }
+
+    async fn load(&self, owner: &Owner, upstream: &str) -> Result<Option<Grant>, String> {
+        let Some(sealed) = self
+            .backend
+            .store
+            .get_upstream_grant(&owner.key(), upstream)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let plain = self
+            .backend
+            .kek
+            .open_secret(&Self::label(owner, upstream), &sealed)?;
+        serde_json::from_slice(&plain)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn save(&self, owner: &Owner, upstream: &str, g: &Grant) -> Result<(), String> {
+        let plain = serde_json::to_vec(g).map_err(|e| e.to_string())?;
+        let sealed = self
+            .backend
+            .kek
+            .seal_secret(&Self::label(owner, upstream), &plain)?;
+        self.backend
+            .store
+            .put_upstream_grant(&owner.key(), upstream, &sealed, now())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Forgets a user's grant (the upstream refused it).
+    pub(crate) async fn forget(&self, owner: &Owner, upstream: &str) {
+        if let Err(e) = self
+            .backend
+            .store
+            .delete_upstream_grant(&owner.key(), upstream)
+            .await
+        {
+            tracing::warn!(error = %e, upstream, "could not forget an upstream grant");
+        }
+    }
+
+    /// The user's access token for `upstream`, refreshed when it is about to expire.
+    pub(crate) async fn token_for(&self, owner: &Owner, upstream: &str) -> Result<String, NoToken> {
+        let u = self
+            .upstreams
+            .get(upstream)
+            .ok_or_else(|| NoToken::Failed("not a user_oauth upstream".into()))?;
+        let fresh = |g: &Grant| g.expires_at.is_none_or(|e| e > now() + 30);
+        match self.load(owner, upstream).await.map_err(NoToken::Failed)? {
+            None => return Err(NoToken::Connect),
+            Some(g) if fresh(&g) => return Ok(g.access_token),
+            Some(_) => {}
+        }
+        let _one = u.refreshing.lock().await;
+        // Another request may have refreshed meanwhile.
+        let g = match self.load(owner, upstream).await.map_err(NoToken::Failed)? {
+            None => return Err(NoToken::Connect),
+            Some(g) if fresh(&g) => return Ok(g.access_token),
+            Some(g) => g,
+        };
+        let Some(refresh) = g.refresh_token else {
+            self.forget(owner, upstream).await;
+            return Err(NoToken::Connect);
+        };
+        let meta = self.meta(u).await.map_err(NoToken::Failed)?;
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.as_str()),
+            ("resource", u.resource.as_str()),
+        ];
+        match self.token_request(u, &meta, &mut form).await {
+            Ok(t) => {
+                // A server that does not rotate refresh tokens keeps the old one valid.
+                let mut grant = t.into_grant();
+                if grant.refresh_token.is_none() {
+                    grant.refresh_token = Some(refresh.clone());
+                }
+                self.save(owner, upstream, &grant)
+                    .await
+                    .map_err(NoToken::Failed)?;
+                tracing::info!(upstream, "upstream token refreshed");
+                Ok(grant.access_token)
+            }
+            Err(e) => {
+                tracing::info!(upstream, error = %e, "upstream refresh refused; the user connects again");
+                self.forget(owner, upstream).await;
+                Err(NoToken::Connect)
+            }
+        }
+    }
+
+    /// A new link for `owner` to connect `upstream`: the `data` of the -32042 error.
+    pub(crate) fn elicitation(&self, owner: &Owner, upstream: &str) -> serde_json::Value {
+        let id = random_token();
+        if let Ok(mut l) = self.links.lock() {
+            l.retain(|_, v| v.until > Instant::now());
+            l.insert(
+                id.clone(),
+                Link {
+                    owner: owner.clone(),
+                    upstream: upstream.to_owned(),
+                    until: Instant::now() + TTL,
+                },
+            );
+        }
+        serde_json::json!({
+            "elicitations": [{
+                "mode": "url",
+                "elicitationId": id,
+                "url": format!("{}/connect/{id}", self.public),
+                "message": format!("Connect your account at {upstream} to use it through this gateway."),
+            }]
+        })
+    }
+
+    async fn meta(&self, u: &UpstreamOAuth) -> Result<AsMeta, String> {
+        u.meta
+            .get_or_try_init(|| async {
+                let issuer = match &u.cfg.issuer {
+                    Some(i) => i.as_str().trim_end_matches('/').to_owned(),
+                    None => {
+                        // RFC 9728: the upstream names its authorization server.
+                        let r = url::Url::parse(&u.resource).map_err(|e| e.to_string())?;
+                        let prm = format!(
+                            "{}/.well-known/oauth-protected-resource{}",
+                            r.origin().ascii_serialization(),
+                            r.path().trim_end_matches('/')
+                        );
+                        let (v, _): (serde_json::Value, _) = self
+                            .fetcher
+                            .get_json(&prm)
+                            .await
+                            .map_err(|e| format!("{}: {e}", u.name))?;
+                        if v["resource"].as_str() != Some(u.resource.as_str()) {
+                            return Err(format!("{}: its metadata names another resource", u.name));
+                        }
+                        v["authorization_servers"][0]
+                            .as_str()
+                            .ok_or_else(|| format!("{}: no authorization server", u.name))?
+                            .trim_end_matches('/')
+                            .to_owned()
+                    }
+                };
+                let iu = url::Url::parse(&issuer).map_err(|e| e.to_string())?;
+                let path = iu.path().trim_end_matches('/');
+                let origin = iu.origin().ascii_serialization();
+                let mut last = String::new();
+                for well_known in [
+                    format!("{origin}/.well-known/oauth-authorization-server{path}"),
+                    format!("{origin}/.well-known/openid-configuration{path}"),
+                ] {
+                    match self
+                        .fetcher
+                        .get_json::<serde_json::Value>(&well_known)
+                        .await
+                    {
+                        Ok((m, _)) => {
+                            // RFC 8414 §3.3: the issuer must be the one asked about.
+                            if m["issuer"].as_str().map(|s| s.trim_end_matches('/'))
+                                != Some(issuer.as_str())
+                            {
+                                return Err(format!("{}: issuer mismatch in {well_known}", u.name));
+                            }
+                            let s256 = m["code_challenge_methods_supported"]
+                                .as_array()
+                                .is_some_and(|a| a.iter().any(|x| x == "S256"));
+                            if !s256 {
+                                return Err(format!(
+                                    "{}: the authorization server does not support PKCE S256",
+                                    u.name
+                                ));
+                            }
+                            let endpoint = |k: &str| {
+                                let e =
+                                    m[k].as_str().ok_or_else(|| format!("{}: no {k}", u.name))?;
+                                self.fetcher
+                                    .check(e)
+                                    .map(|_| e.to_owned())
+                                    .map_err(|err| format!("{}: {k}: {err}", u.name))
+                            };
+                            return Ok(AsMeta {
+                                authorization_endpoint: endpoint("authorization_endpoint")?,
+                                token_endpoint: endpoint("token_endpoint")?,
+                                iss_parameter: m["authorization_response_iss_parameter_supported"]
+                                    == true,
+                                issuer: issuer.clone(),
+                            });
+                        }
+                        Err(e) => last = e.to_string(),
+                    }
+                }
+                Err(format!(
+                    "{}: no authorization server metadata: {last}",
+                    u.name
+                ))
+            })
+            .await
+            .cloned()
+    }
+
+    async fn token_request<'a>(
+        &self,
+        u: &'a UpstreamOAuth,
+        meta: &AsMeta,
+        form: &mut Vec<(&'a str, &'a str)>,
+    ) -> Result<TokenResponse, String> {
+        let id = u.cfg.client_id.0.as_str();
+        let basic = u.cfg.client_secret.as_ref().map(|s| (id, s.0.as_str()));
+        if basic.is_none() {
+            form.push(("client_id", id));
+        }
+        let f = self
+            .fetcher
+            .post_form(&meta.token_endpoint, form, basic)
+            .await
+            .map_err(|e| e.to_string())?;
+        f.json(&meta.token_endpoint).map_err(|e| e.to_string())
+    }
+
+    fn flow_cookie(&self) -> String {
+        if self.secure_cookies {
+            "__Host-gh_connect".into()
+        } else {
+            "gh_connect".into()
+        }
+    }
+
+    fn browser_of(&self, headers: &HeaderMap) -> Option<String> {
+        let name = self.flow_cookie();
+        headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| sha256_hex(v))
+    }
+
+    /// Takes a step (single use) that belongs to this browser and has not expired; another
+    /// browser's attempt leaves it in place.
+    fn take(&self, key: &str, headers: &HeaderMap) -> Option<Step> {
+        let browser = self.browser_of(headers)?;
+        let mut flights = self.flights.lock().ok()?;
+        let k = sha256_hex(key);
+        if flights.get(&k)?.browser != browser {
+            return None;
+        }
+        let f = flights.remove(&k)?;
+        (f.until > Instant::now()).then_some(f.step)
+    }
+
+    fn put(&self, key: &str, browser: String, step: Step) {
+        if let Ok(mut f) = self.flights.lock() {
+            f.retain(|_, v| v.until > Instant::now());
+            f.insert(
+                sha256_hex(key),
+                InFlight {
+                    step,
+                    browser,
+                    until: Instant::now() + TTL,
+                },
+            );
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<i64>,
+}
+
+impl TokenResponse {
+    fn into_grant(self) -> Grant {
+        Grant {
+            access_token: self.access_token,
+            refresh_token: self.refresh_token,
+            expires_at: self.expires_in.map(|e| now() + e),
+        }
+    }
+}
+
+/// The answer to a request that needs the user to connect first: a JSON-RPC error (HTTP
+/// 200) with one URL-mode elicitation.
+pub(crate) fn elicit_response(
+    c: &Connect,
+    owner: &Owner,
+    upstream: &str,
+    id: serde_json::Value,
+) -> Response {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {
+            "code": URL_ELICITATION_REQUIRED,
+            "message": format!("{upstream} needs you to connect your account first"),
+            "data": c.elicitation(owner, upstream),
+        },
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// `GET /connect/{link}`: the browser shows who it is at the gateway's authorization server.
+async fn start(State(c): State<Arc<Connect>>, Path(link): Path<String>) -> Response {
+    let known = c
+        .links
+        .lock()
+        .ok()
+        .and_then(|l| l.get(&link).map(|v| v.until > Instant::now()))
+        .unwrap_or(false);
+    if !known {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "This link is unknown or has expired. Ask your MCP client to try again for a new one.",
+        );
+    }
+    let flow = random_token();
+    let state = random_token();
+    let verifier = PkceVerifier::generate();
+    let mut u = match url::Url::parse(&format!("{}/authorize", c.backend.issuer)) {
+        Ok(u) => u,
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    u.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", IDENTITY_CLIENT)
+        .append_pair("redirect_uri", &format!("{}/connect/return", c.public))
+        .append_pair("state", &state)
+        .append_pair("code_challenge", verifier.challenge().as_str())
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("resource", &c.identity_resource);
+    if !c.identity_scope.is_empty() {
+        u.query_pairs_mut().append_pair("scope", &c.identity_scope);
+    }
+    c.put(
+        &state,
+        sha256_hex(&flow),
+        Step::Identity {
+            link,
+            verifier: verifier.secret().to_owned(),
+        },
+    );
+    let cookie = format!(
+        "{}={flow}; Path=/; HttpOnly; SameSite=Lax; Max-Age=600{}",
+        c.flow_cookie(),
+        if c.secure_cookies { "; Secure" } else { "" }
+    );
+    let mut resp = Redirect::to(u.as_str()).into_response();
+    if let Ok(v) = http::HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(http::header::SET_COOKIE, v);
+    }
+    resp
+}
+
+#[derive(Deserialize)]
+struct CodeReturn {
+    code: Option<String>,
+    state: Option<String>,
+    iss: Option<String>,
+    error: Option<String>,
+}
+
+/// `GET /connect/return`: back from the gateway's AS; the user must be the one the link was
+/// made for. Then our own approval page.
+async fn identity_return(
+    State(c): State<Arc<Connect>>,
+    headers: HeaderMap,
+    Query(q): Query<CodeReturn>,
+) -> Response {
+    let Some(Step::Identity { link, verifier }) =
+        q.state.as_deref().and_then(|s| c.take(s, &headers))
+    else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "This sign-in is unknown, used or expired, or was started in another browser.",
+        );
+    };
+    if q.iss.as_deref() != Some(c.backend.issuer.as_str()) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "The answer came from an unexpected issuer.",
+        );
+    }
+    let Some(code) = q.code.filter(|_| q.error.is_none()) else {
+        return refuse(StatusCode::FORBIDDEN, "Sign-in was not completed.");
+    };
+    let token: Result<serde_json::Value, _> = async {
+        c.http
+            .post(format!("{}/token", c.backend.issuer))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("code_verifier", verifier.as_str()),
+                ("client_id", IDENTITY_CLIENT),
+                ("redirect_uri", &format!("{}/connect/return", c.public)),
+            ])
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await
+    }
+    .await;
+    // Straight from our own token endpoint: its claims need no second check.
+    let who = token
+        .ok()
+        .and_then(|t| t["access_token"].as_str().map(str::to_owned))
+        .and_then(|at| {
+            let payload = at.split('.').nth(1)?;
+            let raw =
+                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                    .ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+            Some(Owner {
+                issuer: v["iss"].as_str()?.to_owned(),
+                subject: v["sub"].as_str()?.to_owned(),
+            })
+        });
+    let Some(who) = who else {
+        return refuse(StatusCode::BAD_GATEWAY, "Sign-in could not be confirmed.");
+    };
+    let Some((owner, upstream)) = c
+        .links
+        .lock()
+        .ok()
+        .and_then(|l| l.get(&link).map(|v| (v.owner.clone(), v.upstream.clone())))
+    else {
+        return refuse(StatusCode::NOT_FOUND, "This link has expired.");
+    };
+    // GW-09: only the user who made the call may complete it.
+    if who != owner {
+        tracing::warn!(upstream, "connect link opened by another account; refused");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "This link was made for another account. Sign in as the user of the MCP client that asked for it.",
+        );
+    }
+    let Some(u) = c.upstreams.get(&upstream) else {
+        return refuse(StatusCode::NOT_FOUND, "Unknown server.");
+    };
+    let meta = match c.meta(u).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream authorization server discovery failed");
+            return refuse(
+                StatusCode::BAD_GATEWAY,
+                "The server's authorization server could not be reached.",
+            );
+        }
+    };
+    let Some(browser) = c.browser_of(&headers) else {
+        return refuse(StatusCode::BAD_REQUEST, "Cookies are needed.");
+    };
+    let approval = random_token();
+    c.put(
+        &approval,
+        browser,
+        Step::Approval {
+            link,
+            owner: owner.clone(),
+        },
+    );
+    let scopes = if u.cfg.scopes.is_empty() {
+        "<li>what the server grants by default</li>".to_owned()
+    } else {
+        u.cfg
+            .scopes
+            .iter()
+            .map(|s| format!("<li><code>{}</code></li>", esc(s.as_str())))
+            .collect()
+    };
+    page(
+        StatusCode::OK,
+        &format!("Connect {upstream}?"),
+        &format!(
+            "<p>Signed in as <strong>{sub}</strong>.</p>\
+             <p>The gateway asks to act for you at <strong>{upstream}</strong> ({resource}). \
+             You will sign in at its authorization server <strong>{issuer}</strong> \
+             ({authz}), which sends you back to <code>{cb}</code>. The gateway keeps the \
+             token (encrypted) and never gives it to your MCP client.</p>\
+             <p>It asks for:</p><ul>{scopes}</ul>\
+             <form method=\"post\" action=\"{public}/connect/approve\">\
+             <input type=\"hidden\" name=\"approval\" value=\"{approval}\">\
+             <button type=\"submit\" name=\"decision\" value=\"approve\">Connect</button> \
+             <button type=\"submit\" name=\"decision\" value=\"deny\">Cancel</button></form>",
+            sub = esc(&owner.subject),
+            upstream = esc(&upstream),
+            resource = esc(&u.resource),
+            issuer = esc(&meta.issuer),
+            authz = esc(&meta.authorization_endpoint),
+            cb = esc(&format!("{}/connect/callback", c.public)),
+            public = esc(&c.public),
+        ),
+    )
+}
+
+#[derive(Deserialize)]
+struct ApproveForm {
+    approval: String,
+    decision: String,
+}
+
+/// `POST /connect/approve`: the user approved on our page; only now is the upstream `state`
+/// made (GW-05), and the browser sent to the upstream's authorization server.
+async fn approve(
+    State(c): State<Arc<Connect>>,
+    headers: HeaderMap,
+    axum::Form(f): axum::Form<ApproveForm>,
+) -> Response {
+    let Some(Step::Approval { link, owner }) = c.take(&f.approval, &headers) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "This approval is unknown, used or expired, or came from another browser.",
+        );
+    };
+    if f.decision != "approve" {
+        return page(
+            StatusCode::OK,
+            "Not connected",
+            "<p>Nothing was connected. You can close this page.</p>",
+        );
+    }
+    let Some(upstream) = c
+        .links
+        .lock()
+        .ok()
+        .and_then(|l| l.get(&link).map(|v| v.upstream.clone()))
+    else {
+        return refuse(StatusCode::NOT_FOUND, "This link has expired.");
+    };
+    let Some(u) = c.upstreams.get(&upstream) else {
+        return refuse(StatusCode::NOT_FOUND, "Unknown server.");
+    };
+    let meta = match c.meta(u).await {
+        Ok(m) => m,
+        Err(_) => {
+            return refuse(
+                StatusCode::BAD_GATEWAY,
+                "The server's authorization server could not be reached.",
+            );
+        }
+    };
+    let Some(browser) = c.browser_of(&headers) else {
+        return refuse(StatusCode::BAD_REQUEST, "Cookies are needed.");
+    };
+    let state = random_token();
+    let verifier = PkceVerifier::generate();
+    let Ok(mut to) = url::Url::parse(&meta.authorization_endpoint) else {
+        return refuse(StatusCode::BAD_GATEWAY, "Bad authorization endpoint.");
+    };
+    to.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &u.cfg.client_id.0)
+        .append_pair("redirect_uri", &format!("{}/connect/callback", c.public))
+        .append_pair("state", &state)
+        .append_pair("code_challenge", verifier.challenge().as_str())
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("resource", &u.resource);
+    if !u.cfg.scopes.is_empty() {
+        to.query_pairs_mut()
+            .append_pair("scope", &u.cfg.scopes.to_string());
+    }
+    c.put(
+        &state,
+        browser,
+        Step::Upstream {
+            link,
+            owner,
+            verifier: verifier.secret().to_owned(),
+        },
+    );
+    Redirect::to(to.as_str()).into_response()
+}
+
+/// `GET /connect/callback`: back from the upstream's authorization server.
+async fn upstream_callback(
+    State(c): State<Arc<Connect>>,
+    headers: HeaderMap,
+    Query(q): Query<CodeReturn>,
+) -> Response {
+    let Some(Step::Upstream {
+        link,
+        owner,
+        verifier,
+    }) = q.state.as_deref().and_then(|s| c.take(s, &headers))
+    else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "This authorization is unknown, used or expired, or was started in another browser.",
+        );
+    };
+    let Some(upstream) = c
+        .links
+        .lock()
+        .ok()
+        .and_then(|mut l| l.remove(&link).map(|v| v.upstream))
+    else {
+        return refuse(StatusCode::NOT_FOUND, "This link has expired.");
+    };
+    let Some(u) = c.upstreams.get(&upstream) else {
+        return refuse(StatusCode::NOT_FOUND, "Unknown server.");
+    };
+    let Ok(meta) = c.meta(u).await else {
+        return refuse(
+            StatusCode::BAD_GATEWAY,
+            "The server's authorization server could not be reached.",
+        );
+    };
+    // RFC 9207: the answer must come from the authorization server we sent the browser to.
+    match q.iss.as_deref() {
+        Some(i) if i.trim_end_matches('/') != meta.issuer => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "The answer came from an unexpected issuer.",
+            );
+        }
+        None if meta.iss_parameter => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "The answer did not say who sent it.",
+            );
+        }
+        _ => {}
+    }
+    let Some(code) = q.code.filter(|_| q.error.is_none()) else {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "The server's authorization server did not grant access.",
+        );
+    };
+    let redirect = format!("{}/connect/callback", c.public);
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("code_verifier", verifier.as_str()),
+        ("redirect_uri", redirect.as_str()),
+        ("resource", u.resource.as_str()),
+    ];
+    let grant = match c.token_request(u, &meta, &mut form).await {
+        Ok(t) => t.into_grant(),
+        Err(e) => {
+            tracing::warn!(upstream, error = %e, "upstream token request failed");
+            return refuse(
+                StatusCode::BAD_GATEWAY,
+                "The server's authorization server refused the code.",
+            );
+        }
+    };
+    if let Err(e) = c.save(&owner, &upstream, &grant).await {
+        tracing::error!(upstream, error = %e, "could not store an upstream grant");
+        return refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The grant could not be stored.",
+        );
+    }
+    tracing::info!(upstream, "upstream account connected");
+    page(
+        StatusCode::OK,
+        &format!("{upstream} connected"),
+        "<p>Done. You can close this page and return to your MCP client.</p>",
+    )
+}
