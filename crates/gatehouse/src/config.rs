@@ -162,7 +162,8 @@ pub(crate) struct RateLimitConfig {
     /// Requests per tenant (the token's tenant claim), all its subjects together.
     #[serde(default)]
     pub(crate) per_tenant: Option<LimitConfig>,
-    /// Calls of one tool per subject, by `<upstream>/<tool>` (or a tool name for every upstream).
+    /// Calls of one tool per subject, by `<upstream>/<tool>`, or by a bare tool name: one budget
+    /// for that tool across every upstream.
     #[serde(default)]
     pub(crate) per_tool: std::collections::BTreeMap<String, LimitConfig>,
 }

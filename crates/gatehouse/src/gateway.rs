@@ -377,8 +377,14 @@ impl RateLimits {
     ) -> Result<(), (u64, LimitHit)> {
         if let Some(tool) = tool {
             let qualified = format!("{server}/{tool}");
-            if let Some(l) = self.tools.get(&qualified).or_else(|| self.tools.get(tool)) {
-                l.check(&format!("{subject}\n{qualified}"))
+            // One budget per subject and configured entry: a bare tool name is shared by that
+            // tool on every upstream.
+            if let Some((entry, l)) = self
+                .tools
+                .get_key_value(&qualified)
+                .or_else(|| self.tools.get_key_value(tool))
+            {
+                l.check(&format!("{subject}\n{entry}"))
                     .await
                     .map_err(|w| (w, LimitHit::Tool))?;
             }
@@ -1310,6 +1316,54 @@ impl StdioUpstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn limits_per_tenant_and_per_tool_are_separate_budgets() {
+        let c: crate::config::RateLimitConfig = yaml_serde::from_str(
+            "{per_minute: 600, burst: 100, per_tenant: {per_minute: 60, burst: 3}, per_tool: {srv/slow: {per_minute: 60, burst: 2}, fast: {per_minute: 60, burst: 5}}}",
+        )
+        .expect("config");
+        let l = RateLimits::new(&c).expect("limits");
+        // A tenant's subjects share its budget of 3; another tenant and tenant-less callers don't.
+        for who in ["a", "b", "c"] {
+            assert!(l.check(who, Some("acme"), "srv", None).await.is_ok());
+        }
+        let (wait, hit) = l
+            .check("d", Some("acme"), "srv", None)
+            .await
+            .expect_err("tenant");
+        assert!(matches!(hit, LimitHit::Tenant) && wait >= 1);
+        assert!(l.check("e", Some("globex"), "srv", None).await.is_ok());
+        assert!(l.check("f", None, "srv", None).await.is_ok());
+        // Per tool, per subject: `srv/slow` allows 2, the bare `fast` applies on every server.
+        for _ in 0..2 {
+            assert!(l.check("g", None, "srv", Some("slow")).await.is_ok());
+        }
+        let (_, hit) = l
+            .check("g", None, "srv", Some("slow"))
+            .await
+            .expect_err("tool");
+        assert!(matches!(hit, LimitHit::Tool));
+        assert!(
+            l.check("h", None, "srv", Some("slow")).await.is_ok(),
+            "another subject"
+        );
+        assert!(
+            l.check("g", None, "other", Some("slow")).await.is_ok(),
+            "another server"
+        );
+        assert!(
+            l.check("g", None, "srv", Some("quick")).await.is_ok(),
+            "another tool"
+        );
+        for _ in 0..5 {
+            assert!(l.check("i", None, "x", Some("fast")).await.is_ok());
+        }
+        assert!(
+            l.check("i", None, "y", Some("fast")).await.is_err(),
+            "bare name: all servers"
+        );
+    }
 
     #[test]
     fn gw07_session_ids_are_random_and_bound_to_their_owner() {
