@@ -4,10 +4,12 @@
 // (stateful sessions, DNS-rebinding protection for localhost). Used to show that the gateway is
 // transparent: the same scenarios pass against it directly and through `gatehouse serve`.
 // Usage: PORT=3000 node interop/conformance-server.mjs   (prints "listening <port>")
+//        node interop/conformance-server.mjs --stdio     (one session over stdin/stdout)
 import { randomUUID } from 'node:crypto';
 import { Server } from '@modelcontextprotocol/sdk/server/index.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { createMcpExpressApp } from '@modelcontextprotocol/sdk/server/express.js';
+import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
 import {
   CallToolRequestSchema,
   CompleteRequestSchema,
@@ -342,6 +344,13 @@ function newServer() {
   return server;
 }
 
+if (process.argv.includes('--stdio')) {
+  await newServer().connect(new StdioServerTransport());
+} else {
+  serveHttp();
+}
+
+function serveHttp() {
 const transports = new Map();
 const app = createMcpExpressApp({ host: '127.0.0.1', allowedHosts: ['localhost', '127.0.0.1', '[::1]'] });
 
@@ -382,3 +391,4 @@ app.delete('/mcp', bySession);
 
 const port = Number(process.env.PORT ?? 3000);
 app.listen(port, '127.0.0.1', () => console.log(`listening ${port}`));
+}

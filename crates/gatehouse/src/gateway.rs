@@ -1087,9 +1087,10 @@ pub(crate) fn verify_chain(log: &str) -> Option<usize> {
 
 /// A stdio upstream: one process per MCP session, started by `initialize` (clean environment:
 /// `PATH` plus the configured variables), owned by the user who opened it, stopped by DELETE
-/// or when the gateway stops. Requests are matched to answers by JSON-RPC id. Messages the
-/// server sends on its own (notifications, requests to the client) are not relayed: there is
-/// no GET stream for stdio upstreams yet.
+/// or when the gateway stops. Answers are matched to requests by JSON-RPC id. What the server
+/// sends on its own is relayed as Streamable HTTP does: progress for a request on that
+/// request's SSE stream; other notifications and requests to the client (sampling,
+/// elicitation) on an open request stream, else on the session's GET stream.
 pub(crate) struct StdioUpstream {
     command: String,
     args: Vec<String>,
@@ -1097,15 +1098,37 @@ pub(crate) struct StdioUpstream {
     sessions: Mutex<std::collections::HashMap<String, Arc<StdioSession>>>,
 }
 
+type Lines = tokio::sync::mpsc::UnboundedSender<String>;
+
+/// Where the server's messages go.
+#[derive(Default)]
+struct Routes {
+    /// Open requests by JSON-RPC id (as JSON text), in the order they were sent.
+    requests: Vec<(String, Lines)>,
+    /// Progress tokens (as JSON text) → the request that gave them.
+    progress: std::collections::HashMap<String, String>,
+    /// The session's GET stream, if one is open.
+    standalone: Option<Lines>,
+}
+
 struct StdioSession {
     owner: (String, String),
     stdin: tokio::sync::Mutex<tokio::process::ChildStdin>,
-    pending: Arc<Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<String>>>>,
+    routes: Arc<Mutex<Routes>>,
+    last_used: Mutex<Instant>,
     _child: tokio::process::Child,
 }
 
 /// Longest wait for a stdio server's answer.
 const STDIO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A session (its process) unused this long is stopped when the next one starts.
+const STDIO_IDLE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// Processes per user, and in all, for one stdio upstream: a caller cannot exhaust the host by
+/// opening sessions (GW-14).
+const STDIO_PER_USER: usize = 8;
+const STDIO_TOTAL: usize = 256;
 
 fn jsonrpc_error(status: StatusCode, id: serde_json::Value, msg: &str) -> Response {
     (
@@ -1113,6 +1136,68 @@ fn jsonrpc_error(status: StatusCode, id: serde_json::Value, msg: &str) -> Respon
         axum::Json(serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32000, "message": msg}})),
     )
         .into_response()
+}
+
+/// An SSE response carrying each line as one `message` event; it ends when the senders go.
+fn sse(rx: tokio::sync::mpsc::UnboundedReceiver<String>) -> Response {
+    let events = futures::stream::unfold(rx, |mut rx| async move {
+        let line = rx.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(bytes::Bytes::from(format!(
+                "event: message\ndata: {line}\n\n"
+            ))),
+            rx,
+        ))
+    });
+    let mut resp = Response::new(Body::from_stream(events));
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    h.insert(
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    resp
+}
+
+impl Routes {
+    /// Delivers one line from the server to the stream it belongs on.
+    fn deliver(&mut self, line: String) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            return;
+        };
+        let is_answer =
+            v.get("method").is_none() && (v.get("result").is_some() || v.get("error").is_some());
+        if is_answer {
+            let id = v.get("id").map(|i| i.to_string()).unwrap_or_default();
+            if let Some(i) = self.requests.iter().position(|(r, _)| *r == id) {
+                let (_, tx) = self.requests.remove(i);
+                let _ = tx.send(line);
+                self.progress.retain(|_, r| *r != id);
+            }
+            return;
+        }
+        let for_request = (v["method"] == "notifications/progress")
+            .then(|| self.progress.get(&v["params"]["progressToken"].to_string()))
+            .flatten()
+            .and_then(|r| self.requests.iter().find(|(id, _)| id == r))
+            .map(|(_, tx)| tx.clone());
+        let target = for_request
+            .or_else(|| self.requests.last().map(|(_, tx)| tx.clone()))
+            .or_else(|| self.standalone.clone());
+        match target {
+            Some(tx) => {
+                let _ = tx.send(line);
+            }
+            None => tracing::debug!("stdio server message with no open stream; dropped"),
+        }
+    }
 }
 
 impl StdioUpstream {
@@ -1143,32 +1228,29 @@ impl StdioUpstream {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.command))?;
+        tracing::info!(command = %self.command, "stdio upstream started");
         let stdin = child.stdin.take().ok_or("no stdin")?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
-        let pending: Arc<
-            Mutex<std::collections::HashMap<_, tokio::sync::oneshot::Sender<String>>>,
-        > = Arc::default();
-        let routes = pending.clone();
+        let routes: Arc<Mutex<Routes>> = Arc::default();
+        let reader = routes.clone();
         tokio::spawn(async move {
             use tokio::io::AsyncBufReadExt;
             let mut lines = tokio::io::BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                let is_answer = v.get("result").is_some() || v.get("error").is_some();
-                if let (true, Some(id)) = (is_answer, v.get("id"))
-                    && let Ok(mut p) = routes.lock()
-                    && let Some(tx) = p.remove(&id.to_string())
-                {
-                    let _ = tx.send(line);
+                if let Ok(mut r) = reader.lock() {
+                    r.deliver(line);
                 }
+            }
+            // The process ended: every open stream ends with it.
+            if let Ok(mut r) = reader.lock() {
+                *r = Routes::default();
             }
         });
         Ok(StdioSession {
             owner,
             stdin: tokio::sync::Mutex::new(stdin),
-            pending,
+            routes,
+            last_used: Mutex::new(Instant::now()),
             _child: child,
         })
     }
@@ -1194,6 +1276,16 @@ impl StdioUpstream {
                 .and_then(|m| m.get(s).cloned())
                 .filter(|sess| sess.owner == owner)
         });
+        if let Some(s) = &existing
+            && let Ok(mut t) = s.last_used.lock()
+        {
+            *t = Instant::now();
+        }
+        let wants_sse = headers
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("text/event-stream"));
         if *method == http::Method::DELETE {
             return match (sid, existing) {
                 (Some(s), Some(_)) => {
@@ -1203,6 +1295,20 @@ impl StdioUpstream {
                     (StatusCode::OK.into_response(), None)
                 }
                 _ => (StatusCode::NOT_FOUND.into_response(), None),
+            };
+        }
+        if *method == http::Method::GET {
+            // The session's stream for messages that belong to no request.
+            return match (existing, wants_sse) {
+                (Some(s), true) => {
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    if let Ok(mut r) = s.routes.lock() {
+                        r.standalone = Some(tx);
+                    }
+                    (sse(rx), Some(200))
+                }
+                (Some(_), false) => (StatusCode::NOT_ACCEPTABLE.into_response(), None),
+                (None, _) => (StatusCode::NOT_FOUND.into_response(), None),
             };
         }
         if *method != http::Method::POST {
@@ -1227,6 +1333,29 @@ impl StdioUpstream {
         let id = msg.get("id").cloned();
         let is_request = id.is_some() && msg.get("method").is_some();
         let initialize = msg.get("method").and_then(|m| m.as_str()) == Some("initialize");
+        if existing.is_none() && sid.is_none() && initialize {
+            let (mine, all) = match self.sessions.lock() {
+                Ok(mut m) => {
+                    let before = m.len();
+                    m.retain(|_, s| s.last_used.lock().is_ok_and(|t| t.elapsed() < STDIO_IDLE));
+                    if m.len() < before {
+                        tracing::info!(stopped = before - m.len(), "idle stdio sessions stopped");
+                    }
+                    (m.values().filter(|s| s.owner == owner).count(), m.len())
+                }
+                Err(_) => (0, 0),
+            };
+            if mine >= STDIO_PER_USER || all >= STDIO_TOTAL {
+                return (
+                    jsonrpc_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        id.unwrap_or_default(),
+                        "too many open sessions for this server; close one (DELETE) first",
+                    ),
+                    None,
+                );
+            }
+        }
         let (session, new_id) = match (existing, sid, initialize) {
             (Some(s), _, _) => (s, None),
             (None, None, true) => match self.spawn(owner) {
@@ -1266,9 +1395,13 @@ impl StdioUpstream {
             }
         };
         let rx = is_request.then(|| {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if let (Ok(mut p), Some(id)) = (session.pending.lock(), &id) {
-                p.insert(id.to_string(), tx);
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            if let (Ok(mut r), Some(id)) = (session.routes.lock(), &id) {
+                let key = id.to_string();
+                if let Some(token) = msg.pointer("/params/_meta/progressToken") {
+                    r.progress.insert(token.to_string(), key.clone());
+                }
+                r.requests.push((key, tx));
             }
             rx
         });
@@ -1287,29 +1420,44 @@ impl StdioUpstream {
                 );
             }
         }
-        let Some(rx) = rx else {
+        let Some(mut rx) = rx else {
             return (StatusCode::ACCEPTED.into_response(), Some(202));
         };
-        match tokio::time::timeout(STDIO_TIMEOUT, rx).await {
-            Ok(Ok(answer)) => {
-                let mut resp =
-                    ([(http::header::CONTENT_TYPE, "application/json")], answer).into_response();
-                if let Some(s) = new_id
-                    && let Ok(v) = HeaderValue::from_str(&s)
-                {
-                    resp.headers_mut().insert("mcp-session-id", v);
+        let mut resp = if wants_sse {
+            // Everything for this request, as it comes; the stream ends with the answer.
+            sse(rx)
+        } else {
+            // JSON only: wait for the answer; what comes before it has nowhere to go.
+            let answer = tokio::time::timeout(STDIO_TIMEOUT, async {
+                let mut last = None;
+                while let Some(line) = rx.recv().await {
+                    last = Some(line);
                 }
-                (resp, Some(200))
+                last
+            })
+            .await;
+            match answer {
+                Ok(Some(line)) => {
+                    ([(http::header::CONTENT_TYPE, "application/json")], line).into_response()
+                }
+                _ => {
+                    return (
+                        jsonrpc_error(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            id.unwrap_or_default(),
+                            "the upstream server did not answer",
+                        ),
+                        None,
+                    );
+                }
             }
-            _ => (
-                jsonrpc_error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    id.unwrap_or_default(),
-                    "the upstream server did not answer",
-                ),
-                None,
-            ),
+        };
+        if let Some(s) = new_id
+            && let Ok(v) = HeaderValue::from_str(&s)
+        {
+            resp.headers_mut().insert("mcp-session-id", v);
         }
+        (resp, Some(200))
     }
 }
 

@@ -5,7 +5,8 @@
 //! credentials); every scenario must end the same way both times, and the fixture must pass
 //! them all directly (so "the same" is not "the same failures"). Covers GW-11 (status codes,
 //! sessions, DELETE, SSE with server-to-client requests, progress and logging notifications)
-//! and GW-08 (the DNS-rebinding scenario, through the gateway's own Host/Origin gate).
+//! and GW-08 (the DNS-rebinding scenario, through the gateway's own Host/Origin gate). The same
+//! fixture also runs as a stdio server behind the gateway, with the same results.
 mod common;
 
 use common::*;
@@ -65,9 +66,10 @@ fn official_server_scenarios_pass_through_the_gateway_as_they_do_directly() {
     std::fs::write(
         &cfg,
         format!(
-            "listen: 127.0.0.1:{port}\nguard:\n  api_keys: [{{name: unused, hash: 'sha256:{}', expires: '2099-01-01T00:00:00Z'}}]\ngateway:\n  audit_log: {}\n  upstreams:\n    - name: conformance\n      url: http://127.0.0.1:{upstream_port}/mcp\n      anonymous: true\n",
+            "listen: 127.0.0.1:{port}\nguard:\n  api_keys: [{{name: unused, hash: 'sha256:{}', expires: '2099-01-01T00:00:00Z'}}]\ngateway:\n  audit_log: {}\n  upstreams:\n    - name: conformance\n      url: http://127.0.0.1:{upstream_port}/mcp\n      anonymous: true\n    - name: conformance-stdio\n      command: node\n      args: ['{}', '--stdio']\n      anonymous: true\n",
             "ab".repeat(32),
-            dir.join("audit.jsonl").display()
+            dir.join("audit.jsonl").display(),
+            root.join("interop/conformance-server.mjs").display()
         ),
     )
     .expect("config");
@@ -91,6 +93,16 @@ fn official_server_scenarios_pass_through_the_gateway_as_they_do_directly() {
     assert_eq!(
         direct, through,
         "scenarios differ through the gateway:\n{through_log}"
+    );
+    // The same fixture as a stdio server behind the gateway: one process per session, and
+    // what the server sends on its own (progress, logging, sampling and elicitation requests)
+    // relayed on the request's SSE stream.
+    let (stdio, stdio_log) = run_suite(&format!(
+        "http://localhost:{port}/servers/conformance-stdio/mcp"
+    ));
+    assert_eq!(
+        direct, stdio,
+        "scenarios differ through the gateway's stdio upstream:\n{stdio_log}"
     );
     // GW-11: SSE is relayed as it comes, event by event: the fixture's progress tool sends
     // three notifications 50 ms apart, then its result; they must not arrive in one batch.

@@ -815,6 +815,44 @@ async fn gateway_policies_cedar_hot_reload_per_tool_limits_and_origin() {
     assert_eq!(r.status(), 200, "the previous policies still apply");
     assert!(r.headers().contains_key("mcp-session-id"));
 
+    // GW-14: one user cannot start stdio processes without end (8 sessions each); closing one
+    // makes room.
+    let mut opened = Vec::new();
+    let full = loop {
+        let r = post(&memory, Some(&alice_m), None, init.clone()).await;
+        if r.status() == 503 {
+            break r;
+        }
+        assert_eq!(r.status(), 200);
+        opened.push(
+            r.headers()["mcp-session-id"]
+                .to_str()
+                .expect("ascii")
+                .to_owned(),
+        );
+        assert!(opened.len() <= 8, "no cap");
+    };
+    let v: Value = full.json().await.expect("json");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("too many"),
+        "{v}"
+    );
+    let r = reqwest::Client::new()
+        .delete(&memory)
+        .bearer_auth(&alice_m)
+        .header("mcp-session-id", opened.last().expect("one"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 200);
+    let r = post(&memory, Some(&alice_m), None, init.clone()).await;
+    assert_eq!(r.status(), 200, "room again");
+    let r = post(&memory, Some(&bob_m), None, init.clone()).await;
+    assert_eq!(r.status(), 200, "another user is not held back");
+
     // GW-08: a foreign Origin is refused (POST, GET, DELETE) before authentication; so is a
     // foreign Host (DNS rebinding); no Origin is a normal (here: unauthenticated) request.
     let http = reqwest::Client::new();
