@@ -2,7 +2,8 @@
 //! `<upstream>__<name>`, resources keep their URIs (their names get the prefix) and reads are
 //! routed to the upstream that listed them. Each request to an upstream goes through that
 //! upstream's own proxy — its policies, limits, credentials, session mapping and audit — so
-//! the aggregate adds no way around them.
+//! the aggregate adds no way around them. Requests an upstream makes of the client (sampling,
+//! elicitation) are relayed with ids that name the upstream, so the replies go back to it.
 use crate::gateway::{MAX_BODY, Proxy};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -78,6 +79,86 @@ async fn answer(resp: Response, id: &Value) -> Option<Value> {
         .find(|v| {
             v.get("id") == Some(id) && (v.get("result").is_some() || v.get("error").is_some())
         })
+}
+
+/// Ids of requests an upstream sends the client are made unique across upstreams, and name
+/// the upstream the reply goes back to: `gh:<upstream>:<original id as JSON>`.
+fn wrap_id(upstream: &str, id: &Value) -> Value {
+    Value::String(format!("gh:{upstream}:{id}"))
+}
+
+fn unwrap_id(id: &str) -> Option<(String, Value)> {
+    let (u, original) = id.strip_prefix("gh:")?.split_once(':')?;
+    Some((u.to_owned(), serde_json::from_str(original).ok()?))
+}
+
+/// One SSE line from `upstream`: requests to the client get a wrapped id.
+fn rewrite_line(upstream: &str, line: &[u8]) -> bytes::Bytes {
+    let text = String::from_utf8_lossy(line);
+    let Some(data) = text.strip_prefix("data:") else {
+        return bytes::Bytes::copy_from_slice(line);
+    };
+    let end = if text.ends_with("\r\n") { "\r\n" } else { "\n" };
+    match serde_json::from_str::<Value>(data.trim()) {
+        Ok(mut v) if v.get("method").is_some() && v.get("id").is_some() => {
+            v["id"] = wrap_id(upstream, &v["id"]);
+            bytes::Bytes::from(format!("data: {v}{end}"))
+        }
+        _ => bytes::Bytes::copy_from_slice(line),
+    }
+}
+
+/// An upstream's SSE stream, line by line, with [`rewrite_line`] applied.
+fn rewrite_stream(
+    upstream: String,
+    body: Body,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> + Send {
+    use futures::StreamExt;
+    futures::stream::unfold(
+        (body.into_data_stream(), Vec::<u8>::new(), upstream, false),
+        |(mut stream, mut buf, upstream, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                if let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=i).collect();
+                    let out = rewrite_line(&upstream, &line);
+                    return Some((Ok(out), (stream, buf, upstream, false)));
+                }
+                match stream.next().await {
+                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                    _ => {
+                        if buf.is_empty() {
+                            return None;
+                        }
+                        let rest = bytes::Bytes::from(std::mem::take(&mut buf));
+                        return Some((Ok(rest), (stream, buf, upstream, true)));
+                    }
+                }
+            }
+        },
+    )
+}
+
+fn is_sse(resp: &Response) -> bool {
+    resp.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("text/event-stream"))
+}
+
+/// An upstream's answer, passed on; an SSE answer carries the upstream's own requests to the
+/// client, whose ids are wrapped so the replies find their way back.
+fn relay(upstream: &str, resp: Response) -> Response {
+    if !is_sse(&resp) {
+        return resp;
+    }
+    let (head, body) = resp.into_parts();
+    Response::from_parts(
+        head,
+        Body::from_stream(rewrite_stream(upstream.to_owned(), body)),
+    )
 }
 
 /// Does `uri` match an RFC 6570 level-1 template (`{var}` = one or more characters but `/`)?
@@ -158,7 +239,12 @@ impl Aggregate {
         let Some(proxy) = self.proxy(upstream) else {
             return StatusCode::NOT_FOUND.into_response();
         };
-        let bytes = body.to_string();
+        // GET and DELETE carry no body.
+        let bytes = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
         let mut req = http::Request::new(Body::from(bytes.clone()));
         *req.method_mut() = method;
         for name in [
@@ -255,7 +341,12 @@ impl Aggregate {
                 return StatusCode::OK.into_response();
             }
             http::Method::POST => {}
-            // No standalone stream: server-initiated messages are not merged (yet).
+            http::Method::GET => {
+                let Some(sess) = session else {
+                    return StatusCode::METHOD_NOT_ALLOWED.into_response();
+                };
+                return self.merged_stream(&parts, &sess).await;
+            }
             _ => return StatusCode::METHOD_NOT_ALLOWED.into_response(),
         }
         let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
@@ -294,8 +385,28 @@ impl Aggregate {
             );
         };
         if msg.get("method").is_none() {
-            // A reply to a server-initiated request: the aggregate does not relay those.
-            return StatusCode::ACCEPTED.into_response();
+            // A reply to a request an upstream made (sampling, elicitation): its id says whose.
+            let Some((u, original)) = id.as_str().and_then(unwrap_id) else {
+                return rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    &Value::Null,
+                    -32600,
+                    "a reply to no request of this endpoint",
+                );
+            };
+            let Some(member) = sess.members.get(&u) else {
+                return rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    &Value::Null,
+                    -32600,
+                    "a reply to no request of this endpoint",
+                );
+            };
+            let mut reply = msg.clone();
+            reply["id"] = original;
+            return self
+                .send(&u, &parts, member.as_deref(), http::Method::POST, reply)
+                .await;
         }
         if msg.get("id").is_none() {
             // Notifications go to every upstream of the session.
@@ -367,8 +478,11 @@ impl Aggregate {
                 };
                 let mut forwarded = msg.clone();
                 forwarded["params"]["name"] = Value::String(original.to_owned());
-                self.send(u, &parts, member.as_deref(), http::Method::POST, forwarded)
-                    .await
+                relay(
+                    u,
+                    self.send(u, &parts, member.as_deref(), http::Method::POST, forwarded)
+                        .await,
+                )
             }
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
                 let uri = msg
@@ -378,14 +492,16 @@ impl Aggregate {
                 match self.route_uri(&sess, uri) {
                     Some(u) => {
                         let member = sess.members.get(&u).cloned().flatten();
-                        self.send(
-                            &u,
-                            &parts,
-                            member.as_deref(),
-                            http::Method::POST,
-                            msg.clone(),
-                        )
-                        .await
+                        let resp = self
+                            .send(
+                                &u,
+                                &parts,
+                                member.as_deref(),
+                                http::Method::POST,
+                                msg.clone(),
+                            )
+                            .await;
+                        relay(&u, resp)
                     }
                     None => rpc_error(
                         StatusCode::OK,
@@ -418,8 +534,10 @@ impl Aggregate {
                 match u.filter(|u| sess.members.contains_key(u)) {
                     Some(u) => {
                         let member = sess.members.get(&u).cloned().flatten();
-                        self.send(&u, &parts, member.as_deref(), http::Method::POST, forwarded)
-                            .await
+                        let resp = self
+                            .send(&u, &parts, member.as_deref(), http::Method::POST, forwarded)
+                            .await;
+                        relay(&u, resp)
                     }
                     None => rpc_result(
                         &id,
@@ -435,6 +553,34 @@ impl Aggregate {
                 &format!("{other} is not available on the aggregate endpoint"),
             ),
         }
+    }
+
+    /// `GET`: the session's streams of every upstream that offers one, merged.
+    async fn merged_stream(&self, parts: &http::request::Parts, sess: &AggSession) -> Response {
+        let mut streams = Vec::new();
+        for (u, member) in &sess.members {
+            let resp = self
+                .send(u, parts, member.as_deref(), http::Method::GET, Value::Null)
+                .await;
+            if resp.status() == StatusCode::OK && is_sse(&resp) {
+                streams.push(Box::pin(rewrite_stream(u.clone(), resp.into_body())));
+            }
+        }
+        if streams.is_empty() {
+            return StatusCode::METHOD_NOT_ALLOWED.into_response();
+        }
+        let mut resp = Response::new(Body::from_stream(futures::stream::select_all(streams)));
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
+        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        resp
     }
 
     fn route_uri(&self, sess: &AggSession, uri: &str) -> Option<String> {
@@ -606,6 +752,34 @@ impl Aggregate {
 #[cfg(test)]
 mod tests {
     use super::template_matches;
+
+    #[test]
+    fn upstream_requests_to_the_client_get_ids_that_lead_back() {
+        let line =
+            b"data: {\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"sampling/createMessage\"}\r\n";
+        let out = String::from_utf8(super::rewrite_line("conf", line).to_vec()).expect("utf8");
+        assert!(out.ends_with("\r\n"), "{out:?}");
+        let v: serde_json::Value =
+            serde_json::from_str(out.trim().trim_start_matches("data: ")).expect("json");
+        assert_eq!(v["id"], "gh:conf:7");
+        assert_eq!(
+            super::unwrap_id("gh:conf:7"),
+            Some(("conf".to_owned(), serde_json::json!(7)))
+        );
+        assert_eq!(
+            super::unwrap_id("gh:a-b:\"x:y\""),
+            Some(("a-b".to_owned(), serde_json::json!("x:y")))
+        );
+        assert_eq!(super::unwrap_id("7"), None);
+        // Notifications and answers pass unchanged.
+        for l in [
+            &b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n"[..],
+            b"data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n",
+            b"event: message\n",
+        ] {
+            assert_eq!(&super::rewrite_line("conf", l)[..], l);
+        }
+    }
 
     #[test]
     fn uri_templates_route_reads() {

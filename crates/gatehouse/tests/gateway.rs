@@ -1069,6 +1069,13 @@ async fn gw11_sessions_are_mapped_per_hop_and_reopened_when_the_upstream_forgets
 async fn aggregate_endpoint_merges_upstreams_under_their_policies() {
     let everything_port = free_port();
     let _everything = server_everything(everything_port);
+    let conf_port = free_port();
+    let mut fixture = std::process::Command::new("node");
+    fixture
+        .current_dir(repo_root())
+        .env("PORT", conf_port.to_string())
+        .arg("interop/conformance-server.mjs");
+    let _fixture = Proc::start(fixture, "listening");
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let dir = std::env::temp_dir().join(format!("gatehouse-gw-aggregate-{port}"));
@@ -1090,7 +1097,7 @@ async fn aggregate_endpoint_merges_upstreams_under_their_policies() {
     std::fs::write(
         &cfg,
         format!(
-            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: {db}\ngateway:\n  audit_log: {audit}\n  policy: {{file: policy.cedar}}\n  aggregate: {{name: all}}\n  upstreams:\n    - name: everything\n      url: http://127.0.0.1:{everything_port}/mcp\n    - name: memory\n      command: node\n      args: ['{memory_js}']\n      env: {{MEMORY_FILE_PATH: '{mem}'}}\n      tool_scopes: {{delete_entities: [memory:admin]}}\n",
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: {db}\ngateway:\n  audit_log: {audit}\n  policy: {{file: policy.cedar}}\n  aggregate: {{name: all}}\n  upstreams:\n    - name: everything\n      url: http://127.0.0.1:{everything_port}/mcp\n    - name: memory\n      command: node\n      args: ['{memory_js}']\n      env: {{MEMORY_FILE_PATH: '{mem}'}}\n      tool_scopes: {{delete_entities: [memory:admin]}}\n    - name: conf\n      url: http://127.0.0.1:{conf_port}/mcp\n",
             audit = audit.display(),
             mem = dir.join("memory.jsonl").display(),
         ),
@@ -1186,14 +1193,18 @@ async fn aggregate_endpoint_merges_upstreams_under_their_policies() {
     // Prompts and resources, prefixed; a listed resource is read from its upstream.
     let prompts = client.list_all_prompts().await.expect("prompts/list");
     assert!(
-        !prompts.is_empty() && prompts.iter().all(|p| p.name.starts_with("everything__")),
+        prompts.iter().any(|p| p.name == "everything__simple-prompt")
+            && prompts.iter().any(|p| p.name == "conf__test_simple_prompt")
+            && prompts
+                .iter()
+                .all(|p| p.name.starts_with("everything__") || p.name.starts_with("conf__")),
         "{prompts:?}"
     );
     let resources = client.list_all_resources().await.expect("resources/list");
     let first = resources
         .first()
         .expect("server-everything lists resources");
-    assert!(first.name.starts_with("everything__"), "{first:?}");
+    assert!(first.name.contains("__"), "{first:?}");
     let read = client
         .read_resource(rmcp::model::ReadResourceRequestParams::new(
             first.uri.clone(),
@@ -1227,6 +1238,43 @@ async fn aggregate_endpoint_merges_upstreams_under_their_policies() {
     .await;
     assert_eq!(r.status(), 404, "another user's aggregate session");
     client.cancel().await.expect("close");
+
+    // An upstream's own request to the client (sampling) through the aggregate: it arrives on
+    // the call's stream with an id that leads back, the reply reaches that upstream, and the
+    // call completes with what the "model" said.
+    let r = post(&all, Some(&token), None, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {"sampling": {}}, "clientInfo": {"name": "t", "version": "1"}}})).await;
+    let sampling_session = r.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    drop(r);
+    let mut call = post(&all, Some(&token), Some(&sampling_session), json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "conf__test_sampling", "arguments": {"prompt": "say hi"}}})).await;
+    assert_eq!(call.headers()["content-type"], "text/event-stream");
+    let mut seen = String::new();
+    let request = loop {
+        let chunk = call
+            .chunk()
+            .await
+            .expect("chunk")
+            .expect("the stream goes on");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if let Some(v) = seen
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .find(|v| v["method"] == "sampling/createMessage")
+        {
+            break v;
+        }
+    };
+    let wrapped = request["id"].as_str().expect("string id").to_owned();
+    assert!(wrapped.starts_with("gh:conf:"), "{wrapped}");
+    let r = post(&all, Some(&token), Some(&sampling_session), json!({"jsonrpc": "2.0", "id": wrapped, "result": {"role": "assistant", "content": {"type": "text", "text": "hi from the model"}, "model": "test"}})).await;
+    assert!(r.status().is_success(), "{}", r.status());
+    while let Some(chunk) = call.chunk().await.expect("chunk") {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("LLM response: hi from the model"), "{seen}");
 
     // Each call is audited under its upstream.
     let log = std::fs::read_to_string(&audit).expect("audit");
