@@ -114,26 +114,17 @@ pub(crate) fn build_with(
                 audit: audit.clone(),
                 server: u.name.clone(),
             };
-            let front = tower::ServiceBuilder::new()
-                .layer(axum::middleware::from_fn_with_state(
-                    gates.clone(),
-                    origin_gate,
-                ))
-                .layer(cors_layer(&gates.origins))
-                .layer(axum::middleware::from_fn_with_state(
-                    refusals,
-                    crate::gateway::audit_refusals,
-                ));
             if u.anonymous {
                 tracing::warn!(upstream = %u.name, "served without authentication (anonymous: true)");
-                upstream_routes = upstream_routes
-                    .route_service(r.path_str(), front.service(proxy.into_service()));
-            } else {
-                let guarded = front.layer(g.layer()).service(proxy.into_service());
-                upstream_routes = upstream_routes
-                    .route_service(r.path_str(), guarded)
-                    .merge(g.path_metadata_router());
             }
+            upstream_routes = mount(
+                upstream_routes,
+                r.path_str(),
+                &gates,
+                refusals,
+                (!u.anonymous).then_some(&g),
+                proxy.into_service(),
+            );
         }
         if let Some(name) = cfg.aggregate_name() {
             let r = cfg.upstream_resource(name)?;
@@ -142,26 +133,58 @@ pub(crate) fn build_with(
                 audit: audit.clone(),
                 server: name.to_owned(),
             };
-            let guarded = tower::ServiceBuilder::new()
-                .layer(axum::middleware::from_fn_with_state(
-                    gates.clone(),
-                    origin_gate,
-                ))
-                .layer(cors_layer(&gates.origins))
-                .layer(axum::middleware::from_fn_with_state(
-                    refusals,
-                    crate::gateway::audit_refusals,
-                ))
-                .layer(g.layer())
-                .service(crate::aggregate::Aggregate::new(proxies).into_service());
-            upstream_routes = upstream_routes
-                .route_service(r.path_str(), guarded)
-                .merge(g.path_metadata_router());
+            upstream_routes = mount(
+                upstream_routes,
+                r.path_str(),
+                &gates,
+                refusals,
+                Some(&g),
+                crate::aggregate::Aggregate::new(proxies).into_service(),
+            );
         }
     }
     let mut app = finish(cfg, &gates, resource, guard, jwt, upstream_routes)?;
     app.policy = policy;
     Ok(app)
+}
+
+/// A gateway route: the Origin/Host gate, CORS, the audit of refusals, then the guard (unless
+/// anonymous) and the service; with the guard, its path-inserted metadata document too.
+fn mount<S>(
+    router: axum::Router,
+    path: &str,
+    gates: &Arc<OriginGate>,
+    refusals: crate::gateway::RefusalAudit,
+    guard: Option<&Guard>,
+    svc: S,
+) -> axum::Router
+where
+    S: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let front = tower::ServiceBuilder::new()
+        .layer(axum::middleware::from_fn_with_state(
+            gates.clone(),
+            origin_gate,
+        ))
+        .layer(cors_layer(&gates.origins))
+        .layer(axum::middleware::from_fn_with_state(
+            refusals,
+            crate::gateway::audit_refusals,
+        ));
+    match guard {
+        None => router.route_service(path, front.service(svc)),
+        Some(g) => router
+            .route_service(path, front.layer(g.layer()).service(svc))
+            .merge(g.path_metadata_router()),
+    }
 }
 
 /// GW-08 / TR-11: requests from a browser page on another origin (DNS rebinding) and requests

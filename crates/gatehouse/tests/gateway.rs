@@ -92,6 +92,34 @@ async fn cc_token_for(base: &str, id: &str, secret: &str, resource: &str) -> Str
         .to_owned()
 }
 
+/// The stdio server the gateway tests start (npm `@modelcontextprotocol/server-memory`).
+fn memory_js() -> String {
+    repo_root()
+        .join("interop/node_modules/@modelcontextprotocol/server-memory/dist/index.js")
+        .display()
+        .to_string()
+}
+
+/// `gatehouse serve --config CFG`, once it is ready.
+fn serve(cfg: &std::path::Path) -> Proc {
+    let mut cmd = gatehouse();
+    cmd.args(["serve", "--config"]).arg(cfg);
+    Proc::start(cmd, "ready")
+}
+
+/// An `initialize` request (2025-11-25) with these client capabilities.
+fn initialize(capabilities: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": capabilities, "clientInfo": {"name": "t", "version": "1"}}})
+}
+
+/// The session id an answer carries.
+fn session_of(r: &reqwest::Response) -> String {
+    r.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned()
+}
+
 /// A confidential machine client (client_credentials, scope mcp:basic) in the AS database.
 fn add_machine_client(db: &str, name: &str) -> (String, String) {
     added_client(
@@ -159,10 +187,7 @@ async fn gw01_gw07_gw12_gw13_gw14_guards_each_upstream_never_passes_tokens_binds
     std::fs::create_dir_all(&dir).expect("dir");
     let db = format!("sqlite://{}/as.db", dir.display());
     let metrics_port = free_port();
-    let memory_js = repo_root()
-        .join("interop/node_modules/@modelcontextprotocol/server-memory/dist/index.js")
-        .display()
-        .to_string();
+    let memory_js = memory_js();
     let memory_file = dir.join("memory.jsonl").display().to_string();
     let audit = dir.join("audit.jsonl");
     let cfg = dir.join("gatehouse.yaml");
@@ -307,12 +332,9 @@ async fn gw01_gw07_gw12_gw13_gw14_guards_each_upstream_never_passes_tokens_binds
     );
 
     // T2: a session opened by alice is not bob's to use, across the proxy.
-    let r = post(&everything, Some(&alice_token), None, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})).await;
+    let r = post(&everything, Some(&alice_token), None, initialize(json!({}))).await;
     assert_eq!(r.status(), 200);
-    let session = r.headers()["mcp-session-id"]
-        .to_str()
-        .expect("ascii")
-        .to_owned();
+    let session = session_of(&r);
     drop(r);
     let bob_token = cc_token_for(&base, &bob, &bob_secret, &everything).await;
     let r = post(
@@ -351,12 +373,9 @@ async fn gw01_gw07_gw12_gw13_gw14_guards_each_upstream_never_passes_tokens_binds
         "MEMORY_FILE_PATH reached the process"
     );
     mem.cancel().await.expect("close");
-    let r = post(&memory, Some(&alice_m), None, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})).await;
+    let r = post(&memory, Some(&alice_m), None, initialize(json!({}))).await;
     assert_eq!(r.status(), 200);
-    let mem_session = r.headers()["mcp-session-id"]
-        .to_str()
-        .expect("ascii")
-        .to_owned();
+    let mem_session = session_of(&r);
     let bob_m = cc_token_for(&base, &bob, &bob_secret, &memory).await;
     let r = post(
         &memory,
@@ -632,10 +651,7 @@ async fn gateway_policies_cedar_hot_reload_per_tool_limits_and_origin() {
     let (bob, bob_secret) = add("policy-bob");
     let policy = dir.join("policy.cedar");
     std::fs::write(&policy, POLICY_V1.replace("{alice}", &alice)).expect("policy");
-    let memory_js = repo_root()
-        .join("interop/node_modules/@modelcontextprotocol/server-memory/dist/index.js")
-        .display()
-        .to_string();
+    let memory_js = memory_js();
     let audit = dir.join("audit.jsonl");
     let cfg = dir.join("gatehouse.yaml");
     std::fs::write(
@@ -648,9 +664,7 @@ async fn gateway_policies_cedar_hot_reload_per_tool_limits_and_origin() {
         ),
     )
     .expect("config");
-    let mut cmd = gatehouse();
-    cmd.args(["serve", "--config"]).arg(&cfg);
-    let server = Proc::start(cmd, "ready");
+    let server = serve(&cfg);
     let everything = format!("{base}/servers/everything/mcp");
     let memory = format!("{base}/servers/memory/mcp");
     let alice_e = cc_token_for(&base, &alice, &alice_secret, &everything).await;
@@ -700,12 +714,9 @@ async fn gateway_policies_cedar_hot_reload_per_tool_limits_and_origin() {
 
     // Per-tool limit: echo allows a burst of 3 per subject (the refused call above counted);
     // the subject's other calls go on.
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let init = initialize(json!({}));
     let r = post(&everything, Some(&alice_e), None, init.clone()).await;
-    let e_session = r.headers()["mcp-session-id"]
-        .to_str()
-        .expect("ascii")
-        .to_owned();
+    let e_session = session_of(&r);
     drop(r);
     let mut limited = None;
     for i in 0..6 {
@@ -762,10 +773,7 @@ async fn gateway_policies_cedar_hot_reload_per_tool_limits_and_origin() {
     assert!(!tools.contains(&"delete_entities".to_owned()), "{tools:?}");
     mem.cancel().await.expect("close");
     let r = post(&memory, Some(&alice_m), None, init.clone()).await;
-    let session = r.headers()["mcp-session-id"]
-        .to_str()
-        .expect("ascii")
-        .to_owned();
+    let session = session_of(&r);
     let r = post(&memory, Some(&alice_m), Some(&session), json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "delete_entities", "arguments": {"entityNames": ["x"]}}})).await;
     assert_eq!(r.status(), 403);
     let challenge = r.headers()["www-authenticate"]
@@ -824,12 +832,7 @@ async fn gateway_policies_cedar_hot_reload_per_tool_limits_and_origin() {
             break r;
         }
         assert_eq!(r.status(), 200);
-        opened.push(
-            r.headers()["mcp-session-id"]
-                .to_str()
-                .expect("ascii")
-                .to_owned(),
-        );
+        opened.push(session_of(&r));
         assert!(opened.len() <= 8, "no cap");
     };
     let v: Value = full.json().await.expect("json");
@@ -998,19 +1001,14 @@ async fn gw11_sessions_are_mapped_per_hop_and_reopened_when_the_upstream_forgets
     let add = |name: &str| add_machine_client(&db, name);
     let (alice, alice_secret) = add("sess-alice");
     let (bob, bob_secret) = add("sess-bob");
-    let mut cmd = gatehouse();
-    cmd.args(["serve", "--config"]).arg(&cfg);
-    let _server = Proc::start(cmd, "ready");
+    let _server = serve(&cfg);
     let url = format!("{base}/servers/sess/mcp");
     let alice_t = cc_token_for(&base, &alice, &alice_secret, &url).await;
     let bob_t = cc_token_for(&base, &bob, &bob_secret, &url).await;
 
-    let r = post(&url, Some(&alice_t), None, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})).await;
+    let r = post(&url, Some(&alice_t), None, initialize(json!({}))).await;
     assert_eq!(r.status(), 200);
-    let session = r.headers()["mcp-session-id"]
-        .to_str()
-        .expect("ascii")
-        .to_owned();
+    let session = session_of(&r);
     let first = up.issued.lock().expect("lock")[0].clone();
     assert_ne!(session, first, "the upstream's id is not shown");
     assert_eq!(session.len(), 32, "128 random bits, hex: {session}");
@@ -1088,10 +1086,7 @@ async fn aggregate_endpoint_merges_upstreams_under_their_policies() {
         "permit(principal, action, resource);\n@id(\"no environment dumps\")\nforbid(principal, action == Action::\"tools/call\", resource == Tool::\"everything/get-env\");\n",
     )
     .expect("policy");
-    let memory_js = repo_root()
-        .join("interop/node_modules/@modelcontextprotocol/server-memory/dist/index.js")
-        .display()
-        .to_string();
+    let memory_js = memory_js();
     let audit = dir.join("audit.jsonl");
     let cfg = dir.join("gatehouse.yaml");
     std::fs::write(
@@ -1103,9 +1098,7 @@ async fn aggregate_endpoint_merges_upstreams_under_their_policies() {
         ),
     )
     .expect("config");
-    let mut cmd = gatehouse();
-    cmd.args(["serve", "--config"]).arg(&cfg);
-    let _server = Proc::start(cmd, "ready");
+    let _server = serve(&cfg);
     let all = format!("{base}/servers/all/mcp");
 
     // Its own protected resource: its metadata, and a token for an upstream does not open it.
@@ -1193,7 +1186,9 @@ async fn aggregate_endpoint_merges_upstreams_under_their_policies() {
     // Prompts and resources, prefixed; a listed resource is read from its upstream.
     let prompts = client.list_all_prompts().await.expect("prompts/list");
     assert!(
-        prompts.iter().any(|p| p.name == "everything__simple-prompt")
+        prompts
+            .iter()
+            .any(|p| p.name == "everything__simple-prompt")
             && prompts.iter().any(|p| p.name == "conf__test_simple_prompt")
             && prompts
                 .iter()
@@ -1214,11 +1209,8 @@ async fn aggregate_endpoint_merges_upstreams_under_their_policies() {
     assert!(!read.contents.is_empty());
 
     // A raw request for the scope rule's answer, and another user's use of the session.
-    let r = post(&all, Some(&token), None, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})).await;
-    let session = r.headers()["mcp-session-id"]
-        .to_str()
-        .expect("ascii")
-        .to_owned();
+    let r = post(&all, Some(&token), None, initialize(json!({}))).await;
+    let session = session_of(&r);
     drop(r);
     let r = post(&all, Some(&token), Some(&session), json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "memory__delete_entities", "arguments": {"entityNames": ["aggregate"]}}})).await;
     assert_eq!(r.status(), 403);
@@ -1242,11 +1234,14 @@ async fn aggregate_endpoint_merges_upstreams_under_their_policies() {
     // An upstream's own request to the client (sampling) through the aggregate: it arrives on
     // the call's stream with an id that leads back, the reply reaches that upstream, and the
     // call completes with what the "model" said.
-    let r = post(&all, Some(&token), None, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {"sampling": {}}, "clientInfo": {"name": "t", "version": "1"}}})).await;
-    let sampling_session = r.headers()["mcp-session-id"]
-        .to_str()
-        .expect("ascii")
-        .to_owned();
+    let r = post(
+        &all,
+        Some(&token),
+        None,
+        initialize(json!({"sampling": {}})),
+    )
+    .await;
+    let sampling_session = session_of(&r);
     drop(r);
     let mut call = post(&all, Some(&token), Some(&sampling_session), json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "conf__test_sampling", "arguments": {"prompt": "say hi"}}})).await;
     assert_eq!(call.headers()["content-type"], "text/event-stream");
