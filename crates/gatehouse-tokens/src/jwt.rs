@@ -85,7 +85,17 @@ pub struct JwtValidator {
     fetcher: Fetcher,
     clock: Arc<dyn Clock>,
     issuers: HashMap<String, Arc<IssuerKeys>>,
+    /// Signatures already verified, by the SHA-256 of the token: the claims are checked again
+    /// on every use (expiry, audience), only the signature check is skipped. Emptied whenever
+    /// keys are fetched (a key that went away takes its tokens with it); entries live at most
+    /// [`VERIFIED_TTL`].
+    verified: std::sync::Mutex<HashMap<[u8; 32], (Instant, Arc<(String, Map<String, Value>)>)>>,
 }
+
+/// How long a verified signature is trusted without checking it again.
+const VERIFIED_TTL: Duration = Duration::from_secs(300);
+/// Tokens remembered at most (then expired ones go, or all).
+const VERIFIED_MAX: usize = 10_000;
 
 /// The algorithms a JWK may verify: fixed by its key type and curve (and its `alg`, when given),
 /// intersected with the allow-list. Symmetric keys get none.
@@ -245,6 +255,7 @@ impl JwtValidator {
             fetcher,
             clock,
             issuers,
+            verified: std::sync::Mutex::default(),
         }
     }
 
@@ -334,6 +345,10 @@ impl JwtValidator {
         match result {
             Ok((uri, keys, ttl)) => {
                 tracing::info!(issuer = %ik.trusted.issuer, keys = keys.len(), forced, "fetched JWKS");
+                self.verified
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
                 st.jwks_uri = Some(uri);
                 st.keys = keys;
                 st.ttl = ttl;
@@ -393,6 +408,37 @@ impl JwtValidator {
 
     /// Validates a compact JWS access token.
     pub async fn validate_jwt(&self, token: &str) -> Result<Principal, TokenError> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let hit = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest)
+            .filter(|(at, _)| at.elapsed() < VERIFIED_TTL)
+            .map(|(_, v)| v.clone());
+        if let Some(v) = hit {
+            let (issuer, claims) = &*v;
+            return self.check_claims(issuer, claims.clone());
+        }
+        let (issuer, claims) = self.verify_signature(token).await?;
+        let principal = self.check_claims(&issuer, claims.clone())?;
+        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= VERIFIED_MAX {
+            cache.retain(|_, (at, _)| at.elapsed() < VERIFIED_TTL);
+            if cache.len() >= VERIFIED_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(digest, (Instant::now(), Arc::new((issuer, claims))));
+        Ok(principal)
+    }
+
+    /// The header checks and the signature, with the issuer's keys: the issuer and the claims.
+    async fn verify_signature(
+        &self,
+        token: &str,
+    ) -> Result<(String, Map<String, Value>), TokenError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| TokenError::Malformed(format!("bad JOSE header: {e}")))?;
         if !self.cfg.algorithms.contains(&header.alg) {
@@ -422,7 +468,7 @@ impl JwtValidator {
             .keys_for(&ik, header.kid.as_deref(), header.alg)
             .await?;
         let claims = verify_with(token, header.alg, &keys)?;
-        self.check_claims(ik.trusted.issuer.as_str(), claims)
+        Ok((ik.trusted.issuer.as_str().to_owned(), claims))
     }
 
     fn check_claims(

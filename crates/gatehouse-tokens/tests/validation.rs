@@ -274,3 +274,60 @@ async fn unreachable_issuer_is_unavailable_not_invalid() {
         Err(TokenError::Unavailable(_))
     ));
 }
+
+/// A clock the test moves.
+#[derive(Debug, Default)]
+struct MovingClock(std::sync::atomic::AtomicI64);
+
+impl gatehouse_core::Clock for MovingClock {
+    fn now_unix(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A token seen before skips only the signature check: expiry and audience are checked on
+/// every use, and a key that leaves the issuer's JWKS takes its tokens with it.
+#[tokio::test]
+async fn rs07_verified_tokens_are_still_checked_for_expiry_and_their_key() {
+    let iss = TestIssuer::start().await;
+    let clock = Arc::new(MovingClock::default());
+    clock.0.store(now(), std::sync::atomic::Ordering::Relaxed);
+    let fetcher = Fetcher::new(FetchPolicy {
+        dangerous_allow_loopback: vec![iss.authority()],
+        ..FetchPolicy::default()
+    })
+    .expect("fetcher");
+    let mut cfg = JwtValidatorConfig::new(
+        Resource::parse(AUD).expect("resource"),
+        vec![TrustedIssuer {
+            issuer: Issuer::parse(&iss.issuer).expect("issuer"),
+            jwks_uri: None,
+        }],
+    );
+    cfg.jwks_min_refetch = Duration::ZERO;
+    let v = JwtValidator::new(cfg, fetcher, clock.clone());
+    let mut c = iss.claims(AUD, "mcp:basic", "alice");
+    c["exp"] = json!(now() + 60);
+    let token = iss.current_key().sign(&c);
+    for _ in 0..3 {
+        v.validate_jwt(&token)
+            .await
+            .expect("valid, then remembered");
+    }
+    clock
+        .0
+        .store(now() + 600, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        v.validate_jwt(&token).await.expect_err("expired"),
+        TokenError::Expired
+    );
+    // Back in time: valid again; then the key is rotated out of the JWKS and a fetch happens
+    // (another token with the new key): the old token is verified anew, and refused.
+    clock.0.store(now(), std::sync::atomic::Ordering::Relaxed);
+    v.validate_jwt(&token).await.expect("valid");
+    iss.rotate("k2");
+    v.validate_jwt(&iss.mint(AUD, "mcp:basic"))
+        .await
+        .expect("the new key");
+    assert!(v.validate_jwt(&token).await.is_err(), "the old key is gone");
+}
