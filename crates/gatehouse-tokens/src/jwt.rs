@@ -89,8 +89,11 @@ pub struct JwtValidator {
     /// on every use (expiry, audience), only the signature check is skipped. Emptied whenever
     /// keys are fetched (a key that went away takes its tokens with it); entries live at most
     /// [`VERIFIED_TTL`].
-    verified: std::sync::Mutex<HashMap<[u8; 32], (Instant, Arc<(String, Map<String, Value>)>)>>,
+    verified: std::sync::Mutex<HashMap<[u8; 32], (Instant, Verified)>>,
 }
+
+/// The issuer and claims of a token whose signature was checked.
+type Verified = Arc<(String, Map<String, Value>)>;
 
 /// How long a verified signature is trusted without checking it again.
 const VERIFIED_TTL: Duration = Duration::from_secs(300);
