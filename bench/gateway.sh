@@ -19,7 +19,7 @@ done
 cargo build --release --locked -p gatehouse >&2
 bin="$CARGO_TARGET_DIR/release/gatehouse"
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-UP=$(free_port); NG=$(free_port); GW=$(free_port); ST=$(free_port)
+UP=$(free_port); NG=$(free_port); GW=$(free_port); ST=$(free_port); NS=$(free_port)
 work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; nginx -c "$work/nginx.conf" -p "$work" -s stop 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"; }
@@ -44,6 +44,16 @@ http {
     listen 127.0.0.1:$NG;
     location / {
       proxy_pass http://mcp;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+  upstream st { server 127.0.0.1:$ST; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NS;
+    location / {
+      proxy_pass http://st;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_buffering off;
@@ -129,6 +139,7 @@ loaded_rss=$(rss)
 direct_paced=$(run direct-paced "http://127.0.0.1:$UP/mcp" "" 100 10)
 gateway_paced=$(run gateway-paced "$gw_url" "$token" 100 10)
 static_paced=$(run static-paced "http://127.0.0.1:$ST/mcp" "" 100 10)
+nginx_static_paced=$(run nginx-static-paced "http://127.0.0.1:$NS/mcp" "" 100 10)
 gateway_static_paced=$(run gateway-static-paced "$st_url" "$st_token" 100 10)
 echo "{\"target\":\"direct\",\"result\":$direct}"
 echo "{\"target\":\"nginx\",\"result\":$proxy}"
@@ -136,16 +147,18 @@ echo "{\"target\":\"gateway\",\"result\":$gateway}"
 echo "{\"target\":\"direct@1k\",\"result\":$direct_paced}"
 echo "{\"target\":\"gateway@1k\",\"result\":$gateway_paced}"
 echo "{\"target\":\"static@1k\",\"result\":$static_paced}"
+echo "{\"target\":\"nginx-static@1k\",\"result\":$nginx_static_paced}"
 echo "{\"target\":\"gateway-static@1k\",\"result\":$gateway_static_paced}"
 echo "{\"gateway_rss_kib\":{\"idle\":$idle_rss,\"loaded\":$loaded_rss},\"audit_records\":$(wc -l <"$work/audit.jsonl")}"
-python3 - "$direct" "$proxy" "$gateway" "$direct_paced" "$gateway_paced" "$static_paced" "$gateway_static_paced" <<'PY'
+python3 - "$direct" "$proxy" "$gateway" "$direct_paced" "$gateway_paced" "$static_paced" "$gateway_static_paced" "$nginx_static_paced" <<'PY'
 import json, sys
-d, n, g, dp, gp, sp, gsp = (json.loads(a) for a in sys.argv[1:])
-for name, r in (("direct", d), ("nginx", n), ("gateway", g), ("direct@1k", dp), ("gateway@1k", gp), ("static@1k", sp), ("gateway-static@1k", gsp)):
+d, n, g, dp, gp, sp, gsp, nsp = (json.loads(a) for a in sys.argv[1:])
+for name, r in (("direct", d), ("nginx", n), ("gateway", g), ("direct@1k", dp), ("gateway@1k", gp), ("static@1k", sp), ("gateway-static@1k", gsp), ("nginx-static@1k", nsp)):
     if r["non200"]:
         print(f"{name}: {r['non200']} answers were not 200", file=sys.stderr)
 print(f"p99 added at 1k req/s: {gp['p99_ms']-dp['p99_ms']:.3f} ms over server-everything (its own jitter included), "
-      f"{gsp['p99_ms']-sp['p99_ms']:.3f} ms over the constant upstream; p50 added {gsp['p50_ms']-sp['p50_ms']:.3f} ms")
+      f"{gsp['p99_ms']-sp['p99_ms']:.3f} ms over the constant upstream; p50 added {gsp['p50_ms']-sp['p50_ms']:.3f} ms; "
+      f"nginx adds {nsp['p50_ms']-sp['p50_ms']:.3f} ms p50, {nsp['p99_ms']-sp['p99_ms']:.3f} ms p99 there")
 # The added p99 is the gateway's own: measured over the constant upstream.
 print(f"gateway/direct={g['rps']/d['rps']:.2f} gateway/nginx={g['rps']/n['rps']:.2f} p99_added_ms={gsp['p99_ms']-sp['p99_ms']:.3f}")
 PY

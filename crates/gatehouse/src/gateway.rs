@@ -790,11 +790,29 @@ impl Proxy {
                 {
                     headers.insert("mcp-session-id", v);
                 }
-                let mut resp = Response::new(Body::from_stream(r.bytes_stream()));
+                // A short JSON answer of known length is passed on whole (one write, with its
+                // length); anything else — SSE above all — is streamed as it arrives.
+                let whole = r.content_length().is_some_and(|n| n <= 64 * 1024)
+                    && headers
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|c| c.starts_with("application/json"));
+                let body = if whole {
+                    match r.bytes().await {
+                        Ok(b) => Body::from(b),
+                        Err(e) => {
+                            tracing::warn!(upstream = %self.inner.name, error = %e, "upstream answer cut off");
+                            Body::empty()
+                        }
+                    }
+                } else {
+                    Body::from_stream(r.bytes_stream())
+                };
+                let mut resp = Response::new(body);
                 *resp.status_mut() = status;
                 *resp.headers_mut() = headers;
-                // Streamed as it arrives (SSE events reach the caller without buffering),
-                // except list answers, which are short and end.
+                // List answers are cut down to what the caller may use (read whole: they are
+                // short and end).
                 if status.is_success() {
                     resp.headers_mut().insert(
                         HeaderName::from_static("x-accel-buffering"),
