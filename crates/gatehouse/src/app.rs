@@ -24,17 +24,28 @@ pub(crate) struct App {
     pub(crate) policy: Option<(Arc<gatehouse_policy::Engine>, Duration)>,
 }
 
-/// Builds everything from a validated config. Performs no network I/O.
-pub(crate) fn build(cfg: &Config, dev_origins: bool) -> Result<App, String> {
-    build_with(cfg, dev_origins, None)
+/// What `gatehouse config check` runs: everything is built and validated (policies, keys,
+/// limits), but no file is created and nothing the embedded authorization server lends is
+/// needed. Performs no network I/O.
+pub(crate) fn check(cfg: &Config) -> Result<(), String> {
+    build_inner(cfg, false, None, true).map(|_| ())
 }
 
-/// [`build`], with what per-user upstream grants (GW-09) need from the embedded
-/// authorization server.
+/// Builds everything from a validated config, with what per-user upstream grants (GW-09)
+/// need from the embedded authorization server. Performs no network I/O.
 pub(crate) fn build_with(
     cfg: &Config,
     dev_origins: bool,
     connect: Option<crate::connect::Backend>,
+) -> Result<App, String> {
+    build_inner(cfg, dev_origins, connect, false)
+}
+
+fn build_inner(
+    cfg: &Config,
+    dev_origins: bool,
+    connect: Option<crate::connect::Backend>,
+    check_only: bool,
 ) -> Result<App, String> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let resource = cfg.resource()?;
@@ -47,6 +58,7 @@ pub(crate) fn build_with(
         let audit = gw
             .audit_log
             .as_deref()
+            .filter(|_| !check_only)
             .map(crate::gateway::Audit::open)
             .transpose()?
             .map(Arc::new);
@@ -86,6 +98,7 @@ pub(crate) fn build_with(
                 upstream_routes = upstream_routes.merge(c.router());
                 Some(c)
             }
+            (None, false) if check_only => None,
             (None, false) => {
                 return Err("gateway: user_oauth needs the embedded authorization server running in this process".into());
             }

@@ -119,12 +119,10 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => match Config::load(&file).and_then(|c| {
-            app::build(&c, false)
-                .map(|_| ())
-                .map_err(|message| config::ConfigError::Invalid {
-                    path: file.clone(),
-                    message,
-                })
+            app::check(&c).map_err(|message| config::ConfigError::Invalid {
+                path: file.clone(),
+                message,
+            })
         }) {
             Ok(()) => {
                 println!("{file}: ok");

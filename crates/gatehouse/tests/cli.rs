@@ -143,6 +143,8 @@ fn the_example_configs_are_valid() {
         "gateway/gatehouse.yaml",
     ] {
         let example = repo_root().join("examples").join(name);
+        let audit = std::env::temp_dir().join(".gatehouse/gateway/audit.jsonl");
+        let _ = std::fs::remove_file(&audit);
         let (code, out, err) = run(gatehouse()
             .env(
                 "GATEHOUSE_CI_KEY_HASH",
@@ -161,5 +163,6 @@ fn the_example_configs_are_valid() {
             .args(["config", "check"])
             .arg(&example));
         assert_eq!(code, 0, "{name}: {out}{err}");
+        assert!(!audit.exists(), "config check creates no file");
     }
 }

@@ -138,6 +138,18 @@ async fn gw09_users_connect_their_own_upstream_accounts_through_url_elicitation(
         ),
     )
     .expect("config");
+    let check = gatehouse()
+        .env("UP_CLIENT_ID", &gw_id)
+        .env("UP_CLIENT_SECRET", &gw_secret)
+        .args(["config", "check"])
+        .arg(dir.join("gw.yaml"))
+        .output()
+        .expect("config check");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     admin(&gdb, &["users", "add", "alice"], Some("gateway-pass-1"));
     admin(&gdb, &["users", "add", "bob"], Some("gateway-pass-2"));
     let mut cmd = gatehouse();
