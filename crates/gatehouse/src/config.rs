@@ -303,6 +303,30 @@ impl Config {
     }
 }
 
+/// GW-10 for operator-written upstream URLs: internal upstreams are normal (loopback,
+/// private, carrier-grade NAT and unique-local addresses pass), but an address literal in any
+/// spelling (`2852039166`, `[::ffff:a9fe:a9fe]`) for link-local / cloud metadata, multicast,
+/// unspecified, reserved or transition ranges is refused.
+fn upstream_address_refused(url: &url::Url) -> Option<&'static str> {
+    let ip = match url.host()? {
+        url::Host::Ipv4(v4) => std::net::IpAddr::V4(v4),
+        url::Host::Ipv6(v6) => std::net::IpAddr::V6(v6),
+        url::Host::Domain(_) => return None,
+    };
+    upstream_ip_refused(ip)
+}
+
+/// Whether an upstream may be reached at `ip` (see [`upstream_address_refused`]); also applied
+/// to what upstream host names resolve to.
+pub(crate) fn upstream_ip_refused(ip: std::net::IpAddr) -> Option<&'static str> {
+    let why = gatehouse_fetch::forbidden_reason(ip)?;
+    let internal = why == "loopback"
+        || why.starts_with("private")
+        || why.starts_with("carrier-grade NAT")
+        || why.starts_with("unique-local");
+    (!internal).then_some(why)
+}
+
 fn yes() -> bool {
     true
 }
@@ -728,6 +752,12 @@ impl Config {
                                 u.name
                             ));
                         }
+                        if let Some(why) = upstream_address_refused(&url) {
+                            return Err(format!(
+                                "gateway.upstreams.{}.url: {why} is never an MCP server (GW-10)",
+                                u.name
+                            ));
+                        }
                     }
                     _ => {
                         return Err(format!(
@@ -871,6 +901,39 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn gw10_upstream_urls_to_metadata_and_odd_ranges_are_refused() {
+        let refused = |u: &str| super::upstream_address_refused(&url::Url::parse(u).expect("url"));
+        for bad in [
+            "http://169.254.169.254/mcp",
+            "http://2852039166/mcp",
+            "http://0xa9fea9fe/mcp",
+            "http://[::ffff:a9fe:a9fe]/mcp",
+            "http://[fe80::1]/mcp",
+            "http://0.0.0.0/mcp",
+            "http://[::]/mcp",
+            "http://224.0.0.1/mcp",
+        ] {
+            assert!(refused(bad).is_some(), "{bad}");
+        }
+        for fine in [
+            "http://127.0.0.1:3001/mcp",
+            "http://10.1.2.3/mcp",
+            "http://192.168.0.5/mcp",
+            "http://[fd00::5]/mcp",
+            "https://tickets.internal/mcp",
+            "https://203.0.113.9.nip.example/mcp",
+        ] {
+            assert!(refused(fine).is_none(), "{fine}");
+        }
+        let cfg = "listen: 127.0.0.1:1\nguard: {api_keys: [{name: a, hash: 'sha256:ab'}]}\ngateway:\n  upstreams:\n    - {name: meta, url: 'http://2852039166/latest'}\n";
+        let err = super::Config::parse("t.yaml", cfg)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("GW-10") && err.contains("metadata"), "{err}");
+    }
+
     use super::*;
 
     const MIN: &str = "listen: 127.0.0.1:8080\nguard:\n  authorization_servers:\n    - issuer: https://auth.example.com\n  required_scopes: [mcp:basic]\n";

@@ -34,6 +34,7 @@ const RETURNED: [&str; 3] = ["content-type", "cache-control", "mcp-protocol-vers
 /// elsewhere), no connection-level timeout on bodies (SSE streams last).
 pub(crate) fn upstream_client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
+        .dns_resolver(Arc::new(UpstreamResolver))
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(std::time::Duration::from_secs(10))
         .tcp_nodelay(true)
@@ -41,6 +42,31 @@ pub(crate) fn upstream_client() -> Result<reqwest::Client, String> {
         .user_agent(concat!("gatehouse-gateway/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| e.to_string())
+}
+
+/// GW-10: upstream host names may point at internal addresses (that is what upstreams are), but
+/// never at link-local / cloud metadata, multicast or other odd ranges — checked on every
+/// resolution, so a name that later re-points there (DNS rebinding) is refused too.
+struct UpstreamResolver;
+
+impl reqwest::dns::Resolve for UpstreamResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some((a, why)) = addrs
+                .iter()
+                .find_map(|a| crate::config::upstream_ip_refused(a.ip()).map(|w| (a, w)))
+            {
+                let e: Box<dyn std::error::Error + Send + Sync> =
+                    format!("{host} resolves to {} ({why})", a.ip()).into();
+                return Err(e);
+            }
+            let it: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(it)
+        })
+    }
 }
 
 /// One upstream.
@@ -1482,6 +1508,27 @@ impl StdioUpstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn gw10_upstream_names_never_resolve_to_metadata_addresses() {
+        use reqwest::dns::Resolve;
+        use std::str::FromStr;
+        let name = |n: &str| reqwest::dns::Name::from_str(n).expect("name");
+        let ok = UpstreamResolver
+            .resolve(name("localhost"))
+            .await
+            .expect("loopback is a normal upstream");
+        assert!(ok.into_iter().count() > 0);
+        for bad in ["169.254.169.254", "224.0.0.1"] {
+            let e = UpstreamResolver
+                .resolve(name(bad))
+                .await
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(e.contains("resolves to"), "{e}");
+        }
+    }
 
     #[tokio::test]
     async fn limits_per_tenant_and_per_tool_are_separate_budgets() {
