@@ -928,8 +928,7 @@ mod tests {
         }
         let cfg = "listen: 127.0.0.1:1\nguard: {api_keys: [{name: a, hash: 'sha256:ab'}]}\ngateway:\n  upstreams:\n    - {name: meta, url: 'http://2852039166/latest'}\n";
         let err = super::Config::parse("t.yaml", cfg)
-            .err()
-            .expect("refused")
+            .expect_err("refused")
             .to_string();
         assert!(err.contains("GW-10") && err.contains("metadata"), "{err}");
     }
