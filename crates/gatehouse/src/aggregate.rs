@@ -569,18 +569,7 @@ impl Aggregate {
         if streams.is_empty() {
             return StatusCode::METHOD_NOT_ALLOWED.into_response();
         }
-        let mut resp = Response::new(Body::from_stream(futures::stream::select_all(streams)));
-        let h = resp.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(
-            http::header::CACHE_CONTROL,
-            HeaderValue::from_static("no-cache"),
-        );
-        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        resp
+        crate::gateway::sse_response(Body::from_stream(futures::stream::select_all(streams)))
     }
 
     fn route_uri(&self, sess: &AggSession, uri: &str) -> Option<String> {

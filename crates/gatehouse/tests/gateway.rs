@@ -120,6 +120,22 @@ fn session_of(r: &reqwest::Response) -> String {
         .to_owned()
 }
 
+/// Calls a tool with JSON arguments through rmcp's client.
+async fn call_tool(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, ()>,
+    name: &str,
+    args: Value,
+) -> rmcp::model::CallToolResult {
+    let mut p = CallToolRequestParams::new(name.to_owned());
+    if let Value::Object(m) = args {
+        p = p.with_arguments(m);
+    }
+    client
+        .call_tool(p)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+}
+
 /// A confidential machine client (client_credentials, scope mcp:basic) in the AS database.
 fn add_machine_client(db: &str, name: &str) -> (String, String) {
     added_client(
@@ -321,11 +337,7 @@ async fn gw01_gw07_gw12_gw13_gw14_guards_each_upstream_never_passes_tokens_binds
         challenge.contains("insufficient_scope") && challenge.contains("mcp:admin"),
         "{challenge}"
     );
-    let mut p = CallToolRequestParams::new("echo".to_owned());
-    if let Value::Object(m) = json!({"message": "through the gateway"}) {
-        p = p.with_arguments(m);
-    }
-    let out = client.call_tool(p).await.expect("tools/call");
+    let out = call_tool(&client, "echo", json!({"message": "through the gateway"})).await;
     assert!(
         format!("{:?}", out.content).contains("through the gateway"),
         "{out:?}"
@@ -357,12 +369,7 @@ async fn gw01_gw07_gw12_gw13_gw14_guards_each_upstream_never_passes_tokens_binds
         tools.iter().any(|t| t.name == "create_entities"),
         "{tools:?}"
     );
-    let mut p = CallToolRequestParams::new("create_entities".to_owned());
-    if let Value::Object(m) = json!({"entities": [{"name": "gatehouse", "entityType": "project", "observations": ["behind the gateway"]}]})
-    {
-        p = p.with_arguments(m);
-    }
-    mem.call_tool(p).await.expect("tools/call create_entities");
+    call_tool(&mem, "create_entities", json!({"entities": [{"name": "gatehouse", "entityType": "project", "observations": ["behind the gateway"]}]})).await;
     let graph = mem
         .call_tool(CallToolRequestParams::new("read_graph".to_owned()))
         .await
@@ -1151,21 +1158,17 @@ async fn aggregate_endpoint_merges_upstreams_under_their_policies() {
     for absent in ["everything__get-env", "memory__delete_entities", "echo"] {
         assert!(!tools.contains(&absent.to_owned()), "{absent}: {tools:?}");
     }
-    let mut p = CallToolRequestParams::new("everything__echo".to_owned());
-    if let Value::Object(m) = json!({"message": "via the aggregate"}) {
-        p = p.with_arguments(m);
-    }
-    let out = client.call_tool(p).await.expect("everything__echo");
+    let out = call_tool(
+        &client,
+        "everything__echo",
+        json!({"message": "via the aggregate"}),
+    )
+    .await;
     assert!(
         format!("{:?}", out.content).contains("via the aggregate"),
         "{out:?}"
     );
-    let mut p = CallToolRequestParams::new("memory__create_entities".to_owned());
-    if let Value::Object(m) = json!({"entities": [{"name": "aggregate", "entityType": "test", "observations": ["merged"]}]})
-    {
-        p = p.with_arguments(m);
-    }
-    client.call_tool(p).await.expect("memory__create_entities");
+    call_tool(&client, "memory__create_entities", json!({"entities": [{"name": "aggregate", "entityType": "test", "observations": ["merged"]}]})).await;
     let graph = client
         .call_tool(CallToolRequestParams::new("memory__read_graph".to_owned()))
         .await

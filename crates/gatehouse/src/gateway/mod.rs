@@ -671,6 +671,25 @@ fn pick(from: &HeaderMap, names: &[&str]) -> HeaderMap {
     out
 }
 
+/// An SSE answer with `body` as its stream, marked for no buffering on the way.
+pub(crate) fn sse_response(body: Body) -> Response {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    h.insert(
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    resp
+}
+
 /// GW-11: sessions per hop. The caller sees an id of ours (128 random bits); the upstream's id
 /// never leaves the gateway, so an upstream that loses its session can be re-initialized
 /// without the caller noticing. Each session belongs to the user who opened it.

@@ -64,21 +64,7 @@ fn sse(rx: tokio::sync::mpsc::UnboundedReceiver<String>) -> Response {
             rx,
         ))
     });
-    let mut resp = Response::new(Body::from_stream(events));
-    let h = resp.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache"),
-    );
-    h.insert(
-        HeaderName::from_static("x-accel-buffering"),
-        HeaderValue::from_static("no"),
-    );
-    resp
+    super::sse_response(Body::from_stream(events))
 }
 
 impl Routes {
