@@ -4,7 +4,7 @@ use crate::config::UpstreamEntry;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use gatehouse_tokens::Principal;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
