@@ -42,7 +42,7 @@ fn run_suite(url: &str) -> (BTreeMap<String, (u32, u32)>, String) {
 }
 
 #[test]
-fn official_server_scenarios_pass_through_the_gateway_as_they_do_directly() {
+fn gw08_gw11_official_server_scenarios_pass_through_the_gateway_as_they_do_directly() {
     let root = repo_root();
     assert!(
         root.join("conformance/node_modules/.bin/conformance")

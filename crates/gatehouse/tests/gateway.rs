@@ -645,7 +645,7 @@ when { resource.hasTag("message") && resource.getTag("message") like "*secret*" 
 /// without a restart and a broken change refused; a per-tool rate limit that leaves the
 /// subject's other calls alone; GW-08 Origin and Host checks on POST, GET and DELETE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_policies_cedar_hot_reload_per_tool_limits_and_origin() {
+async fn gw08_gw13_gw14_cedar_policies_hot_reload_per_tool_limits_stdio_cap_and_origin() {
     let everything_port = free_port();
     let _everything = server_everything(everything_port);
     let port = free_port();
@@ -1071,7 +1071,7 @@ async fn gw11_sessions_are_mapped_per_hop_and_reopened_when_the_upstream_forgets
 /// callable, a scope rule answers 403); the aggregate is its own protected resource, and its
 /// sessions belong to their user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aggregate_endpoint_merges_upstreams_under_their_policies() {
+async fn gw01_gw07_aggregate_endpoint_merges_upstreams_under_their_policies() {
     let everything_port = free_port();
     let _everything = server_everything(everything_port);
     let conf_port = free_port();
