@@ -31,7 +31,7 @@ struct Inner {
 }
 
 struct AggSession {
-    owner: String,
+    owner: crate::gateway::Owner,
     /// Each upstream's session id at its proxy (`None`: the upstream keeps no sessions).
     members: HashMap<String, Option<String>>,
     /// Resource URI → upstream, learned from `resources/list`.
@@ -286,11 +286,7 @@ impl Aggregate {
 
     async fn handle(&self, req: http::Request<Body>) -> Response {
         let (parts, body) = req.into_parts();
-        let owner = parts
-            .extensions
-            .get::<Principal>()
-            .map(|p| format!("{}\n{}", p.issuer, p.subject))
-            .unwrap_or_else(|| "anonymous".into());
+        let owner = crate::gateway::Owner::of(parts.extensions.get::<Principal>());
         let sid = parts
             .headers
             .get("mcp-session-id")
@@ -589,7 +585,7 @@ impl Aggregate {
     async fn initialize(
         &self,
         parts: &http::request::Parts,
-        owner: &str,
+        owner: &crate::gateway::Owner,
         msg: &Value,
         id: &Value,
     ) -> Response {
@@ -639,14 +635,12 @@ impl Aggregate {
                 }
             }
         }
-        let mut b = [0u8; 16];
-        rand::fill(&mut b);
-        let sid: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        let sid = gatehouse_server::random_id();
         if let Ok(mut m) = self.inner.sessions.lock() {
             m.insert(
                 sid.clone(),
                 Arc::new(AggSession {
-                    owner: owner.to_owned(),
+                    owner: owner.clone(),
                     members,
                     uris: Mutex::default(),
                     templates: Mutex::default(),

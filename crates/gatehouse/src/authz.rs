@@ -14,8 +14,7 @@ pub(crate) const FORBIDDEN_CODE: i64 = -32003;
 
 /// The caller's identity as the policies see it; `None` principal = an anonymous upstream.
 pub(crate) struct Who {
-    issuer: String,
-    subject: String,
+    pub(crate) owner: crate::gateway::Owner,
     client: Option<String>,
     tenant: Option<String>,
     scopes: BTreeSet<String>,
@@ -26,16 +25,14 @@ impl Who {
     pub(crate) fn of(p: Option<&Principal>) -> Self {
         match p {
             Some(p) => Self {
-                issuer: p.issuer.clone(),
-                subject: p.subject.clone(),
+                owner: crate::gateway::Owner::of(Some(p)),
                 client: p.client_id.clone(),
                 tenant: p.tenant.clone(),
                 scopes: p.scopes.to_vec().into_iter().collect(),
                 claims: p.claims.clone(),
             },
             None => Self {
-                issuer: String::new(),
-                subject: "anonymous".into(),
+                owner: crate::gateway::Owner::of(None),
                 client: None,
                 tenant: None,
                 scopes: BTreeSet::new(),
@@ -46,8 +43,8 @@ impl Who {
 
     pub(crate) fn caller(&self) -> Caller<'_> {
         Caller {
-            issuer: &self.issuer,
-            subject: &self.subject,
+            issuer: &self.owner.issuer,
+            subject: &self.owner.subject,
             client: self.client.as_deref(),
             tenant: self.tenant.as_deref(),
             scopes: &self.scopes,

@@ -9,6 +9,7 @@
 //! key-encryption key), per user and upstream, refreshed when they expire, and never leave the
 //! gateway.
 use crate::config::UserOAuthConfig;
+use crate::gateway::Owner;
 use axum::extract::{Path, Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use gatehouse_core::PkceVerifier;
@@ -37,19 +38,6 @@ pub(crate) struct Backend {
     pub(crate) store: Store,
     pub(crate) kek: KeyEncryptionKey,
     pub(crate) issuer: String,
-}
-
-/// A user, as the policies and the store know them: issuer and subject.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Owner {
-    pub(crate) issuer: String,
-    pub(crate) subject: String,
-}
-
-impl Owner {
-    fn key(&self) -> String {
-        sha256_hex(&format!("{}\n{}", self.issuer, self.subject))
-    }
 }
 
 /// The upstream authorization server, discovered from the upstream's resource metadata.

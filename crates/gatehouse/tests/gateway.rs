@@ -1018,7 +1018,7 @@ async fn gw11_sessions_are_mapped_per_hop_and_reopened_when_the_upstream_forgets
     let session = session_of(&r);
     let first = up.issued.lock().expect("lock")[0].clone();
     assert_ne!(session, first, "the upstream's id is not shown");
-    assert_eq!(session.len(), 32, "128 random bits, hex: {session}");
+    assert_eq!(session.len(), 22, "128 random bits, base64url: {session}");
     let list = |id: u32| json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"});
     let r = post(&url, Some(&alice_t), Some(&session), list(2)).await;
     let v: Value = r.json().await.expect("json");

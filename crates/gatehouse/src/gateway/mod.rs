@@ -23,6 +23,39 @@ pub(crate) use audit::{Audit, RefusalAudit, audit_refusals};
 pub(crate) use limits::RateLimits;
 pub(crate) use stdio::StdioUpstream;
 
+/// Whose a session, a grant or a budget is: the issuer and subject of the validated token
+/// (never anything the client says), or `anonymous` on an anonymous route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Owner {
+    pub(crate) issuer: String,
+    pub(crate) subject: String,
+}
+
+impl Owner {
+    pub(crate) fn of(p: Option<&Principal>) -> Self {
+        match p {
+            Some(p) => Self {
+                issuer: p.issuer.clone(),
+                subject: p.subject.clone(),
+            },
+            None => Self {
+                issuer: String::new(),
+                subject: "anonymous".into(),
+            },
+        }
+    }
+
+    /// Issuer and subject in one string (rate-limit keys).
+    pub(crate) fn id(&self) -> String {
+        format!("{}\n{}", self.issuer, self.subject)
+    }
+
+    /// SHA-256 of [`Self::id`]: how the store keys a user.
+    pub(crate) fn key(&self) -> String {
+        sha256_hex(&self.id())
+    }
+}
+
 /// The largest request body forwarded (the guard has read it already for per-tool scopes).
 pub(crate) const MAX_BODY: usize = 4 * 1024 * 1024;
 
@@ -364,10 +397,7 @@ impl Proxy {
             }
         };
         if let Some(limits) = &self.inner.limits {
-            let key = match &principal {
-                Some(p) => format!("{}\n{}", p.issuer, p.subject),
-                None => "anonymous".to_owned(),
-            };
+            let key = who.owner.id();
             let tenant = principal.as_ref().and_then(|p| p.tenant.as_deref());
             if let Err((wait, hit)) = limits
                 .check(&key, tenant, &self.inner.name, tool.as_deref())
@@ -466,17 +496,13 @@ impl Proxy {
                 }
             }
         }
-        let user = crate::connect::Owner {
-            issuer: who.caller().issuer.to_owned(),
-            subject: who.caller().subject.to_owned(),
-        };
         if let Some(c) = &self.inner.connect {
             let id = peek
                 .as_ref()
                 .and_then(|p| p.messages.first())
                 .and_then(|m| m.id.clone())
                 .unwrap_or(serde_json::Value::Null);
-            match c.token_for(&user, &self.inner.name).await {
+            match c.token_for(&who.owner, &self.inner.name).await {
                 Ok(t) => {
                     if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {t}")) {
                         v.set_sensitive(true);
@@ -485,7 +511,7 @@ impl Proxy {
                 }
                 Err(crate::connect::NoToken::Connect) => {
                     audit("connect_required", None, serde_json::Value::Null);
-                    return crate::connect::elicit_response(c, &user, &self.inner.name, id);
+                    return crate::connect::elicit_response(c, &who.owner, &self.inner.name, id);
                 }
                 Err(crate::connect::NoToken::Failed(e)) => {
                     tracing::warn!(upstream = %self.inner.name, error = %e, "no upstream credential");
@@ -499,7 +525,6 @@ impl Proxy {
             }
         }
         // GW-11: the caller's session id is ours; the upstream's stays here.
-        let owner = format!("{}\n{}", who.caller().issuer, who.caller().subject);
         let client_sid = parts
             .headers
             .get("mcp-session-id")
@@ -507,7 +532,7 @@ impl Proxy {
             .map(str::to_owned);
         let session = match &client_sid {
             None => None,
-            Some(c) => match self.inner.sessions.get(c, &owner) {
+            Some(c) => match self.inner.sessions.get(c, &who.owner) {
                 Some(s) => Some(s),
                 None => {
                     audit("unknown_session", Some(404), serde_json::Value::Null);
@@ -562,14 +587,14 @@ impl Proxy {
             && r.status() == StatusCode::UNAUTHORIZED
         {
             // The upstream no longer takes the user's token (revoked, expired): connect again.
-            c.forget(&user, &self.inner.name).await;
+            c.forget(&who.owner, &self.inner.name).await;
             audit("connect_required", Some(401), serde_json::Value::Null);
             let id = peek
                 .as_ref()
                 .and_then(|p| p.messages.first())
                 .and_then(|m| m.id.clone())
                 .unwrap_or(serde_json::Value::Null);
-            return crate::connect::elicit_response(c, &user, &self.inner.name, id);
+            return crate::connect::elicit_response(c, &who.owner, &self.inner.name, id);
         }
         let (response, upstream_status) = match result {
             Ok(r) => {
@@ -583,7 +608,7 @@ impl Proxy {
                     (Some(c), _) => Some(c.clone()),
                     (None, Some(u)) if initialize => Some(self.inner.sessions.open(
                         u,
-                        owner.clone(),
+                        who.owner.clone(),
                         bytes.clone(),
                         parts.headers.get("mcp-protocol-version").cloned(),
                     )),
@@ -700,7 +725,7 @@ struct Sessions {
 
 struct UpstreamSession {
     upstream: Mutex<String>,
-    owner: String,
+    owner: Owner,
     /// The caller's `initialize`, replayed to open a new upstream session.
     init: bytes::Bytes,
     version: Option<HeaderValue>,
@@ -720,13 +745,11 @@ impl Sessions {
     fn open(
         &self,
         upstream: &str,
-        owner: String,
+        owner: Owner,
         init: bytes::Bytes,
         version: Option<HeaderValue>,
     ) -> String {
-        let mut b = [0u8; 16];
-        rand::fill(&mut b);
-        let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        let id = gatehouse_server::random_id();
         if let Ok(mut m) = self.map.lock() {
             if m.len() % 1024 == 1023 {
                 m.retain(|_, s| s.last_used.lock().is_ok_and(|t| t.elapsed() < SESSION_IDLE));
@@ -746,9 +769,9 @@ impl Sessions {
     }
 
     /// The session, if it exists and belongs to `owner`.
-    fn get(&self, id: &str, owner: &str) -> Option<Arc<UpstreamSession>> {
+    fn get(&self, id: &str, owner: &Owner) -> Option<Arc<UpstreamSession>> {
         let s = self.map.lock().ok()?.get(id).cloned()?;
-        if s.owner != owner {
+        if s.owner != *owner {
             return None;
         }
         if let Ok(mut t) = s.last_used.lock() {
@@ -893,17 +916,27 @@ mod tests {
     #[test]
     fn gw07_session_ids_are_random_and_bound_to_their_owner() {
         let s = Sessions::default();
+        let owner = |iss: &str, sub: &str| Owner {
+            issuer: iss.into(),
+            subject: sub.into(),
+        };
+        let alice = owner("iss", "alice");
         let mut seen = std::collections::HashSet::new();
         for _ in 0..10_000 {
-            let id = s.open("up", "iss\nalice".into(), bytes::Bytes::new(), None);
-            assert_eq!(id.len(), 32);
-            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+            let id = s.open("up", alice.clone(), bytes::Bytes::new(), None);
+            // 128 random bits, base64url: visible ASCII only (MCP session id rule).
+            assert_eq!(id.len(), 22);
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            );
             assert!(seen.insert(id), "collision");
         }
-        let id = s.open("up", "iss\nalice".into(), bytes::Bytes::new(), None);
-        assert!(s.get(&id, "iss\nalice").is_some());
-        assert!(s.get(&id, "iss\nbob").is_none());
-        assert!(s.get(&id, "other-iss\nalice").is_none());
+        let id = s.open("up", alice.clone(), bytes::Bytes::new(), None);
+        assert!(s.get(&id, &alice).is_some());
+        assert!(s.get(&id, &owner("iss", "bob")).is_none());
+        assert!(s.get(&id, &owner("other-iss", "alice")).is_none());
+        assert!(s.get(&id, &Owner::of(None)).is_none());
     }
 
     #[test]

@@ -35,7 +35,7 @@ struct Routes {
 }
 
 struct StdioSession {
-    owner: (String, String),
+    owner: super::Owner,
     stdin: tokio::sync::Mutex<tokio::process::ChildStdin>,
     routes: Arc<Mutex<Routes>>,
     last_used: Mutex<Instant>,
@@ -116,7 +116,7 @@ impl StdioUpstream {
         })
     }
 
-    fn spawn(&self, owner: (String, String)) -> Result<StdioSession, String> {
+    fn spawn(&self, owner: super::Owner) -> Result<StdioSession, String> {
         let mut cmd = tokio::process::Command::new(&self.command);
         cmd.args(&self.args)
             .env_clear()
@@ -163,9 +163,7 @@ impl StdioUpstream {
         principal: Option<&Principal>,
         body: &[u8],
     ) -> (Response, Option<u16>) {
-        let owner = principal
-            .map(|p| (p.issuer.clone(), p.subject.clone()))
-            .unwrap_or_default();
+        let owner = super::Owner::of(principal);
         let sid = headers
             .get("mcp-session-id")
             .and_then(|v| v.to_str().ok())
@@ -261,9 +259,7 @@ impl StdioUpstream {
             (Some(s), _, _) => (s, None),
             (None, None, true) => match self.spawn(owner) {
                 Ok(s) => {
-                    let mut b = [0u8; 16];
-                    rand::fill(&mut b);
-                    let new: String = b.iter().map(|x| format!("{x:02x}")).collect();
+                    let new = gatehouse_server::random_id();
                     let s = Arc::new(s);
                     if let Ok(mut m) = self.sessions.lock() {
                         m.insert(new.clone(), s.clone());
