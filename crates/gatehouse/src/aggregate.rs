@@ -4,7 +4,7 @@
 //! upstream's own proxy — its policies, limits, credentials, session mapping and audit — so
 //! the aggregate adds no way around them. Requests an upstream makes of the client (sampling,
 //! elicitation) are relayed with ids that name the upstream, so the replies go back to it.
-use crate::gateway::{MAX_BODY, Proxy};
+use crate::gateway::{MAX_BODY, Proxy, jsonrpc_error};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use gatehouse_core::{McpPeek, ProtocolVersion};
@@ -38,16 +38,6 @@ struct AggSession {
     uris: Mutex<HashMap<String, String>>,
     /// URI templates per upstream, learned from `resources/templates/list`.
     templates: Mutex<Vec<(String, String)>>,
-}
-
-fn rpc_error(status: StatusCode, id: &Value, code: i64, message: &str) -> Response {
-    (
-        status,
-        axum::Json(
-            json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}),
-        ),
-    )
-        .into_response()
 }
 
 fn rpc_result(id: &Value, result: Value, session: Option<&str>) -> Response {
@@ -305,7 +295,7 @@ impl Aggregate {
                 match found {
                     Some(x) => Some(x),
                     None => {
-                        return rpc_error(
+                        return jsonrpc_error(
                             StatusCode::NOT_FOUND,
                             &Value::Null,
                             -32001,
@@ -346,7 +336,7 @@ impl Aggregate {
             _ => return StatusCode::METHOD_NOT_ALLOWED.into_response(),
         }
         let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-            return rpc_error(
+            return jsonrpc_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &Value::Null,
                 -32600,
@@ -354,10 +344,10 @@ impl Aggregate {
             );
         };
         let Ok(msg) = serde_json::from_slice::<Value>(&bytes) else {
-            return rpc_error(StatusCode::BAD_REQUEST, &Value::Null, -32700, "not JSON");
+            return jsonrpc_error(StatusCode::BAD_REQUEST, &Value::Null, -32700, "not JSON");
         };
         if !msg.is_object() {
-            return rpc_error(
+            return jsonrpc_error(
                 StatusCode::BAD_REQUEST,
                 &Value::Null,
                 -32600,
@@ -373,7 +363,7 @@ impl Aggregate {
             return self.initialize(&parts, &owner, &msg, &id).await;
         }
         let Some(sess) = session else {
-            return rpc_error(
+            return jsonrpc_error(
                 StatusCode::BAD_REQUEST,
                 &id,
                 -32600,
@@ -383,7 +373,7 @@ impl Aggregate {
         if msg.get("method").is_none() {
             // A reply to a request an upstream made (sampling, elicitation): its id says whose.
             let Some((u, original)) = id.as_str().and_then(unwrap_id) else {
-                return rpc_error(
+                return jsonrpc_error(
                     StatusCode::BAD_REQUEST,
                     &Value::Null,
                     -32600,
@@ -391,7 +381,7 @@ impl Aggregate {
                 );
             };
             let Some(member) = sess.members.get(&u) else {
-                return rpc_error(
+                return jsonrpc_error(
                     StatusCode::BAD_REQUEST,
                     &Value::Null,
                     -32600,
@@ -457,7 +447,7 @@ impl Aggregate {
                     .and_then(Value::as_str)
                     .unwrap_or_default();
                 let Some((u, original)) = name.split_once(SEPARATOR) else {
-                    return rpc_error(
+                    return jsonrpc_error(
                         StatusCode::OK,
                         &id,
                         -32602,
@@ -465,7 +455,7 @@ impl Aggregate {
                     );
                 };
                 let Some(member) = sess.members.get(u) else {
-                    return rpc_error(
+                    return jsonrpc_error(
                         StatusCode::OK,
                         &id,
                         -32602,
@@ -499,7 +489,7 @@ impl Aggregate {
                             .await;
                         relay(&u, resp)
                     }
-                    None => rpc_error(
+                    None => jsonrpc_error(
                         StatusCode::OK,
                         &id,
                         -32602,
@@ -542,7 +532,7 @@ impl Aggregate {
                     ),
                 }
             }
-            other => rpc_error(
+            other => jsonrpc_error(
                 StatusCode::OK,
                 &id,
                 -32601,
@@ -619,7 +609,7 @@ impl Aggregate {
             members.insert(u.clone(), member);
         }
         if members.is_empty() {
-            return rpc_error(
+            return jsonrpc_error(
                 StatusCode::BAD_GATEWAY,
                 id,
                 -32603,

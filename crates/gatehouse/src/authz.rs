@@ -117,13 +117,7 @@ pub(crate) fn denied_response(policies: &[String], ids: &[Value], batch: bool) -
     };
     let errors: Vec<Value> = ids
         .iter()
-        .map(|id| {
-            serde_json::json!({
-                "jsonrpc": "2.0",
-                "id": id,
-                "error": {"code": FORBIDDEN_CODE, "message": message},
-            })
-        })
+        .map(|id| crate::gateway::jsonrpc_error_body(id, FORBIDDEN_CODE, &message))
         .collect();
     let body = match (batch, errors.first()) {
         (false, Some(one)) => one.clone(),

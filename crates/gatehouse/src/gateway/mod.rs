@@ -347,12 +347,12 @@ impl Proxy {
                 match parsed {
                     Ok(p) => Some(p),
                     Err(e) => {
-                        let body = serde_json::json!({
-                            "jsonrpc": "2.0",
-                            "id": null,
-                            "error": {"code": -32600, "message": e.to_string()},
-                        });
-                        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+                        return jsonrpc_error(
+                            StatusCode::BAD_REQUEST,
+                            &serde_json::Value::Null,
+                            -32600,
+                            &e.to_string(),
+                        );
                     }
                 }
             }
@@ -413,14 +413,11 @@ impl Proxy {
                     .and_then(|p| p.messages.first())
                     .and_then(|m| m.id.clone())
                     .unwrap_or(serde_json::Value::Null);
-                let body = serde_json::json!({
-                    "jsonrpc": "2.0",
-                    "id": id,
-                    "error": {
-                        "code": -32000,
-                        "message": format!("rate limit ({}) exceeded; retry in {wait} s", hit.as_str()),
-                    },
-                });
+                let body = jsonrpc_error_body(
+                    &id,
+                    SERVER_ERROR,
+                    &format!("rate limit ({}) exceeded; retry in {wait} s", hit.as_str()),
+                );
                 return (
                     StatusCode::TOO_MANY_REQUESTS,
                     [(http::header::RETRY_AFTER, wait.to_string())],
@@ -487,12 +484,7 @@ impl Proxy {
                 }
                 Err((status, msg)) => {
                     audit("credential_refused", None, serde_json::Value::Null);
-                    let body = serde_json::json!({
-                        "jsonrpc": "2.0",
-                        "id": null,
-                        "error": {"code": -32000, "message": msg},
-                    });
-                    return (status, axum::Json(body)).into_response();
+                    return jsonrpc_error(status, &serde_json::Value::Null, SERVER_ERROR, &msg);
                 }
             }
         }
@@ -518,7 +510,8 @@ impl Proxy {
                     audit("credential_refused", None, serde_json::Value::Null);
                     return jsonrpc_error(
                         StatusCode::BAD_GATEWAY,
-                        id,
+                        &id,
+                        SERVER_ERROR,
                         "no credential for this upstream",
                     );
                 }
@@ -538,7 +531,8 @@ impl Proxy {
                     audit("unknown_session", Some(404), serde_json::Value::Null);
                     return jsonrpc_error(
                         StatusCode::NOT_FOUND,
-                        serde_json::Value::Null,
+                        &serde_json::Value::Null,
+                        SERVER_ERROR,
                         "session not found",
                     );
                 }
@@ -660,13 +654,13 @@ impl Proxy {
             }
             Err(e) => {
                 tracing::warn!(upstream = %self.inner.name, error = %e, "upstream unreachable");
-                let body = serde_json::json!({
-                    "jsonrpc": "2.0",
-                    "id": null,
-                    "error": {"code": -32603, "message": format!("upstream {} unreachable", self.inner.name)},
-                });
                 (
-                    (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response(),
+                    jsonrpc_error(
+                        StatusCode::BAD_GATEWAY,
+                        &serde_json::Value::Null,
+                        -32603,
+                        &format!("upstream {} unreachable", self.inner.name),
+                    ),
                     None,
                 )
             }
@@ -676,12 +670,26 @@ impl Proxy {
     }
 }
 
-pub(crate) fn jsonrpc_error(status: StatusCode, id: serde_json::Value, msg: &str) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32000, "message": msg}})),
-    )
-        .into_response()
+/// Generic server error (JSON-RPC implementation-defined range).
+pub(crate) const SERVER_ERROR: i64 = -32000;
+
+/// A JSON-RPC error object for `id`.
+pub(crate) fn jsonrpc_error_body(
+    id: &serde_json::Value,
+    code: i64,
+    message: &str,
+) -> serde_json::Value {
+    serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+/// The one way the gateway answers with a JSON-RPC error.
+pub(crate) fn jsonrpc_error(
+    status: StatusCode,
+    id: &serde_json::Value,
+    code: i64,
+    message: &str,
+) -> Response {
+    (status, axum::Json(jsonrpc_error_body(id, code, message))).into_response()
 }
 
 fn pick(from: &HeaderMap, names: &[&str]) -> HeaderMap {

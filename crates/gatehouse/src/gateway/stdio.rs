@@ -1,5 +1,5 @@
 //! stdio upstreams: one process per MCP session, Streamable HTTP on the caller's side.
-use super::jsonrpc_error;
+use super::{SERVER_ERROR, jsonrpc_error};
 use crate::config::UpstreamEntry;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -215,7 +215,12 @@ impl StdioUpstream {
         }
         let Ok(msg) = serde_json::from_slice::<serde_json::Value>(body) else {
             return (
-                jsonrpc_error(StatusCode::BAD_REQUEST, serde_json::Value::Null, "not JSON"),
+                jsonrpc_error(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::Value::Null,
+                    SERVER_ERROR,
+                    "not JSON",
+                ),
                 None,
             );
         };
@@ -223,7 +228,8 @@ impl StdioUpstream {
             return (
                 jsonrpc_error(
                     StatusCode::BAD_REQUEST,
-                    serde_json::Value::Null,
+                    &serde_json::Value::Null,
+                    SERVER_ERROR,
                     "batches are not supported for stdio upstreams",
                 ),
                 None,
@@ -248,7 +254,8 @@ impl StdioUpstream {
                 return (
                     jsonrpc_error(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        id.unwrap_or_default(),
+                        &id.unwrap_or_default(),
+                        SERVER_ERROR,
                         "too many open sessions for this server; close one (DELETE) first",
                     ),
                     None,
@@ -271,7 +278,8 @@ impl StdioUpstream {
                     return (
                         jsonrpc_error(
                             StatusCode::BAD_GATEWAY,
-                            id.unwrap_or_default(),
+                            &id.unwrap_or_default(),
+                            SERVER_ERROR,
                             "the upstream server did not start",
                         ),
                         None,
@@ -284,7 +292,8 @@ impl StdioUpstream {
                 return (
                     jsonrpc_error(
                         StatusCode::BAD_REQUEST,
-                        id.unwrap_or_default(),
+                        &id.unwrap_or_default(),
+                        SERVER_ERROR,
                         "no MCP session: initialize first",
                     ),
                     None,
@@ -310,7 +319,8 @@ impl StdioUpstream {
                 return (
                     jsonrpc_error(
                         StatusCode::BAD_GATEWAY,
-                        id.unwrap_or_default(),
+                        &id.unwrap_or_default(),
+                        SERVER_ERROR,
                         "the upstream server stopped",
                     ),
                     None,
@@ -341,7 +351,8 @@ impl StdioUpstream {
                     return (
                         jsonrpc_error(
                             StatusCode::GATEWAY_TIMEOUT,
-                            id.unwrap_or_default(),
+                            &id.unwrap_or_default(),
+                            SERVER_ERROR,
                             "the upstream server did not answer",
                         ),
                         None,
