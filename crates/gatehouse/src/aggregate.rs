@@ -310,17 +310,8 @@ impl Aggregate {
                 let (Some(s), Some(sess)) = (&sid, &session) else {
                     return StatusCode::NOT_FOUND.into_response();
                 };
-                for (u, member) in &sess.members {
-                    let _ = self
-                        .send(
-                            u,
-                            &parts,
-                            member.as_deref(),
-                            http::Method::DELETE,
-                            Value::Null,
-                        )
-                        .await;
-                }
+                self.to_every_member(&parts, sess, http::Method::DELETE, Value::Null)
+                    .await;
                 if let Ok(mut m) = self.inner.sessions.lock() {
                     m.remove(s);
                 }
@@ -396,33 +387,15 @@ impl Aggregate {
         }
         if msg.get("id").is_none() {
             // Notifications go to every upstream of the session.
-            for (u, member) in &sess.members {
-                let _ = self
-                    .send(
-                        u,
-                        &parts,
-                        member.as_deref(),
-                        http::Method::POST,
-                        msg.clone(),
-                    )
-                    .await;
-            }
+            self.to_every_member(&parts, &sess, http::Method::POST, msg.clone())
+                .await;
             return StatusCode::ACCEPTED.into_response();
         }
         match method {
             "ping" => rpc_result(&id, json!({}), None),
             "logging/setLevel" => {
-                for (u, member) in &sess.members {
-                    let _ = self
-                        .send(
-                            u,
-                            &parts,
-                            member.as_deref(),
-                            http::Method::POST,
-                            msg.clone(),
-                        )
-                        .await;
-                }
+                self.to_every_member(&parts, &sess, http::Method::POST, msg.clone())
+                    .await;
                 rpc_result(&id, json!({}), None)
             }
             "tools/list" => {
@@ -538,6 +511,22 @@ impl Aggregate {
                 -32601,
                 &format!("{other} is not available on the aggregate endpoint"),
             ),
+        }
+    }
+
+    /// Sends one message to every upstream of the session; their answers are not needed
+    /// (notifications, `logging/setLevel`, DELETE).
+    async fn to_every_member(
+        &self,
+        parts: &http::request::Parts,
+        sess: &AggSession,
+        method: http::Method,
+        body: Value,
+    ) {
+        for (u, member) in &sess.members {
+            let _ = self
+                .send(u, parts, member.as_deref(), method.clone(), body.clone())
+                .await;
         }
     }
 
