@@ -110,7 +110,7 @@ fn jwt_shapes_are_found_and_base64_is_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gw09_users_connect_their_own_upstream_accounts_through_url_elicitation() {
+async fn gw03_gw05_gw09_gw12_users_connect_their_own_upstream_accounts_through_url_elicitation() {
     // The upstream: its own authorization server and users, the demo MCP server behind its guard.
     let (pu, pg) = (free_port(), free_port());
     let upstream = format!("http://localhost:{pu}");
