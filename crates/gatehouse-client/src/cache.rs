@@ -185,7 +185,7 @@ impl TokenCache {
 
     fn name(id: &str) -> String {
         let h = Sha256::digest(id.as_bytes());
-        h.iter().take(16).map(|b| format!("{b:02x}")).collect()
+        gatehouse_core::hex(&h[..16])
     }
 
     fn path(&self, kind: &str, id: &str) -> PathBuf {
@@ -285,10 +285,7 @@ impl TokenCache {
         let tmp = folder.join(format!(
             ".tmp-{}-{}",
             std::process::id(),
-            suffix
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
+            gatehouse_core::hex(&suffix)
         ));
         let mut o = std::fs::OpenOptions::new();
         o.write(true).create_new(true);

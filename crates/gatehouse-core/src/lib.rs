@@ -22,5 +22,5 @@ pub use metadata::{AuthorizationServerMetadata, ProtectedResourceMetadata};
 pub use pkce::{PkceChallenge, PkceVerifier};
 pub use redirect::RedirectUri;
 pub use scope::{Scope, ScopeSet};
-pub use secret::SecretString;
+pub use secret::{SecretString, hex};
 pub use url::{AudiencePolicy, Issuer, Resource};

@@ -52,3 +52,26 @@ mod tests {
         assert!(!s.ct_eq("hunter2"));
     }
 }
+
+/// Lower-case hex of `bytes` (how hashes of secrets are stored and looked up). On the token
+/// endpoint's path, so one allocation rather than a `format!` per byte.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+#[cfg(test)]
+mod hex_tests {
+    #[test]
+    fn hex_matches_format() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let by_format: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(super::hex(&bytes), by_format);
+        assert_eq!(super::hex(&[]), "");
+    }
+}

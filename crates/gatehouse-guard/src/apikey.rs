@@ -28,10 +28,6 @@ pub enum ApiKeyError {
     BadHash,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl ApiKey {
     /// Parses `sha256:<64 hex digits>`.
     pub fn parse_hash(s: &str) -> Result<[u8; 32], ApiKeyError> {
@@ -52,7 +48,7 @@ impl ApiKey {
     }
 
     pub fn format_hash(hash: &[u8; 32]) -> String {
-        format!("sha256:{}", hex(hash))
+        format!("sha256:{}", gatehouse_core::hex(hash))
     }
 
     pub fn subject(&self) -> String {

@@ -18,10 +18,7 @@ pub fn random_id() -> String {
 
 /// Lower-case hex SHA-256: how secrets are stored and looked up.
 pub fn sha256_hex(s: &str) -> String {
-    Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    gatehouse_core::hex(&Sha256::digest(s.as_bytes()))
 }
 
 /// Constant-time comparison of a presented secret with a stored hash.

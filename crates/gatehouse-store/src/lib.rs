@@ -54,7 +54,7 @@ pub enum Store {
         /// The token endpoint's hot writes (see `writer.rs`).
         writer: writer::SqliteWriter,
         /// The token endpoint's hot reads (client lookups).
-        reader: writer::SqliteWriter,
+        reader: writer::SqliteReader,
     },
     Postgres(PgPool),
 }
@@ -133,7 +133,7 @@ impl Store {
                 read,
                 write,
                 writer: writer::SqliteWriter::open(file)?,
-                reader: writer::SqliteWriter::open_reader(file)?,
+                reader: writer::SqliteReader::open(file)?,
             }
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()

@@ -126,10 +126,7 @@ impl Store {
 
     pub async fn get_client(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
         if let Store::Sqlite { reader, .. } = self {
-            let id = client_id.to_owned();
-            let row = reader
-                .run(move |c| crate::sqlite_ops::get_client(c, &id))
-                .await?;
+            let row = reader.run(|c| crate::sqlite_ops::get_client(c, client_id))?;
             return row.map(ClientRecord::try_from).transpose();
         }
         let row: Option<ClientRow> = with_read!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {CLIENT_COLS} FROM clients WHERE client_id = $1")))

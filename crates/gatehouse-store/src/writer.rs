@@ -1,20 +1,31 @@
-//! The SQLite write path for the token endpoint's hot operations.
+//! The SQLite paths of the token endpoint's hot operations.
 //!
 //! Through sqlx every statement is a round trip to the connection's worker thread, so a
-//! five-statement transaction costs ten thread switches, and profiling showed the token endpoint
-//! spending most of its time switching threads rather than working. Here one thread owns a
-//! connection and runs a whole operation per message; operations that arrive together share one
-//! transaction (group commit), each inside its own savepoint so one failing operation undoes only
-//! its own changes. Results are released only after the commit: a token is never handed out
-//! before what it depends on is stored.
+//! five-statement transaction costs ten thread switches; a dedicated writer thread still cost two
+//! per operation, and on a small VM those switches were the largest single cost of the token
+//! endpoint. So the work runs on the caller's own thread:
+//!
+//! - writes go through a *combining* writer: an operation is queued, and whichever caller finds
+//!   the connection free runs everything queued in one transaction (group commit), each
+//!   operation inside its own savepoint so one failing operation undoes only its own changes.
+//!   Callers that find it busy wait (asynchronously) for their result. Results are released only
+//!   after the commit: a token is never handed out before what it depends on is stored.
+//! - reads take a connection from a small pool and run at once (WAL: readers never wait for
+//!   the writer).
+//!
+//! Both block the calling runtime thread for the length of a few statements (tens of µs; a batch
+//! is bounded by `MAX_BATCH`), which is cheaper than the thread switches they replace.
 use crate::StoreError;
 use rusqlite::Connection;
-use std::sync::mpsc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError, TryLockError, mpsc};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Operations taken into one transaction at most; bounds the latency a batch adds.
 const MAX_BATCH: usize = 64;
+/// Idle read connections kept.
+const MAX_IDLE_READERS: usize = 4;
 
 trait Job: Send {
     fn run(&mut self, conn: &Connection);
@@ -34,16 +45,14 @@ where
 {
     fn run(&mut self, conn: &Connection) {
         let Some(f) = self.f.take() else { return };
-        let out = conn
-            .execute_batch("SAVEPOINT op")
-            .and_then(|()| match f(conn) {
-                Ok(v) => conn.execute_batch("RELEASE op").map(|()| v),
-                Err(e) => {
-                    // Undo this operation's writes only; the batch goes on.
-                    let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
-                    Err(e)
-                }
-            });
+        let out = exec(conn, "SAVEPOINT op").and_then(|()| match f(conn) {
+            Ok(v) => exec(conn, "RELEASE op").map(|()| v),
+            Err(e) => {
+                // Undo this operation's writes only; the batch goes on.
+                let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+                Err(e)
+            }
+        });
         self.out = Some(out);
     }
 
@@ -61,48 +70,66 @@ where
     }
 }
 
-/// Handle to the writer thread. Cheap to clone; the thread ends when the last handle is dropped.
-#[derive(Clone, Debug)]
+/// Runs a statement without parameters, prepared once per connection: these run several times
+/// per token request, and `execute_batch` would parse them every time.
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+fn connect(path: &str) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| StoreError::Sqlite(e.to_string()))?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .and_then(|()| {
+            conn.execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            )
+        })
+        .map_err(|e| StoreError::Sqlite(e.to_string()))?;
+    Ok(conn)
+}
+
+struct Writer {
+    queue: Mutex<VecDeque<Box<dyn Job>>>,
+    conn: Mutex<Connection>,
+    /// Wakes the checkpointer after commits (see `checkpointer`).
+    committed: mpsc::SyncSender<()>,
+}
+
+/// The combining writer. Cheap to clone.
+#[derive(Clone)]
 pub struct SqliteWriter {
-    tx: mpsc::Sender<Box<dyn Job>>,
+    inner: Arc<Writer>,
+}
+
+impl std::fmt::Debug for SqliteWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteWriter")
+    }
 }
 
 impl SqliteWriter {
     pub(crate) fn open(path: &str) -> Result<Self, StoreError> {
-        Self::start(path, true)
-    }
-
-    /// A thread for reads on the hot path (client lookups): no transaction, no write lock.
-    pub(crate) fn open_reader(path: &str) -> Result<Self, StoreError> {
-        Self::start(path, false)
-    }
-
-    fn start(path: &str, write: bool) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(|e| StoreError::Sqlite(e.to_string()))?;
-        conn.busy_timeout(Duration::from_secs(10))
-            .and_then(|()| {
-                conn.execute_batch(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-                )
-            })
+        let conn = connect(path)?;
+        // Checkpoints move to their own thread: run here, their fsyncs stalled every write.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
             .map_err(|e| StoreError::Sqlite(e.to_string()))?;
-        let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
+        let checkpoints = connect(path)?;
+        let (committed, wake) = mpsc::sync_channel(1);
         std::thread::Builder::new()
-            .name(
-                if write {
-                    "gatehouse-sqlite-w"
-                } else {
-                    "gatehouse-sqlite-r"
-                }
-                .into(),
-            )
-            .spawn(move || writer_loop(&conn, &rx, write))
-            .map_err(|e| StoreError::Sqlite(format!("cannot start the writer thread: {e}")))?;
-        Ok(Self { tx })
+            .name("gatehouse-sqlite-ckpt".into())
+            .spawn(move || checkpointer(&checkpoints, &wake))
+            .map_err(|e| StoreError::Sqlite(format!("cannot start the checkpointer: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Writer {
+                queue: Mutex::new(VecDeque::new()),
+                conn: Mutex::new(conn),
+                committed,
+            }),
+        })
     }
 
-    /// Runs `f` in a write transaction on the writer thread and returns its result once the
-    /// transaction has committed. An `Err` from `f` undoes `f`'s writes.
+    /// Runs `f` in a write transaction and returns its result once the transaction has
+    /// committed. An `Err` from `f` undoes `f`'s writes.
     pub(crate) async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -114,41 +141,158 @@ impl SqliteWriter {
             out: None,
             reply: Some(reply),
         });
-        self.tx
-            .send(job)
-            .map_err(|_| StoreError::Sqlite("the writer thread has stopped".into()))?;
+        self.inner
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(job);
+        self.inner.combine();
         rx.await
-            .map_err(|_| StoreError::Sqlite("the writer thread has stopped".into()))?
+            .map_err(|_| StoreError::Sqlite("the write operation was dropped".into()))?
     }
 }
 
-fn writer_loop(conn: &Connection, rx: &mpsc::Receiver<Box<dyn Job>>, write: bool) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
-        let begin = if write { "BEGIN IMMEDIATE" } else { "BEGIN" };
-        let committed = match conn.execute_batch(begin) {
-            Ok(()) => {
-                for job in &mut batch {
-                    job.run(conn);
+impl Writer {
+    /// Runs queued operations while this thread can have the connection. A caller that finds
+    /// it taken leaves its operation to the holder, who looks at the queue again after letting
+    /// go, so nothing queued is left behind.
+    fn combine(&self) {
+        loop {
+            let conn = match self.conn.try_lock() {
+                Ok(c) => c,
+                Err(TryLockError::WouldBlock) => return,
+                // An operation panicked mid-batch: its transaction is still open.
+                Err(TryLockError::Poisoned(p)) => {
+                    self.conn.clear_poison();
+                    let c = p.into_inner();
+                    let _ = c.execute_batch("ROLLBACK");
+                    c
                 }
-                conn.execute_batch("COMMIT").map_err(|e| {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    e.to_string()
-                })
+            };
+            loop {
+                let batch: Vec<Box<dyn Job>> = {
+                    let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                    let n = q.len().min(MAX_BATCH);
+                    q.drain(..n).collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                run_batch(&conn, batch);
+                // Full means a wake-up is pending already.
+                let _ = self.committed.try_send(());
             }
-            Err(e) => Err(e.to_string()),
+            drop(conn);
+            if self
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+            {
+                return;
+            }
+        }
+    }
+}
+
+fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>) {
+    let committed = match exec(conn, "BEGIN IMMEDIATE") {
+        Ok(()) => {
+            for job in &mut batch {
+                job.run(conn);
+            }
+            exec(conn, "COMMIT").map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                e.to_string()
+            })
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = &committed {
+        tracing::error!(error = %e, "sqlite write transaction failed");
+    }
+    for job in batch {
+        job.finish(committed.clone());
+    }
+}
+
+/// WAL frames (64 MiB) above which the checkpointer also makes the log start over.
+const WAL_RESTART_FRAMES: i64 = 16_384;
+
+/// Copies the write-ahead log into the database file off the write path: PASSIVE checkpoints
+/// never block writers, and a write load coalesces into one checkpoint every 50 ms; one that
+/// writes raced is followed at once by another (shorter) one. The log starts over only when no
+/// reader holds a snapshot in it, which under steady load is seldom, so past
+/// `WAL_RESTART_FRAMES` a RESTART checkpoint waits for readers (and holds writers) until it
+/// can. Ends when the writer is dropped.
+fn checkpointer(conn: &Connection, wake: &mpsc::Receiver<()>) {
+    // (frames in the log, frames copied)
+    let checkpoint = |mode: &str| {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        })
+    };
+    let warn = |e: rusqlite::Error| tracing::warn!(error = %e, "sqlite checkpoint failed");
+    while wake.recv().is_ok() {
+        std::thread::sleep(Duration::from_millis(50));
+        let mut rounds = 0;
+        let log = loop {
+            rounds += 1;
+            match checkpoint("PASSIVE") {
+                Ok((log, copied)) if copied < log && rounds < 8 => {}
+                Ok((log, _)) => break log,
+                Err(e) => {
+                    warn(e);
+                    break 0;
+                }
+            }
         };
-        if let Err(e) = &committed {
-            tracing::error!(error = %e, "sqlite write transaction failed");
+        if log > WAL_RESTART_FRAMES {
+            checkpoint("RESTART").map(drop).unwrap_or_else(warn);
         }
-        for job in batch {
-            job.finish(committed.clone());
+    }
+}
+
+/// Read connections for the hot path (client lookups): no transaction, no write lock.
+#[derive(Clone)]
+pub struct SqliteReader {
+    path: Arc<str>,
+    idle: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl std::fmt::Debug for SqliteReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteReader")
+    }
+}
+
+impl SqliteReader {
+    pub(crate) fn open(path: &str) -> Result<Self, StoreError> {
+        let first = connect(path)?;
+        Ok(Self {
+            path: path.into(),
+            idle: Arc::new(Mutex::new(vec![first])),
+        })
+    }
+
+    pub(crate) fn run<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let taken = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match taken {
+            Some(c) => c,
+            None => connect(&self.path)?,
+        };
+        let out = f(&conn).map_err(|e| StoreError::Sqlite(e.to_string()));
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
         }
+        out
     }
 }

@@ -231,6 +231,75 @@ async fn concurrent_redemption_has_one_winner(s: &Store) {
     assert_eq!(fresh, 1, "exactly one redemption wins");
 }
 
+/// Writes that arrive together share a transaction on SQLite (group commit): one that fails
+/// must undo only its own changes, and every other one must stand.
+async fn concurrent_writes_stand_alone(s: &Store) {
+    s.insert_grant_with_code(&grant("gdup"), &code("hdup", "gdup", NOW + 60))
+        .await
+        .expect("insert");
+    // A refresh token that exists already: storing it again fails (unique hash).
+    s.redeem_code::<()>("hdup", NOW, |c| Ok(Some(refresh("dup", &c.grant_id))))
+        .await
+        .expect("db")
+        .expect("fresh");
+    const N: usize = 64;
+    for i in 0..N {
+        let g = format!("gc{i}");
+        s.insert_grant_with_code(&grant(&g), &code(&format!("hc{i}"), &g, NOW + 60))
+            .await
+            .expect("insert");
+    }
+    let fails = |i: usize| i % 8 == 3;
+    let s2 = Arc::new(s.clone());
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let s = s2.clone();
+            tokio::spawn(async move {
+                let token = if fails(i) {
+                    "dup".to_owned()
+                } else {
+                    format!("rc{i}")
+                };
+                s.redeem_code::<()>(&format!("hc{i}"), NOW, move |c| {
+                    Ok(Some(refresh(&token, &c.grant_id)))
+                })
+                .await
+            })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.expect("join");
+        if fails(i) {
+            assert!(r.is_err(), "storing a duplicate token fails: {r:?}");
+        } else {
+            assert!(matches!(r, Ok(Ok(Redeemed::Fresh(_)))), "{i}: {r:?}");
+        }
+    }
+    for i in 0..N {
+        if fails(i) {
+            // Undone whole: the code is still unused.
+            let r = s
+                .redeem_code::<()>(&format!("hc{i}"), NOW, move |c| {
+                    Ok(Some(refresh(&format!("rc{i}"), &c.grant_id)))
+                })
+                .await
+                .expect("db");
+            assert!(matches!(r, Ok(Redeemed::Fresh(_))), "{i}: {r:?}");
+        }
+        // Every stored token works.
+        let r = s
+            .rotate_refresh::<()>(&format!("rc{i}"), NOW + 1, 5, move |o| {
+                Ok(refresh(&format!("rc{i}b"), &o.grant_id))
+            })
+            .await
+            .expect("db");
+        assert!(
+            matches!(r, Ok(Rotated::Ok { grace: false, .. })),
+            "{i}: {r:?}"
+        );
+    }
+}
+
 async fn refresh_rotation_with_grace_and_reuse_detection(s: &Store) {
     s.insert_grant_with_code(&grant("g4"), &code("h4", "g4", NOW + 60))
         .await
@@ -418,6 +487,7 @@ async fn suite(s: Store) {
     consent_is_per_client(&s).await;
     codes_are_single_use(&s).await;
     concurrent_redemption_has_one_winner(&s).await;
+    concurrent_writes_stand_alone(&s).await;
     refresh_rotation_with_grace_and_reuse_detection(&s).await;
     keys_sessions_pending(&s).await;
     deleting_revokes(&s).await;
