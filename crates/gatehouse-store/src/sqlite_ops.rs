@@ -1,4 +1,4 @@
-//! The token endpoint's two write operations for SQLite, run whole on the writer thread
+//! The token endpoint's two write operations for SQLite, each run whole by the combining writer
 //! (see `writer.rs`). Same rules and the same SQL as the PostgreSQL versions in `ops.rs`; the
 //! store suite runs both.
 use crate::ops::{CLIENT_COLS, ClientRow};
@@ -68,7 +68,7 @@ pub(crate) fn redeem_code<E>(
         Ok(r) => r,
         Err(e) => return Ok(Err(e)),
     };
-    // One writer thread runs this, but the file may have other writers (admin CLI, replicas of
+    // One combining writer runs this, but the file may have other writers (admin CLI, replicas of
     // the sqlx pool): the update stays conditional.
     let marked = c
         .prepare_cached(

@@ -114,6 +114,10 @@ impl SqliteWriter {
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
             .map_err(|e| StoreError::Sqlite(e.to_string()))?;
         let checkpoints = connect(path)?;
+        // A RESTART checkpoint holds new writers while it waits for readers: never for long.
+        checkpoints
+            .busy_timeout(Duration::from_millis(100))
+            .map_err(|e| StoreError::Sqlite(e.to_string()))?;
         let (committed, wake) = mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("gatehouse-sqlite-ckpt".into())
