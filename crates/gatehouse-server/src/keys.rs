@@ -190,7 +190,7 @@ impl KeyManager {
             keys: RwLock::new(Vec::new()),
         };
         km.reload().await?;
-        if km.active().is_none() {
+        if km.active_signer().is_none() {
             let rec = generate(km.clock.now_unix(), km.kek.as_ref())?;
             km.store.insert_key(&rec).await?;
             km.reload().await?;
@@ -211,16 +211,7 @@ impl KeyManager {
         Ok(())
     }
 
-    fn active(&self) -> Option<Loaded> {
-        self.keys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|k| k.retired_at.is_none())
-            .cloned()
-    }
-
-    /// The active key's id and signer, without copying the rest of it.
+    /// The active key's id and signer (the rest of it stays in place).
     fn active_signer(&self) -> Option<(String, Arc<EcdsaKeyPair>)> {
         self.keys
             .read()

@@ -231,8 +231,9 @@ async fn concurrent_redemption_has_one_winner(s: &Store) {
     assert_eq!(fresh, 1, "exactly one redemption wins");
 }
 
-/// Writes that arrive together share a transaction on SQLite (group commit): one that fails
-/// must undo only its own changes, and every other one must stand.
+/// AS-08, AS-29: writes that arrive together share a transaction on SQLite (group commit): a
+/// redemption that fails must leave its code unused, and every other one must stand with a
+/// working refresh token.
 async fn concurrent_writes_stand_alone(s: &Store) {
     s.insert_grant_with_code(&grant("gdup"), &code("hdup", "gdup", NOW + 60))
         .await
