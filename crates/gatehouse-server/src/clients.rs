@@ -5,6 +5,9 @@ use crate::{AuthServer, OAuthError};
 use base64::Engine as _;
 use gatehouse_store::ClientRecord;
 use http::HeaderMap;
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 pub(crate) const JWT_BEARER_ASSERTION: &str =
     "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -108,6 +111,42 @@ pub(crate) fn presented(
     }
 }
 
+/// How long a stored *public* client's record is reused without reading it again. Public
+/// clients are looked up on every token request, and on SQLite that read cost a tenth of the
+/// token endpoint. Staleness is harmless for them: they hold no secret, and removing a client
+/// revokes its grants in the same transaction, so no code or refresh token it was issued can be
+/// redeemed once it is gone (each redemption reads its grant). Confidential clients are always read afresh (a rotated secret or
+/// a removed machine client takes effect at once).
+pub(crate) const PUBLIC_CLIENT_TTL: Duration = Duration::from_secs(1);
+/// Records kept at most; past it, expired ones are dropped (all, if none has expired).
+const PUBLIC_CLIENTS_MAX: usize = 4096;
+
+#[derive(Default)]
+pub(crate) struct PublicClients(Mutex<HashMap<String, (Instant, ClientRecord)>>);
+
+impl PublicClients {
+    fn get(&self, client_id: &str) -> Option<ClientRecord> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(client_id)
+            .filter(|(at, _)| at.elapsed() < PUBLIC_CLIENT_TTL)
+            .map(|(_, c)| c.clone())
+    }
+
+    fn put(&self, c: &ClientRecord) {
+        if c.auth_method != "none" || c.secret_hash.is_some() {
+            return;
+        }
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= PUBLIC_CLIENTS_MAX {
+            map.retain(|_, (at, _)| at.elapsed() < PUBLIC_CLIENT_TTL);
+            if map.len() >= PUBLIC_CLIENTS_MAX {
+                map.clear();
+            }
+        }
+        map.insert(c.client_id.clone(), (Instant::now(), c.clone()));
+    }
+}
+
 impl AuthServer {
     /// Finds a client by id: stored (pre-registered, DCR), or a metadata document URL fetched
     /// and validated (CIMD).
@@ -118,7 +157,14 @@ impl AuthServer {
         if self.inner.cfg.cimd_enabled && crate::cimd::looks_like_cimd(client_id) {
             return self.cimd_client(client_id).await.map(Some);
         }
-        Ok(self.inner.store.get_client(client_id).await?)
+        if let Some(c) = self.inner.public_clients.get(client_id) {
+            return Ok(Some(c));
+        }
+        let found = self.inner.store.get_client(client_id).await?;
+        if let Some(c) = &found {
+            self.inner.public_clients.put(c);
+        }
+        Ok(found)
     }
 
     /// Authenticates the client of a token-endpoint style request. Public clients present only

@@ -137,6 +137,8 @@ pub(crate) struct Inner {
     pub(crate) cimd_cache: cimd::Cache,
     /// DCR registrations per source address in the current minute.
     pub(crate) dcr_window: Mutex<(i64, HashMap<std::net::IpAddr, u32>)>,
+    /// Stored public clients, kept briefly (see `clients::PUBLIC_CLIENT_TTL`).
+    pub(crate) public_clients: clients::PublicClients,
 }
 
 /// The authorization server. Cheap to clone.
@@ -169,6 +171,7 @@ impl AuthServer {
                 clock,
                 cimd_cache: cimd::Cache::default(),
                 dcr_window: Mutex::new((0, HashMap::new())),
+                public_clients: clients::PublicClients::default(),
             }),
         })
     }

@@ -302,6 +302,11 @@ async fn code_grant(
             return Err(OAuthError::invalid_grant("authorization code already used"));
         }
         Redeemed::Expired => return Err(OAuthError::invalid_grant("authorization code expired")),
+        Redeemed::Revoked => {
+            return Err(OAuthError::invalid_grant(
+                "the authorization this code belongs to was revoked",
+            ));
+        }
         Redeemed::Unknown => return Err(OAuthError::invalid_grant("unknown authorization code")),
     };
     let scope = ScopeSet::parse(&c.scope).unwrap_or_default();

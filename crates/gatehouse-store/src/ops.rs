@@ -310,6 +310,11 @@ impl Store {
             if c.expires_at <= now {
                 return Ok(Ok(Redeemed::Expired));
             }
+            let revoked: Option<Option<i64>> = sqlx::query_scalar("SELECT revoked_at FROM grants WHERE grant_id = $1")
+                .bind(&c.grant_id).fetch_optional(&mut *tx).await?;
+            if !matches!(revoked, Some(None)) {
+                return Ok(Ok(Redeemed::Revoked));
+            }
             let refresh = match check(&c) {
                 Ok(r) => r,
                 Err(e) => return Ok(Err(e)),

@@ -162,6 +162,9 @@ pub enum Redeemed {
         grant_id: String,
     },
     Expired,
+    /// Its grant was revoked before it was redeemed (client or user deleted, `admin revoke`):
+    /// refused, and the code is left as it was.
+    Revoked,
     Unknown,
 }
 

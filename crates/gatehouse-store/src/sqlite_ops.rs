@@ -64,6 +64,13 @@ pub(crate) fn redeem_code<E>(
     if code.expires_at <= now {
         return Ok(Ok(Redeemed::Expired));
     }
+    let revoked: Option<Option<i64>> = c
+        .prepare_cached("SELECT revoked_at FROM grants WHERE grant_id = ?1")?
+        .query_row(params![code.grant_id], |r| r.get(0))
+        .optional()?;
+    if !matches!(revoked, Some(None)) {
+        return Ok(Ok(Redeemed::Revoked));
+    }
     let refresh = match check(&code) {
         Ok(r) => r,
         Err(e) => return Ok(Err(e)),

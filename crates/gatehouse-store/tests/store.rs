@@ -196,6 +196,19 @@ async fn codes_are_single_use(s: &Store) {
             .expect("db"),
         Ok(Redeemed::Expired)
     );
+    // A code whose grant was revoked (client or user deleted) is refused and stays unused.
+    s.insert_grant_with_code(&grant("g2r"), &code("h2r", "g2r", NOW + 60))
+        .await
+        .expect("insert");
+    assert!(s.revoke_grant("g2r", NOW).await.expect("revoke"));
+    for _ in 0..2 {
+        assert_eq!(
+            s.redeem_code::<()>("h2r", NOW + 1, |_| Ok(None))
+                .await
+                .expect("db"),
+            Ok(Redeemed::Revoked)
+        );
+    }
     assert_eq!(
         s.redeem_code::<()>("nope", NOW, |_| Ok(None))
             .await

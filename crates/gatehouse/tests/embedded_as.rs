@@ -872,6 +872,77 @@ async fn as32_as33_as35_revocation_introspection_client_credentials_via_admin_cl
     }
 }
 
+/// Deleting a client takes effect at once, though stored public clients are kept in memory for
+/// a moment between token requests (`PUBLIC_CLIENT_TTL`): its codes and refresh tokens die with
+/// its grants, and a confidential client is never served from memory (AS-07, AS-29, AS-35).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_client_takes_effect_at_once() {
+    let d = start();
+    let f = d.public_client().await;
+    let mut b = Browser::new();
+    let code = d.authorize(&mut b, &f, "mcp:basic").await.redirect_params()["code"].clone();
+    let pending = d.authorize(&mut b, &f, "mcp:basic").await.redirect_params()["code"].clone();
+    let (status, tok) = d.redeem(&f, &code).await;
+    assert_eq!(status, 200, "{tok}");
+    // Refreshed just now: the client's record is the one in memory.
+    let (status, tok) = d
+        .refresh(&f, tok["refresh_token"].as_str().expect("rt"))
+        .await;
+    assert_eq!(status, 200, "{tok}");
+    let out = d
+        .admin()
+        .args(["clients", "delete", &f.client_id])
+        .output()
+        .expect("admin");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, e) = d
+        .refresh(&f, tok["refresh_token"].as_str().expect("rt"))
+        .await;
+    assert_eq!((status, e["error"].as_str()), (400, Some("invalid_grant")));
+    let (status, e) = d.redeem(&f, &pending).await;
+    assert_eq!((status, e["error"].as_str()), (400, Some("invalid_grant")));
+
+    let out = d
+        .admin()
+        .args([
+            "clients",
+            "add",
+            "--name",
+            "machine",
+            "--confidential",
+            "--grant",
+            "client_credentials",
+            "--scope",
+            "mcp:basic",
+        ])
+        .output()
+        .expect("admin");
+    let (id, secret) = added_client(&out);
+    let cc = || {
+        d.http
+            .post(format!("{}/token", d.base))
+            .basic_auth(&id, Some(&secret))
+            .form(&[("grant_type", "client_credentials"), ("scope", "mcp:basic")])
+            .send()
+    };
+    assert_eq!(cc().await.expect("cc").status(), 200);
+    let out = d
+        .admin()
+        .args(["clients", "delete", &id])
+        .output()
+        .expect("admin");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cc().await.expect("cc").status(), 401);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn as34_token_exchange_is_policy_bound_narrowing_and_carries_act() {
     const TE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
