@@ -125,22 +125,22 @@ session() { # URL [TOKEN] -> an initialized MCP session id
     -H "Mcp-Session-Id: $sid" -H 'MCP-Protocol-Version: 2025-11-25' -d '{"jsonrpc":"2.0","method":"notifications/initialized"}' "$1"
   echo "$sid"
 }
-run() { # NAME URL TOKEN [RATE_PER_CONN CONNS]
+run() { # NAME URL TOKEN [RATE CONNS]
   local sid; sid=$(session "$2" "$3")
-  SESSION="$sid" TOKEN="$3" RATE_PER_CONN="${4:-0}" wrk -t1 -c"${5:-$CONNECTIONS}" -d"${DURATION}s" --timeout 10s \
+  SESSION="$sid" TOKEN="$3" RATE="${4:-0}" wrk -t1 -c"${5:-$CONNECTIONS}" -d"${DURATION}s" --timeout 10s \
     -s bench/mcp-call.lua "$2" | tail -1
 }
 direct=$(run direct "http://127.0.0.1:$UP/mcp" "")
 proxy=$(run nginx "http://127.0.0.1:$NG/mcp" "")
 gateway=$(run gateway "$gw_url" "$token")
 loaded_rss=$(rss)
-# Paced: 10 connections at 100 requests/s each (about 1k requests/s) for the latency added,
-# against both upstreams.
-direct_paced=$(run direct-paced "http://127.0.0.1:$UP/mcp" "" 100 10)
-gateway_paced=$(run gateway-paced "$gw_url" "$token" 100 10)
-static_paced=$(run static-paced "http://127.0.0.1:$ST/mcp" "" 100 10)
-nginx_static_paced=$(run nginx-static-paced "http://127.0.0.1:$NS/mcp" "" 100 10)
-gateway_static_paced=$(run gateway-static-paced "$st_url" "$st_token" 100 10)
+# Paced: 1k requests/s, evenly spaced, over 10 connections, for the latency added, against both
+# upstreams.
+direct_paced=$(run direct-paced "http://127.0.0.1:$UP/mcp" "" 1000 10)
+gateway_paced=$(run gateway-paced "$gw_url" "$token" 1000 10)
+static_paced=$(run static-paced "http://127.0.0.1:$ST/mcp" "" 1000 10)
+nginx_static_paced=$(run nginx-static-paced "http://127.0.0.1:$NS/mcp" "" 1000 10)
+gateway_static_paced=$(run gateway-static-paced "$st_url" "$st_token" 1000 10)
 echo "{\"target\":\"direct\",\"result\":$direct}"
 echo "{\"target\":\"nginx\",\"result\":$proxy}"
 echo "{\"target\":\"gateway\",\"result\":$gateway}"

@@ -1,7 +1,9 @@
 -- wrk script for bench/gateway.sh: POSTs one MCP tools/call on an established session; with
--- RATE_PER_CONN set, each connection waits between requests (a paced, fixed-rate run).
+-- RATE set (requests/s over all connections), a fixed-rate run: requests leave one every
+-- 1000/RATE ms on a shared schedule, whichever connection is free takes the next slot, so
+-- arrivals are evenly spaced rather than in bursts of one per connection.
 -- Prints one JSON line at the end.
-local rate = tonumber(os.getenv("RATE_PER_CONN") or "0")
+local rate = tonumber(os.getenv("RATE") or "0")
 local headers = {
   ["Content-Type"] = "application/json",
   ["Accept"] = "application/json, text/event-stream",
@@ -23,7 +25,27 @@ function response(status)
 end
 
 if rate > 0 then
-  function delay() return 1000 / rate end
+  -- wrk runs LuaJIT: a monotonic clock through the FFI.
+  local ffi = require("ffi")
+  ffi.cdef[[
+    typedef struct { long tv_sec; long tv_nsec; } gh_timespec;
+    int clock_gettime(int clk_id, gh_timespec *tp);
+  ]]
+  local ts = ffi.new("gh_timespec")
+  local function now_ms()
+    ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
+    return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+  end
+  local interval = 1000 / rate
+  local slot = nil
+  -- Called before each request of a connection; wrk's timers count whole milliseconds.
+  function delay()
+    local t = now_ms()
+    if slot == nil or slot < t then slot = t end
+    local wait = slot - t
+    slot = slot + interval
+    return math.floor(wait + 0.5)
+  end
 end
 
 local threads = {}
