@@ -157,14 +157,24 @@ impl AuthServer {
         if self.inner.cfg.cimd_enabled && crate::cimd::looks_like_cimd(client_id) {
             return self.cimd_client(client_id).await.map(Some);
         }
-        if let Some(c) = self.inner.public_clients.get(client_id) {
-            return Ok(Some(c));
-        }
         let found = self.inner.store.get_client(client_id).await?;
         if let Some(c) = &found {
             self.inner.public_clients.put(c);
         }
         Ok(found)
+    }
+
+    /// [`Self::find_client`] for the token endpoint, where a stored public client may come from
+    /// memory (`PUBLIC_CLIENT_TTL`). Authorization requests always read it afresh, so no new
+    /// grant is made for a client deleted a moment ago.
+    async fn find_client_for_token(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<ClientRecord>, OAuthError> {
+        match self.inner.public_clients.get(client_id) {
+            Some(c) => Ok(Some(c)),
+            None => self.find_client(client_id).await,
+        }
     }
 
     /// Authenticates the client of a token-endpoint style request. Public clients present only
@@ -182,7 +192,7 @@ impl AuthServer {
             .client_id
             .as_deref()
             .ok_or_else(|| fail("client authentication required"))?;
-        let client = match self.find_client(id).await {
+        let client = match self.find_client_for_token(id).await {
             Ok(Some(c)) => c,
             Ok(None) => return Err(fail("unknown client")),
             Err(e) if e.code == gatehouse_core::OAuthErrorCode::ServerError => return Err(e),
