@@ -194,6 +194,25 @@ impl Dev {
             .arg(format!("sqlite://{}/gatehouse.db", self.data_dir.display()));
         c
     }
+
+    /// `gatehouse admin ARGS`, which must succeed.
+    fn admin_ok(&self, args: &[&str]) -> std::process::Output {
+        let out = self.admin().args(args).output().expect("admin");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// A confidential machine client (client_credentials, scope mcp:basic): (id, secret).
+    fn add_machine_client(&self, name: &str) -> (String, String) {
+        add_machine_client(
+            &format!("sqlite://{}/gatehouse.db", self.data_dir.display()),
+            name,
+        )
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -715,22 +734,7 @@ async fn as10_as25_as26_t11_registration_rules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn as32_as33_as35_revocation_introspection_client_credentials_via_admin_cli() {
     let d = start();
-    let out = d
-        .admin()
-        .args([
-            "clients",
-            "add",
-            "--name",
-            "Resource Server",
-            "--confidential",
-            "--grant",
-            "client_credentials",
-            "--scope",
-            "mcp:basic",
-        ])
-        .output()
-        .expect("admin");
-    let (rs_id, rs_secret) = added_client(&out);
+    let (rs_id, rs_secret) = d.add_machine_client("Resource Server");
     // AS-35: client_credentials for the confidential client.
     let r = d
         .http
@@ -889,16 +893,7 @@ async fn deleting_a_client_takes_effect_at_once() {
         .refresh(&f, tok["refresh_token"].as_str().expect("rt"))
         .await;
     assert_eq!(status, 200, "{tok}");
-    let out = d
-        .admin()
-        .args(["clients", "delete", &f.client_id])
-        .output()
-        .expect("admin");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    d.admin_ok(&["clients", "delete", &f.client_id]);
     let (status, e) = d
         .refresh(&f, tok["refresh_token"].as_str().expect("rt"))
         .await;
@@ -906,22 +901,7 @@ async fn deleting_a_client_takes_effect_at_once() {
     let (status, e) = d.redeem(&f, &pending).await;
     assert_eq!((status, e["error"].as_str()), (400, Some("invalid_grant")));
 
-    let out = d
-        .admin()
-        .args([
-            "clients",
-            "add",
-            "--name",
-            "machine",
-            "--confidential",
-            "--grant",
-            "client_credentials",
-            "--scope",
-            "mcp:basic",
-        ])
-        .output()
-        .expect("admin");
-    let (id, secret) = added_client(&out);
+    let (id, secret) = d.add_machine_client("machine");
     let cc = || {
         d.http
             .post(format!("{}/token", d.base))
@@ -930,16 +910,7 @@ async fn deleting_a_client_takes_effect_at_once() {
             .send()
     };
     assert_eq!(cc().await.expect("cc").status(), 200);
-    let out = d
-        .admin()
-        .args(["clients", "delete", &id])
-        .output()
-        .expect("admin");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    d.admin_ok(&["clients", "delete", &id]);
     assert_eq!(cc().await.expect("cc").status(), 401);
 }
 

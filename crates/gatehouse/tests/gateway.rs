@@ -136,29 +136,6 @@ async fn call_tool(
         .unwrap_or_else(|e| panic!("{name}: {e:?}"))
 }
 
-/// A confidential machine client (client_credentials, scope mcp:basic) in the AS database.
-fn add_machine_client(db: &str, name: &str) -> (String, String) {
-    added_client(
-        &gatehouse()
-            .args([
-                "admin",
-                "--db",
-                db,
-                "clients",
-                "add",
-                "--name",
-                name,
-                "--confidential",
-                "--grant",
-                "client_credentials",
-                "--scope",
-                "mcp:basic",
-            ])
-            .output()
-            .expect("admin"),
-    )
-}
-
 async fn post(
     url: &str,
     token: Option<&str>,

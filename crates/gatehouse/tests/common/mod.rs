@@ -227,6 +227,29 @@ pub async fn mcp_initialize_status(endpoint: &str, token: &str) -> u16 {
         .as_u16()
 }
 
+/// A confidential machine client (client_credentials, scope mcp:basic) in the AS database.
+pub fn add_machine_client(db: &str, name: &str) -> (String, String) {
+    added_client(
+        &gatehouse()
+            .args([
+                "admin",
+                "--db",
+                db,
+                "clients",
+                "add",
+                "--name",
+                name,
+                "--confidential",
+                "--grant",
+                "client_credentials",
+                "--scope",
+                "mcp:basic",
+            ])
+            .output()
+            .expect("admin"),
+    )
+}
+
 /// The `client_id` and `client_secret` that `gatehouse admin … clients add` printed.
 pub fn added_client(out: &std::process::Output) -> (String, String) {
     assert!(
