@@ -115,8 +115,8 @@ pub(crate) fn presented(
 /// clients are looked up on every token request, and on SQLite that read cost a tenth of the
 /// token endpoint. Staleness is harmless for them: they hold no secret, and removing a client
 /// revokes its grants in the same transaction, so no code or refresh token it was issued can be
-/// redeemed once it is gone (each redemption reads its grant). Confidential clients are always read afresh (a rotated secret or
-/// a removed machine client takes effect at once).
+/// redeemed once it is gone (each redemption reads its grant). Confidential clients are always
+/// read afresh (a rotated secret or a removed machine client takes effect at once).
 pub(crate) const PUBLIC_CLIENT_TTL: Duration = Duration::from_secs(1);
 /// Records kept at most; past it, expired ones are dropped (all, if none has expired).
 const PUBLIC_CLIENTS_MAX: usize = 4096;
@@ -133,7 +133,7 @@ impl PublicClients {
     }
 
     fn put(&self, c: &ClientRecord) {
-        if c.auth_method != "none" || c.secret_hash.is_some() {
+        if crate::token::is_confidential(c) || c.secret_hash.is_some() {
             return;
         }
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);

@@ -230,7 +230,7 @@ fn same_resource(requested: Option<&str>, bound: &str) -> Result<(), OAuthError>
 }
 
 /// A client that proves possession of a secret or a private key (not a public client).
-fn is_confidential(client: &ClientRecord) -> bool {
+pub(crate) fn is_confidential(client: &ClientRecord) -> bool {
     client.auth_method != "none"
 }
 

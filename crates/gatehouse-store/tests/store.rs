@@ -145,6 +145,7 @@ async fn consent_is_per_client(s: &Store) {
     );
 }
 
+/// AS-07, AS-08: codes are single-use; AS-32: a code whose grant was revoked is refused.
 async fn codes_are_single_use(s: &Store) {
     s.insert_grant_with_code(&grant("g1"), &code("h1", "g1", NOW + 60))
         .await
