@@ -277,3 +277,73 @@ fn reload_replaces_only_with_valid_policies() {
     assert!(!engine.reload().unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The principal entities kept between calls are found again only for the very same caller:
+/// the same subject with other groups, tenant, client or scopes is decided on its own claims.
+#[test]
+fn kept_principals_never_stand_for_another_caller() {
+    let p = Policies::compile(
+        Some(POLICY),
+        "policy.cedar",
+        &[rule(None, "add", &["mcp:math"])],
+    )
+    .unwrap();
+    let eng = Who::new(
+        &["mcp:basic"],
+        json!({"sub": "alice", "groups": ["engineering"]}),
+    );
+    // Same issuer and subject, another token: no longer in engineering.
+    let moved = Who::new(&["mcp:basic"], json!({"sub": "alice", "groups": ["sales"]}));
+    let echo = call("everything", "echo", None);
+    for _ in 0..2 {
+        assert_eq!(p.decide(&eng.caller(), &echo), Decision::Allow);
+        assert_eq!(
+            p.decide(&moved.caller(), &echo),
+            Decision::Deny { policies: vec![] }
+        );
+    }
+    // Scopes are part of the caller too: with and without the scope a rule asks for.
+    let add = call("everything", "add", None);
+    let with = Who::new(
+        &["mcp:basic", "mcp:math"],
+        json!({"sub": "alice", "groups": ["engineering"]}),
+    );
+    for _ in 0..2 {
+        assert_eq!(p.decide(&with.caller(), &add), Decision::Allow);
+        assert_eq!(
+            p.decide(&eng.caller(), &add),
+            Decision::NeedScopes(scopes(&["mcp:math"]))
+        );
+    }
+    // Tenant and client.
+    let fin = json!({"sub": "alice", "department": "finance"});
+    let mut acme = Who::new(&["mcp:basic"], fin.clone());
+    acme.tenant = Some("acme");
+    let mut globex = Who::new(&["mcp:basic"], fin);
+    globex.tenant = Some("globex");
+    let ledger = call("ledger", "post", None);
+    for _ in 0..2 {
+        assert_eq!(p.decide(&acme.caller(), &ledger), Decision::Allow);
+        assert!(matches!(
+            p.decide(&globex.caller(), &ledger),
+            Decision::Deny { .. }
+        ));
+    }
+    let by_client = Policies::compile(
+        Some(r#"permit(principal, action, resource) when { principal.client == "client-1" };"#),
+        "client.cedar",
+        &[],
+    )
+    .unwrap();
+    let other_client = Caller {
+        client: Some("client-2"),
+        ..eng.caller()
+    };
+    for _ in 0..2 {
+        assert_eq!(by_client.decide(&eng.caller(), &echo), Decision::Allow);
+        assert!(matches!(
+            by_client.decide(&other_client, &echo),
+            Decision::Deny { .. }
+        ));
+    }
+}

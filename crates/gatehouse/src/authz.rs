@@ -13,30 +13,33 @@ use std::collections::BTreeSet;
 pub(crate) const FORBIDDEN_CODE: i64 = -32003;
 
 /// The caller's identity as the policies see it; `None` principal = an anonymous upstream.
-pub(crate) struct Who {
+/// Borrows the principal's claims: they are read once per decision, never changed.
+pub(crate) struct Who<'a> {
     pub(crate) owner: crate::gateway::Owner,
-    client: Option<String>,
-    tenant: Option<String>,
+    client: Option<&'a str>,
+    tenant: Option<&'a str>,
     scopes: BTreeSet<String>,
-    claims: Map<String, Value>,
+    claims: &'a Map<String, Value>,
 }
 
-impl Who {
-    pub(crate) fn of(p: Option<&Principal>) -> Self {
+static NO_CLAIMS: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
+
+impl<'a> Who<'a> {
+    pub(crate) fn of(p: Option<&'a Principal>) -> Self {
         match p {
             Some(p) => Self {
                 owner: crate::gateway::Owner::of(Some(p)),
-                client: p.client_id.clone(),
-                tenant: p.tenant.clone(),
+                client: p.client_id.as_deref(),
+                tenant: p.tenant.as_deref(),
                 scopes: p.scopes.to_vec().into_iter().collect(),
-                claims: p.claims.clone(),
+                claims: &p.claims,
             },
             None => Self {
                 owner: crate::gateway::Owner::of(None),
                 client: None,
                 tenant: None,
                 scopes: BTreeSet::new(),
-                claims: Map::new(),
+                claims: &NO_CLAIMS,
             },
         }
     }
@@ -45,10 +48,10 @@ impl Who {
         Caller {
             issuer: &self.owner.issuer,
             subject: &self.owner.subject,
-            client: self.client.as_deref(),
-            tenant: self.tenant.as_deref(),
+            client: self.client,
+            tenant: self.tenant,
             scopes: &self.scopes,
-            claims: &self.claims,
+            claims: self.claims,
         }
     }
 }
@@ -66,7 +69,7 @@ pub(crate) enum Verdict {
 
 /// Decides every request in the body: any denial refuses the whole request (a batch is
 /// not split), and a scope is asked for only when scopes alone stand in the way.
-pub(crate) fn decide(policies: &Policies, who: &Who, server: &str, peek: &McpPeek) -> Verdict {
+pub(crate) fn decide(policies: &Policies, who: &Who<'_>, server: &str, peek: &McpPeek) -> Verdict {
     let caller = who.caller();
     let mut needed = BTreeSet::new();
     let mut denied: Option<(Vec<String>, Vec<Value>)> = None;
@@ -155,7 +158,7 @@ pub(crate) fn is_filtered_list(method: Option<&str>) -> bool {
 }
 
 /// Removes the entries the caller may not use from a list answer.
-fn filter_message(policies: &Policies, who: &Who, server: &str, method: &str, msg: &mut Value) {
+fn filter_message(policies: &Policies, who: &Who<'_>, server: &str, method: &str, msg: &mut Value) {
     let Some((array, key)) = list_shape(method) else {
         return;
     };
@@ -176,7 +179,7 @@ fn filter_message(policies: &Policies, who: &Who, server: &str, method: &str, ms
 /// Filters a whole list answer, JSON or SSE (one JSON message per `data:` line).
 pub(crate) fn filter_body(
     policies: &Policies,
-    who: &Who,
+    who: &Who<'_>,
     server: &str,
     method: &str,
     sse: bool,
@@ -222,7 +225,7 @@ pub(crate) fn filter_body(
 /// Reads a whole (short) list answer and filters it.
 pub(crate) async fn filter_response(
     policies: &Policies,
-    who: &Who,
+    who: &Who<'_>,
     server: &str,
     method: &str,
     resp: Response,

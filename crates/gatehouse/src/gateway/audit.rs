@@ -1,7 +1,6 @@
 //! The audit log (hash-chained JSON lines) and the audit of requests the guard refuses.
 use axum::body::Body;
 use axum::response::Response;
-use gatehouse_server::sha256_hex;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -39,7 +38,7 @@ pub(crate) async fn audit_refusals(
         metrics::counter!("gatehouse_gateway_requests_total", "server" => s.server.clone(), "decision" => "refused")
             .increment(1);
         if let Some(a) = &s.audit {
-            a.record(serde_json::json!({
+            a.record(&serde_json::json!({
                 "time": time::OffsetDateTime::now_utc()
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default(),
@@ -88,16 +87,38 @@ impl Audit {
         })
     }
 
-    pub(crate) fn record(&self, mut v: serde_json::Value) {
+    /// Appends `record` (a JSON object) with `prev` and `hash` added at its end. The record is
+    /// serialised once; the bytes are those of the object with `prev` (what `hash` covers), then
+    /// `hash` — what [`verify_chain`] recomputes from a parsed line.
+    pub(crate) fn record(&self, record: &impl serde::Serialize) {
+        let mut line = match serde_json::to_vec(record) {
+            Ok(b) if b.len() >= 2 && b.first() == Some(&b'{') && b.last() == Some(&b'}') => b,
+            Ok(_) => {
+                tracing::error!("audit record is not a JSON object; not written");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit record does not serialise; not written");
+                return;
+            }
+        };
+        line.pop();
+        if line.len() > 1 {
+            line.push(b',');
+        }
         let Ok(mut st) = self.state.lock() else {
             return;
         };
-        v["prev"] = st.1.clone().into();
-        let body = v.to_string();
-        let hash = sha256_hex(&body);
-        v["hash"] = hash.clone().into();
-        let line = format!("{v}\n");
-        if let Err(e) = st.0.write_all(line.as_bytes()) {
+        // `prev` and `hash` are hex digests: nothing in them to escape.
+        line.extend_from_slice(b"\"prev\":\"");
+        line.extend_from_slice(st.1.as_bytes());
+        line.extend_from_slice(b"\"}");
+        let hash = gatehouse_core::hex(&<sha2::Sha256 as sha2::Digest>::digest(&line));
+        line.pop();
+        line.extend_from_slice(b",\"hash\":\"");
+        line.extend_from_slice(hash.as_bytes());
+        line.extend_from_slice(b"\"}\n");
+        if let Err(e) = st.0.write_all(&line) {
             tracing::error!(error = %e, "audit log write failed");
             return;
         }
@@ -116,7 +137,7 @@ pub(crate) fn verify_chain(log: &str) -> Option<usize> {
             return Some(i);
         }
         v.as_object_mut()?.remove("hash");
-        let h = sha256_hex(&v.to_string());
+        let h = gatehouse_server::sha256_hex(&v.to_string());
         if h != hash {
             return Some(i);
         }

@@ -120,10 +120,12 @@ pub(crate) struct Proxy {
 
 struct ProxyInner {
     name: String,
-    url: String,
+    /// The upstream's endpoint, parsed once (`None` for a stdio upstream).
+    url: Option<reqwest::Url>,
     headers: Vec<(HeaderName, HeaderValue)>,
     http: reqwest::Client,
     audit: Option<Arc<Audit>>,
+    metrics: ProxyMetrics,
     limits: Option<Arc<RateLimits>>,
     exchange: Option<Exchanger>,
     policy: Arc<gatehouse_policy::Engine>,
@@ -287,7 +289,13 @@ impl Proxy {
         Ok(Self {
             inner: Arc::new(ProxyInner {
                 name: u.name.clone(),
-                url: u.url.clone(),
+                url: match u.command {
+                    Some(_) => None,
+                    None => Some(reqwest::Url::parse(&u.url).map_err(|e| {
+                        format!("gateway.upstreams.{}.url {:?}: {e}", u.name, u.url)
+                    })?),
+                },
+                metrics: ProxyMetrics::new(&u.name),
                 headers,
                 http,
                 audit,
@@ -325,8 +333,9 @@ impl Proxy {
 
     pub(crate) async fn forward(&self, req: http::Request<Body>) -> Response {
         let started = Instant::now();
-        let (parts, body) = req.into_parts();
-        let principal = parts.extensions.get::<Principal>().cloned();
+        let (mut parts, body) = req.into_parts();
+        // Taken, not cloned: nothing after the proxy reads them.
+        let principal = parts.extensions.remove::<Principal>();
         let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
             Ok(b) => b,
             Err(_) => {
@@ -335,8 +344,8 @@ impl Proxy {
         };
         // The guard parsed the body already and left what it found; an anonymous upstream has
         // no guard, so it is parsed here (policies need it either way).
-        let peek = match parts.extensions.get::<McpPeek>() {
-            Some(p) => Some(p.clone()),
+        let peek = match parts.extensions.remove::<McpPeek>() {
+            Some(p) => Some(p),
             None if parts.method == http::Method::POST => {
                 let version = parts
                     .headers
@@ -365,35 +374,27 @@ impl Proxy {
             .unwrap_or_default();
         let who = crate::authz::Who::of(principal.as_ref());
 
-        let audit = |decision: &str, upstream_status: Option<u16>, extra: serde_json::Value| {
-            let server = self.inner.name.clone();
-            metrics::counter!("gatehouse_gateway_requests_total", "server" => server.clone(), "decision" => decision.to_owned())
-                .increment(1);
-            metrics::histogram!("gatehouse_gateway_request_seconds", "server" => server)
-                .record(started.elapsed().as_secs_f64());
+        let audit = |decision: &'static str,
+                     upstream_status: Option<u16>,
+                     extra: serde_json::Value| {
+            self.inner.metrics.record(decision, started.elapsed());
             if let Some(a) = &self.inner.audit {
-                let mut record = serde_json::json!({
-                    "time": time::OffsetDateTime::now_utc()
+                a.record(&CallRecord {
+                    time: time::OffsetDateTime::now_utc()
                         .format(&time::format_description::well_known::Rfc3339)
                         .unwrap_or_default(),
-                    "subject": principal.as_ref().map(|p| p.subject.clone()),
-                    "client": principal.as_ref().and_then(|p| p.client_id.clone()),
-                    "tenant": principal.as_ref().and_then(|p| p.tenant.clone()),
-                    "server": self.inner.name,
-                    "http_method": parts.method.as_str(),
-                    "method": method,
-                    "tool": tool,
-                    "decision": decision,
-                    // Integers only: the chain is checked by re-serialising records, and floats
-                    // do not round-trip byte for byte.
-                    "latency_us": u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                    "upstream_status": upstream_status,
+                    subject: principal.as_ref().map(|p| p.subject.as_str()),
+                    client: principal.as_ref().and_then(|p| p.client_id.as_deref()),
+                    tenant: principal.as_ref().and_then(|p| p.tenant.as_deref()),
+                    server: &self.inner.name,
+                    http_method: parts.method.as_str(),
+                    method: method.as_deref(),
+                    tool: tool.as_deref(),
+                    decision,
+                    latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    upstream_status,
+                    extra: extra.as_object(),
                 });
-                if let (Some(r), serde_json::Value::Object(more)) = (record.as_object_mut(), extra)
-                {
-                    r.extend(more);
-                }
-                a.record(record);
             }
         };
         if let Some(limits) = &self.inner.limits {
@@ -539,12 +540,21 @@ impl Proxy {
             },
         };
         let initialize = method.as_deref() == Some("initialize") && session.is_none();
+        let Some(url) = &self.inner.url else {
+            audit("other", None, serde_json::Value::Null);
+            return jsonrpc_error(
+                StatusCode::BAD_GATEWAY,
+                &serde_json::Value::Null,
+                -32603,
+                "upstream has no URL",
+            );
+        };
         let forwarded = pick(&parts.headers, &FORWARDED);
         let send = |upstream_sid: Option<String>| {
             let mut out = self
                 .inner
                 .http
-                .request(parts.method.clone(), &self.inner.url)
+                .request(parts.method.clone(), url.clone())
                 .headers(forwarded.clone());
             for (k, v) in &creds {
                 out = out.header(k.clone(), v.clone());
@@ -667,6 +677,76 @@ impl Proxy {
         };
         audit("allow", upstream_status, serde_json::Value::Null);
         response
+    }
+}
+
+/// One audit line for a request the proxy handled (never a token or a tool argument).
+#[derive(serde::Serialize)]
+struct CallRecord<'a> {
+    time: String,
+    subject: Option<&'a str>,
+    client: Option<&'a str>,
+    tenant: Option<&'a str>,
+    server: &'a str,
+    http_method: &'a str,
+    method: Option<&'a str>,
+    tool: Option<&'a str>,
+    decision: &'static str,
+    // Integers only: the chain is checked by re-serialising records, and floats do not
+    // round-trip byte for byte.
+    latency_us: u64,
+    upstream_status: Option<u16>,
+    /// What the decision adds (the refusing policies, the scopes needed, the limit hit).
+    #[serde(flatten)]
+    extra: Option<&'a serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The proxy's metrics handles, one per decision, registered on first use (after the recorder
+/// is installed): building labelled names and finding them in the registry cost more than the
+/// increments.
+struct ProxyMetrics {
+    server: String,
+    decisions: [(&'static str, std::sync::OnceLock<metrics::Counter>); 8],
+    latency: std::sync::OnceLock<metrics::Histogram>,
+}
+
+impl ProxyMetrics {
+    fn new(server: &str) -> Self {
+        Self {
+            server: server.to_owned(),
+            decisions: [
+                "allow",
+                "deny",
+                "insufficient_scope",
+                "rate_limited",
+                "credential_refused",
+                "connect_required",
+                "unknown_session",
+                "other",
+            ]
+            .map(|d| (d, std::sync::OnceLock::new())),
+            latency: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn record(&self, decision: &'static str, took: std::time::Duration) {
+        let slot = self
+            .decisions
+            .iter()
+            .find(|(d, _)| *d == decision)
+            .or_else(|| self.decisions.last());
+        if let Some((d, counter)) = slot {
+            counter
+                .get_or_init(|| {
+                    metrics::counter!("gatehouse_gateway_requests_total", "server" => self.server.clone(), "decision" => *d)
+                })
+                .increment(1);
+        }
+        self.latency
+            .get_or_init(|| {
+                metrics::histogram!("gatehouse_gateway_request_seconds", "server" => self.server.clone())
+            })
+            .record(took.as_secs_f64());
     }
 }
 
@@ -803,11 +883,12 @@ impl Proxy {
         s: &UpstreamSession,
         creds: &[(HeaderName, HeaderValue)],
     ) -> Result<String, String> {
+        let url = self.inner.url.clone().ok_or("upstream has no URL")?;
         let request = |body: bytes::Bytes, sid: Option<&str>| {
             let mut out = self
                 .inner
                 .http
-                .post(&self.inner.url)
+                .post(url.clone())
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .header(http::header::ACCEPT, "application/json, text/event-stream");
             if let Some(v) = &s.version {
@@ -954,15 +1035,42 @@ mod tests {
         let p = path.display().to_string();
         let a = Audit::open(&p).expect("open");
         for i in 0..3 {
-            a.record(serde_json::json!({"n": i, "subject": "alice"}));
+            a.record(&serde_json::json!({"n": i, "subject": "alice"}));
         }
+        // The proxy's own record, with text to escape and the decision's extra fields flattened.
+        let extra = serde_json::json!({"policies": ["no \"secrets\"\n"]});
+        a.record(&CallRecord {
+            time: "2026-11-27T00:00:00Z".into(),
+            subject: Some("alice \u{1F600} \\ \""),
+            client: None,
+            tenant: Some("acme"),
+            server: "everything",
+            http_method: "POST",
+            method: Some("tools/call"),
+            tool: Some("echo"),
+            decision: "deny",
+            latency_us: 17,
+            upstream_status: None,
+            extra: extra.as_object(),
+        });
         drop(a);
         // Reopening continues the chain.
         Audit::open(&p)
             .expect("reopen")
-            .record(serde_json::json!({"n": 3}));
+            .record(&serde_json::json!({"n": 3}));
         let log = std::fs::read_to_string(&path).expect("read");
-        assert_eq!(log.lines().count(), 4);
+        assert_eq!(log.lines().count(), 5);
+        let deny: serde_json::Value =
+            serde_json::from_str(log.lines().nth(3).expect("line")).expect("json");
+        assert_eq!(deny["policies"][0], "no \"secrets\"\n");
+        assert_eq!(deny["upstream_status"], serde_json::Value::Null);
+        let keys: Vec<&str> = deny
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys.last(), Some(&"hash"), "hash last, after prev");
         assert_eq!(verify_chain(&log), None);
         let tampered = log.replacen("alice", "mallory", 1);
         assert_eq!(verify_chain(&tampered), Some(0));
