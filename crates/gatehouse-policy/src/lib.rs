@@ -321,8 +321,11 @@ impl Policies {
 
     fn evaluate(&self, caller: &Caller<'_>, ask: &Ask<'_>) -> Result<Decision, String> {
         let (principal, mut entities) = self.principals.entities(caller)?;
+        // Servers, groups and roles are not put in the store: they have no attributes, tags or
+        // parents of their own, so `in` is answered by the principal's and the resource's
+        // ancestors alone, and each entity in the store costs its share of the transitive
+        // closure Cedar computes per request.
         let server = uid("Server", ask.server).ok_or("server id")?;
-        entities.push(Entity::with_uid(server.clone()));
         let action_name = if SERVER_ACTIONS.contains(&ask.method)
             || matches!(
                 ask.method,
@@ -546,8 +549,7 @@ fn principal_entities(caller: &Caller<'_>) -> Result<PrincipalEntities, String> 
         for n in names {
             let id = uid(kind, n).ok_or("group id")?;
             if !parents.contains(&id) {
-                parents.push(id.clone());
-                entities.push(Entity::with_uid(id));
+                parents.push(id);
             }
         }
     }

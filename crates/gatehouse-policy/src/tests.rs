@@ -110,14 +110,19 @@ forbid(principal, action == Action::"tools/call", resource == Tool::"everything/
 when { resource.hasTag("message") && resource.getTag("message") like "*password*" };
 "#;
 
-#[test]
-fn cedar_policies_over_groups_roles_claims_tenant_and_arguments() {
-    let p = Policies::compile(
+/// [`POLICY`] with a scope rule for `add`.
+fn operator_policies() -> Policies {
+    Policies::compile(
         Some(POLICY),
         "policy.cedar",
         &[rule(None, "add", &["mcp:math"])],
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn cedar_policies_over_groups_roles_claims_tenant_and_arguments() {
+    let p = operator_policies();
     let eng = Who::new(
         &["mcp:basic"],
         json!({"sub": "alice", "groups": ["engineering"]}),
@@ -282,12 +287,7 @@ fn reload_replaces_only_with_valid_policies() {
 /// the same subject with other groups, tenant, client or scopes is decided on its own claims.
 #[test]
 fn kept_principals_never_stand_for_another_caller() {
-    let p = Policies::compile(
-        Some(POLICY),
-        "policy.cedar",
-        &[rule(None, "add", &["mcp:math"])],
-    )
-    .unwrap();
+    let p = operator_policies();
     let eng = Who::new(
         &["mcp:basic"],
         json!({"sub": "alice", "groups": ["engineering"]}),
