@@ -471,6 +471,8 @@ type PrincipalEntities = (EntityUid, Vec<Entity>);
 struct PrincipalCache {
     /// By a hash of issuer and subject: the callers with that hash and their entities.
     map: std::sync::Mutex<HashMap<u64, Vec<Kept>>>,
+    /// Keys drawn at random per process, so nobody can line up subjects in one bucket.
+    hasher: std::collections::hash_map::RandomState,
 }
 
 type Kept = (OwnedCaller, Arc<PrincipalEntities>);
@@ -500,10 +502,8 @@ impl OwnedCaller {
 
 impl PrincipalCache {
     fn entities(&self, caller: &Caller<'_>) -> Result<PrincipalEntities, String> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (caller.issuer, caller.subject).hash(&mut h);
-        let key = h.finish();
+        use std::hash::BuildHasher;
+        let key = self.hasher.hash_one((caller.issuer, caller.subject));
         let lock = || self.map.lock().unwrap_or_else(|p| p.into_inner());
         let hit = lock()
             .get(&key)
