@@ -489,14 +489,43 @@ struct OwnedCaller {
     claims: Map<String, Value>,
 }
 
+// Both take `Caller` apart field by field (no `..`): a field added to `Caller` does not
+// compile until it is kept and compared here, so an entry never outlives what it was built from.
 impl OwnedCaller {
+    fn of(c: &Caller<'_>) -> Self {
+        let Caller {
+            issuer,
+            subject,
+            client,
+            tenant,
+            scopes,
+            claims,
+        } = *c;
+        Self {
+            issuer: issuer.to_owned(),
+            subject: subject.to_owned(),
+            client: client.map(str::to_owned),
+            tenant: tenant.map(str::to_owned),
+            scopes: scopes.clone(),
+            claims: claims.clone(),
+        }
+    }
+
     fn is(&self, c: &Caller<'_>) -> bool {
-        self.issuer == c.issuer
-            && self.subject == c.subject
-            && self.client.as_deref() == c.client
-            && self.tenant.as_deref() == c.tenant
-            && &self.scopes == c.scopes
-            && &self.claims == c.claims
+        let Caller {
+            issuer,
+            subject,
+            client,
+            tenant,
+            scopes,
+            claims,
+        } = *c;
+        self.issuer == issuer
+            && self.subject == subject
+            && self.client.as_deref() == client
+            && self.tenant.as_deref() == tenant
+            && &self.scopes == scopes
+            && &self.claims == claims
     }
 }
 
@@ -517,17 +546,9 @@ impl PrincipalCache {
         if map.values().map(Vec::len).sum::<usize>() >= PRINCIPAL_CACHE_MAX {
             map.clear();
         }
-        map.entry(key).or_default().push((
-            OwnedCaller {
-                issuer: caller.issuer.to_owned(),
-                subject: caller.subject.to_owned(),
-                client: caller.client.map(str::to_owned),
-                tenant: caller.tenant.map(str::to_owned),
-                scopes: caller.scopes.clone(),
-                claims: caller.claims.clone(),
-            },
-            Arc::new(built.clone()),
-        ));
+        map.entry(key)
+            .or_default()
+            .push((OwnedCaller::of(caller), Arc::new(built.clone())));
         Ok(built)
     }
 }

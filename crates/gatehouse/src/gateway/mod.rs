@@ -374,9 +374,7 @@ impl Proxy {
             .unwrap_or_default();
         let who = crate::authz::Who::of(principal.as_ref());
 
-        let audit = |decision: &'static str,
-                     upstream_status: Option<u16>,
-                     extra: serde_json::Value| {
+        let audit = |decision: Outcome, upstream_status: Option<u16>, extra: serde_json::Value| {
             self.inner.metrics.record(decision, started.elapsed());
             if let Some(a) = &self.inner.audit {
                 a.record(&CallRecord {
@@ -390,7 +388,7 @@ impl Proxy {
                     http_method: parts.method.as_str(),
                     method: method.as_deref(),
                     tool: tool.as_deref(),
-                    decision,
+                    decision: decision.as_str(),
                     latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                     upstream_status,
                     extra: extra.as_object(),
@@ -405,7 +403,7 @@ impl Proxy {
                 .await
             {
                 audit(
-                    "rate_limited",
+                    Outcome::RateLimited,
                     None,
                     serde_json::json!({"limit": hit.as_str()}),
                 );
@@ -433,7 +431,7 @@ impl Proxy {
                 crate::authz::Verdict::Allow => {}
                 crate::authz::Verdict::NeedScopes(needed) => {
                     audit(
-                        "insufficient_scope",
+                        Outcome::InsufficientScope,
                         None,
                         serde_json::json!({"needs": needed}),
                     );
@@ -444,7 +442,11 @@ impl Proxy {
                     );
                 }
                 crate::authz::Verdict::Deny { policies, ids } => {
-                    audit("deny", None, serde_json::json!({"policies": policies}));
+                    audit(
+                        Outcome::Deny,
+                        None,
+                        serde_json::json!({"policies": policies}),
+                    );
                     return crate::authz::denied_response(&policies, &ids, peek.batch);
                 }
             }
@@ -457,7 +459,7 @@ impl Proxy {
             let (resp, status) = stdio
                 .handle(&parts.method, &parts.headers, principal.as_ref(), &bytes)
                 .await;
-            audit("allow", status, serde_json::Value::Null);
+            audit(Outcome::Allow, status, serde_json::Value::Null);
             return match (list, status) {
                 (Some(m), Some(200)) => {
                     crate::authz::filter_response(&policies, &who, &self.inner.name, m, resp).await
@@ -484,7 +486,7 @@ impl Proxy {
                     }
                 }
                 Err((status, msg)) => {
-                    audit("credential_refused", None, serde_json::Value::Null);
+                    audit(Outcome::CredentialRefused, None, serde_json::Value::Null);
                     return jsonrpc_error(status, &serde_json::Value::Null, SERVER_ERROR, &msg);
                 }
             }
@@ -503,12 +505,12 @@ impl Proxy {
                     }
                 }
                 Err(crate::connect::NoToken::Connect) => {
-                    audit("connect_required", None, serde_json::Value::Null);
+                    audit(Outcome::ConnectRequired, None, serde_json::Value::Null);
                     return crate::connect::elicit_response(c, &who.owner, &self.inner.name, id);
                 }
                 Err(crate::connect::NoToken::Failed(e)) => {
                     tracing::warn!(upstream = %self.inner.name, error = %e, "no upstream credential");
-                    audit("credential_refused", None, serde_json::Value::Null);
+                    audit(Outcome::CredentialRefused, None, serde_json::Value::Null);
                     return jsonrpc_error(
                         StatusCode::BAD_GATEWAY,
                         &id,
@@ -529,7 +531,7 @@ impl Proxy {
             Some(c) => match self.inner.sessions.get(c, &who.owner) {
                 Some(s) => Some(s),
                 None => {
-                    audit("unknown_session", Some(404), serde_json::Value::Null);
+                    audit(Outcome::UnknownSession, Some(404), serde_json::Value::Null);
                     return jsonrpc_error(
                         StatusCode::NOT_FOUND,
                         &serde_json::Value::Null,
@@ -541,7 +543,7 @@ impl Proxy {
         };
         let initialize = method.as_deref() == Some("initialize") && session.is_none();
         let Some(url) = &self.inner.url else {
-            audit("other", None, serde_json::Value::Null);
+            audit(Outcome::Misconfigured, None, serde_json::Value::Null);
             return jsonrpc_error(
                 StatusCode::BAD_GATEWAY,
                 &serde_json::Value::Null,
@@ -592,7 +594,7 @@ impl Proxy {
         {
             // The upstream no longer takes the user's token (revoked, expired): connect again.
             c.forget(&who.owner, &self.inner.name).await;
-            audit("connect_required", Some(401), serde_json::Value::Null);
+            audit(Outcome::ConnectRequired, Some(401), serde_json::Value::Null);
             let id = peek
                 .as_ref()
                 .and_then(|p| p.messages.first())
@@ -675,7 +677,7 @@ impl Proxy {
                 )
             }
         };
-        audit("allow", upstream_status, serde_json::Value::Null);
+        audit(Outcome::Allow, upstream_status, serde_json::Value::Null);
         response
     }
 }
@@ -701,12 +703,53 @@ struct CallRecord<'a> {
     extra: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
-/// The proxy's metrics handles, one per decision, registered on first use (after the recorder
+/// What became of a call: the audit record's `decision` and the metrics' `decision` label.
+#[derive(Clone, Copy)]
+enum Outcome {
+    Allow,
+    Deny,
+    InsufficientScope,
+    RateLimited,
+    CredentialRefused,
+    ConnectRequired,
+    UnknownSession,
+    /// An HTTP upstream without a URL (the configuration check refuses these).
+    Misconfigured,
+}
+
+impl Outcome {
+    const ALL: [Self; 8] = [
+        Self::Allow,
+        Self::Deny,
+        Self::InsufficientScope,
+        Self::RateLimited,
+        Self::CredentialRefused,
+        Self::ConnectRequired,
+        Self::UnknownSession,
+        Self::Misconfigured,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::InsufficientScope => "insufficient_scope",
+            Self::RateLimited => "rate_limited",
+            Self::CredentialRefused => "credential_refused",
+            Self::ConnectRequired => "connect_required",
+            Self::UnknownSession => "unknown_session",
+            Self::Misconfigured => "misconfigured",
+        }
+    }
+}
+
+/// The proxy's metrics handles, one per outcome, registered on first use (after the recorder
 /// is installed): building labelled names and finding them in the registry cost more than the
 /// increments.
 struct ProxyMetrics {
     server: String,
-    decisions: [(&'static str, std::sync::OnceLock<metrics::Counter>); 8],
+    /// Indexed by `Outcome as usize`.
+    outcomes: [std::sync::OnceLock<metrics::Counter>; Outcome::ALL.len()],
     latency: std::sync::OnceLock<metrics::Histogram>,
 }
 
@@ -714,31 +757,16 @@ impl ProxyMetrics {
     fn new(server: &str) -> Self {
         Self {
             server: server.to_owned(),
-            decisions: [
-                "allow",
-                "deny",
-                "insufficient_scope",
-                "rate_limited",
-                "credential_refused",
-                "connect_required",
-                "unknown_session",
-                "other",
-            ]
-            .map(|d| (d, std::sync::OnceLock::new())),
+            outcomes: Default::default(),
             latency: std::sync::OnceLock::new(),
         }
     }
 
-    fn record(&self, decision: &'static str, took: std::time::Duration) {
-        let slot = self
-            .decisions
-            .iter()
-            .find(|(d, _)| *d == decision)
-            .or_else(|| self.decisions.last());
-        if let Some((d, counter)) = slot {
+    fn record(&self, outcome: Outcome, took: std::time::Duration) {
+        if let Some(counter) = self.outcomes.get(outcome as usize) {
             counter
                 .get_or_init(|| {
-                    metrics::counter!("gatehouse_gateway_requests_total", "server" => self.server.clone(), "decision" => *d)
+                    metrics::counter!("gatehouse_gateway_requests_total", "server" => self.server.clone(), "decision" => outcome.as_str())
                 })
                 .increment(1);
         }
