@@ -301,13 +301,16 @@ impl Policies {
         }
     }
 
-    /// Whether a list entry (a tool, prompt or resource `kind` as listed by `server`) is one the
-    /// caller may use: the call it stands for, without arguments, is allowed.
+    /// Whether a list entry (a tool, prompt, resource or resource template as listed by
+    /// `server`) is one the caller may use: the call it stands for, without arguments, is
+    /// allowed. A template stands for reads of the URIs it expands to; it is put to the policies
+    /// as a read of its own text (`file:///{path}`), so a rule over `resource.uri like …` that
+    /// covers the URIs covers their template too. Each read is still decided on its real URI.
     pub fn lists(&self, caller: &Caller<'_>, server: &str, list_method: &str, name: &str) -> bool {
         let method = match list_method {
             "tools/list" => "tools/call",
             "prompts/list" => "prompts/get",
-            "resources/list" => "resources/read",
+            "resources/list" | "resources/templates/list" => "resources/read",
             _ => return true,
         };
         let ask = Ask {

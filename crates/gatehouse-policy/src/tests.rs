@@ -207,6 +207,55 @@ fn cedar_policies_over_groups_roles_claims_tenant_and_arguments() {
 }
 
 #[test]
+fn resource_lists_and_templates_follow_the_read_policies() {
+    let p = Policies::compile(
+        Some(
+            r#"
+@id("reads")
+permit(principal, action, resource);
+@id("no secrets")
+forbid(principal, action == Action::"resources/read", resource in Server::"files")
+when { resource.uri like "secret://*" };
+"#,
+        ),
+        "policy.cedar",
+        &[],
+    )
+    .unwrap();
+    let who = Who::new(&["mcp:basic"], json!({"sub": "alice"}));
+    let read = |uri| Ask {
+        server: "files",
+        method: "resources/read",
+        target: Some(uri),
+        arguments: None,
+    };
+    assert!(matches!(
+        p.decide(&who.caller(), &read("secret://keys")),
+        Decision::Deny { .. }
+    ));
+    assert_eq!(
+        p.decide(&who.caller(), &read("file:///notes")),
+        Decision::Allow
+    );
+    for list in ["resources/list", "resources/templates/list"] {
+        assert!(
+            !p.lists(&who.caller(), "files", list, "secret://keys"),
+            "{list}"
+        );
+        assert!(
+            p.lists(&who.caller(), "files", list, "file:///notes"),
+            "{list}"
+        );
+    }
+    // A template is put to the policies as a read of its own text.
+    let templates = "resources/templates/list";
+    assert!(!p.lists(&who.caller(), "files", templates, "secret://{name}"));
+    assert!(p.lists(&who.caller(), "files", templates, "file:///{path}"));
+    // The rule is bound to its server: another server's template of the same shape is listed.
+    assert!(p.lists(&who.caller(), "other", templates, "secret://{name}"));
+}
+
+#[test]
 fn invalid_policies_are_refused_with_the_reason() {
     // A typo in an attribute, an unknown entity type, an unguarded tag, a syntax error.
     for (bad, needle) in [

@@ -149,6 +149,7 @@ fn list_shape(method: &str) -> Option<(&'static str, &'static str)> {
         "tools/list" => Some(("tools", "name")),
         "prompts/list" => Some(("prompts", "name")),
         "resources/list" => Some(("resources", "uri")),
+        "resources/templates/list" => Some(("resourceTemplates", "uriTemplate")),
         _ => None,
     }
 }
@@ -294,5 +295,42 @@ mod tests {
         let out = filter_body(&p, &basic, "s", "tools/list", true, sse.as_bytes());
         assert!(String::from_utf8_lossy(&out).starts_with("event: message\r\nid: 1\r\ndata: "));
         assert_eq!(names(&out, true), ["echo"]);
+    }
+
+    #[test]
+    fn resource_templates_list_filtered_by_policy() {
+        let p = Policies::compile(
+            Some(
+                r#"
+@id("all")
+permit(principal, action, resource);
+@id("no secrets")
+forbid(principal, action == Action::"resources/read", resource)
+when { resource.uri like "secret://*" };
+"#,
+            ),
+            "t",
+            &[],
+        )
+        .expect("policies");
+        let who = Who::of(None);
+        let msg = r#"{"jsonrpc":"2.0","id":3,"result":{"resourceTemplates":[{"uriTemplate":"secret://{name}","name":"secrets"},{"uriTemplate":"file:///{path}","name":"files"},{"name":"no template"}]}}"#;
+        let out = filter_body(
+            &p,
+            &who,
+            "s",
+            "resources/templates/list",
+            false,
+            msg.as_bytes(),
+        );
+        let v: Value = serde_json::from_slice(&out).expect("json");
+        let kept: Vec<&str> = v["result"]["resourceTemplates"]
+            .as_array()
+            .expect("templates")
+            .iter()
+            .map(|t| t["name"].as_str().expect("name"))
+            .collect();
+        // An entry without a template cannot be put to the policies: it is left out.
+        assert_eq!(kept, ["files"]);
     }
 }
