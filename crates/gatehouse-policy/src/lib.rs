@@ -287,9 +287,23 @@ impl Policies {
         &self.origin
     }
 
-    /// The decision for one request.
+    /// The decision for one request. Decisions are kept per exact caller and exact request
+    /// (server, method, target, arguments) for the life of this set: nothing else goes into
+    /// one (the Cedar context is empty), and the same agent repeats the same calls, and every
+    /// list answer asks once per entry.
     pub fn decide(&self, caller: &Caller<'_>, ask: &Ask<'_>) -> Decision {
-        match self.evaluate(caller, ask) {
+        let decided = self.principals.get(caller).and_then(|kept| {
+            let keep = ask_fits(ask);
+            if keep && let Some(d) = kept.decided(&self.principals.hasher, ask) {
+                return Ok(d);
+            }
+            let d = self.evaluate(caller, ask)?;
+            if keep {
+                self.principals.keep(&kept, ask, &d);
+            }
+            Ok(d)
+        });
+        match decided {
             Ok(d) => d,
             Err(e) => {
                 // Fail closed: a request that cannot be put to the engine is refused.
@@ -323,7 +337,8 @@ impl Policies {
     }
 
     fn evaluate(&self, caller: &Caller<'_>, ask: &Ask<'_>) -> Result<Decision, String> {
-        let (principal, mut entities) = self.principals.entities(caller)?;
+        let kept = self.principals.get(caller)?;
+        let (principal, mut entities) = kept.entities.clone();
         // Servers, groups and roles are not put in the store: they have no attributes, tags or
         // parents of their own, so `in` is answered by the principal's and the resource's
         // ancestors alone, and each entity in the store costs its share of the transitive
@@ -467,18 +482,121 @@ fn strings(v: Option<&Value>) -> Vec<String> {
 /// The principal and its group and role entities.
 type PrincipalEntities = (EntityUid, Vec<Entity>);
 
-/// Entities built for a caller, found again only for a caller equal in every field (issuer,
-/// subject, client, tenant, scopes and every claim), so a cached entry never stands for
-/// another caller or another token's claims.
+/// What is kept for one caller: its entities and its recent decisions.
+struct KeptCaller {
+    entities: PrincipalEntities,
+    /// By a hash of server, method and target: the requests with that hash and their decisions.
+    decisions: std::sync::Mutex<HashMap<u64, Vec<(OwnedAsk, Decision)>>>,
+}
+
+impl KeptCaller {
+    fn decided(
+        &self,
+        hasher: &std::collections::hash_map::RandomState,
+        ask: &Ask<'_>,
+    ) -> Option<Decision> {
+        use std::hash::BuildHasher;
+        let key = hasher.hash_one((ask.server, ask.method, ask.target));
+        self.decisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)?
+            .iter()
+            .find(|(a, _)| a.is(ask))
+            .map(|(_, d)| d.clone())
+    }
+}
+
+/// A request as kept with its decision, compared field by field.
+struct OwnedAsk {
+    server: String,
+    method: String,
+    target: Option<String>,
+    arguments: Option<Map<String, Value>>,
+}
+
+impl OwnedAsk {
+    fn of(a: &Ask<'_>) -> Self {
+        let Ask {
+            server,
+            method,
+            target,
+            arguments,
+        } = *a;
+        Self {
+            server: server.to_owned(),
+            method: method.to_owned(),
+            target: target.map(str::to_owned),
+            arguments: arguments.cloned(),
+        }
+    }
+
+    fn is(&self, a: &Ask<'_>) -> bool {
+        let Ask {
+            server,
+            method,
+            target,
+            arguments,
+        } = *a;
+        self.server == server
+            && self.method == method
+            && self.target.as_deref() == target
+            && self.arguments.as_ref() == arguments
+    }
+}
+
+/// Requests larger than this (target and arguments, roughly as JSON) are decided every time:
+/// keeping them would let a caller fill memory with one-off arguments.
+const KEPT_ASK_MAX_BYTES: usize = 1024;
+/// Decisions kept over all callers; past it, everything kept is let go.
+const KEPT_DECISIONS_MAX: usize = 16 * 1024;
+
+fn ask_fits(ask: &Ask<'_>) -> bool {
+    fn size(v: &Value, budget: usize) -> Option<usize> {
+        let n = match v {
+            Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+            Value::String(s) => s.len() + 2,
+            Value::Array(a) => a.iter().try_fold(2usize, |n, v| {
+                size(v, budget.checked_sub(n)?).map(|m| n + m)
+            })?,
+            Value::Object(o) => o.iter().try_fold(2usize, |n, (k, v)| {
+                let n = n + k.len() + 3;
+                size(v, budget.checked_sub(n)?).map(|m| n + m)
+            })?,
+        };
+        (n <= budget).then_some(n)
+    }
+    let head = ask.server.len() + ask.method.len() + ask.target.map_or(0, str::len);
+    let Some(budget) = KEPT_ASK_MAX_BYTES.checked_sub(head) else {
+        return false;
+    };
+    match ask.arguments {
+        None => true,
+        Some(args) => args
+            .iter()
+            .try_fold(2usize, |n, (k, v)| {
+                let n = n + k.len() + 3;
+                size(v, budget.checked_sub(n)?).map(|m| n + m)
+            })
+            .is_some_and(|n| n <= budget),
+    }
+}
+
+/// Entities built for a caller and the caller's decisions, found again only for a caller equal
+/// in every field (issuer, subject, client, tenant, scopes and every claim), so a cached entry
+/// never stands for another caller or another token's claims; a decision is found again only
+/// for a request equal in every field.
 #[derive(Default)]
 struct PrincipalCache {
-    /// By a hash of issuer and subject: the callers with that hash and their entities.
+    /// By a hash of issuer and subject: the callers with that hash and what is kept for them.
     map: std::sync::Mutex<HashMap<u64, Vec<Kept>>>,
+    /// Decisions kept over all callers (bounded by [`KEPT_DECISIONS_MAX`]).
+    decisions: std::sync::atomic::AtomicUsize,
     /// Keys drawn at random per process, so nobody can line up subjects in one bucket.
     hasher: std::collections::hash_map::RandomState,
 }
 
-type Kept = (OwnedCaller, Arc<PrincipalEntities>);
+type Kept = (OwnedCaller, Arc<KeptCaller>);
 
 /// Callers remembered at most; the cache starts afresh when full.
 const PRINCIPAL_CACHE_MAX: usize = 1024;
@@ -533,26 +651,69 @@ impl OwnedCaller {
 }
 
 impl PrincipalCache {
-    fn entities(&self, caller: &Caller<'_>) -> Result<PrincipalEntities, String> {
+    fn get(&self, caller: &Caller<'_>) -> Result<Arc<KeptCaller>, String> {
         use std::hash::BuildHasher;
         let key = self.hasher.hash_one((caller.issuer, caller.subject));
         let lock = || self.map.lock().unwrap_or_else(|p| p.into_inner());
         let hit = lock()
             .get(&key)
             .and_then(|v| v.iter().find(|(c, _)| c.is(caller)))
-            .map(|(_, e)| e.clone());
-        if let Some(e) = hit {
-            return Ok((e.0.clone(), e.1.clone()));
+            .map(|(_, k)| k.clone());
+        if let Some(k) = hit {
+            return Ok(k);
         }
-        let built = principal_entities(caller)?;
+        let kept = Arc::new(KeptCaller {
+            entities: principal_entities(caller)?,
+            decisions: Default::default(),
+        });
         let mut map = lock();
         if map.values().map(Vec::len).sum::<usize>() >= PRINCIPAL_CACHE_MAX {
             map.clear();
+            self.decisions
+                .store(0, std::sync::atomic::Ordering::Relaxed);
         }
         map.entry(key)
             .or_default()
-            .push((OwnedCaller::of(caller), Arc::new(built.clone())));
-        Ok(built)
+            .push((OwnedCaller::of(caller), kept.clone()));
+        Ok(kept)
+    }
+
+    /// Keeps `decision` for `ask` with `kept`'s caller.
+    fn keep(&self, kept: &KeptCaller, ask: &Ask<'_>, decision: &Decision) {
+        use std::hash::BuildHasher;
+        use std::sync::atomic::Ordering;
+        if self.decisions.fetch_add(1, Ordering::Relaxed) >= KEPT_DECISIONS_MAX {
+            // Let go of every caller (and so every decision): in-flight requests may still add
+            // to a caller let go, which is dropped with them.
+            self.map.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            self.decisions.store(0, Ordering::Relaxed);
+            return;
+        }
+        let key = self.hasher.hash_one((ask.server, ask.method, ask.target));
+        let mut decisions = kept.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = decisions.entry(key).or_default();
+        if !bucket.iter().any(|(a, _)| a.is(ask)) {
+            bucket.push((OwnedAsk::of(ask), decision.clone()));
+        }
+    }
+
+    /// How many decisions are kept (for tests).
+    #[cfg(test)]
+    fn kept_decisions(&self) -> usize {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .flatten()
+            .map(|(_, k)| {
+                k.decisions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .map(Vec::len)
+                    .sum::<usize>()
+            })
+            .sum()
     }
 }
 

@@ -396,3 +396,66 @@ fn kept_principals_never_stand_for_another_caller() {
         ));
     }
 }
+
+#[test]
+fn kept_decisions_answer_only_the_same_request() {
+    let p = operator_policies();
+    let eng = Who::new(
+        &["mcp:basic"],
+        json!({"sub": "alice", "groups": ["engineering"]}),
+    );
+    let args = |m: &str| json!({"message": m}).as_object().cloned().unwrap();
+    let (hello, secret) = (args("hello"), args("my password"));
+    for round in 0..2 {
+        assert_eq!(
+            p.decide(&eng.caller(), &call("everything", "echo", Some(&hello))),
+            Decision::Allow
+        );
+        // The same tool with other arguments is decided on its own.
+        assert_eq!(
+            p.decide(&eng.caller(), &call("everything", "echo", Some(&secret))),
+            Decision::Deny {
+                policies: vec!["echo no secrets".into()]
+            }
+        );
+        // The same name on another server, or as another method, likewise.
+        assert!(matches!(
+            p.decide(&eng.caller(), &call("ledger", "echo", Some(&hello))),
+            Decision::Deny { .. }
+        ));
+        let prompt = Ask {
+            method: "prompts/get",
+            ..call("everything", "echo", Some(&hello))
+        };
+        assert_eq!(p.decide(&eng.caller(), &prompt), Decision::Allow);
+        if round == 0 {
+            assert_eq!(p.principals.kept_decisions(), 4);
+        }
+    }
+    assert_eq!(
+        p.principals.kept_decisions(),
+        4,
+        "found again, not kept twice"
+    );
+    // Large arguments are decided every time, never kept.
+    let big = args(&"x".repeat(KEPT_ASK_MAX_BYTES));
+    for _ in 0..2 {
+        assert_eq!(
+            p.decide(&eng.caller(), &call("everything", "echo", Some(&big))),
+            Decision::Allow
+        );
+    }
+    let big_secret = args(&format!("{} password", "x".repeat(KEPT_ASK_MAX_BYTES)));
+    assert!(matches!(
+        p.decide(
+            &eng.caller(),
+            &call("everything", "echo", Some(&big_secret))
+        ),
+        Decision::Deny { .. }
+    ));
+    assert_eq!(p.principals.kept_decisions(), 4);
+    // Nested arguments count whole.
+    let nested = json!({"a": {"b": ["y".repeat(KEPT_ASK_MAX_BYTES)]}});
+    assert!(!ask_fits(&call("everything", "echo", nested.as_object())));
+    assert!(ask_fits(&call("everything", "echo", Some(&hello))));
+}
