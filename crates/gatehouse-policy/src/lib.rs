@@ -297,7 +297,7 @@ impl Policies {
             if keep && let Some(d) = kept.decided(&self.principals.hasher, ask) {
                 return Ok(d);
             }
-            let d = self.evaluate(caller, ask)?;
+            let d = self.evaluate(&kept, caller, ask)?;
             if keep {
                 self.principals.keep(&kept, ask, &d);
             }
@@ -336,8 +336,13 @@ impl Policies {
         matches!(self.decide(caller, &ask), Decision::Allow)
     }
 
-    fn evaluate(&self, caller: &Caller<'_>, ask: &Ask<'_>) -> Result<Decision, String> {
-        let kept = self.principals.get(caller)?;
+    /// The decision for `ask` by `caller`, whose entities are `kept`.
+    fn evaluate(
+        &self,
+        kept: &KeptCaller,
+        caller: &Caller<'_>,
+        ask: &Ask<'_>,
+    ) -> Result<Decision, String> {
         let (principal, mut entities) = kept.entities.clone();
         // Servers, groups and roles are not put in the store: they have no attributes, tags or
         // parents of their own, so `in` is answered by the principal's and the resource's
@@ -446,7 +451,11 @@ impl Policies {
                 scopes: &more,
                 ..*caller
             };
-            if let Ok(Decision::Allow) = self.evaluate(&with, ask) {
+            if let Ok(Decision::Allow) = self
+                .principals
+                .get(&with)
+                .and_then(|kept| self.evaluate(&kept, &with, ask))
+            {
                 return Ok(Decision::NeedScopes(needed));
             }
         }
