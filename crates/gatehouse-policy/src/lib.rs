@@ -293,13 +293,20 @@ impl Policies {
     /// list answer asks once per entry.
     pub fn decide(&self, caller: &Caller<'_>, ask: &Ask<'_>) -> Decision {
         let decided = self.principals.get(caller).and_then(|kept| {
-            let keep = ask_fits(ask);
-            if keep && let Some(d) = kept.decided(&self.principals.hasher, ask) {
+            let key = ask_fits(ask).then(|| {
+                use std::hash::BuildHasher;
+                self.principals
+                    .hasher
+                    .hash_one((ask.server, ask.method, ask.target))
+            });
+            if let Some(key) = key
+                && let Some(d) = kept.decided(key, ask)
+            {
                 return Ok(d);
             }
             let d = self.evaluate(&kept, caller, ask)?;
-            if keep {
-                self.principals.keep(&kept, ask, &d);
+            if let Some(key) = key {
+                self.principals.keep(&kept, key, ask, &d);
             }
             Ok(d)
         });
@@ -499,13 +506,8 @@ struct KeptCaller {
 }
 
 impl KeptCaller {
-    fn decided(
-        &self,
-        hasher: &std::collections::hash_map::RandomState,
-        ask: &Ask<'_>,
-    ) -> Option<Decision> {
-        use std::hash::BuildHasher;
-        let key = hasher.hash_one((ask.server, ask.method, ask.target));
+    /// The decision kept for `ask` (whose server, method and target hash to `key`).
+    fn decided(&self, key: u64, ask: &Ask<'_>) -> Option<Decision> {
         self.decisions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -561,6 +563,7 @@ const KEPT_ASK_MAX_BYTES: usize = 1024;
 const KEPT_DECISIONS_MAX: usize = 16 * 1024;
 
 fn ask_fits(ask: &Ask<'_>) -> bool {
+    /// The size of `v` as JSON, about, if it is at most `budget`.
     fn size(v: &Value, budget: usize) -> Option<usize> {
         let n = match v {
             Value::Null | Value::Bool(_) | Value::Number(_) => 8,
@@ -568,27 +571,21 @@ fn ask_fits(ask: &Ask<'_>) -> bool {
             Value::Array(a) => a.iter().try_fold(2usize, |n, v| {
                 size(v, budget.checked_sub(n)?).map(|m| n + m)
             })?,
-            Value::Object(o) => o.iter().try_fold(2usize, |n, (k, v)| {
-                let n = n + k.len() + 3;
-                size(v, budget.checked_sub(n)?).map(|m| n + m)
-            })?,
+            Value::Object(o) => object_size(o, budget)?,
         };
         (n <= budget).then_some(n)
     }
-    let head = ask.server.len() + ask.method.len() + ask.target.map_or(0, str::len);
-    let Some(budget) = KEPT_ASK_MAX_BYTES.checked_sub(head) else {
-        return false;
-    };
-    match ask.arguments {
-        None => true,
-        Some(args) => args
-            .iter()
-            .try_fold(2usize, |n, (k, v)| {
-                let n = n + k.len() + 3;
-                size(v, budget.checked_sub(n)?).map(|m| n + m)
-            })
-            .is_some_and(|n| n <= budget),
+    fn object_size(o: &Map<String, Value>, budget: usize) -> Option<usize> {
+        o.iter().try_fold(2usize, |n, (k, v)| {
+            let n = n + k.len() + 3;
+            size(v, budget.checked_sub(n)?).map(|m| n + m)
+        })
     }
+    let head = ask.server.len() + ask.method.len() + ask.target.map_or(0, str::len);
+    KEPT_ASK_MAX_BYTES.checked_sub(head).is_some_and(|budget| {
+        ask.arguments
+            .is_none_or(|a| object_size(a, budget).is_some_and(|n| n <= budget))
+    })
 }
 
 /// Entities built for a caller and the caller's decisions, found again only for a caller equal
@@ -688,8 +685,7 @@ impl PrincipalCache {
     }
 
     /// Keeps `decision` for `ask` with `kept`'s caller.
-    fn keep(&self, kept: &KeptCaller, ask: &Ask<'_>, decision: &Decision) {
-        use std::hash::BuildHasher;
+    fn keep(&self, kept: &KeptCaller, key: u64, ask: &Ask<'_>, decision: &Decision) {
         use std::sync::atomic::Ordering;
         if self.decisions.fetch_add(1, Ordering::Relaxed) >= KEPT_DECISIONS_MAX {
             // Let go of every caller (and so every decision): in-flight requests may still add
@@ -698,7 +694,6 @@ impl PrincipalCache {
             self.decisions.store(0, Ordering::Relaxed);
             return;
         }
-        let key = self.hasher.hash_one((ask.server, ask.method, ask.target));
         let mut decisions = kept.decisions.lock().unwrap_or_else(|p| p.into_inner());
         let bucket = decisions.entry(key).or_default();
         if !bucket.iter().any(|(a, _)| a.is(ask)) {
