@@ -613,6 +613,10 @@ forbid(principal, action == Action::"tools/call", resource == Tool::"everything/
 @id("echo no secrets")
 forbid(principal, action == Action::"tools/call", resource == Tool::"everything/echo")
 when { resource.hasTag("message") && resource.getTag("message") like "*secret*" };
+
+@id("no dynamic blobs")
+forbid(principal, action == Action::"resources/read", resource in Server::"everything")
+when { resource.uri like "demo://resource/dynamic/blob/*" };
 "#;
 
 /// Cedar policies through the gateway, against the real server-everything (HTTP) and
@@ -666,6 +670,37 @@ async fn gw08_gw13_gw14_cedar_policies_hot_reload_per_tool_limits_stdio_cap_and_
         .collect();
     assert!(tools.contains(&"echo".to_owned()), "{tools:?}");
     assert!(!tools.contains(&"get-env".to_owned()), "{tools:?}");
+    // Resource templates too: the rule over blob URIs hides their template, and a read of a
+    // blob is refused while a text resource of the other template reads.
+    let templates: Vec<String> = client
+        .list_all_resource_templates()
+        .await
+        .expect("resources/templates/list")
+        .into_iter()
+        .map(|t| t.uri_template.clone())
+        .collect();
+    assert!(
+        templates.contains(&"demo://resource/dynamic/text/{resourceId}".to_owned()),
+        "{templates:?}"
+    );
+    assert!(
+        !templates.iter().any(|t| t.contains("/blob/")),
+        "{templates:?}"
+    );
+    let read = |uri: &str| {
+        client.read_resource(rmcp::model::ReadResourceRequestParams::new(uri.to_owned()))
+    };
+    assert!(
+        !read("demo://resource/dynamic/text/1")
+            .await
+            .expect("text read")
+            .contents
+            .is_empty()
+    );
+    let err = read("demo://resource/dynamic/blob/1")
+        .await
+        .expect_err("blob read refused");
+    assert!(format!("{err:?}").contains("no dynamic blobs"), "{err:?}");
     // A rule over an argument: the JSON-RPC error names the policy (no scope would help).
     let call = |id: u32, message: &str| json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": message}}});
     let r = post(
