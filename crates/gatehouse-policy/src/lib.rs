@@ -432,6 +432,8 @@ impl Policies {
         // request are built here to the schema's shapes: checking them again on every request
         // would cost a third of the decision.
         let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
+        // Only the caller and the ask may go into a decision: `decide` keeps decisions keyed on
+        // those alone, so a context from anything else (time, address) would need its key too.
         let request = Request::new(principal, action, resource, Context::empty(), None)
             .map_err(|e| e.to_string())?;
         let response = self
