@@ -20,6 +20,8 @@ pub enum OAuthErrorCode {
     InsufficientScope,
     InvalidClientMetadata,
     InvalidRedirectUri,
+    /// RFC 7591 §3.2.2: a software statement this server does not accept.
+    UnapprovedSoftwareStatement,
 }
 
 impl OAuthErrorCode {
@@ -40,6 +42,7 @@ impl OAuthErrorCode {
             Self::InsufficientScope => "insufficient_scope",
             Self::InvalidClientMetadata => "invalid_client_metadata",
             Self::InvalidRedirectUri => "invalid_redirect_uri",
+            Self::UnapprovedSoftwareStatement => "unapproved_software_statement",
         }
     }
 
@@ -60,6 +63,7 @@ impl OAuthErrorCode {
             "insufficient_scope" => Self::InsufficientScope,
             "invalid_client_metadata" => Self::InvalidClientMetadata,
             "invalid_redirect_uri" => Self::InvalidRedirectUri,
+            "unapproved_software_statement" => Self::UnapprovedSoftwareStatement,
             _ => return None,
         })
     }

@@ -12,6 +12,7 @@ pub mod pkce;
 pub mod redirect;
 pub mod scope;
 pub mod secret;
+pub mod text;
 pub mod url;
 
 pub use challenge::{BearerChallenge, BearerError, Challenge};

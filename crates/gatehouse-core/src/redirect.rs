@@ -56,8 +56,14 @@ impl RedirectUri {
             "http" => return Err(bad("http is allowed only for loopback redirect URIs")),
             _ => return Err(bad("scheme must be https, or http on loopback")),
         }
-        if parsed.host().is_none() {
-            return Err(bad("no host"));
+        match parsed.host() {
+            None => return Err(bad("no host")),
+            // `app.example.com.` resolves like `app.example.com` but reads as another name on a
+            // consent screen (issue 14, row 15).
+            Some(url::Host::Domain(d)) if d.ends_with('.') => {
+                return Err(bad("host must not end with a dot"));
+            }
+            Some(_) => {}
         }
         Ok(Self {
             raw: s.to_owned(),

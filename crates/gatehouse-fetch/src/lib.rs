@@ -337,12 +337,19 @@ impl Fetcher {
 
     /// GET with `Accept: application/json`.
     pub async fn get(&self, url: &str) -> Result<Fetched, FetchError> {
+        self.get_capped(url, self.policy.max_body_bytes).await
+    }
+
+    /// [`Fetcher::get`] with a smaller body cap for this one document (at most the policy's):
+    /// reading stops as soon as the cap is passed, so a large answer costs no more than `limit`.
+    pub async fn get_capped(&self, url: &str, limit: usize) -> Result<Fetched, FetchError> {
         let u = self.check(url)?;
         let req = self
             .client
             .get(u)
             .header(reqwest::header::ACCEPT, "application/json");
-        self.send(url, req).await
+        self.send(url, req, limit.min(self.policy.max_body_bytes))
+            .await
     }
 
     /// GET and decode JSON.
@@ -373,10 +380,15 @@ impl Fetcher {
                 |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             req = req.basic_auth(enc(id), Some(enc(secret)));
         }
-        self.send(url, req).await
+        self.send(url, req, self.policy.max_body_bytes).await
     }
 
-    async fn send(&self, url: &str, req: reqwest::RequestBuilder) -> Result<Fetched, FetchError> {
+    async fn send(
+        &self,
+        url: &str,
+        req: reqwest::RequestBuilder,
+        limit: usize,
+    ) -> Result<Fetched, FetchError> {
         let mut resp = req.send().await.map_err(|e| self.map_err(url, &e))?;
         let status = resp.status();
         if status.is_redirection() {
@@ -391,7 +403,6 @@ impl Fetcher {
                 status: status.as_u16(),
             });
         }
-        let limit = self.policy.max_body_bytes;
         let too_large = || FetchError::TooLarge {
             url: url.to_owned(),
             limit,

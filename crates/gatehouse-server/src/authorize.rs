@@ -5,11 +5,11 @@
 //! to the client with `state` and `iss`. A validated request becomes a *pending* authorization
 //! bound to this browser (a cookie whose hash is stored with it) and to a CSRF token; login and
 //! consent are accepted only from the same browser with the same token, once (T1, T5).
-use crate::pages::{ConsentPage, LoginPage, error_page, page};
+use crate::pages::{ClientErrorPage, ConsentPage, LoginPage, error_page, page};
 use crate::secrets::{dummy_hash, random_id, random_token, sha256_hex, verify_password};
 use crate::{AuthServer, OAuthError};
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use gatehouse_core::{OAuthErrorCode, PkceChallenge, RedirectUri, ScopeSet};
@@ -23,6 +23,8 @@ use std::collections::HashMap;
 use subtle::ConstantTimeEq;
 
 const PENDING_TTL: i64 = 600;
+/// Redirect URIs remembered per consent (native clients pick a new loopback port per login).
+const MAX_REMEMBERED_REDIRECTS: usize = 8;
 
 /// A signed-in browser.
 pub(crate) struct Session {
@@ -95,15 +97,48 @@ impl AuthServer {
         Ok(u.to_string())
     }
 
-    fn error_redirect(&self, p: &Pending, code: OAuthErrorCode, description: &str) -> Response {
-        match self.client_redirect(
+    /// An error before the user has seen any page of ours. Only an operator-registered client's
+    /// redirect URI is trusted enough to be sent there automatically; a self-registered (DCR or
+    /// metadata-document) client gets a page naming it, with a link back the user may follow
+    /// (RFC 9700 §4.11.2, AS-11, T18).
+    fn error_redirect(
+        &self,
+        p: &Pending,
+        client: &ClientRecord,
+        code: OAuthErrorCode,
+        description: &str,
+    ) -> Response {
+        let url = match self.client_redirect(
             &p.redirect_uri,
             &[("error", code.as_str()), ("error_description", description)],
             p.state.as_deref(),
         ) {
-            Ok(u) => Redirect::to(&u).into_response(),
-            Err(e) => e.into_response(),
+            Ok(u) => u,
+            Err(e) => return e.into_response(),
+        };
+        if client.source == ClientSource::Preregistered {
+            return Redirect::to(&url).into_response();
         }
+        let (identity, _) = client_identity(client);
+        let name = client
+            .client_name
+            .clone()
+            .unwrap_or_else(|| client.client_id.clone());
+        let host = url::Url::parse(&p.redirect_uri)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default();
+        page(
+            StatusCode::BAD_REQUEST,
+            ClientErrorPage {
+                client_name: &name,
+                identity: &identity,
+                message: &format!("{code}: {description}"),
+                return_url: &url,
+                return_host: &host,
+            }
+            .render(),
+            None,
+        )
     }
 
     fn describe_scopes(&self, scope: &str) -> Vec<(String, String)> {
@@ -132,25 +167,7 @@ impl AuthServer {
         pending_id: &str,
         csrf: &str,
     ) -> Response {
-        let (identity, verified) = match client.source {
-            ClientSource::MetadataDocument => (
-                format!(
-                    "verified by its domain {}",
-                    url::Url::parse(&client.client_id)
-                        .ok()
-                        .and_then(|u| u.host_str().map(str::to_owned))
-                        .unwrap_or_default()
-                ),
-                true,
-            ),
-            ClientSource::Preregistered => {
-                ("registered by the operator of this server".to_owned(), true)
-            }
-            ClientSource::Dynamic => (
-                "unverified: this application registered itself".to_owned(),
-                false,
-            ),
-        };
+        let (identity, verified) = client_identity(client);
         let loopback = url::Url::parse(&p.redirect_uri)
             .is_ok_and(|u| gatehouse_core::url::is_loopback_host(&u));
         let resource_host = url::Url::parse(&p.resource)
@@ -281,22 +298,10 @@ impl AuthServer {
         }
         tracing::info!(subject = %session.subject, "signed in");
         let jar = jar.add(self.cookie("gh_session", sid, ttl));
-        let remembered = self
-            .inner
-            .store
-            .get_consent(&session.subject, &client.client_id)
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|c| {
-                ScopeSet::parse(&c.scope)
-                    .unwrap_or_default()
-                    .is_superset(&ScopeSet::parse(&p.scope).unwrap_or_default())
-            });
-        if remembered {
+        if self.consented(&session.subject, p).await {
             if let Ok(true) = self.inner.store.take_pending(&sha256_hex(pending_id)).await {
                 let r = self
-                    .issue_code(p, &session, true)
+                    .issue_code(p, client, &session, true)
                     .await
                     .unwrap_or_else(IntoResponse::into_response);
                 return (jar, r).into_response();
@@ -313,13 +318,37 @@ impl AuthServer {
             .into_response()
     }
 
+    /// T20: a remembered consent covers a request only if it is this user's, for this client
+    /// and this resource, covers every scope asked for, and the code goes to a redirect URI that
+    /// consent already sent codes to (a loopback redirect on a new port is a new decision).
+    async fn consented(&self, subject: &str, p: &Pending) -> bool {
+        let Ok(Some(c)) = self
+            .inner
+            .store
+            .get_consent(subject, &p.client_id, &p.resource)
+            .await
+        else {
+            return false;
+        };
+        ScopeSet::parse(&c.scope)
+            .unwrap_or_default()
+            .is_superset(&ScopeSet::parse(&p.scope).unwrap_or_default())
+            && c.redirect_uris.contains(&p.redirect_uri)
+    }
+
     /// Creates the grant and code and redirects to the client.
     async fn issue_code(
         &self,
         p: &Pending,
+        client: &ClientRecord,
         session: &Session,
         status_see_other: bool,
     ) -> Result<Response, OAuthError> {
+        // A metadata-document client gets its row only once it holds a grant (issue 14, row
+        // 16): naming new document URLs adds nothing permanent.
+        if client.source == ClientSource::MetadataDocument {
+            self.inner.store.upsert_client(client).await?;
+        }
         let (subject, auth_time) = (session.subject.as_str(), session.auth_time);
         let now = self.inner.clock.now_unix();
         let code = random_token();
@@ -408,6 +437,29 @@ impl AuthServer {
             }
         };
         Ok((p, client))
+    }
+}
+
+/// Who a client is, as the pages say it, and whether that is vouched for (AS-14).
+fn client_identity(client: &ClientRecord) -> (String, bool) {
+    match client.source {
+        ClientSource::MetadataDocument => (
+            format!(
+                "verified by its domain {}",
+                url::Url::parse(&client.client_id)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_owned))
+                    .unwrap_or_default()
+            ),
+            true,
+        ),
+        ClientSource::Preregistered => {
+            ("registered by the operator of this server".to_owned(), true)
+        }
+        ClientSource::Dynamic => (
+            "unverified: this application registered itself".to_owned(),
+            false,
+        ),
     }
 }
 
@@ -500,6 +552,7 @@ pub(crate) async fn authorize(
     if get("response_type") != Some("code") {
         return s.error_redirect(
             &p,
+            &client,
             OAuthErrorCode::UnsupportedResponseType,
             "response_type must be code",
         );
@@ -507,6 +560,7 @@ pub(crate) async fn authorize(
     if !client.grant_types.iter().any(|g| g == "authorization_code") {
         return s.error_redirect(
             &p,
+            &client,
             OAuthErrorCode::UnauthorizedClient,
             "client may not use the authorization code grant",
         );
@@ -516,17 +570,21 @@ pub(crate) async fn authorize(
         get("code_challenge_method"),
     ) {
         Ok(c) => p.code_challenge = c.as_str().to_owned(),
-        Err(e) => return s.error_redirect(&p, OAuthErrorCode::InvalidRequest, &e.to_string()),
+        Err(e) => {
+            return s.error_redirect(&p, &client, OAuthErrorCode::InvalidRequest, &e.to_string());
+        }
     }
     let res = match s.resolve_resource(get("resource")) {
         Ok(r) => r.clone(),
-        Err(e) => return s.error_redirect(&p, e.code, &e.description),
+        Err(e) => return s.error_redirect(&p, &client, e.code, &e.description),
     };
     p.resource = res.resource.as_str().to_owned();
     let scope = match get("scope") {
         Some(sc) => match ScopeSet::parse(sc) {
             Ok(set) => set,
-            Err(e) => return s.error_redirect(&p, OAuthErrorCode::InvalidScope, &e.to_string()),
+            Err(e) => {
+                return s.error_redirect(&p, &client, OAuthErrorCode::InvalidScope, &e.to_string());
+            }
         },
         None => client
             .scope
@@ -535,7 +593,7 @@ pub(crate) async fn authorize(
             .unwrap_or_else(|| res.scopes.clone()),
     };
     if let Err(e) = s.check_scopes(&scope, &client, &res) {
-        return s.error_redirect(&p, e.code, &e.description);
+        return s.error_redirect(&p, &client, e.code, &e.description);
     }
     p.scope = scope.to_string();
 
@@ -547,17 +605,10 @@ pub(crate) async fn authorize(
     };
     if let Some(sess) = &session
         && get("prompt") != Some("consent")
-        && let Ok(Some(c)) = s
-            .inner
-            .store
-            .get_consent(&sess.subject, &client.client_id)
-            .await
-        && ScopeSet::parse(&c.scope)
-            .unwrap_or_default()
-            .is_superset(&scope)
+        && s.consented(&sess.subject, &p).await
     {
         return s
-            .issue_code(&p, sess, false)
+            .issue_code(&p, &client, sess, false)
             .await
             .unwrap_or_else(IntoResponse::into_response);
     }
@@ -596,9 +647,106 @@ pub(crate) struct LoginForm {
     password: String,
 }
 
+/// Why a password check did not happen.
+enum Throttled {
+    /// The account or the source is locked, or must wait: for this many seconds.
+    Wait(i64),
+    /// Too many password checks are running: try again in a moment.
+    Busy,
+}
+
+impl AuthServer {
+    fn login_keys(username: &str, ip: Option<std::net::IpAddr>) -> (String, Option<String>) {
+        // Keyed by the name as typed (lower-cased), existing or not, so throttling answers the
+        // same for accounts that do not exist.
+        let account = sha256_hex(&format!("login:acct:{}", username.to_lowercase()));
+        let source =
+            ip.map(|ip| sha256_hex(&format!("login:src:{}", crate::register::source_key(ip))));
+        (account, source)
+    }
+
+    /// T19: is either key locked or waiting?
+    async fn login_wait(&self, keys: &(String, Option<String>)) -> Result<Option<i64>, OAuthError> {
+        let now = self.inner.clock.now_unix();
+        let mut wait = 0;
+        for k in std::iter::once(&keys.0).chain(keys.1.as_ref()) {
+            if let Some(t) = self.inner.store.get_throttle(k, now).await? {
+                wait = wait.max(t.locked_until - now);
+            }
+        }
+        Ok((wait > 0).then_some(wait))
+    }
+
+    /// T19: counts a failed sign-in against the account and the source. Past a few failures each
+    /// further one waits (1 s, 2 s, 4 s … up to a minute); past `lock_after` the account is
+    /// locked for `lock_secs`; a source that fails `per_source` times is locked likewise.
+    async fn login_failed(&self, keys: &(String, Option<String>)) -> Result<(), OAuthError> {
+        let t = &self.inner.cfg.login_throttle;
+        let now = self.inner.clock.now_unix();
+        let (free, lock_after, lock_secs) = (t.free_failures, t.lock_after, t.lock_secs);
+        self.inner
+            .store
+            .bump_throttle(&keys.0, now, t.window_secs, move |n| {
+                if n >= lock_after {
+                    lock_secs
+                } else if n > free {
+                    (1i64 << (n - free - 1).min(6)).min(60)
+                } else {
+                    0
+                }
+            })
+            .await?;
+        if let Some(src) = &keys.1 {
+            let per_source = t.per_source;
+            self.inner
+                .store
+                .bump_throttle(src, now, t.window_secs, move |n| {
+                    if n >= per_source { lock_secs } else { 0 }
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Checks a password under the throttle and the bound on concurrent hashing (T19). The
+    /// same argon2 work is done whether or not the user exists.
+    async fn check_password(
+        &self,
+        keys: &(String, Option<String>),
+        user: Option<&gatehouse_store::UserRecord>,
+        password: String,
+    ) -> Result<Result<bool, Throttled>, OAuthError> {
+        if let Some(w) = self.login_wait(keys).await? {
+            return Ok(Err(Throttled::Wait(w)));
+        }
+        // Each check holds ~19 MiB for ~50 ms: a few at a time keep memory flat under a flood;
+        // the rest wait a little, then are told to come back.
+        let permit = match tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            self.inner.hashing.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(p)) => p,
+            _ => return Ok(Err(Throttled::Busy)),
+        };
+        let hash = user
+            .map_or(dummy_hash(), |u| u.password_hash.as_str())
+            .to_owned();
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            verify_password(&password, &hash)
+        })
+        .await
+        .unwrap_or(false);
+        Ok(Ok(ok))
+    }
+}
+
 /// POST /login
 pub(crate) async fn login(
     State(s): State<AuthServer>,
+    ext: http::Extensions,
     jar: CookieJar,
     axum::Form(f): axum::Form<LoginForm>,
 ) -> Response {
@@ -616,29 +764,64 @@ pub(crate) async fn login(
         Ok(u) => u,
         Err(e) => return OAuthError::from(e).into_response(),
     };
-    // The same argon2 work whether or not the user exists.
-    let hash = user
-        .as_ref()
-        .map_or(dummy_hash(), |u| u.password_hash.as_str())
-        .to_owned();
-    let password = f.password;
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-        .await
-        .unwrap_or(false);
+    let ip = ext
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let keys = AuthServer::login_keys(&f.username, ip);
+    let page_with = |status: StatusCode, msg: &str| {
+        s.login_page(status, &p, &client, &f.pending, &f.csrf, Some(msg))
+    };
+    let ok = match s.check_password(&keys, user.as_ref(), f.password).await {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(Throttled::Wait(secs))) => {
+            tracing::info!(wait = secs, "sign-in throttled");
+            let mut r = page_with(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "Too many failed sign-ins. Try again in {}.",
+                    if secs < 120 {
+                        format!("{secs} seconds")
+                    } else {
+                        format!("{} minutes", (secs + 59) / 60)
+                    }
+                ),
+            );
+            if let Ok(v) = http::HeaderValue::from_str(&secs.to_string()) {
+                r.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+            return r;
+        }
+        Ok(Err(Throttled::Busy)) => {
+            let mut r = page_with(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The server is busy. Try again in a moment.",
+            );
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("2"),
+            );
+            return r;
+        }
+        Err(e) => return e.into_response(),
+    };
     let user = match user {
         Some(u) if ok && !u.disabled => u,
-        _ => {
-            tracing::info!(username = %f.username, "failed sign-in");
-            return s.login_page(
-                StatusCode::UNAUTHORIZED,
-                &p,
-                &client,
-                &f.pending,
-                &f.csrf,
-                Some("Wrong user name or password."),
-            );
+        other => {
+            // The name is logged only when it is an account: a password typed into the name
+            // field never reaches the log (issue 14, row 14).
+            match &other {
+                Some(u) => tracing::info!(username = %u.username, "failed sign-in"),
+                None => tracing::info!("failed sign-in (no such account)"),
+            }
+            if let Err(e) = s.login_failed(&keys).await {
+                return e.into_response();
+            }
+            return page_with(StatusCode::UNAUTHORIZED, "Wrong user name or password.");
         }
     };
+    if let Err(e) = s.inner.store.clear_throttle(&keys.0).await {
+        return OAuthError::from(e).into_response();
+    }
     s.finish_login(jar, &p, &client, &f.pending, &f.csrf, user.subject, None)
         .await
 }
@@ -699,21 +882,34 @@ pub(crate) async fn consent(
     let prior = s
         .inner
         .store
-        .get_consent(&session.subject, &client.client_id)
+        .get_consent(&session.subject, &client.client_id, &p.resource)
         .await
         .ok()
         .flatten();
-    let scope = prior
-        .map(|c| ScopeSet::parse(&c.scope).unwrap_or_default())
-        .unwrap_or_default()
-        .union(&ScopeSet::parse(&p.scope).unwrap_or_default());
+    let (prior_scope, mut redirect_uris) = prior
+        .map(|c| {
+            (
+                ScopeSet::parse(&c.scope).unwrap_or_default(),
+                c.redirect_uris,
+            )
+        })
+        .unwrap_or_default();
+    let scope = prior_scope.union(&ScopeSet::parse(&p.scope).unwrap_or_default());
+    // The redirect URIs this consent has sent codes to, newest last, a few at most.
+    redirect_uris.retain(|u| *u != p.redirect_uri);
+    redirect_uris.push(p.redirect_uri.clone());
+    if redirect_uris.len() > MAX_REMEMBERED_REDIRECTS {
+        redirect_uris.drain(..redirect_uris.len() - MAX_REMEMBERED_REDIRECTS);
+    }
     if let Err(e) = s
         .inner
         .store
         .put_consent(&ConsentRecord {
             subject: session.subject.clone(),
             client_id: client.client_id.clone(),
+            resource: p.resource.clone(),
             scope: scope.to_string(),
+            redirect_uris,
             granted_at: now,
         })
         .await
@@ -721,7 +917,7 @@ pub(crate) async fn consent(
         return OAuthError::from(e).into_response();
     }
     tracing::info!(subject = %session.subject, client_id = %client.client_id, scope = %p.scope, "consent granted");
-    s.issue_code(&p, &session, true)
+    s.issue_code(&p, &client, &session, true)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }

@@ -6,7 +6,6 @@ use gatehouse_core::{OAuthErrorCode, RedirectUri};
 use gatehouse_store::{ClientRecord, ClientSource};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 #[derive(Default)]
 pub(crate) struct Cache {
@@ -71,32 +70,28 @@ impl AuthServer {
             return Ok(c.clone());
         }
         check_client_id_url(client_id)?;
-        // The fetcher enforces https (loopback http only when configured as dangerous), the
-        // address rules, no redirects and the time limit; the size cap is checked below.
+        // The client fetcher enforces https (loopback http only where the operator named it as
+        // dangerous for client documents), the address rules, no redirects, the time limit, and
+        // stops reading past the 5 KiB cap.
         let fetched = self
             .inner
-            .fetcher
-            .get(client_id)
+            .client_fetcher
+            .get_capped(client_id, MAX_DOC_BYTES)
             .await
             .map_err(|e| bad(format!("client metadata document: {e}")))?;
-        if fetched.body.len() > MAX_DOC_BYTES {
-            return Err(bad(format!(
-                "client metadata document is larger than {MAX_DOC_BYTES} bytes"
-            )));
-        }
         let doc: serde_json::Value = serde_json::from_slice(&fetched.body)
             .map_err(|e| bad(format!("client metadata document is not JSON: {e}")))?;
-        let c = validate_document(client_id, &doc, now)?;
-        self.inner.store.upsert_client(&c).await?;
+        let mut c = validate_document(client_id, &doc, now)?;
+        // What a stranger's document may claim is bounded by the registration policy (T17).
+        c.grant_types
+            .retain(|g| self.inner.cfg.registration.grant_types.contains(g));
+        // Kept at least MIN_TTL even when the document says no-store or max-age=0: otherwise
+        // every unauthenticated request naming it (e.g. at /token) would fetch it again. The
+        // store gets a row only when a grant is made (see `authorize::issue_code`), so naming
+        // new URLs adds nothing permanent.
         let ttl = fetched
             .max_age
-            .map(|d| d.as_secs().clamp(MIN_TTL, MAX_TTL))
-            .unwrap_or(DEFAULT_TTL);
-        let ttl = if fetched.max_age == Some(Duration::ZERO) {
-            0
-        } else {
-            ttl
-        };
+            .map_or(DEFAULT_TTL, |d| d.as_secs().clamp(MIN_TTL, MAX_TTL));
         let mut cache = self
             .inner
             .cimd_cache
@@ -105,10 +100,11 @@ impl AuthServer {
             .unwrap_or_else(|p| p.into_inner());
         if cache.len() > 10_000 {
             cache.retain(|_, (_, u)| *u > now);
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
         }
-        if ttl > 0 {
-            cache.insert(client_id.to_owned(), (c.clone(), now + ttl as i64));
-        }
+        cache.insert(client_id.to_owned(), (c.clone(), now + ttl as i64));
         Ok(c)
     }
 }
@@ -172,7 +168,7 @@ pub(crate) fn validate_document(
         client_name: obj
             .get("client_name")
             .and_then(|v| v.as_str())
-            .map(|s| s.chars().take(100).collect()),
+            .and_then(|s| gatehouse_core::text::display_name(s, 100)),
         scope: obj.get("scope").and_then(|v| v.as_str()).map(str::to_owned),
         source: ClientSource::MetadataDocument,
         application_type: obj

@@ -243,8 +243,8 @@ impl AuthServer {
             serde_json::to_vec(jwks).map_err(|_| "client jwks unreadable")?
         } else if let Some(uri) = client.metadata.get("jwks_uri").and_then(|v| v.as_str()) {
             self.inner
-                .fetcher
-                .get(uri)
+                .client_fetcher
+                .get_capped(uri, 16 * 1024)
                 .await
                 .map_err(|_| "client jwks_uri could not be fetched")?
                 .body

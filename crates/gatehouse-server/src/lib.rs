@@ -35,14 +35,84 @@ pub use upstream::UpstreamIdp;
 use gatehouse_core::{Clock, Issuer, Resource, ScopeSet};
 use gatehouse_fetch::Fetcher;
 use gatehouse_store::Store;
+use gatehouse_tokens::Revocations;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// A protected resource this server issues tokens for, and the scopes it understands.
 #[derive(Debug, Clone)]
 pub struct ResourceEntry {
     pub resource: Resource,
     pub scopes: ScopeSet,
+}
+
+/// What a stranger may register without an operator (DCR, and what metadata-document clients
+/// may be): by default a public `authorization_code` client and nothing more (T17). Machine
+/// grants, token exchange and introspection belong to operator-registered clients.
+#[derive(Debug, Clone)]
+pub struct RegistrationPolicy {
+    /// Grant types a self-registered client may hold (`authorization_code`, `refresh_token`,
+    /// `client_credentials`).
+    pub grant_types: Vec<String>,
+    /// Token endpoint authentication methods it may use (`none`, `client_secret_basic`,
+    /// `client_secret_post`, `private_key_jwt`). A request for another one is refused.
+    pub auth_methods: Vec<String>,
+    /// The scopes a self-registered client's machine tokens (`client_credentials`) may carry;
+    /// user tokens are bounded by the user's consent instead.
+    pub machine_scopes: ScopeSet,
+    /// SHA-256 (hex) of an initial access token (RFC 7591 §3): when set, registration needs
+    /// `Authorization: Bearer <it>`.
+    pub initial_access_token_hash: Option<String>,
+    /// Registrations per source address per minute, and in all per minute (AS-26).
+    pub per_minute_per_source: u32,
+    pub per_minute_total: u32,
+    /// Self-registered clients that got no grant within this many seconds are deleted (AS-26).
+    pub unused_ttl_secs: i64,
+}
+
+impl Default for RegistrationPolicy {
+    fn default() -> Self {
+        Self {
+            grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+            auth_methods: vec!["none".into()],
+            machine_scopes: ScopeSet::new(),
+            initial_access_token_hash: None,
+            per_minute_per_source: 10,
+            per_minute_total: 60,
+            unused_ttl_secs: 86_400,
+        }
+    }
+}
+
+/// Sign-in throttling (T19): per account and per source address, failures in a window lead to
+/// a growing delay and then a temporary lock; the same for names that are not accounts, so the
+/// answers reveal nothing about which exist.
+#[derive(Debug, Clone)]
+pub struct LoginThrottle {
+    /// The window failures are counted in (seconds).
+    pub window_secs: i64,
+    /// Failures allowed per account before each further one waits (doubling from 1 s).
+    pub free_failures: i64,
+    /// Failures per account after which it is locked for `lock_secs`.
+    pub lock_after: i64,
+    pub lock_secs: i64,
+    /// Failures per source address (any accounts) after which it is locked for `lock_secs`.
+    pub per_source: i64,
+    /// Password checks running at once in this process; more wait briefly, then get 503.
+    pub concurrent_hashes: usize,
+}
+
+impl Default for LoginThrottle {
+    fn default() -> Self {
+        Self {
+            window_secs: 900,
+            free_failures: 5,
+            lock_after: 10,
+            lock_secs: 900,
+            per_source: 50,
+            concurrent_hashes: 4,
+        }
+    }
 }
 
 /// Configuration of the authorization server.
@@ -62,10 +132,16 @@ pub struct AuthServerConfig {
     /// A rotated refresh token is accepted once more within this many seconds (racing refreshes).
     pub refresh_grace_secs: i64,
     pub session_ttl: i64,
-    /// Dynamic client registration (RFC 7591) on/off, and registrations per source address per
-    /// minute.
+    /// Dynamic client registration (RFC 7591) on/off, and what it may register.
     pub dcr_enabled: bool,
-    pub dcr_per_minute: u32,
+    pub registration: RegistrationPolicy,
+    pub login_throttle: LoginThrottle,
+    /// The tenant this server is (embedded tenants): carried as the `tenant` claim in its tokens.
+    pub tenant: Option<String>,
+    /// DANGEROUS: loopback authorities client-controlled URLs (metadata documents, `jwks_uri`)
+    /// may be fetched from. Separate from the fetcher's own exceptions, which are for the
+    /// operator's identity provider.
+    pub dangerous_client_fetch_loopback: Vec<String>,
     /// Client ID Metadata Documents on/off.
     pub cimd_enabled: bool,
     /// `Secure` cookies with the `__Host-` prefix (off only for a loopback issuer).
@@ -101,7 +177,10 @@ impl AuthServerConfig {
             refresh_grace_secs: 5,
             session_ttl: 8 * 3600,
             dcr_enabled: true,
-            dcr_per_minute: 10,
+            registration: RegistrationPolicy::default(),
+            login_throttle: LoginThrottle::default(),
+            tenant: None,
+            dangerous_client_fetch_loopback: Vec::new(),
             cimd_enabled: true,
             secure_cookies,
             upstream: None,
@@ -132,11 +211,17 @@ pub(crate) struct Inner {
     pub(crate) cfg: AuthServerConfig,
     pub(crate) store: Store,
     pub(crate) keys: KeyManager,
+    /// For the operator's identity provider.
     pub(crate) fetcher: Fetcher,
+    /// For URLs a client chooses (metadata documents, `jwks_uri`): never the operator's
+    /// loopback exceptions (issue 14, row 17).
+    pub(crate) client_fetcher: Fetcher,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) cimd_cache: cimd::Cache,
-    /// DCR registrations per source address in the current minute.
-    pub(crate) dcr_window: Mutex<(i64, HashMap<std::net::IpAddr, u32>)>,
+    /// Password checks (argon2, ~19 MiB each) running at once: bounded (T19).
+    pub(crate) hashing: Arc<tokio::sync::Semaphore>,
+    /// Where revocations are published for this process's guards and gateways.
+    pub(crate) revocations: Option<Arc<Revocations>>,
     /// Stored public clients, kept briefly (see `clients::PUBLIC_CLIENT_TTL`).
     pub(crate) public_clients: clients::PublicClients,
 }
@@ -155,6 +240,24 @@ impl AuthServer {
         fetcher: Fetcher,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, OAuthError> {
+        Self::with_revocations(cfg, store, fetcher, clock, None).await
+    }
+
+    /// [`AuthServer::new`], publishing every revocation to `revocations` (shared with this
+    /// process's guards and gateways: T23) at once, and what other processes on the same store
+    /// revoke within a second (see [`AuthServer::spawn_revocation_feed`]).
+    pub async fn with_revocations(
+        cfg: AuthServerConfig,
+        store: Store,
+        fetcher: Fetcher,
+        clock: Arc<dyn Clock>,
+        revocations: Option<Arc<Revocations>>,
+    ) -> Result<Self, OAuthError> {
+        let client_fetcher = Fetcher::new(gatehouse_fetch::FetchPolicy {
+            dangerous_allow_loopback: cfg.dangerous_client_fetch_loopback.clone(),
+            ..fetcher.policy().clone()
+        })
+        .map_err(OAuthError::server_error)?;
         let keys = KeyManager::load(
             store.clone(),
             clock.clone(),
@@ -164,14 +267,18 @@ impl AuthServer {
         .await?;
         Ok(Self {
             inner: Arc::new(Inner {
+                hashing: Arc::new(tokio::sync::Semaphore::new(
+                    cfg.login_throttle.concurrent_hashes.max(1),
+                )),
                 cfg,
                 store,
                 keys,
                 fetcher,
+                client_fetcher,
                 clock,
                 cimd_cache: cimd::Cache::default(),
-                dcr_window: Mutex::new((0, HashMap::new())),
                 public_clients: clients::PublicClients::default(),
+                revocations,
             }),
         })
     }
@@ -192,10 +299,12 @@ impl AuthServer {
     /// tokens and assertion ids, and reload signing keys (another replica or `gatehouse admin keys
     /// rotate` may have rotated them). Returns how many rows were purged.
     pub async fn maintain(&self) -> Result<u64, OAuthError> {
-        let n = self
+        let now = self.inner.clock.now_unix();
+        let mut n = self.inner.store.purge_expired(now).await?;
+        n += self
             .inner
             .store
-            .purge_expired(self.inner.clock.now_unix())
+            .purge_unused_clients(now - self.inner.cfg.registration.unused_ttl_secs)
             .await?;
         self.inner.keys.reload().await?;
         Ok(n)
@@ -214,6 +323,49 @@ impl AuthServer {
                     Ok(n) => tracing::debug!(purged = n, "maintenance"),
                     Err(e) => tracing::warn!(error = %e.description, "maintenance failed"),
                 }
+            }
+        })
+    }
+
+    /// Publishes a revoked grant to this process's guards and gateways (T23): its access tokens
+    /// are refused from now on, not when they expire.
+    pub(crate) fn publish_revocation(&self, grant_id: &str, revoked_at: i64) {
+        if let Some(r) = &self.inner.revocations {
+            // Tokens of the grant were issued before `revoked_at` and live at most the access
+            // token lifetime, plus the validators' leeway.
+            r.revoke(
+                self.inner.cfg.issuer.as_str(),
+                grant_id,
+                revoked_at + self.inner.cfg.access_token_ttl + 60,
+            );
+        }
+    }
+
+    /// Reads the grants revoked in the store (by `gatehouse admin`, user deletion, another
+    /// replica) every `every` and publishes them; prunes what has expired. Starts from the
+    /// revocations young enough to matter, so a restart misses none.
+    pub fn spawn_revocation_feed(&self, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let s = self.clone();
+        tokio::spawn(async move {
+            let Some(list) = s.inner.revocations.clone() else {
+                return;
+            };
+            let ttl = s.inner.cfg.access_token_ttl + 60;
+            let mut since = s.inner.clock.now_unix() - ttl;
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let now = s.inner.clock.now_unix();
+                match s.inner.store.revoked_since(since).await {
+                    Ok(rows) => {
+                        for (gid, at) in rows {
+                            s.publish_revocation(&gid, at);
+                            since = since.max(at);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not read revocations"),
+                }
+                list.prune(now);
             }
         })
     }

@@ -84,3 +84,13 @@ pub(crate) fn page(
 pub(crate) fn error_page(status: StatusCode, message: &str) -> Response {
     page(status, ErrorPage { message }.render(), None)
 }
+
+#[derive(Template)]
+#[template(path = "client_error.html")]
+pub(crate) struct ClientErrorPage<'a> {
+    pub(crate) client_name: &'a str,
+    pub(crate) identity: &'a str,
+    pub(crate) message: &'a str,
+    pub(crate) return_url: &'a str,
+    pub(crate) return_host: &'a str,
+}

@@ -14,22 +14,57 @@ fn bad_metadata(d: impl Into<String>) -> OAuthError {
     OAuthError::new(OAuthErrorCode::InvalidClientMetadata, d)
 }
 
-impl AuthServer {
-    /// Fixed one-minute window per address.
-    fn dcr_allowed(&self, ip: Option<std::net::IpAddr>) -> bool {
-        let Some(ip) = ip else { return true };
-        let minute = self.inner.clock.now_unix() / 60;
-        let mut w = self
-            .inner
-            .dcr_window
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if w.0 != minute {
-            *w = (minute, Default::default());
+/// The largest registration request read (a JWKS of a few keys fits).
+const MAX_BODY: usize = 16 * 1024;
+const MAX_REDIRECT_URIS: usize = 10;
+const MAX_REDIRECT_URI_LEN: usize = 2000;
+/// The registration metadata kept with a client; anything else a stranger sends is dropped.
+const KEPT_METADATA: [&str; 10] = [
+    "client_name",
+    "redirect_uris",
+    "grant_types",
+    "response_types",
+    "token_endpoint_auth_method",
+    "application_type",
+    "scope",
+    "jwks",
+    "jwks_uri",
+    "client_uri",
+];
+
+/// The source a registration limit counts: the address, or its /64 for IPv6 (one host has many).
+pub(crate) fn source_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
         }
-        let n = w.1.entry(ip).or_insert(0);
-        *n += 1;
-        *n <= self.inner.cfg.dcr_per_minute
+    }
+}
+
+impl AuthServer {
+    /// AS-26: registrations per source and in all, per minute, counted in the store (so every
+    /// replica on it shares them).
+    async fn dcr_allowed(&self, ip: Option<std::net::IpAddr>) -> Result<bool, OAuthError> {
+        let policy = &self.inner.cfg.registration;
+        let now = self.inner.clock.now_unix();
+        let total = self
+            .inner
+            .store
+            .bump_throttle(&sha256_hex("dcr:all"), now, 60, |_| 0)
+            .await?;
+        if total.count > i64::from(policy.per_minute_total) {
+            return Ok(false);
+        }
+        if let Some(ip) = ip {
+            let key = sha256_hex(&format!("dcr:src:{}", source_key(ip)));
+            let n = self.inner.store.bump_throttle(&key, now, 60, |_| 0).await?;
+            if n.count > i64::from(policy.per_minute_per_source) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -38,10 +73,19 @@ pub(crate) async fn register(State(s): State<AuthServer>, req: axum::extract::Re
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let Ok(body) = axum::body::to_bytes(req.into_body(), 64 * 1024).await else {
+    let bearer = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.get(..7)
+                .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                .map(|_| v[7..].trim().to_owned())
+        });
+    let Ok(body) = axum::body::to_bytes(req.into_body(), MAX_BODY).await else {
         return bad_metadata("registration request too large").into_response();
     };
-    match register_inner(&s, ip, &body).await {
+    match register_inner(&s, ip, bearer.as_deref(), &body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -50,19 +94,33 @@ pub(crate) async fn register(State(s): State<AuthServer>, req: axum::extract::Re
 async fn register_inner(
     s: &AuthServer,
     ip: Option<std::net::IpAddr>,
+    bearer: Option<&str>,
     body: &[u8],
 ) -> Result<Response, OAuthError> {
     let cfg = &s.inner.cfg;
+    let policy = &cfg.registration;
     if !cfg.dcr_enabled {
         return Err(OAuthError::new(
             OAuthErrorCode::AccessDenied,
             "dynamic client registration is disabled",
         ));
     }
-    if !s.dcr_allowed(ip) {
+    // RFC 7591 §3: an initial access token, when the operator requires one.
+    if let Some(want) = &policy.initial_access_token_hash {
+        let ok = bearer.is_some_and(|t| crate::secrets::secret_matches(t, want));
+        if !ok {
+            let mut e = OAuthError::new(
+                OAuthErrorCode::InvalidToken,
+                "registration needs the initial access token the operator gave you",
+            );
+            e.status = StatusCode::UNAUTHORIZED;
+            return Err(e);
+        }
+    }
+    if !s.dcr_allowed(ip).await? {
         let mut e = OAuthError::new(
             OAuthErrorCode::TemporarilyUnavailable,
-            "too many registrations from this address; try again in a minute",
+            "too many registrations; try again in a minute",
         );
         e.status = StatusCode::TOO_MANY_REQUESTS;
         return Err(e);
@@ -72,6 +130,14 @@ async fn register_inner(
     let obj = meta
         .as_object()
         .ok_or_else(|| bad_metadata("metadata must be a JSON object"))?;
+    // Nothing verifies software statements here, so none is approved (rather than stored as if
+    // it had been checked).
+    if obj.contains_key("software_statement") {
+        return Err(OAuthError::new(
+            OAuthErrorCode::UnapprovedSoftwareStatement,
+            "software statements are not accepted by this server",
+        ));
+    }
     let strings = |key: &str| -> Result<Option<Vec<String>>, OAuthError> {
         match obj.get(key) {
             None => Ok(None),
@@ -96,6 +162,12 @@ async fn register_inner(
         ) {
             return Err(bad_metadata(format!("grant type {g:?} is not supported")));
         }
+        // T17: machine grants are the operator's to hand out.
+        if !policy.grant_types.contains(g) {
+            return Err(bad_metadata(format!(
+                "grant type {g:?} is not open to self-registered clients; ask the operator to register this client"
+            )));
+        }
     }
     let response_types = strings("response_types")?.unwrap_or_else(|| vec!["code".into()]);
     if response_types.iter().any(|r| r != "code") {
@@ -111,6 +183,16 @@ async fn register_inner(
         }
     };
     let redirect_uris = strings("redirect_uris")?.unwrap_or_default();
+    if redirect_uris.len() > MAX_REDIRECT_URIS
+        || redirect_uris.iter().any(|u| u.len() > MAX_REDIRECT_URI_LEN)
+    {
+        return Err(OAuthError::new(
+            OAuthErrorCode::InvalidRedirectUri,
+            format!(
+                "at most {MAX_REDIRECT_URIS} redirect URIs of at most {MAX_REDIRECT_URI_LEN} characters"
+            ),
+        ));
+    }
     if grant_types.iter().any(|g| g == "authorization_code") && redirect_uris.is_empty() {
         return Err(OAuthError::new(
             OAuthErrorCode::InvalidRedirectUri,
@@ -130,24 +212,35 @@ async fn register_inner(
             ));
         }
     }
-    // Public clients (native apps, browser apps) use "none": they cannot keep a secret.
-    let auth_method = obj
+    // Self-registered clients are public ("none") unless the operator's policy allows more.
+    let requested = obj
         .get("token_endpoint_auth_method")
         .and_then(|v| v.as_str())
-        .unwrap_or(if application_type == "native" {
-            "none"
-        } else {
-            "client_secret_basic"
-        })
-        .to_owned();
+        .unwrap_or("none");
     if !matches!(
-        auth_method.as_str(),
+        requested,
         "none" | "client_secret_basic" | "client_secret_post" | "private_key_jwt"
     ) {
         return Err(bad_metadata(format!(
-            "token_endpoint_auth_method {auth_method:?} is not supported"
+            "token_endpoint_auth_method {requested:?} is not supported"
         )));
     }
+    let auth_method = if policy.auth_methods.iter().any(|m| m == requested) {
+        requested.to_owned()
+    } else if requested != "private_key_jwt" && policy.auth_methods.iter().any(|m| m == "none") {
+        // RFC 7591 §3.2.1 lets the server replace a requested value; the answer says "none" and
+        // carries no secret, so the client proceeds as a public client with PKCE (what most
+        // MCP clients that ask for a secret by default, e.g. the Python SDK's, then do).
+        tracing::info!(
+            requested,
+            "self-registered client made public (token_endpoint_auth_method none)"
+        );
+        "none".to_owned()
+    } else {
+        return Err(bad_metadata(format!(
+            "token_endpoint_auth_method {requested:?} is not open to self-registered clients"
+        )));
+    };
     if auth_method == "private_key_jwt" {
         check_client_keys(s, obj)?;
     }
@@ -168,12 +261,16 @@ async fn register_inner(
             Some(set.to_string())
         }
     };
-    let client_name = obj.get("client_name").and_then(|v| v.as_str()).map(|n| {
-        n.chars()
-            .filter(|c| !c.is_control())
-            .take(100)
-            .collect::<String>()
-    });
+    // Shown on the consent screen: nothing invisible that could make it read as another name.
+    let client_name = obj
+        .get("client_name")
+        .and_then(|v| v.as_str())
+        .and_then(|n| gatehouse_core::text::display_name(n, 100));
+    let kept: serde_json::Map<String, serde_json::Value> = obj
+        .iter()
+        .filter(|(k, _)| KEPT_METADATA.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let now = s.inner.clock.now_unix();
     let client_id = random_id();
     let secret = matches!(
@@ -191,7 +288,7 @@ async fn register_inner(
         scope: scope.clone(),
         source: ClientSource::Dynamic,
         application_type: Some(application_type.to_owned()),
-        metadata: meta.clone(),
+        metadata: serde_json::Value::Object(kept),
         created_at: now,
     };
     s.inner.store.insert_client(&record).await?;
@@ -244,7 +341,7 @@ pub(crate) fn check_client_keys(
         }
         (None, Some(uri)) => s
             .inner
-            .fetcher
+            .client_fetcher
             .check(uri)
             .map(|_| ())
             .map_err(|e| bad_metadata(format!("jwks_uri: {e}"))),

@@ -134,11 +134,20 @@ impl AuthServer {
             "gid": grant_id,
         });
         let mut claims = claims;
+        self.add_tenant(&mut claims);
         copy_identity_claims(
             extra.and_then(|e| serde_json::from_str(e).ok()).as_ref(),
             &mut claims,
         );
         Ok((self.inner.keys.sign(&claims)?, ttl))
+    }
+
+    /// Embedded tenants name themselves in their tokens, so per-tenant limits and policies
+    /// apply to them (issue 14, row 10).
+    fn add_tenant(&self, claims: &mut serde_json::Value) {
+        if let Some(t) = &self.inner.cfg.tenant {
+            claims["tenant"] = t.as_str().into();
+        }
     }
 
     fn token_response(
@@ -215,6 +224,7 @@ fn refresh_record(
         expires_at,
         rotated_at: None,
         reuse_count: 0,
+        parent_hash: None,
     }
 }
 
@@ -234,8 +244,17 @@ pub(crate) fn is_confidential(client: &ClientRecord) -> bool {
     client.auth_method != "none"
 }
 
-fn client_allows(client: &ClientRecord, grant: &str) -> Result<(), OAuthError> {
-    if client.grant_types.iter().any(|g| g == grant) {
+fn client_allows(s: &AuthServer, client: &ClientRecord, grant: &str) -> Result<(), OAuthError> {
+    // A self-registered client holds only what the registration policy in force allows (T17),
+    // whatever it was registered with before.
+    let policy_ok = client.source == gatehouse_store::ClientSource::Preregistered
+        || s.inner
+            .cfg
+            .registration
+            .grant_types
+            .iter()
+            .any(|g| g == grant);
+    if policy_ok && client.grant_types.iter().any(|g| g == grant) {
         Ok(())
     } else {
         Err(OAuthError::new(
@@ -250,7 +269,7 @@ async fn code_grant(
     client: &ClientRecord,
     form: &Form,
 ) -> Result<Response, OAuthError> {
-    client_allows(client, "authorization_code")?;
+    client_allows(s, client, "authorization_code")?;
     let code = require(form, "code")?;
     let verifier = PkceVerifier::parse(require(form, "code_verifier")?)
         .map_err(|e| OAuthError::invalid_request(e.to_string()))?;
@@ -298,6 +317,7 @@ async fn code_grant(
     let c = match outcome {
         Redeemed::Fresh(c) => c,
         Redeemed::Replayed { grant_id } => {
+            s.publish_revocation(&grant_id, now);
             tracing::warn!(client_id = %client.client_id, grant_id, "authorization code replayed; grant revoked");
             return Err(OAuthError::invalid_grant("authorization code already used"));
         }
@@ -326,7 +346,7 @@ async fn refresh_grant(
     client: &ClientRecord,
     form: &Form,
 ) -> Result<Response, OAuthError> {
-    client_allows(client, "refresh_token")?;
+    client_allows(s, client, "refresh_token")?;
     let presented_token = require(form, "refresh_token")?;
     let requested_scope = form
         .get("scope")
@@ -386,6 +406,7 @@ async fn refresh_grant(
             (old, grant)
         }
         Rotated::Reused { grant_id } => {
+            s.publish_revocation(&grant_id, now);
             tracing::warn!(client_id = %client.client_id, grant_id, "refresh token reuse detected; grant revoked");
             return Err(OAuthError::invalid_grant(
                 "refresh token already used; the grant has been revoked",
@@ -412,7 +433,7 @@ async fn client_credentials(
     client: &ClientRecord,
     form: &Form,
 ) -> Result<Response, OAuthError> {
-    client_allows(client, "client_credentials")?;
+    client_allows(s, client, "client_credentials")?;
     if !is_confidential(client) {
         return Err(OAuthError::new(
             OAuthErrorCode::UnauthorizedClient,
@@ -433,6 +454,17 @@ async fn client_credentials(
             .unwrap_or_default(),
     };
     s.check_scopes(&scope, client, res)?;
+    // A self-registered machine client (only where the operator's policy opens the grant) gets
+    // at most the policy's machine scopes, never every scope the resource knows (T17).
+    if client.source != gatehouse_store::ClientSource::Preregistered {
+        let extra = s.inner.cfg.registration.machine_scopes.missing_from(&scope);
+        if !extra.is_empty() {
+            return Err(OAuthError::new(
+                OAuthErrorCode::InvalidScope,
+                format!("scope not allowed for a self-registered client: {extra}"),
+            ));
+        }
+    }
     let now = s.inner.clock.now_unix();
     let grant = GrantRecord {
         grant_id: random_id(),
@@ -466,7 +498,7 @@ async fn token_exchange(
     client: &ClientRecord,
     form: &Form,
 ) -> Result<Response, OAuthError> {
-    client_allows(client, TOKEN_EXCHANGE)?;
+    client_allows(s, client, TOKEN_EXCHANGE)?;
     if !is_confidential(client) {
         return Err(OAuthError::new(
             OAuthErrorCode::UnauthorizedClient,
@@ -508,11 +540,24 @@ async fn token_exchange(
             "the subject token's grant is revoked",
         ));
     }
-    let target = form
-        .get("resource")
-        .or_else(|| form.get("audience"))
-        .map(String::as_str);
-    let res = s.resolve_resource(target)?;
+    // Every target named must be one resource this client may exchange for: an unlisted
+    // `audience` beside a listed `resource` is refused, not ignored (issue 14, row 17).
+    let res = s.resolve_resource(
+        form.get("resource")
+            .or_else(|| form.get("audience"))
+            .map(String::as_str),
+    )?;
+    for other in [form.get("resource"), form.get("audience")]
+        .into_iter()
+        .flatten()
+    {
+        if s.resolve_resource(Some(other))?.resource.as_str() != res.resource.as_str() {
+            return Err(OAuthError::new(
+                OAuthErrorCode::InvalidTarget,
+                "resource and audience name different targets; a token has one",
+            ));
+        }
+    }
     let allowed: Vec<&str> = client
         .metadata
         .get("token_exchange_targets")
@@ -562,6 +607,7 @@ async fn token_exchange(
         "gid": gid,
         "act": { "sub": client.client_id },
     });
+    s.add_tenant(&mut claims);
     copy_identity_claims(
         Some(&serde_json::Value::Object(subject.clone())),
         &mut claims,
@@ -612,6 +658,7 @@ pub(crate) async fn revoke(
         };
         if let Some(g) = grant_id {
             s.inner.store.revoke_grant(&g, now).await?;
+            s.publish_revocation(&g, now);
             tracing::info!(client_id = %client.client_id, grant_id = %g, "grant revoked by client");
         }
         Ok::<_, OAuthError>(no_store(serde_json::json!({})))
@@ -620,8 +667,12 @@ pub(crate) async fn revoke(
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// RFC 7662 for authenticated confidential clients (resource servers). Inactive is the answer for
-/// anything unknown, expired, revoked or not issued by this server.
+/// RFC 7662 (AS-33). The caller must be an authenticated confidential client, and a token is
+/// described only to a resource server the operator allowed to introspect for the token's
+/// resource (`introspection_resources`), or to the client the token was issued to. Everyone else,
+/// like anything unknown, expired or revoked, gets exactly `{"active": false}`: a stranger with a
+/// registered client learns nothing about a stolen token, and a refresh token cannot be tested
+/// without rotating it.
 pub(crate) async fn introspect(
     State(s): State<AuthServer>,
     headers: HeaderMap,
@@ -637,7 +688,29 @@ pub(crate) async fn introspect(
         }
         let token = require(&form, "token")?;
         let inactive = || no_store(serde_json::json!({"active": false}));
+        let may_see = |resource: &str, issued_to: &str| {
+            issued_to == client.client_id
+                || (client.source == gatehouse_store::ClientSource::Preregistered
+                    && client
+                        .metadata
+                        .get("introspection_resources")
+                        .and_then(|v| v.as_array())
+                        .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(resource))))
+        };
         if let Some(mut claims) = s.inner.keys.verify(token) {
+            let (aud, cid) = (
+                claims
+                    .get("aud")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default(),
+                claims
+                    .get("client_id")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default(),
+            );
+            if !may_see(aud, cid) {
+                return Ok(inactive());
+            }
             let gid = claims
                 .get("gid")
                 .and_then(|v| v.as_str())
@@ -659,6 +732,11 @@ pub(crate) async fn introspect(
         let Some(r) = s.inner.store.get_refresh(&sha256_hex(token)).await? else {
             return Ok(inactive());
         };
+        // A refresh token is described only to the client it was issued to: resource servers
+        // never see refresh tokens.
+        if r.client_id != client.client_id {
+            return Ok(inactive());
+        }
         let grant = s.inner.store.get_grant(&r.grant_id).await?;
         let now = s.inner.clock.now_unix();
         match grant {

@@ -1,6 +1,26 @@
 //! Store operations, each written once for both backends.
 use crate::*;
 
+/// Ends what a user's identity opened (T23), inside a transaction: browser sessions, remembered
+/// consents, grants. A macro because the transaction's type differs per backend.
+macro_rules! end_user {
+    ($tx:ident, $subject:expr, $now:expr) => {{
+        sqlx::query("DELETE FROM sessions WHERE subject = $1")
+            .bind($subject)
+            .execute(&mut *$tx)
+            .await?;
+        sqlx::query("DELETE FROM consents WHERE subject = $1")
+            .bind($subject)
+            .execute(&mut *$tx)
+            .await?;
+        sqlx::query("UPDATE grants SET revoked_at = $1 WHERE subject = $2 AND revoked_at IS NULL")
+            .bind($now)
+            .bind($subject)
+            .execute(&mut *$tx)
+            .await?;
+    }};
+}
+
 #[derive(sqlx::FromRow)]
 pub(crate) struct ClientRow {
     pub(crate) client_id: String,
@@ -70,11 +90,20 @@ impl From<UserRow> for UserRecord {
 struct ConsentRow {
     subject: String,
     client_id: String,
+    resource: String,
     scope: String,
+    redirect_uris: String,
     granted_at: i64,
 }
 
 pub(crate) const CLIENT_COLS: &str = "client_id, secret_hash, auth_method, redirect_uris, grant_types, client_name, scope, source, application_type, metadata, created_at";
+
+/// Whether a presented refresh token may rotate: a fresh one always; a rotated one once more
+/// within `grace` seconds (racing refreshes), and only while neither that grace use nor its
+/// successor has been used (`reuse_count` marks both). Anything else is reuse (AS-29, T9).
+pub(crate) fn may_rotate(r: &RefreshRecord, now: i64, grace: i64) -> bool {
+    r.reuse_count == 0 && r.rotated_at.is_none_or(|t| now - t <= grace)
+}
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
@@ -165,14 +194,41 @@ impl Store {
         })
     }
 
+    /// Sets a user's password and ends what the old one opened (T23): browser sessions,
+    /// remembered consents and grants. False when there is no such user.
     pub async fn set_password(
         &self,
         username: &str,
         password_hash: &str,
+        now: i64,
     ) -> Result<bool, StoreError> {
-        let n = with_write!(self, p => sqlx::query("UPDATE users SET password_hash = $1 WHERE username = $2")
-            .bind(password_hash).bind(username).execute(p).await.map(|r| r.rows_affected()))?;
-        Ok(n > 0)
+        let Some(u) = self.get_user(username).await? else {
+            return Ok(false);
+        };
+        with_tx!(self, tx => {
+            sqlx::query("UPDATE users SET password_hash = $1 WHERE username = $2").bind(password_hash).bind(username).execute(&mut *tx).await?;
+            end_user!(tx, &u.subject, now);
+            Ok::<_, StoreError>(true)
+        })
+    }
+
+    /// Disables (or enables) a user; disabling ends their sessions, consents and grants (T23).
+    pub async fn set_disabled(
+        &self,
+        username: &str,
+        disabled: bool,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let Some(u) = self.get_user(username).await? else {
+            return Ok(false);
+        };
+        with_tx!(self, tx => {
+            sqlx::query("UPDATE users SET disabled = $1 WHERE username = $2").bind(i64::from(disabled)).bind(username).execute(&mut *tx).await?;
+            if disabled {
+                end_user!(tx, &u.subject, now);
+            }
+            Ok::<_, StoreError>(true)
+        })
     }
 
     pub async fn get_user(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -194,35 +250,43 @@ impl Store {
         };
         with_tx!(self, tx => {
             sqlx::query("DELETE FROM users WHERE username = $1").bind(username).execute(&mut *tx).await?;
-            sqlx::query("DELETE FROM sessions WHERE subject = $1").bind(&u.subject).execute(&mut *tx).await?;
-            sqlx::query("DELETE FROM consents WHERE subject = $1").bind(&u.subject).execute(&mut *tx).await?;
-            sqlx::query("UPDATE grants SET revoked_at = $1 WHERE subject = $2 AND revoked_at IS NULL").bind(now).bind(&u.subject).execute(&mut *tx).await?;
+            end_user!(tx, &u.subject, now);
             Ok::<_, StoreError>(true)
         })
     }
 
     // ---- consent ----------------------------------------------------------------------------
 
-    /// Consent is per user **and** per client (T1): never shared across clients.
+    /// Consent is per user, client **and** resource (T1, T20): never shared across clients or
+    /// resources.
     pub async fn get_consent(
         &self,
         subject: &str,
         client_id: &str,
+        resource: &str,
     ) -> Result<Option<ConsentRecord>, StoreError> {
-        let row: Option<ConsentRow> = with_read!(self, p => sqlx::query_as("SELECT subject, client_id, scope, granted_at FROM consents WHERE subject = $1 AND client_id = $2")
-            .bind(subject).bind(client_id).fetch_optional(p).await)?;
-        Ok(row.map(|r| ConsentRecord {
-            subject: r.subject,
-            client_id: r.client_id,
-            scope: r.scope,
-            granted_at: r.granted_at,
-        }))
+        let row: Option<ConsentRow> = with_read!(self, p => sqlx::query_as("SELECT subject, client_id, resource, scope, redirect_uris, granted_at FROM consents WHERE subject = $1 AND client_id = $2 AND resource = $3")
+            .bind(subject).bind(client_id).bind(resource).fetch_optional(p).await)?;
+        row.map(|r| {
+            Ok(ConsentRecord {
+                redirect_uris: serde_json::from_str(&r.redirect_uris)
+                    .map_err(|e| StoreError::Corrupt(format!("consent redirect_uris: {e}")))?,
+                subject: r.subject,
+                client_id: r.client_id,
+                resource: r.resource,
+                scope: r.scope,
+                granted_at: r.granted_at,
+            })
+        })
+        .transpose()
     }
 
     pub async fn put_consent(&self, c: &ConsentRecord) -> Result<(), StoreError> {
-        with_write!(self, p => sqlx::query("INSERT INTO consents (subject, client_id, scope, granted_at) VALUES ($1,$2,$3,$4)
-            ON CONFLICT (subject, client_id) DO UPDATE SET scope = excluded.scope, granted_at = excluded.granted_at")
-            .bind(&c.subject).bind(&c.client_id).bind(&c.scope).bind(c.granted_at).execute(p).await.map(|r| r.rows_affected()))?;
+        let uris = serde_json::to_string(&c.redirect_uris)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        with_write!(self, p => sqlx::query("INSERT INTO consents (subject, client_id, resource, scope, redirect_uris, granted_at) VALUES ($1,$2,$3,$4,$5,$6)
+            ON CONFLICT (subject, client_id, resource) DO UPDATE SET scope = excluded.scope, redirect_uris = excluded.redirect_uris, granted_at = excluded.granted_at")
+            .bind(&c.subject).bind(&c.client_id).bind(&c.resource).bind(&c.scope).bind(&uris).bind(c.granted_at).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -241,16 +305,32 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Revokes every grant of a subject (optionally only for one client). Returns how many.
+    /// Revokes every grant of a subject (optionally only for one client), with the consents that
+    /// would hand out new ones silently; without a client, the subject's browser sessions end too
+    /// (T23). Returns how many grants were revoked.
     pub async fn revoke_grants_of(
         &self,
         subject: &str,
         client_id: Option<&str>,
         now: i64,
     ) -> Result<u64, StoreError> {
+        with_tx!(self, tx => {
+            let n = sqlx::query("UPDATE grants SET revoked_at = $1 WHERE subject = $2 AND ($3 IS NULL OR client_id = $3) AND revoked_at IS NULL")
+                .bind(now).bind(subject).bind(client_id).execute(&mut *tx).await?.rows_affected();
+            sqlx::query("DELETE FROM consents WHERE subject = $1 AND ($2 IS NULL OR client_id = $2)").bind(subject).bind(client_id).execute(&mut *tx).await?;
+            if client_id.is_none() {
+                sqlx::query("DELETE FROM sessions WHERE subject = $1").bind(subject).execute(&mut *tx).await?;
+            }
+            Ok::<_, StoreError>(n)
+        })
+    }
+
+    /// Grants revoked at or after `since` (grant id, revocation time), oldest first: what the
+    /// guards and gateways of this process (and of replicas on the same store) must refuse.
+    pub async fn revoked_since(&self, since: i64) -> Result<Vec<(String, i64)>, StoreError> {
         Ok(
-            with_write!(self, p => sqlx::query("UPDATE grants SET revoked_at = $1 WHERE subject = $2 AND ($3 IS NULL OR client_id = $3) AND revoked_at IS NULL")
-            .bind(now).bind(subject).bind(client_id).execute(p).await.map(|r| r.rows_affected()))?,
+            with_read!(self, p => sqlx::query_as("SELECT grant_id, revoked_at FROM grants WHERE revoked_at >= $1 ORDER BY revoked_at LIMIT 100000")
+            .bind(since).fetch_all(p).await)?,
         )
     }
 
@@ -304,6 +384,10 @@ impl Store {
             let Some(c) = row else { return Ok(Ok(Redeemed::Unknown)) };
             let replayed = |grant_id: String| Ok(Ok(Redeemed::Replayed { grant_id }));
             if c.used_at.is_some() {
+                // AS-08: only a fully valid replay revokes (see sqlite_ops::redeem_code).
+                if let Err(e) = check(&c) {
+                    return Ok(Err(e));
+                }
                 sqlx::query("UPDATE grants SET revoked_at = $1 WHERE grant_id = $2 AND revoked_at IS NULL").bind(now).bind(&c.grant_id).execute(&mut *tx).await?;
                 return replayed(c.grant_id);
             }
@@ -326,7 +410,7 @@ impl Store {
                 return replayed(c.grant_id);
             }
             if let Some(r) = refresh {
-                sqlx::query("INSERT INTO refresh_tokens (token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count) VALUES ($1,$2,$3,$4,$5,$6,NULL,0)")
+                sqlx::query("INSERT INTO refresh_tokens (token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash) VALUES ($1,$2,$3,$4,$5,$6,NULL,0,NULL)")
                     .bind(&r.token_hash).bind(&r.grant_id).bind(&r.client_id).bind(&r.scope).bind(&r.resource).bind(r.expires_at)
                     .execute(&mut *tx).await?;
             }
@@ -355,7 +439,7 @@ impl Store {
                 .await;
         }
         with_tx!(self, tx => async {
-            let row: Option<RefreshRecord> = sqlx::query_as("SELECT token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count FROM refresh_tokens WHERE token_hash = $1")
+            let row: Option<RefreshRecord> = sqlx::query_as("SELECT token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash FROM refresh_tokens WHERE token_hash = $1")
                 .bind(token_hash).fetch_optional(&mut *tx).await?;
             let Some(r) = row else { return Ok(Ok(Rotated::Unknown)) };
             let grant: Option<GrantRecord> = sqlx::query_as("SELECT grant_id, subject, client_id, scope, resource, created_at, revoked_at, claims FROM grants WHERE grant_id = $1").bind(&r.grant_id).fetch_optional(&mut *tx).await?;
@@ -365,13 +449,12 @@ impl Store {
             if r.expires_at <= now {
                 return Ok(Ok(Rotated::Expired));
             }
-            let within_grace = |rotated_at: Option<i64>| rotated_at.is_none_or(|t| now - t <= grace);
-            if !within_grace(r.rotated_at) || r.reuse_count > 0 {
+            if !may_rotate(&r, now, grace) {
                 sqlx::query("UPDATE grants SET revoked_at = $1 WHERE grant_id = $2 AND revoked_at IS NULL").bind(now).bind(&r.grant_id).execute(&mut *tx).await?;
                 return Ok(Ok(Rotated::Reused { grant_id: r.grant_id }));
             }
             let new = match check(&r) {
-                Ok(n) => n,
+                Ok(n) => RefreshRecord { parent_hash: Some(r.token_hash.clone()), ..n },
                 Err(e) => return Ok(Err(e)),
             };
             // Conditional updates decide races: the first use rotates the token, one more use
@@ -385,9 +468,14 @@ impl Store {
                     sqlx::query("UPDATE grants SET revoked_at = $1 WHERE grant_id = $2 AND revoked_at IS NULL").bind(now).bind(&r.grant_id).execute(&mut *tx).await?;
                     return Ok(Ok(Rotated::Reused { grant_id: r.grant_id }));
                 }
+            } else if let Some(parent) = &r.parent_hash {
+                // Using a successor ends its parent's grace and retires its siblings (T9, row 12).
+                sqlx::query("UPDATE refresh_tokens SET reuse_count = 1 WHERE token_hash = $1").bind(parent).execute(&mut *tx).await?;
+                sqlx::query("UPDATE refresh_tokens SET rotated_at = $1, reuse_count = 1 WHERE parent_hash = $2 AND token_hash <> $3 AND rotated_at IS NULL")
+                    .bind(now).bind(parent).bind(&r.token_hash).execute(&mut *tx).await?;
             }
-            sqlx::query("INSERT INTO refresh_tokens (token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count) VALUES ($1,$2,$3,$4,$5,$6,NULL,0)")
-                .bind(&new.token_hash).bind(&new.grant_id).bind(&new.client_id).bind(&new.scope).bind(&new.resource).bind(new.expires_at)
+            sqlx::query("INSERT INTO refresh_tokens (token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash) VALUES ($1,$2,$3,$4,$5,$6,NULL,0,$7)")
+                .bind(&new.token_hash).bind(&new.grant_id).bind(&new.client_id).bind(&new.scope).bind(&new.resource).bind(new.expires_at).bind(&new.parent_hash)
                 .execute(&mut *tx).await?;
             Ok::<_, StoreError>(Ok(Rotated::Ok { old: r, grant: Box::new(grant), grace: grace_use }))
         }.await)
@@ -396,7 +484,7 @@ impl Store {
     /// The refresh token's record, for revocation and introspection.
     pub async fn get_refresh(&self, token_hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
         Ok(
-            with_read!(self, p => sqlx::query_as("SELECT token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count FROM refresh_tokens WHERE token_hash = $1")
+            with_read!(self, p => sqlx::query_as("SELECT token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash FROM refresh_tokens WHERE token_hash = $1")
             .bind(token_hash).fetch_optional(p).await)?,
         )
     }
@@ -555,6 +643,63 @@ impl Store {
         }
     }
 
+    // ---- throttles ----------------------------------------------------------------------------
+
+    /// The counter under `key_hash`, if it has not expired.
+    pub async fn get_throttle(
+        &self,
+        key_hash: &str,
+        now: i64,
+    ) -> Result<Option<ThrottleRecord>, StoreError> {
+        Ok(
+            with_read!(self, p => sqlx::query_as("SELECT key_hash, window_start, count, locked_until, expires_at FROM throttles WHERE key_hash = $1 AND expires_at > $2")
+            .bind(key_hash).bind(now).fetch_optional(p).await)?,
+        )
+    }
+
+    /// Counts one event under `key_hash` in a window of `window` seconds (a new window starts
+    /// when the old one has passed) and sets the lock `lock(count)` seconds from now (0: none).
+    /// Returns the updated counter. Atomic, so replicas on one store share every count.
+    pub async fn bump_throttle(
+        &self,
+        key_hash: &str,
+        now: i64,
+        window: i64,
+        lock: impl Fn(i64) -> i64 + Send,
+    ) -> Result<ThrottleRecord, StoreError> {
+        with_tx!(self, tx => async {
+            let prior: Option<ThrottleRecord> = sqlx::query_as("SELECT key_hash, window_start, count, locked_until, expires_at FROM throttles WHERE key_hash = $1")
+                .bind(key_hash).fetch_optional(&mut *tx).await?;
+            let (window_start, count) = match prior {
+                Some(t) if t.window_start + window > now => (t.window_start, t.count + 1),
+                _ => (now, 1),
+            };
+            let locked_until = match lock(count) { 0 => 0, secs => now + secs };
+            let expires_at = (window_start + window).max(locked_until);
+            let rec = ThrottleRecord { key_hash: key_hash.to_owned(), window_start, count, locked_until, expires_at };
+            sqlx::query("INSERT INTO throttles (key_hash, window_start, count, locked_until, expires_at) VALUES ($1,$2,$3,$4,$5)
+                ON CONFLICT (key_hash) DO UPDATE SET window_start = excluded.window_start, count = excluded.count, locked_until = excluded.locked_until, expires_at = excluded.expires_at")
+                .bind(&rec.key_hash).bind(rec.window_start).bind(rec.count).bind(rec.locked_until).bind(rec.expires_at)
+                .execute(&mut *tx).await?;
+            Ok::<_, StoreError>(rec)
+        }.await)
+    }
+
+    /// Forgets a counter (a successful sign-in clears its account's failures).
+    pub async fn clear_throttle(&self, key_hash: &str) -> Result<(), StoreError> {
+        with_write!(self, p => sqlx::query("DELETE FROM throttles WHERE key_hash = $1").bind(key_hash).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Deletes self-registered clients (DCR, metadata documents) created before `before` that
+    /// never got a grant (AS-26: unused registrations expire). Returns how many.
+    pub async fn purge_unused_clients(&self, before: i64) -> Result<u64, StoreError> {
+        Ok(
+            with_write!(self, p => sqlx::query("DELETE FROM clients WHERE source IN ('dcr', 'cimd') AND created_at < $1 AND NOT EXISTS (SELECT 1 FROM grants g WHERE g.client_id = clients.client_id)")
+            .bind(before).execute(p).await.map(|r| r.rows_affected()))?,
+        )
+    }
+
     /// Deletes expired codes, sessions, pending requests and refresh tokens.
     pub async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
         let mut n = 0;
@@ -565,6 +710,7 @@ impl Store {
             "DELETE FROM refresh_tokens WHERE expires_at < $1",
             "DELETE FROM assertion_jtis WHERE expires_at < $1",
             "DELETE FROM upstream_logins WHERE expires_at < $1",
+            "DELETE FROM throttles WHERE expires_at < $1",
         ] {
             n += with_write!(self, p => sqlx::query(q).bind(now).execute(p).await.map(|r| r.rows_affected()))?;
         }

@@ -59,8 +59,24 @@ pub struct UserRecord {
 pub struct ConsentRecord {
     pub subject: String,
     pub client_id: String,
+    /// The resource (RFC 8707) the user approved the client for: consent for one resource never
+    /// covers another (T20).
+    pub resource: String,
     pub scope: String,
+    /// The redirect URIs codes went to with this consent; a loopback redirect on another port is
+    /// a new decision (T20).
+    pub redirect_uris: Vec<String>,
     pub granted_at: i64,
+}
+
+/// A counter in a time window with an optional lock (login throttling, registration limits).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ThrottleRecord {
+    pub key_hash: String,
+    pub window_start: i64,
+    pub count: i64,
+    pub locked_until: i64,
+    pub expires_at: i64,
 }
 
 /// One authorization (a refresh-token family): revoking it ends every token it issued.
@@ -105,6 +121,8 @@ pub struct RefreshRecord {
     pub expires_at: i64,
     pub rotated_at: Option<i64>,
     pub reuse_count: i64,
+    /// The token this one was rotated from (`None` for the first of a family). Set by the store.
+    pub parent_hash: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

@@ -7,7 +7,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 const REVOKE_GRANT: &str =
     "UPDATE grants SET revoked_at = ?1 WHERE grant_id = ?2 AND revoked_at IS NULL";
-const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens (token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count) VALUES (?1,?2,?3,?4,?5,?6,NULL,0)";
+const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens (token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash) VALUES (?1,?2,?3,?4,?5,?6,NULL,0,?7)";
+/// Using a token ends its parent's grace use and retires its siblings (other grace answers).
+const END_PARENT_GRACE: &str = "UPDATE refresh_tokens SET reuse_count = 1 WHERE token_hash = ?1";
+const RETIRE_SIBLINGS: &str = "UPDATE refresh_tokens SET rotated_at = ?1, reuse_count = 1 WHERE parent_hash = ?2 AND token_hash <> ?3 AND rotated_at IS NULL";
 
 fn insert_refresh(c: &Connection, r: &RefreshRecord) -> rusqlite::Result<()> {
     c.prepare_cached(INSERT_REFRESH)?.execute(params![
@@ -16,7 +19,8 @@ fn insert_refresh(c: &Connection, r: &RefreshRecord) -> rusqlite::Result<()> {
         r.client_id,
         r.scope,
         r.resource,
-        r.expires_at
+        r.expires_at,
+        r.parent_hash
     ])?;
     Ok(())
 }
@@ -56,6 +60,11 @@ pub(crate) fn redeem_code<E>(
         return Ok(Ok(Redeemed::Unknown));
     };
     if code.used_at.is_some() {
+        // AS-08: only a replay that is itself fully valid (same client, right verifier and
+        // redirect) revokes; anyone else's junk gets the check's error and changes nothing.
+        if let Err(e) = check(&code) {
+            return Ok(Err(e));
+        }
         revoke_grant(c, &code.grant_id, now)?;
         return Ok(Ok(Redeemed::Replayed {
             grant_id: code.grant_id,
@@ -105,7 +114,7 @@ pub(crate) fn rotate_refresh<E>(
     check: impl FnOnce(&RefreshRecord) -> Result<RefreshRecord, E>,
 ) -> rusqlite::Result<Result<Rotated, E>> {
     let row = c
-        .prepare_cached("SELECT token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count FROM refresh_tokens WHERE token_hash = ?1")?
+        .prepare_cached("SELECT token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash FROM refresh_tokens WHERE token_hash = ?1")?
         .query_row(params![token_hash], |r| {
             Ok(RefreshRecord {
                 token_hash: r.get(0)?,
@@ -116,6 +125,7 @@ pub(crate) fn rotate_refresh<E>(
                 expires_at: r.get(5)?,
                 rotated_at: r.get(6)?,
                 reuse_count: r.get(7)?,
+                parent_hash: r.get(8)?,
             })
         })
         .optional()?;
@@ -143,15 +153,17 @@ pub(crate) fn rotate_refresh<E>(
     if old.expires_at <= now {
         return Ok(Ok(Rotated::Expired));
     }
-    let within_grace = |rotated_at: Option<i64>| rotated_at.is_none_or(|t| now - t <= grace);
-    if !within_grace(old.rotated_at) || old.reuse_count > 0 {
+    if !crate::ops::may_rotate(&old, now, grace) {
         revoke_grant(c, &old.grant_id, now)?;
         return Ok(Ok(Rotated::Reused {
             grant_id: old.grant_id,
         }));
     }
     let new = match check(&old) {
-        Ok(n) => n,
+        Ok(n) => RefreshRecord {
+            parent_hash: Some(old.token_hash.clone()),
+            ..n
+        },
         Err(e) => return Ok(Err(e)),
     };
     let mut grace_use = false;
@@ -171,6 +183,11 @@ pub(crate) fn rotate_refresh<E>(
                 grant_id: old.grant_id,
             }));
         }
+    } else if let Some(parent) = &old.parent_hash {
+        c.prepare_cached(END_PARENT_GRACE)?
+            .execute(params![parent])?;
+        c.prepare_cached(RETIRE_SIBLINGS)?
+            .execute(params![now, parent, old.token_hash])?;
     }
     insert_refresh(c, &new)?;
     Ok(Ok(Rotated::Ok {

@@ -61,6 +61,7 @@ fn refresh(hash: &str, grant_id: &str) -> RefreshRecord {
         expires_at: NOW + 86_400,
         rotated_at: None,
         reuse_count: 0,
+        parent_hash: None,
     }
 }
 
@@ -99,7 +100,11 @@ async fn clients_and_users(s: &Store) {
         s.insert_user(&u).await,
         Err(StoreError::Conflict(_))
     ));
-    assert!(s.set_password("alice", "$argon2id$new").await.expect("set"));
+    assert!(
+        s.set_password("alice", "$argon2id$new", NOW)
+            .await
+            .expect("set")
+    );
     assert_eq!(
         s.get_user("alice")
             .await
@@ -108,41 +113,232 @@ async fn clients_and_users(s: &Store) {
             .password_hash,
         "$argon2id$new"
     );
-    assert!(!s.set_password("bob", "x").await.expect("set"));
+    assert!(!s.set_password("bob", "x", NOW).await.expect("set"));
 }
 
+/// T23 (issue 14, row 8): a password change, disabling a user and `admin revoke` end the
+/// user's browser sessions, remembered consents and grants.
+async fn incidents_end_sessions_consents_and_grants(s: &Store) {
+    let u = UserRecord {
+        username: "carol".into(),
+        subject: "carol".into(),
+        password_hash: "$argon2id$old".into(),
+        disabled: false,
+        created_at: NOW,
+    };
+    s.insert_user(&u).await.expect("user");
+    let seed = |tag: &'static str| async move {
+        s.insert_session(&SessionRecord {
+            id_hash: format!("sess-{tag}"),
+            subject: "carol".into(),
+            auth_time: NOW,
+            expires_at: NOW + 3600,
+            claims: None,
+        })
+        .await
+        .expect("session");
+        s.put_consent(&ConsentRecord {
+            subject: "carol".into(),
+            client_id: "c1".into(),
+            resource: "https://mcp.example.com/mcp".into(),
+            scope: "mcp:basic".into(),
+            redirect_uris: vec!["http://127.0.0.1:5555/callback".into()],
+            granted_at: NOW,
+        })
+        .await
+        .expect("consent");
+        s.insert_grant(&GrantRecord {
+            subject: "carol".into(),
+            ..grant(&format!("gc-{tag}"))
+        })
+        .await
+        .expect("grant");
+    };
+    let ended = |tag: &'static str| async move {
+        assert_eq!(
+            s.get_session(&format!("sess-{tag}"), NOW)
+                .await
+                .expect("get"),
+            None,
+            "{tag}: session ended"
+        );
+        assert_eq!(
+            s.get_consent("carol", "c1", "https://mcp.example.com/mcp")
+                .await
+                .expect("get"),
+            None,
+            "{tag}: consent forgotten"
+        );
+        assert!(
+            s.get_grant(&format!("gc-{tag}"))
+                .await
+                .expect("get")
+                .expect("present")
+                .revoked_at
+                .is_some(),
+            "{tag}: grant revoked"
+        );
+    };
+    seed("passwd").await;
+    assert!(
+        s.set_password("carol", "$argon2id$new", NOW + 1)
+            .await
+            .expect("set")
+    );
+    ended("passwd").await;
+    let revoked = s.revoked_since(NOW + 1).await.expect("revoked");
+    assert!(
+        revoked.contains(&("gc-passwd".to_owned(), NOW + 1)),
+        "{revoked:?}"
+    );
+    seed("disable").await;
+    assert!(
+        s.set_disabled("carol", true, NOW + 2)
+            .await
+            .expect("disable")
+    );
+    ended("disable").await;
+    assert!(
+        s.get_user("carol")
+            .await
+            .expect("get")
+            .expect("present")
+            .disabled
+    );
+    assert!(
+        s.set_disabled("carol", false, NOW + 3)
+            .await
+            .expect("enable")
+    );
+    seed("revoke").await;
+    assert_eq!(
+        s.revoke_grants_of("carol", None, NOW + 4)
+            .await
+            .expect("revoke"),
+        1
+    );
+    ended("revoke").await;
+    assert!(!s.set_disabled("nobody", true, NOW).await.expect("disable"));
+}
+
+/// T19, AS-26: counters in a window, shared through the store, with locks.
+async fn throttles_count_lock_and_expire(s: &Store) {
+    let lock = |n: i64| if n >= 3 { 100 } else { 0 };
+    for n in 1..=2 {
+        let t = s.bump_throttle("k", NOW, 60, lock).await.expect("bump");
+        assert_eq!((t.count, t.locked_until), (n, 0));
+    }
+    let t = s.bump_throttle("k", NOW + 1, 60, lock).await.expect("bump");
+    assert_eq!((t.count, t.locked_until), (3, NOW + 101));
+    assert_eq!(
+        s.get_throttle("k", NOW + 50)
+            .await
+            .expect("get")
+            .map(|t| t.locked_until),
+        Some(NOW + 101)
+    );
+    // A new window starts once the old one has passed; the lock is what keeps the row alive.
+    let t = s
+        .bump_throttle("k", NOW + 61, 60, |_| 0)
+        .await
+        .expect("bump");
+    assert_eq!((t.count, t.window_start), (1, NOW + 61));
+    s.clear_throttle("k").await.expect("clear");
+    assert_eq!(s.get_throttle("k", NOW + 62).await.expect("get"), None);
+    s.bump_throttle("old", NOW, 60, |_| 0).await.expect("bump");
+    assert_eq!(
+        s.get_throttle("old", NOW + 60).await.expect("get"),
+        None,
+        "expired"
+    );
+}
+
+/// AS-26: self-registered clients that never got a grant expire; the operator's stay.
+async fn unused_registrations_expire(s: &Store) {
+    for (id, source) in [
+        ("dcr-unused", ClientSource::Dynamic),
+        ("dcr-used", ClientSource::Dynamic),
+        ("cimd-unused", ClientSource::MetadataDocument),
+        ("pre-unused", ClientSource::Preregistered),
+    ] {
+        s.insert_client(&ClientRecord {
+            source,
+            created_at: NOW - 10,
+            ..client(id)
+        })
+        .await
+        .expect("client");
+    }
+    s.insert_grant(&GrantRecord {
+        client_id: "dcr-used".into(),
+        ..grant("g-used")
+    })
+    .await
+    .expect("grant");
+    s.purge_unused_clients(NOW - 10).await.expect("purge");
+    for id in ["dcr-unused", "cimd-unused"] {
+        assert!(
+            s.get_client(id).await.expect("get").is_some(),
+            "{id} is young"
+        );
+    }
+    assert!(s.purge_unused_clients(NOW - 5).await.expect("purge") >= 2);
+    for (id, kept) in [
+        ("dcr-unused", false),
+        ("cimd-unused", false),
+        ("dcr-used", true),
+        ("pre-unused", true),
+    ] {
+        assert_eq!(s.get_client(id).await.expect("get").is_some(), kept, "{id}");
+    }
+}
+
+/// T1, T20: consent is per user, client and resource, and remembers where codes went.
 async fn consent_is_per_client(s: &Store) {
+    const R: &str = "https://mcp.example.com/mcp";
     let c = ConsentRecord {
         subject: "alice".into(),
         client_id: "c1".into(),
+        resource: R.into(),
         scope: "mcp:basic".into(),
+        redirect_uris: vec!["http://127.0.0.1:5555/callback".into()],
         granted_at: NOW,
     };
     s.put_consent(&c).await.expect("put");
     assert_eq!(
-        s.get_consent("alice", "c1").await.expect("get"),
+        s.get_consent("alice", "c1", R).await.expect("get"),
         Some(c.clone())
     );
     assert_eq!(
-        s.get_consent("alice", "c2").await.expect("get"),
+        s.get_consent("alice", "c2", R).await.expect("get"),
         None,
         "T1: never shared across clients"
     );
-    assert_eq!(s.get_consent("bob", "c1").await.expect("get"), None);
+    assert_eq!(
+        s.get_consent("alice", "c1", "https://other.example.com/mcp")
+            .await
+            .expect("get"),
+        None,
+        "T20: never shared across resources"
+    );
+    assert_eq!(s.get_consent("bob", "c1", R).await.expect("get"), None);
     s.put_consent(&ConsentRecord {
         scope: "mcp:basic notes:write".into(),
+        redirect_uris: vec![
+            "http://127.0.0.1:5555/callback".into(),
+            "http://127.0.0.1:6666/callback".into(),
+        ],
         ..c
     })
     .await
     .expect("update");
-    assert_eq!(
-        s.get_consent("alice", "c1")
-            .await
-            .expect("get")
-            .expect("present")
-            .scope,
-        "mcp:basic notes:write"
-    );
+    let got = s
+        .get_consent("alice", "c1", R)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(got.scope, "mcp:basic notes:write");
+    assert_eq!(got.redirect_uris.len(), 2);
 }
 
 /// AS-07, AS-08: codes are single-use; AS-32: a code whose grant was revoked is refused.
@@ -164,7 +360,23 @@ async fn codes_are_single_use(s: &Store) {
         matches!(r, Ok(Redeemed::Fresh(ref c)) if c.grant_id == "g1" && c.used_at == Some(NOW))
     );
     assert!(s.get_refresh("r1").await.expect("get").is_some());
-    // T9: a replay is refused and revokes what the code issued.
+    // AS-08 (issue 14, row 9): a replay that is not itself valid (another client, a junk
+    // verifier) gets its error and revokes nothing.
+    assert_eq!(
+        s.redeem_code::<&str>("h1", NOW + 1, |_| Err("code was issued to another client"))
+            .await
+            .expect("db"),
+        Err("code was issued to another client")
+    );
+    assert_eq!(
+        s.get_grant("g1")
+            .await
+            .expect("get")
+            .expect("present")
+            .revoked_at,
+        None
+    );
+    // T9: a valid replay is refused and revokes what the code issued.
     let r = s
         .redeem_code::<()>("h1", NOW + 1, |_| Ok(None))
         .await
@@ -334,6 +546,15 @@ async fn refresh_rotation_with_grace_and_reuse_detection(s: &Store) {
         .await
         .expect("db");
     assert!(matches!(r, Ok(Rotated::Ok { grace: true, .. })));
+    assert_eq!(
+        s.get_refresh("a2b")
+            .await
+            .expect("get")
+            .expect("stored")
+            .parent_hash
+            .as_deref(),
+        Some("a1")
+    );
     // A third use is reuse: the family is revoked, including the tokens it produced.
     let r = s
         .rotate_refresh::<()>("a1", NOW + 13, 5, |o| Ok(refresh("a3", &o.grant_id)))
@@ -374,6 +595,63 @@ async fn refresh_rotation_with_grace_and_reuse_detection(s: &Store) {
             grant_id: "g5".into()
         })
     );
+    // Issue 14, row 12: the grace ends as soon as the successor is used, and using one grace
+    // twin retires the other (the family never has two live branches).
+    s.insert_grant_with_code(&grant("g7"), &code("h7", "g7", NOW + 60))
+        .await
+        .expect("insert");
+    s.redeem_code::<()>("h7", NOW, |c| Ok(Some(refresh("d1", &c.grant_id))))
+        .await
+        .expect("db")
+        .expect("fresh");
+    s.rotate_refresh::<()>("d1", NOW + 10, 5, |o| Ok(refresh("d2", &o.grant_id)))
+        .await
+        .expect("db")
+        .expect("ok");
+    s.rotate_refresh::<()>("d2", NOW + 11, 5, |o| Ok(refresh("d3", &o.grant_id)))
+        .await
+        .expect("db")
+        .expect("successor used");
+    assert_eq!(
+        s.rotate_refresh::<()>("d1", NOW + 12, 5, |o| Ok(refresh("d4", &o.grant_id)))
+            .await
+            .expect("db"),
+        Ok(Rotated::Reused {
+            grant_id: "g7".into()
+        }),
+        "inside the grace window, but its successor was used: reuse"
+    );
+    s.insert_grant_with_code(&grant("g8"), &code("h8", "g8", NOW + 60))
+        .await
+        .expect("insert");
+    s.redeem_code::<()>("h8", NOW, |c| Ok(Some(refresh("e1", &c.grant_id))))
+        .await
+        .expect("db")
+        .expect("fresh");
+    for (twin, grace) in [("e2a", false), ("e2b", true)] {
+        let r = s
+            .rotate_refresh::<()>("e1", NOW + 10, 5, |o| Ok(refresh(twin, &o.grant_id)))
+            .await
+            .expect("db");
+        assert!(
+            matches!(r, Ok(Rotated::Ok { grace: g, .. }) if g == grace),
+            "{twin}"
+        );
+    }
+    s.rotate_refresh::<()>("e2b", NOW + 11, 5, |o| Ok(refresh("e3", &o.grant_id)))
+        .await
+        .expect("db")
+        .expect("one twin used");
+    assert_eq!(
+        s.rotate_refresh::<()>("e2a", NOW + 12, 5, |o| Ok(refresh("e4", &o.grant_id)))
+            .await
+            .expect("db"),
+        Ok(Rotated::Reused {
+            grant_id: "g8".into()
+        }),
+        "the other twin was retired when its sibling was used"
+    );
+
     // A failing check (wrong client) changes nothing.
     s.insert_grant_with_code(&grant("g6"), &code("h6", "g6", NOW + 60))
         .await
@@ -500,6 +778,9 @@ async fn deleting_revokes(s: &Store) {
 async fn suite(s: Store) {
     clients_and_users(&s).await;
     consent_is_per_client(&s).await;
+    incidents_end_sessions_consents_and_grants(&s).await;
+    throttles_count_lock_and_expire(&s).await;
+    unused_registrations_expire(&s).await;
     codes_are_single_use(&s).await;
     concurrent_redemption_has_one_winner(&s).await;
     concurrent_writes_stand_alone(&s).await;

@@ -16,6 +16,10 @@ pub enum TokenError {
     NotYetValid,
     MissingClaim(&'static str),
     Inactive,
+    /// The grant the token belongs to was revoked (T16, T23).
+    Revoked,
+    /// A sender-constrained token (`cnf`, e.g. DPoP-bound) presented as a plain bearer token.
+    Unbound,
     /// The authorization server or its keys could not be reached: not the caller's fault.
     Unavailable(String),
 }
@@ -34,6 +38,10 @@ impl fmt::Display for TokenError {
             Self::NotYetValid => f.write_str("token not yet valid"),
             Self::MissingClaim(c) => write!(f, "token lacks the {c} claim"),
             Self::Inactive => f.write_str("token is not active"),
+            Self::Revoked => f.write_str("token was revoked"),
+            Self::Unbound => {
+                f.write_str("token is bound to a key (cnf) and cannot be used as a bearer token")
+            }
             Self::Unavailable(m) => write!(f, "token validation unavailable: {m}"),
         }
     }

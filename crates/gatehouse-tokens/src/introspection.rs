@@ -97,6 +97,10 @@ impl IntrospectionValidator {
         if !aud_ok {
             return Err(TokenError::Audience);
         }
+        // A key-bound token (RFC 9449 `cnf`) is no bearer token (see the JWT validator).
+        if claims.contains_key("cnf") {
+            return Err(TokenError::Unbound);
+        }
         let exp = claims.get("exp").and_then(Value::as_i64);
         if exp.is_some_and(|e| now >= e) {
             return Err(TokenError::Expired);

@@ -36,6 +36,9 @@ pub struct JwtValidatorConfig {
     pub jwks_ttl: Duration,
     /// At most one refetch forced by an unknown `kid` per this interval.
     pub jwks_min_refetch: Duration,
+    /// Grants revoked at the issuers (Gatehouse's own authorization server names the grant in
+    /// `gid`): their tokens are refused before they expire.
+    pub revocations: Option<std::sync::Arc<crate::Revocations>>,
 }
 
 impl JwtValidatorConfig {
@@ -49,6 +52,7 @@ impl JwtValidatorConfig {
             strict_typ: false,
             jwks_ttl: Duration::from_secs(600),
             jwks_min_refetch: Duration::from_secs(30),
+            revocations: None,
         }
     }
 }
@@ -221,6 +225,7 @@ fn verify_with<'a>(
     alg: Algorithm,
     keys: impl IntoIterator<Item = &'a CachedKey>,
 ) -> Result<Map<String, Value>, TokenError> {
+    refuse_critical_extensions(token)?;
     for k in keys {
         let mut v = Validation::new(alg);
         v.algorithms = k.algs.clone();
@@ -235,6 +240,24 @@ fn verify_with<'a>(
         }
     }
     Err(TokenError::Signature)
+}
+
+/// RFC 7515 §4.1.11: a JWS whose `crit` header names extensions must be rejected unless they
+/// are understood; this code understands none, so any `crit` is refused.
+fn refuse_critical_extensions(token: &str) -> Result<(), TokenError> {
+    use base64::Engine as _;
+    let head = token.split('.').next().unwrap_or_default();
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(head)
+        .map_err(|_| TokenError::Malformed("bad JOSE header encoding".into()))?;
+    let header: Map<String, Value> = serde_json::from_slice(&raw)
+        .map_err(|_| TokenError::Malformed("JOSE header is not a JSON object".into()))?;
+    if header.contains_key("crit") {
+        return Err(TokenError::Malformed(
+            "JOSE header has critical extensions (crit) this server does not understand".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl JwtValidator {
@@ -523,6 +546,18 @@ impl JwtValidator {
             && now.saturating_add(leeway) < iat
         {
             return Err(TokenError::NotYetValid);
+        }
+        // RFC 9449 §7.1 / RFC 8705: a key-bound token is no bearer token; this validator checks
+        // no proof of possession, so it refuses them rather than void the binding.
+        if claims.contains_key("cnf") {
+            return Err(TokenError::Unbound);
+        }
+        if let (Some(r), Some(gid)) = (
+            &self.cfg.revocations,
+            claims.get("gid").and_then(Value::as_str),
+        ) && r.is_revoked(issuer, gid)
+        {
+            return Err(TokenError::Revoked);
         }
         Principal::from_claims(issuer.to_owned(), claims, PrincipalSource::Jwt)
     }

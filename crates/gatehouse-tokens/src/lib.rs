@@ -16,12 +16,14 @@ mod error;
 mod introspection;
 mod jwt;
 mod principal;
+mod revocations;
 
 pub use discovery::discover;
 pub use error::TokenError;
 pub use introspection::{IntrospectionConfig, IntrospectionValidator};
 pub use jwt::{ASYMMETRIC_ALGORITHMS, JwtValidator, JwtValidatorConfig, KeySet, TrustedIssuer};
 pub use principal::{Principal, PrincipalSource};
+pub use revocations::Revocations;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -39,7 +39,8 @@ enum AdminCommand {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Revoke every grant of a user (optionally only for one client).
+    /// Revoke every grant of a user (optionally only for one client), with their remembered
+    /// consents; without --client their browser sessions end too.
     Revoke {
         #[arg(long)]
         subject: String,
@@ -56,11 +57,20 @@ enum UsersCommand {
         #[arg(long, default_value = "GATEHOUSE_PASSWORD")]
         password_env: String,
     },
-    /// Set a user's password from an environment variable.
+    /// Set a user's password from an environment variable; ends their browser sessions,
+    /// remembered consents and grants.
     Passwd {
         name: String,
         #[arg(long, default_value = "GATEHOUSE_PASSWORD")]
         password_env: String,
+    },
+    /// Disable a user: no sign-in; their sessions, consents and grants end.
+    Disable {
+        name: String,
+    },
+    /// Enable a disabled user again.
+    Enable {
+        name: String,
     },
     List,
     /// Delete a user, their sessions and consents, and revoke their grants.
@@ -94,6 +104,10 @@ enum ClientsCommand {
         /// Authenticate with private_key_jwt using the public keys in this JWKS file.
         #[arg(long)]
         jwks_file: Option<String>,
+        /// A resource server: it may introspect tokens issued for this resource (RFC 7662;
+        /// repeatable). Without it a client introspects only its own tokens.
+        #[arg(long = "introspect-for")]
+        introspection_resources: Vec<String>,
     },
     List,
     /// Delete a client and revoke its grants.
@@ -163,13 +177,35 @@ async fn run_inner(args: AdminArgs) -> Result<(), String> {
             UsersCommand::Passwd { name, password_env } => {
                 let hash = hash_password(&password_from(&password_env)?)?;
                 if !store
-                    .set_password(&name, &hash)
+                    .set_password(&name, &hash, now)
                     .await
                     .map_err(|e| e.to_string())?
                 {
                     return Err(format!("no user {name}"));
                 }
-                println!("password of {name} changed");
+                println!(
+                    "password of {name} changed; their sessions, consents and grants are ended"
+                );
+            }
+            UsersCommand::Disable { name } => {
+                if !store
+                    .set_disabled(&name, true, now)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    return Err(format!("no user {name}"));
+                }
+                println!("disabled user {name}; their sessions, consents and grants are ended");
+            }
+            UsersCommand::Enable { name } => {
+                if !store
+                    .set_disabled(&name, false, now)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    return Err(format!("no user {name}"));
+                }
+                println!("enabled user {name}");
             }
             UsersCommand::List => {
                 for u in store.list_users().await.map_err(|e| e.to_string())? {
@@ -202,6 +238,7 @@ async fn run_inner(args: AdminArgs) -> Result<(), String> {
                 client_id,
                 exchange_targets,
                 jwks_file,
+                introspection_resources,
             } => {
                 let jwks = jwks_file
                     .map(|f| {
@@ -218,6 +255,13 @@ async fn run_inner(args: AdminArgs) -> Result<(), String> {
                 for t in &exchange_targets {
                     gatehouse_core::Resource::parse(t)
                         .map_err(|e| format!("--exchange-target: {e}"))?;
+                }
+                for t in &introspection_resources {
+                    gatehouse_core::Resource::parse(t)
+                        .map_err(|e| format!("--introspect-for: {e}"))?;
+                }
+                if !introspection_resources.is_empty() && !confidential {
+                    return Err("--introspect-for needs --confidential".into());
                 }
                 for u in &redirect_uris {
                     RedirectUri::parse(u).map_err(|e| e.to_string())?;
@@ -253,9 +297,15 @@ async fn run_inner(args: AdminArgs) -> Result<(), String> {
                         scope,
                         source: ClientSource::Preregistered,
                         application_type: None,
-                        metadata: match &jwks {
-                            Some(k) => serde_json::json!({ "token_exchange_targets": exchange_targets, "jwks": k }),
-                            None => serde_json::json!({ "token_exchange_targets": exchange_targets }),
+                        metadata: {
+                            let mut m = serde_json::json!({
+                                "token_exchange_targets": exchange_targets,
+                                "introspection_resources": introspection_resources,
+                            });
+                            if let Some(k) = &jwks {
+                                m["jwks"] = k.clone();
+                            }
+                            m
                         },
                         created_at: now,
                     })

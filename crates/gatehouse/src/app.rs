@@ -22,13 +22,15 @@ pub(crate) struct App {
     pub(crate) cancel: CancellationToken,
     /// The gateway's policies and how often to re-read their file.
     pub(crate) policy: Option<(Arc<gatehouse_policy::Engine>, Duration)>,
+    /// The listener's bounds (T21).
+    pub(crate) limits: crate::listener::ListenerLimits,
 }
 
 /// What `gatehouse config check` runs: everything is built and validated (policies, keys,
 /// limits), but no file is created and nothing the embedded authorization server lends is
 /// needed. Performs no network I/O.
 pub(crate) fn check(cfg: &Config) -> Result<(), String> {
-    build_inner(cfg, false, None, true).map(|_| ())
+    build_inner(cfg, false, None, None, true).map(|_| ())
 }
 
 /// Builds everything from a validated config, with what per-user upstream grants (GW-09)
@@ -37,20 +39,23 @@ pub(crate) fn build_with(
     cfg: &Config,
     dev_origins: bool,
     connect: Option<crate::connect::Backend>,
+    revocations: Option<Arc<gatehouse_tokens::Revocations>>,
 ) -> Result<App, String> {
-    build_inner(cfg, dev_origins, connect, false)
+    build_inner(cfg, dev_origins, connect, revocations, false)
 }
 
 fn build_inner(
     cfg: &Config,
     dev_origins: bool,
     connect: Option<crate::connect::Backend>,
+    revocations: Option<Arc<gatehouse_tokens::Revocations>>,
     check_only: bool,
 ) -> Result<App, String> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let revocations = revocations.as_ref();
     let resource = cfg.resource()?;
     let fetcher = Fetcher::new(cfg.fetch_policy()?).map_err(|e| e.to_string())?;
-    let (guard, jwt) = build_guard(cfg, &resource, &fetcher, &clock, true)?;
+    let (guard, jwt) = build_guard(cfg, &resource, &fetcher, &clock, revocations, true)?;
     let mut upstream_routes = axum::Router::new();
     let mut policy = None;
     let gates = Arc::new(OriginGate::new(cfg, &resource, dev_origins));
@@ -108,7 +113,7 @@ fn build_inner(
             let r = cfg.upstream_resource(&u.name)?;
             // Per-tool scopes are decided by the policy engine (with the upstream's own
             // entries), not by the guard; the guard authenticates and checks the baseline.
-            let (g, _) = build_guard(cfg, &r, &fetcher, &clock, false)?;
+            let (g, _) = build_guard(cfg, &r, &fetcher, &clock, revocations, false)?;
             let proxy = crate::gateway::Proxy::new(
                 u,
                 crate::gateway::ProxyParts {
@@ -141,7 +146,7 @@ fn build_inner(
         }
         if let Some(name) = cfg.aggregate_name() {
             let r = cfg.upstream_resource(name)?;
-            let (g, _) = build_guard(cfg, &r, &fetcher, &clock, false)?;
+            let (g, _) = build_guard(cfg, &r, &fetcher, &clock, revocations, false)?;
             let refusals = crate::gateway::RefusalAudit {
                 audit: audit.clone(),
                 server: name.to_owned(),
@@ -304,6 +309,7 @@ fn build_guard(
     resource: &Resource,
     fetcher: &Fetcher,
     clock: &Arc<dyn Clock>,
+    revocations: Option<&Arc<gatehouse_tokens::Revocations>>,
     tool_scopes_in_guard: bool,
 ) -> Result<(Guard, Option<Arc<JwtValidator>>), String> {
     let (resource, clock) = (resource.clone(), clock.clone());
@@ -320,6 +326,7 @@ fn build_guard(
         let mut jc = JwtValidatorConfig::new(resource.clone(), issuers);
         jc.audience_policy = g.audience_policy;
         jc.strict_typ = g.strict_typ;
+        jc.revocations = revocations.cloned();
         Arc::new(JwtValidator::new(jc, fetcher.clone(), clock.clone()))
     });
     let introspection = g.introspection.as_ref().map(|i| {
@@ -448,6 +455,7 @@ fn finish(
         jwt,
         cancel,
         policy: None,
+        limits: cfg.listener.limits(),
     })
 }
 
@@ -497,24 +505,15 @@ pub(crate) fn describe_scopes(g: &GuardConfig) -> String {
 /// (waiting at most 5 s for in-flight requests).
 pub(crate) async fn serve(listener: tokio::net::TcpListener, app: App) -> std::io::Result<()> {
     let cancel = app.cancel.clone();
-    let shutdown = async move {
+    tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
         cancel.cancel();
-    };
-    // Answers are often written in pieces (headers, then streamed SSE events): without
-    // TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to each one.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
     });
-    let server = axum::serve(
-        listener,
-        app.router
-            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown);
+    let router = app
+        .router
+        .layer(axum::middleware::map_response(baseline_headers));
+    let server = crate::listener::serve(listener, router, app.limits, app.cancel.clone());
     let cancelled = app.cancel.clone();
     tokio::select! {
         r = server => r,
@@ -523,6 +522,24 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, app: App) -> std::i
             Ok(())
         }
     }
+}
+
+/// The security headers every answer carries unless it set its own (issue 14, row 18):
+/// discovery documents, JSON errors and MCP answers are never sniffed as another type, framed,
+/// or given a referrer.
+async fn baseline_headers(mut r: axum::response::Response) -> axum::response::Response {
+    use http::header::{REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS};
+    let h = r.headers_mut();
+    for (name, value) in [
+        (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (X_FRAME_OPTIONS, "DENY"),
+        (REFERRER_POLICY, "no-referrer"),
+    ] {
+        if !h.contains_key(&name) {
+            h.insert(name, http::HeaderValue::from_static(value));
+        }
+    }
+    r
 }
 
 async fn wait_for_signal() {

@@ -86,8 +86,46 @@ pub(crate) struct Config {
     /// for identity providers or client metadata documents behind a private PKI.
     #[serde(default)]
     pub(crate) trusted_ca_file: Option<String>,
+    /// Bounds of the listener (T21); every key optional.
+    #[serde(default)]
+    pub(crate) listener: ListenerSection,
     #[serde(default)]
     pub(crate) dangerous: Dangerous,
+}
+
+/// Limits of the listener; defaults: 3/4 of the process's open-file limit in all, a quarter of
+/// that per client address, 15 s for request headers (and idle keep-alive), 30 s for a body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListenerSection {
+    #[serde(default)]
+    pub(crate) max_connections: Option<usize>,
+    #[serde(default)]
+    pub(crate) per_source_connections: Option<usize>,
+    #[serde(default)]
+    pub(crate) header_timeout_seconds: Option<u64>,
+    #[serde(default)]
+    pub(crate) body_timeout_seconds: Option<u64>,
+}
+
+impl ListenerSection {
+    pub(crate) fn limits(&self) -> crate::listener::ListenerLimits {
+        let d = crate::listener::ListenerLimits::default();
+        let max_connections = self.max_connections.unwrap_or(d.max_connections).max(1);
+        crate::listener::ListenerLimits {
+            max_connections,
+            per_source: self
+                .per_source_connections
+                .unwrap_or(d.per_source)
+                .clamp(1, max_connections),
+            header_timeout: self.header_timeout_seconds.map_or(d.header_timeout, |s| {
+                std::time::Duration::from_secs(s.max(1))
+            }),
+            body_timeout: self
+                .body_timeout_seconds
+                .map_or(d.body_timeout, |s| std::time::Duration::from_secs(s.max(1))),
+        }
+    }
 }
 
 /// The gateway (issue 5, first part): each upstream is served at `/servers/<name>/mcp` with its
@@ -349,8 +387,13 @@ pub(crate) struct AuthServerSection {
     pub(crate) resources: Vec<ResourceSection>,
     #[serde(default = "yes")]
     pub(crate) dynamic_registration: bool,
+    /// Registrations per source address per minute (AS-26).
     #[serde(default = "ten")]
     pub(crate) registrations_per_minute: u32,
+    /// What self-registered clients (DCR, metadata documents) may be; default: public
+    /// authorization_code clients only (T17).
+    #[serde(default)]
+    pub(crate) registration: RegistrationSection,
     #[serde(default = "yes")]
     pub(crate) client_metadata_documents: bool,
     #[serde(default)]
@@ -409,6 +452,33 @@ pub(crate) struct UpstreamSection {
     /// Shown on the sign-in button.
     #[serde(default = "default_upstream_name")]
     pub(crate) name: String,
+}
+
+/// The registration policy for clients nobody vetted (T17).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RegistrationSection {
+    /// Grant types they may hold; default `[authorization_code, refresh_token]`.
+    #[serde(default)]
+    pub(crate) grant_types: Option<Vec<String>>,
+    /// Token endpoint authentication methods; default `[none]` (a request for a secret gets a
+    /// public client instead).
+    #[serde(default)]
+    pub(crate) auth_methods: Option<Vec<String>>,
+    /// Scopes their machine tokens may carry, where `client_credentials` is allowed above.
+    #[serde(default)]
+    pub(crate) machine_scopes: Option<ScopeSet>,
+    /// RFC 7591 initial access token: registration needs `Authorization: Bearer <it>`. Give it
+    /// as `${env:…}`.
+    #[serde(default)]
+    pub(crate) initial_access_token: Option<EnvString>,
+    /// Registrations per minute from all sources together; default 60.
+    #[serde(default)]
+    pub(crate) per_minute_total: Option<u32>,
+    /// Self-registered clients without a grant are deleted after this many seconds; default
+    /// 86400.
+    #[serde(default)]
+    pub(crate) unused_ttl_seconds: Option<i64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -534,6 +604,11 @@ pub(crate) struct Dangerous {
     /// local authorization server in development).
     #[serde(default)]
     pub(crate) allow_loopback_fetch: Vec<String>,
+    /// Allow fetching client metadata documents and client `jwks_uri` from these loopback
+    /// `host:port` authorities. Separate from `allow_loopback_fetch`: those URLs are chosen by
+    /// strangers.
+    #[serde(default)]
+    pub(crate) allow_loopback_client_fetch: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -58,11 +58,13 @@ pub(crate) fn run_embedded(listen: SocketAddr, data_dir: &str) -> ExitCode {
             Ok(f) => f,
             Err(e) => return fail(e),
         };
-        let server = match AuthServer::new(cfg, store.clone(), fetcher, Arc::new(SystemClock)).await {
+        let revocations = Arc::new(gatehouse_tokens::Revocations::new());
+        let server = match AuthServer::with_revocations(cfg, store.clone(), fetcher, Arc::new(SystemClock), Some(revocations.clone())).await {
             Ok(s) => s,
             Err(e) => return fail(e.description),
         };
         server.spawn_maintenance(std::time::Duration::from_secs(60));
+        server.spawn_revocation_feed(std::time::Duration::from_secs(1));
         let username = std::env::var("GATEHOUSE_DEV_USER").unwrap_or_else(|_| "dev".into());
         let (password, shown) = match std::env::var("GATEHOUSE_DEV_PASSWORD") {
             Ok(p) if !p.is_empty() => (p, "(from GATEHOUSE_DEV_PASSWORD)".to_owned()),
@@ -107,6 +109,7 @@ pub(crate) fn run_embedded(listen: SocketAddr, data_dir: &str) -> ExitCode {
                 router: server.router(),
                 banner,
                 connect: None,
+                revocations,
             }),
         )
         .await

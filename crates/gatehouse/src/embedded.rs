@@ -9,7 +9,61 @@ use gatehouse_server::{
 use gatehouse_store::Store;
 use std::sync::Arc;
 
-pub(crate) async fn build(cfg: &Config) -> Result<Option<Embedded>, String> {
+/// The registration policy from `authorization_server.registration` (T17).
+fn registration_policy(
+    section: &crate::config::AuthServerSection,
+) -> Result<gatehouse_server::RegistrationPolicy, String> {
+    let r = &section.registration;
+    let mut p = gatehouse_server::RegistrationPolicy {
+        per_minute_per_source: section.registrations_per_minute,
+        ..Default::default()
+    };
+    if let Some(g) = &r.grant_types {
+        for x in g {
+            if !matches!(
+                x.as_str(),
+                "authorization_code" | "refresh_token" | "client_credentials"
+            ) {
+                return Err(format!(
+                    "authorization_server.registration.grant_types: {x:?} cannot be opened to self-registered clients"
+                ));
+            }
+        }
+        p.grant_types = g.clone();
+    }
+    if let Some(m) = &r.auth_methods {
+        for x in m {
+            if !matches!(
+                x.as_str(),
+                "none" | "client_secret_basic" | "client_secret_post" | "private_key_jwt"
+            ) {
+                return Err(format!(
+                    "authorization_server.registration.auth_methods: unknown method {x:?}"
+                ));
+            }
+        }
+        p.auth_methods = m.clone();
+    }
+    if let Some(s) = &r.machine_scopes {
+        p.machine_scopes = s.clone();
+    }
+    p.initial_access_token_hash = r
+        .initial_access_token
+        .as_ref()
+        .map(|t| gatehouse_server::sha256_hex(&t.0));
+    if let Some(n) = r.per_minute_total {
+        p.per_minute_total = n;
+    }
+    if let Some(t) = r.unused_ttl_seconds {
+        p.unused_ttl_secs = t.max(60);
+    }
+    Ok(p)
+}
+
+pub(crate) async fn build(
+    cfg: &Config,
+    revocations: &Arc<gatehouse_tokens::Revocations>,
+) -> Result<Option<Embedded>, String> {
     let (Some(section), Some(issuer)) = (&cfg.authorization_server, cfg.embedded_issuer()?) else {
         return Ok(None);
     };
@@ -66,7 +120,8 @@ pub(crate) async fn build(cfg: &Config) -> Result<Option<Embedded>, String> {
     };
     let mut ac = AuthServerConfig::new(issuer.clone(), resources);
     ac.dcr_enabled = section.dynamic_registration;
-    ac.dcr_per_minute = section.registrations_per_minute;
+    ac.registration = registration_policy(section)?;
+    ac.dangerous_client_fetch_loopback = cfg.dangerous.allow_loopback_client_fetch.clone();
     ac.cimd_enabled = section.client_metadata_documents;
     if let Some(t) = section.access_token_ttl_seconds {
         if !(30..=3600).contains(&t) {
@@ -148,16 +203,26 @@ pub(crate) async fn build(cfg: &Config) -> Result<Option<Embedded>, String> {
     for ((name, tenant_issuer), t) in tenants.into_iter().zip(&section.tenants) {
         let mut tac = ac.clone();
         tac.issuer = tenant_issuer;
+        tac.tenant = Some(name.clone());
         let what = format!("authorization_server.tenants.{name}.database");
         servers.push((tac, open_store(&t.database.0, &what).await?));
     }
     for (c, store) in servers {
         let issuer = c.issuer.clone();
-        let server = AuthServer::new(c, store, fetcher.clone(), Arc::new(SystemClock))
-            .await
-            .map_err(|e| e.description)?;
+        let server = AuthServer::with_revocations(
+            c,
+            store,
+            fetcher.clone(),
+            Arc::new(SystemClock),
+            Some(revocations.clone()),
+        )
+        .await
+        .map_err(|e| e.description)?;
         tracing::info!(%issuer, backend = server.store().backend(), "embedded authorization server");
         server.spawn_maintenance(std::time::Duration::from_secs(60));
+        // T23: what `gatehouse admin` or another process on this store revokes reaches this
+        // process's guards and gateways within a second.
+        server.spawn_revocation_feed(std::time::Duration::from_secs(1));
         banner.push(format!("  authorization server {issuer}"));
         router = router.merge(server.router());
     }
@@ -165,6 +230,7 @@ pub(crate) async fn build(cfg: &Config) -> Result<Option<Embedded>, String> {
         router,
         banner,
         connect,
+        revocations: revocations.clone(),
     }))
 }
 

@@ -12,6 +12,7 @@ mod demo;
 mod dev;
 mod embedded;
 mod gateway;
+mod listener;
 
 use clap::{Parser, Subcommand};
 use config::{Config, Dangerous, GuardSection, IssuerEntry, LogConfig, McpConfig};
@@ -180,7 +181,8 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             };
             rt.block_on(async move {
-                let embedded = match embedded::build(&cfg).await {
+                let revocations = std::sync::Arc::new(gatehouse_tokens::Revocations::new());
+                let embedded = match embedded::build(&cfg, &revocations).await {
                     Ok(e) => e,
                     Err(e) => {
                         eprintln!("error: {e}");
@@ -269,8 +271,10 @@ pub(crate) fn dev_config(listen: SocketAddr, issuer: Issuer) -> Result<Config, S
         trusted_ca_file: None,
         gateway: None,
         metrics_listen: None,
+        listener: Default::default(),
         dangerous: Dangerous {
             allow_loopback_fetch: allow,
+            allow_loopback_client_fetch: Vec::new(),
         },
     })
 }
@@ -295,6 +299,9 @@ pub(crate) struct Embedded {
     pub(crate) banner: Vec<String>,
     /// What per-user upstream grants (GW-09) borrow from the authorization server.
     pub(crate) connect: Option<connect::Backend>,
+    /// Grants the authorization server revoked: every guard and gateway here refuses their
+    /// tokens at once (T23).
+    pub(crate) revocations: std::sync::Arc<gatehouse_tokens::Revocations>,
 }
 
 fn run(cfg: Config, dev: bool, data_dir: Option<&str>, embedded: Option<Embedded>) -> ExitCode {
@@ -312,7 +319,8 @@ pub(crate) async fn serve_app(
 ) -> ExitCode {
     {
         let connect = embedded.as_ref().and_then(|e| e.connect.clone());
-        let mut app = match app::build_with(&cfg, dev, connect) {
+        let revocations = embedded.as_ref().map(|e| e.revocations.clone());
+        let mut app = match app::build_with(&cfg, dev, connect, revocations) {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -355,8 +363,9 @@ pub(crate) async fn serve_app(
                     async move { h.render() }
                 }),
             );
+            let (limits, stop) = (cfg.listener.limits(), app.cancel.clone());
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(l, router).await {
+                if let Err(e) = listener::serve(l, router, limits, stop).await {
                     tracing::error!(error = %e, "metrics listener stopped");
                 }
             });

@@ -1,0 +1,82 @@
+//! Grants revoked at an authorization server, as the guards and gateways of this process see
+//! them (T16, T23). Access tokens of Gatehouse's own authorization server carry their grant in
+//! `gid`; a token whose grant is listed here is refused at once instead of living until it
+//! expires. Entries are kept only as long as a token of that grant could still be valid.
+use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
+
+/// Revoked grants per issuer, each with the time after which no token of it can be valid.
+#[derive(Debug, Default)]
+pub struct Revocations {
+    by_issuer: RwLock<HashMap<String, HashMap<String, i64>>>,
+}
+
+impl Revocations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lists a grant of `issuer` as revoked until `until` (unix seconds).
+    pub fn revoke(&self, issuer: &str, grant_id: &str, until: i64) {
+        let mut m = self
+            .by_issuer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let grants = m.entry(issuer.to_owned()).or_default();
+        let at = grants.entry(grant_id.to_owned()).or_insert(until);
+        *at = (*at).max(until);
+    }
+
+    /// Whether the grant a token names is revoked.
+    pub fn is_revoked(&self, issuer: &str, grant_id: &str) -> bool {
+        let m = self
+            .by_issuer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        m.get(issuer).is_some_and(|g| g.contains_key(grant_id))
+    }
+
+    /// Forgets grants whose tokens have all expired by `now`.
+    pub fn prune(&self, now: i64) {
+        let mut m = self
+            .by_issuer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for g in m.values_mut() {
+            g.retain(|_, until| *until > now);
+        }
+        m.retain(|_, g| !g.is_empty());
+    }
+
+    /// How many grants are listed (for tests and metrics).
+    pub fn len(&self) -> usize {
+        let m = self
+            .by_issuer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        m.values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revoked_per_issuer_until_pruned() {
+        let r = Revocations::new();
+        r.revoke("https://a", "g1", 100);
+        assert!(r.is_revoked("https://a", "g1"));
+        assert!(!r.is_revoked("https://b", "g1"));
+        assert!(!r.is_revoked("https://a", "g2"));
+        r.prune(99);
+        assert!(r.is_revoked("https://a", "g1"));
+        r.prune(100);
+        assert!(!r.is_revoked("https://a", "g1"));
+        assert!(r.is_empty());
+    }
+}
