@@ -678,7 +678,7 @@ impl AuthServer {
     }
 
     /// T19: counts a failed sign-in against the account and the source. Past a few failures each
-    /// further one waits (1 s, 2 s, 4 s … up to a minute); past `lock_after` the account is
+    /// further one waits (2 s, 4 s, 8 s … up to a minute); past `lock_after` the account is
     /// locked for `lock_secs`; a source that fails `per_source` times is locked likewise.
     async fn login_failed(&self, keys: &(String, Option<String>)) -> Result<(), OAuthError> {
         let t = &self.inner.cfg.login_throttle;
@@ -690,7 +690,8 @@ impl AuthServer {
                 if n >= lock_after {
                     lock_secs
                 } else if n > free {
-                    (1i64 << (n - free - 1).min(6)).min(60)
+                    // At least 2 s: the store counts whole seconds.
+                    (1i64 << (n - free).min(6)).min(60)
                 } else {
                     0
                 }

@@ -91,7 +91,7 @@ impl Default for RegistrationPolicy {
 pub struct LoginThrottle {
     /// The window failures are counted in (seconds).
     pub window_secs: i64,
-    /// Failures allowed per account before each further one waits (doubling from 1 s).
+    /// Failures allowed per account before each further one waits (doubling from 2 s).
     pub free_failures: i64,
     /// Failures per account after which it is locked for `lock_secs`.
     pub lock_after: i64,
@@ -107,7 +107,7 @@ impl Default for LoginThrottle {
         Self {
             window_secs: 900,
             free_failures: 5,
-            lock_after: 10,
+            lock_after: 8,
             lock_secs: 900,
             per_source: 50,
             concurrent_hashes: 4,

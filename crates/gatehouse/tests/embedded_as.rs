@@ -48,6 +48,41 @@ struct Flow {
     verifier: PkceVerifier,
 }
 
+/// The href of a page's "Return to …" link, unescaped.
+fn return_link(body: &str) -> String {
+    let i = body.find("<a href=\"").expect("a link back") + 9;
+    let j = body[i..].find('"').expect("end of href");
+    html_unescape(&body[i..i + j])
+}
+
+/// Undoes HTML escaping (named and numeric character references) in an attribute value.
+fn html_unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        let Some(j) = rest[i..].find(';') else { break };
+        let entity = &rest[i + 1..i + j];
+        let c = match entity {
+            "amp" => Some('&'),
+            "quot" => Some('"'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "apos" => Some('\''),
+            e => e
+                .strip_prefix("#x")
+                .or_else(|| e.strip_prefix("#X"))
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .or_else(|| e.strip_prefix('#').and_then(|d| d.parse().ok()))
+                .and_then(char::from_u32),
+        };
+        out.push(c.expect("a known character reference"));
+        rest = &rest[i + j + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 impl Dev {
     async fn register(&self, redirect_uri: &str, extra: Value) -> Value {
         let mut body = json!({
@@ -478,40 +513,89 @@ async fn as06_as09_as13_authorize_errors() {
         u.query_pairs_mut().clear().extend_pairs(kept);
         u.to_string()
     };
-    let cases = [
-        (
-            "AS-06 no PKCE",
-            strip(&strip(&base, "code_challenge"), "code_challenge_method"),
-            "invalid_request",
-        ),
-        (
-            "AS-06 plain",
-            format!(
-                "{}&code_challenge_method=plain",
-                strip(&base, "code_challenge_method")
+    let cases_for = |base: &str| {
+        let base = base.to_owned();
+        [
+            (
+                "AS-06 no PKCE",
+                strip(&strip(&base, "code_challenge"), "code_challenge_method"),
+                "invalid_request",
             ),
-            "invalid_request",
-        ),
-        (
-            "AS-13 unknown resource",
-            format!(
-                "{}&resource=https%3A%2F%2Fother.example%2Fmcp",
-                strip(&base, "resource")
+            (
+                "AS-06 plain",
+                format!(
+                    "{}&code_challenge_method=plain",
+                    strip(&base, "code_challenge_method")
+                ),
+                "invalid_request",
             ),
-            "invalid_target",
-        ),
-        (
-            "unknown scope",
-            format!("{}&scope=admin%3Aall", strip(&base, "scope")),
-            "invalid_scope",
-        ),
-        (
-            "response_type token",
-            format!("{}&response_type=token", strip(&base, "response_type")),
-            "unsupported_response_type",
-        ),
-    ];
-    for (what, url, code) in cases {
+            (
+                "AS-13 unknown resource",
+                format!(
+                    "{}&resource=https%3A%2F%2Fother.example%2Fmcp",
+                    strip(&base, "resource")
+                ),
+                "invalid_target",
+            ),
+            (
+                "unknown scope",
+                format!("{}&scope=admin%3Aall", strip(&base, "scope")),
+                "invalid_scope",
+            ),
+            (
+                "response_type token",
+                format!("{}&response_type=token", strip(&base, "response_type")),
+                "unsupported_response_type",
+            ),
+        ]
+    };
+    let cases = cases_for(&base);
+    // T18 (issue 14, row 3): this client registered itself, so no error is redirected to it
+    // before the user saw a page: a page names it and offers the way back.
+    for (what, url, code) in &cases {
+        let p = b.get(url).await;
+        assert_eq!(p.status, 400, "{what}: {}", p.body);
+        assert!(p.location().is_none(), "{what}: never redirected");
+        assert!(
+            p.body.contains("Test App") && p.body.contains("unverified"),
+            "{what}"
+        );
+        let back = return_link(&p.body);
+        let u = url::Url::parse(&back).expect("link");
+        assert!(
+            back.starts_with("http://127.0.0.1:53100/callback?"),
+            "{what}: {back}"
+        );
+        let params: std::collections::HashMap<_, _> = u.query_pairs().into_owned().collect();
+        assert_eq!(
+            params.get("error").map(String::as_str),
+            Some(*code),
+            "{what}"
+        );
+        assert_eq!(params["state"], "st-123", "{what}");
+    }
+    // An operator-registered client's redirect URI is trusted: errors go back with state and
+    // iss at once.
+    let out = d.admin_ok(&[
+        "clients",
+        "add",
+        "--name",
+        "Operator App",
+        "--redirect-uri",
+        "http://127.0.0.1/callback",
+    ]);
+    let pre_id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("client_id:"))
+        .expect("client_id")
+        .trim()
+        .to_owned();
+    let pre = Flow {
+        client_id: pre_id,
+        verifier: PkceVerifier::generate(),
+    };
+    let pre_base = d.authorize_url(&pre, "http://127.0.0.1:53100/callback", "mcp:basic", &[]);
+    for (what, url, code) in cases_for(&pre_base) {
         let p = b.get(&url).await;
         assert_eq!(p.status, 303, "{what}: {}", p.body);
         let params = p.redirect_params();
@@ -682,7 +766,11 @@ async fn as14_as15_t1_t5_t12_consent_screen_csrf_binding_and_per_client_memory()
             &[],
         ))
         .await;
-    assert_eq!(wider.status, 303, "unknown scope refused");
+    assert_eq!(
+        wider.status, 400,
+        "unknown scope refused (a page: the client registered itself)"
+    );
+    assert!(wider.location().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -705,8 +793,8 @@ async fn as10_as25_as26_t11_registration_rules() {
         .await;
     assert_eq!(v["_status"], 201);
     assert!(
-        v["client_secret"].as_str().is_some_and(|s| s.len() >= 43),
-        "confidential clients get a strong secret"
+        v.get("client_secret").is_none() && v["token_endpoint_auth_method"] == "none",
+        "T17: self-registered clients are public unless the operator's policy says otherwise: {v}"
     );
     let v = d
         .register(
@@ -734,7 +822,20 @@ async fn as10_as25_as26_t11_registration_rules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn as32_as33_as35_revocation_introspection_client_credentials_via_admin_cli() {
     let d = start();
-    let (rs_id, rs_secret) = d.add_machine_client("Resource Server");
+    let out = d.admin_ok(&[
+        "clients",
+        "add",
+        "--name",
+        "Resource Server",
+        "--confidential",
+        "--grant",
+        "client_credentials",
+        "--scope",
+        "mcp:basic",
+        "--introspect-for",
+        &d.mcp,
+    ]);
+    let (rs_id, rs_secret) = added_client(&out);
     // AS-35: client_credentials for the confidential client.
     let r = d
         .http
@@ -812,7 +913,11 @@ async fn as32_as33_as35_revocation_introspection_client_credentials_via_admin_cl
     let v = introspect(at.clone()).await;
     assert_eq!(v["active"], true);
     assert_eq!(v["aud"], json!(d.mcp));
-    assert_eq!(introspect(rt.clone()).await["active"], true);
+    assert_eq!(
+        introspect(rt.clone()).await,
+        json!({"active": false}),
+        "a resource server never sees refresh tokens"
+    );
     assert_eq!(introspect("garbage".into()).await["active"], false);
     // AS-33: only authenticated confidential clients may introspect.
     let r = d
@@ -1059,15 +1164,31 @@ async fn as23_as35_private_key_jwt_client_authentication() {
     let d = start();
     let key = TestKey::es256("client-key-1");
     let jwks = json!({"keys": [serde_json::to_value(&key.jwk).expect("jwk")]});
-    let reg = d
-        .register("http://127.0.0.1/cb", json!({"grant_types": ["client_credentials"], "redirect_uris": [], "token_endpoint_auth_method": "private_key_jwt", "jwks": jwks, "application_type": "web"}))
-        .await;
-    assert_eq!(reg["_status"], 201, "{reg}");
+    // Machine clients are the operator's to register (T17).
+    let jwks_file = d.data_dir.join("client-jwks.json");
+    std::fs::write(&jwks_file, jwks.to_string()).expect("jwks file");
+    let out = d.admin_ok(&[
+        "clients",
+        "add",
+        "--name",
+        "Key client",
+        "--confidential",
+        "--grant",
+        "client_credentials",
+        "--jwks-file",
+        jwks_file.to_str().expect("path"),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        reg.get("client_secret").is_none(),
+        !text.contains("client_secret"),
         "no secret for a key-authenticated client"
     );
-    let id = reg["client_id"].as_str().expect("id").to_owned();
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("client_id:"))
+        .expect("client_id")
+        .trim()
+        .to_owned();
     let token_url = format!("{}/token", d.base);
     let assertion_claims = |aud: &str, exp: i64, jti: Option<&str>| {
         let mut c = json!({"iss": id, "sub": id, "aud": aud, "iat": now(), "exp": exp});
@@ -1191,5 +1312,374 @@ async fn as23_as35_private_key_jwt_client_authentication() {
             .expect("a")
             .iter()
             .any(|m| m == "private_key_jwt")
+    );
+}
+
+/// T17, AS-25, AS-35 (issue 14, rows 1, 11, 15): open registration gives a stranger a public
+/// code-flow client and nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t17_as25_as35_open_registration_grants_nothing_a_stranger_should_not_have() {
+    let d = start();
+    // Machine grants are refused at registration.
+    let v = d
+        .register(
+            "http://127.0.0.1/callback",
+            json!({"grant_types": ["client_credentials"], "token_endpoint_auth_method": "client_secret_basic"}),
+        )
+        .await;
+    assert_eq!(v["_status"], 400, "{v}");
+    assert_eq!(v["error"], "invalid_client_metadata");
+    let v = d
+        .register(
+            "http://127.0.0.1/callback",
+            json!({"grant_types": ["authorization_code", "client_credentials"]}),
+        )
+        .await;
+    assert_eq!(v["_status"], 400, "{v}");
+    // A request for a secret gets a public client (RFC 7591 §3.2.1: the server may replace
+    // values), and says so.
+    for method in ["client_secret_basic", "client_secret_post"] {
+        let v = d
+            .register(
+                "https://app.example.com/cb",
+                json!({"token_endpoint_auth_method": method, "application_type": "web"}),
+            )
+            .await;
+        assert_eq!(v["_status"], 201, "{v}");
+        assert_eq!(v["token_endpoint_auth_method"], "none", "{method}");
+        assert!(v.get("client_secret").is_none(), "{method}: no secret");
+        // And that public client cannot mint machine tokens for any resource.
+        let (st, e) = d
+            .token(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", v["client_id"].as_str().expect("id")),
+                ("resource", &d.mcp),
+                ("scope", "mcp:basic"),
+            ])
+            .await;
+        assert_eq!(
+            (st, e["error"].as_str()),
+            (400, Some("unauthorized_client")),
+            "{e}"
+        );
+    }
+    // Software statements are never stored as if verified.
+    let v = d
+        .register(
+            "http://127.0.0.1/callback",
+            json!({"software_statement": "eyJhbGciOiJub25lIn0.eyJpc3MiOiJ4In0."}),
+        )
+        .await;
+    assert_eq!(
+        (v["_status"].as_u64(), v["error"].as_str()),
+        (Some(400), Some("unapproved_software_statement"))
+    );
+    // Row 15: invisible characters cannot make a name read as another; trailing-dot hosts are
+    // refused.
+    let v = d
+        .register(
+            "http://127.0.0.1/callback",
+            json!({"client_name": "Good\u{202e}elgooG\u{200b} App"}),
+        )
+        .await;
+    assert_eq!(v["_status"], 201, "{v}");
+    assert_eq!(v["client_name"], "GoodelgooG App");
+    let v = d
+        .register(
+            "https://app.example.com./cb",
+            json!({"application_type": "web"}),
+        )
+        .await;
+    assert_eq!(
+        (v["_status"].as_u64(), v["error"].as_str()),
+        (Some(400), Some("invalid_redirect_uri")),
+        "{v}"
+    );
+    // Row 11: a bounded number of redirect URIs.
+    let many: Vec<String> = (0..11).map(|i| format!("http://127.0.0.1/cb{i}")).collect();
+    let v = d
+        .register("http://127.0.0.1/callback", json!({"redirect_uris": many}))
+        .await;
+    assert_eq!(v["_status"], 400, "{v}");
+}
+
+/// AS-33 (issue 14, row 2): introspection tells a token's claims only to a resource server the
+/// operator allowed for its audience, or to the client it was issued to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as33_introspection_only_for_the_audience_or_the_owner() {
+    let d = start();
+    let (stranger_id, stranger_secret) = d.add_machine_client("Someone else");
+    let f = d.public_client().await;
+    let mut b = Browser::new();
+    let code = d.authorize(&mut b, &f, "mcp:basic").await.redirect_params()["code"].clone();
+    let (_, tok) = d.redeem(&f, &code).await;
+    let (at, rt) = (
+        tok["access_token"].as_str().expect("at"),
+        tok["refresh_token"].as_str().expect("rt"),
+    );
+    let introspect = |token: &str| {
+        let req = d
+            .http
+            .post(format!("{}/introspect", d.base))
+            .basic_auth(&stranger_id, Some(&stranger_secret))
+            .form(&[("token", token)]);
+        async move {
+            let r = req.send().await.expect("introspect");
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.expect("json")
+        }
+    };
+    assert_eq!(
+        introspect(at).await,
+        json!({"active": false}),
+        "a user's access token"
+    );
+    assert_eq!(
+        introspect(rt).await,
+        json!({"active": false}),
+        "a user's refresh token"
+    );
+    // Its own token it may see.
+    let (st, cc) = d
+        .token(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &stranger_id),
+            ("client_secret", &stranger_secret),
+            ("resource", &d.mcp),
+            ("scope", "mcp:basic"),
+        ])
+        .await;
+    assert_eq!(st, 401, "the machine client authenticates with Basic: {cc}");
+    let r = d
+        .http
+        .post(format!("{}/token", d.base))
+        .basic_auth(&stranger_id, Some(&stranger_secret))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("resource", d.mcp.as_str()),
+            ("scope", "mcp:basic"),
+        ])
+        .send()
+        .await
+        .expect("cc");
+    let cc: Value = r.json().await.expect("json");
+    let own = introspect(cc["access_token"].as_str().expect("at")).await;
+    assert_eq!(own["active"], true, "{own}");
+    assert_eq!(own["client_id"], json!(stranger_id));
+}
+
+/// T23, T16 (issue 14, row 8): a revocation reaches the guard in this process at once, and a
+/// password change ends the browser session and remembered consent: no code without a login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t23_revocation_and_password_change_end_tokens_sessions_and_consent() {
+    let d = start();
+    let f = d.public_client().await;
+    let mut b = Browser::new();
+    let code = d.authorize(&mut b, &f, "mcp:basic").await.redirect_params()["code"].clone();
+    let (_, tok) = d.redeem(&f, &code).await;
+    let (at, rt) = (
+        tok["access_token"].as_str().expect("at").to_owned(),
+        tok["refresh_token"].as_str().expect("rt").to_owned(),
+    );
+    assert_eq!(d.mcp_status(&at).await, 200);
+    // /revoke in this process: the access token is refused by the very next request.
+    let r = d
+        .http
+        .post(format!("{}/revoke", d.base))
+        .form(&[("token", rt.as_str()), ("client_id", f.client_id.as_str())])
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 200);
+    assert_eq!(d.mcp_status(&at).await, 401, "revoked grant's access token");
+    // A new grant through the remembered consent, then the operator's incident response from
+    // another process (the admin CLI): the guard refuses within a second or two.
+    let done = d.authorize(&mut b, &f, "mcp:basic").await;
+    assert_eq!(
+        done.status, 307,
+        "remembered consent: straight back with a code"
+    );
+    let (_, tok) = d.redeem(&f, &done.redirect_params()["code"]).await;
+    let at = tok["access_token"].as_str().expect("at").to_owned();
+    assert_eq!(d.mcp_status(&at).await, 200);
+    let out = d
+        .admin()
+        .env("GATEHOUSE_PASSWORD", "a new password 2")
+        .args(["users", "passwd", USER])
+        .output()
+        .expect("admin");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut refused = false;
+    for _ in 0..50 {
+        if d.mcp_status(&at).await == 401 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused,
+        "the password change revoked the grant everywhere in this process"
+    );
+    // The old browser session and consent are gone: a login page, not a code.
+    let p = b
+        .get(&d.authorize_url(&f, "http://127.0.0.1:53100/callback", "mcp:basic", &[]))
+        .await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert!(p.body.contains("type=\"password\""), "sign in again");
+}
+
+/// T20 (issue 14, row 5): remembered consent covers only the redirect URIs it sent codes to; a
+/// loopback redirect on a new port shows the consent page before any code leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t20_remembered_consent_is_bound_to_the_approved_loopback_port() {
+    let d = start();
+    let f = d.public_client().await;
+    let mut b = Browser::new();
+    let done = d.authorize(&mut b, &f, "mcp:basic").await;
+    assert_eq!(done.status, 303);
+    let again = b
+        .get(&d.authorize_url(&f, "http://127.0.0.1:53100/callback", "mcp:basic", &[]))
+        .await;
+    assert_eq!(again.status, 307, "same port: remembered");
+    let other = b
+        .get(&d.authorize_url(&f, "http://127.0.0.1:41999/callback", "mcp:basic", &[]))
+        .await;
+    assert_eq!(other.status, 200, "a new port is a new decision");
+    assert!(other.location().is_none());
+    assert!(other.body.contains("value=\"approve\""), "the consent page");
+    assert!(
+        other.body.contains("41999"),
+        "it shows where the code would go"
+    );
+}
+
+/// AS-08 (issue 14, row 9): a replay that is not itself valid revokes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as08_an_invalid_replay_does_not_revoke_the_victims_grant() {
+    let d = start();
+    let f = d.public_client().await;
+    let mut b = Browser::new();
+    let code = d.authorize(&mut b, &f, "mcp:basic").await.redirect_params()["code"].clone();
+    let (st, tok) = d.redeem(&f, &code).await;
+    assert_eq!(st, 200);
+    let attacker = d.public_client().await;
+    let junk = PkceVerifier::generate();
+    for (client, verifier) in [
+        (attacker.client_id.as_str(), junk.secret()),
+        (f.client_id.as_str(), junk.secret()),
+    ] {
+        let (st, e) = d
+            .token(&[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("code_verifier", verifier),
+                ("client_id", client),
+            ])
+            .await;
+        assert_eq!((st, e["error"].as_str()), (400, Some("invalid_grant")));
+    }
+    let (st, r) = d
+        .refresh(&f, tok["refresh_token"].as_str().expect("rt"))
+        .await;
+    assert_eq!(st, 200, "the victim's grant lives: {r}");
+}
+
+/// AS-29 (issue 14, row 12): the grace use of a rotated refresh token ends once its successor
+/// is used; using the old one then is reuse and ends the family.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as29_grace_ends_when_the_successor_is_used() {
+    let d = start();
+    let f = d.public_client().await;
+    let mut b = Browser::new();
+    let code = d.authorize(&mut b, &f, "mcp:basic").await.redirect_params()["code"].clone();
+    let (_, tok) = d.redeem(&f, &code).await;
+    let rt1 = tok["refresh_token"].as_str().expect("rt").to_owned();
+    let (st, t2) = d.refresh(&f, &rt1).await;
+    assert_eq!(st, 200);
+    let rt2 = t2["refresh_token"].as_str().expect("rt").to_owned();
+    let (st, t3) = d.refresh(&f, &rt2).await;
+    assert_eq!(st, 200, "{t3}");
+    let rt3 = t3["refresh_token"].as_str().expect("rt").to_owned();
+    let (st, e) = d.refresh(&f, &rt1).await;
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "no second branch"
+    );
+    assert_eq!(d.refresh(&f, &rt3).await.0, 400, "reuse ended the family");
+}
+
+/// T19 (issue 14, rows 4 and 14): failed sign-ins slow down, then lock, the same way for names
+/// that are not accounts; the right password does not get through a lock; a password typed
+/// into the name field never reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t19_sign_in_is_throttled_per_account_without_revealing_accounts() {
+    let d = start();
+    let f = d.public_client().await;
+    let mut b = Browser::new();
+    let login = b
+        .get(&d.authorize_url(&f, "http://127.0.0.1:53100/callback", "mcp:basic", &[]))
+        .await;
+    let (p, c) = (
+        login.field("pending").expect("p"),
+        login.field("csrf").expect("c"),
+    );
+    let url = format!("{}/login", d.base);
+    let form = |user: &'static str, password: &'static str| {
+        [
+            ("pending", p.clone()),
+            ("csrf", c.clone()),
+            ("username", user.to_owned()),
+            ("password", password.to_owned()),
+        ]
+    };
+    async fn post(b: &mut Browser, url: &str, form: [(&str, String); 4]) -> (u16, bool) {
+        let f: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = b.post_form(url, &f).await;
+        (r.status, r.headers.get("retry-after").is_some())
+    }
+    macro_rules! attempt {
+        ($user:expr, $password:expr) => {
+            post(&mut b, &url, form($user, $password))
+        };
+    }
+    let mut seen = std::collections::HashMap::new();
+    for user in [USER, "no-such-user"] {
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            statuses.push(attempt!(user, "wrong password").await.0);
+        }
+        // Past five failures each guess waits; the right password waits too.
+        let (st, retry) = attempt!(user, PASSWORD).await;
+        statuses.push(st);
+        assert!(retry, "429 carries Retry-After");
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        statuses.push(attempt!(user, "wrong password").await.0);
+        tokio::time::sleep(std::time::Duration::from_millis(4100)).await;
+        statuses.push(attempt!(user, "wrong password").await.0);
+        // Now locked for minutes, whatever is typed.
+        statuses.push(attempt!(user, PASSWORD).await.0);
+        seen.insert(user, statuses);
+    }
+    assert_eq!(
+        seen[USER],
+        vec![401, 401, 401, 401, 401, 401, 429, 401, 401, 429],
+        "account: slower, then locked"
+    );
+    assert_eq!(
+        seen[USER], seen["no-such-user"],
+        "no difference for names that are not accounts"
+    );
+    // Row 14: a password typed into the name field is not logged.
+    let _ = attempt!("my-Secret-Password-123", "x").await;
+    let logs = d.proc.all_output();
+    assert!(
+        !logs.contains("my-Secret-Password-123"),
+        "T13: no password in the log"
     );
 }
