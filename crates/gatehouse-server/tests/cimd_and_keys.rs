@@ -62,18 +62,16 @@ async fn server(allow: Vec<String>) -> (AuthServer, String) {
     let store = Store::open(&format!("sqlite://{}/t.db", dir.display()))
         .await
         .expect("store");
-    let cfg = AuthServerConfig::new(
+    let mut cfg = AuthServerConfig::new(
         Issuer::parse(&base).expect("issuer"),
         vec![ResourceEntry {
             resource: Resource::parse(&format!("{base}/mcp")).expect("r"),
             scopes: ScopeSet::parse("mcp:basic").expect("s"),
         }],
     );
-    let fetcher = Fetcher::new(FetchPolicy {
-        dangerous_allow_loopback: allow,
-        ..FetchPolicy::default()
-    })
-    .expect("fetcher");
+    // Client documents are fetched under their own loopback exceptions, not the fetcher's.
+    cfg.dangerous_client_fetch_loopback = allow;
+    let fetcher = Fetcher::new(FetchPolicy::default()).expect("fetcher");
     let s = AuthServer::new(cfg, store, fetcher, Arc::new(SystemClock))
         .await
         .expect("server");
@@ -149,6 +147,38 @@ async fn as16_as19_as22_metadata_document_clients() {
         .expect("get");
     assert_eq!(r.status(), 400);
     assert!(r.headers().get("location").is_none());
+}
+
+/// Issue 14, row 16: naming a document URL leaves no row in the store (only a grant does), and a
+/// `no-store` document is not fetched again for every request that names it.
+#[tokio::test]
+async fn cimd_documents_leave_nothing_permanent_and_are_not_refetched_per_request() {
+    let docs = doc_server().await;
+    let (s, base) = server(vec![docs.authority.clone()]).await;
+    let client_id = format!("{}/oauth/client.json", docs.base);
+    let good = json!({"client_id": client_id, "client_name": "Doc App", "redirect_uris": ["http://127.0.0.1/cb"]}).to_string();
+    *docs.doc.lock().expect("lock") = (200, good, "no-store");
+    for _ in 0..3 {
+        let r = http()
+            .get(authorize_url(&base, &client_id, "http://127.0.0.1:4000/cb"))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(
+        docs.hits.load(Ordering::SeqCst),
+        1,
+        "kept at least a minute"
+    );
+    assert!(
+        s.store()
+            .get_client(&client_id)
+            .await
+            .expect("get")
+            .is_none(),
+        "no row until a grant is made"
+    );
 }
 
 #[tokio::test]

@@ -331,3 +331,64 @@ async fn rs07_verified_tokens_are_still_checked_for_expiry_and_their_key() {
         .expect("the new key");
     assert!(v.validate_jwt(&token).await.is_err(), "the old key is gone");
 }
+
+/// Issue 14, row 13: a key-bound token (`cnf`, RFC 9449 DPoP or RFC 8705) is no bearer token:
+/// this validator checks no proof of possession, so it refuses the token instead of voiding the
+/// binding.
+#[tokio::test]
+async fn rfc9449_cnf_bound_token_refused_as_bearer() {
+    let iss = TestIssuer::start().await;
+    let v = validator(&iss, |_| {});
+    let mut c = iss.claims(AUD, "mcp:basic", "alice");
+    c["cnf"] = json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"});
+    let e = v
+        .validate_jwt(&iss.current_key().sign(&c))
+        .await
+        .expect_err("bound token as bearer");
+    assert_eq!(e, TokenError::Unbound);
+}
+
+/// Issue 14, row 13: RFC 7515 §4.1.11: a JWS with critical header extensions this validator
+/// does not understand is rejected, even with a good signature.
+#[tokio::test]
+async fn rfc7515_unknown_crit_header_refused() {
+    let iss = TestIssuer::start().await;
+    let v = validator(&iss, |_| {});
+    let key = iss.current_key();
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = key.jwk.common.key_id.clone();
+    h.crit = Some(vec!["exp-ext".into()]);
+    h.extras.insert("exp-ext", true);
+    let e = v
+        .validate_jwt(&key.sign_with(h, &iss.claims(AUD, "mcp:basic", "alice")))
+        .await
+        .expect_err("unknown crit");
+    assert!(
+        matches!(e, TokenError::Malformed(ref m) if m.contains("crit")),
+        "{e:?}"
+    );
+}
+
+/// T16, T23: a token whose grant (`gid`) was revoked is refused at once, for that issuer only.
+#[tokio::test]
+async fn t23_revoked_grant_refused_before_expiry() {
+    let iss = TestIssuer::start().await;
+    let revocations = Arc::new(gatehouse_tokens::Revocations::new());
+    let v = validator(&iss, |c| c.revocations = Some(revocations.clone()));
+    let mut c = iss.claims(AUD, "mcp:basic", "alice");
+    c["gid"] = json!("grant-1");
+    let token = iss.current_key().sign(&c);
+    v.validate_jwt(&token)
+        .await
+        .expect("valid before revocation");
+    revocations.revoke("https://another-issuer.example", "grant-1", now() + 600);
+    v.validate_jwt(&token)
+        .await
+        .expect("another issuer's grant of that id");
+    revocations.revoke(&iss.issuer, "grant-1", now() + 600);
+    assert_eq!(
+        v.validate_jwt(&token).await.expect_err("revoked"),
+        TokenError::Revoked,
+        "refused, also from the verified-token cache"
+    );
+}

@@ -257,15 +257,16 @@ async fn as01_as02_as03_discovery() {
         "/.well-known/oauth-authorization-server",
         "/.well-known/openid-configuration",
     ] {
-        let v: Value = d
+        let r = d
             .http
             .get(format!("{}{path}", d.base))
             .send()
             .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+            .expect("get");
+        // Issue 14, row 18: the baseline security headers on every answer.
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(r.headers()["x-frame-options"], "DENY", "{path}");
+        let v: Value = r.json().await.expect("json");
         assert_eq!(
             v["issuer"],
             json!(d.base),
@@ -1094,6 +1095,15 @@ async fn as34_token_exchange_is_policy_bound_narrowing_and_carries_act() {
     assert_eq!(
         d.mcp_status(v["access_token"].as_str().expect("at")).await,
         200
+    );
+    // Issue 14, row 17: an unlisted audience beside a listed resource is refused, not ignored.
+    let mut both = base("mcp:basic", &user_at, &d.mcp);
+    both.push(("audience", "https://elsewhere.example/mcp".to_owned()));
+    let (st, v) = exchange(gw.clone(), gw_secret.clone(), both).await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (400, Some("invalid_target")),
+        "{v}"
     );
     for (what, id, secret, form, err) in [
         (

@@ -277,6 +277,11 @@ async fn as01_as02_tenants_have_path_aware_issuers_and_separate_databases() {
     let at = tok["access_token"].as_str().expect("at");
     assert_eq!(jwt_claims(at)["iss"], json!(acme));
     assert_eq!(
+        jwt_claims(at)["tenant"],
+        "acme",
+        "issue 14, row 10: per-tenant limits and policies see the tenant"
+    );
+    assert_eq!(
         mcp_initialize_status(&format!("{base}/mcp"), at).await,
         200,
         "the guard trusts every tenant's issuer"
@@ -516,7 +521,7 @@ async fn as16_cimd_registration_with_the_typescript_sdk_over_https() {
     std::fs::write(
         &cfg,
         format!(
-            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\n  scopes_supported: [mcp:basic, notes:write]\n  tool_scopes: {{notes_add: [notes:write]}}\nauthorization_server:\n  database: {db}\ntrusted_ca_file: {}\ndangerous:\n  allow_loopback_fetch: ['127.0.0.1:{doc_port}']\n",
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\n  scopes_supported: [mcp:basic, notes:write]\n  tool_scopes: {{notes_add: [notes:write]}}\nauthorization_server:\n  database: {db}\ntrusted_ca_file: {}\ndangerous:\n  allow_loopback_client_fetch: ['127.0.0.1:{doc_port}']\n",
             ca.display()
         ),
     )
@@ -598,5 +603,78 @@ async fn as16_cimd_registration_with_the_typescript_sdk_over_https() {
         list.lines()
             .any(|l| l.starts_with(&format!("{doc_url}\tcimd"))),
         "the document's client is known as such: {list}"
+    );
+}
+
+/// T21 (issue 14, row 7): half-sent requests neither pile up nor lock out clients. At the
+/// per-source cap the oldest idle connection makes room for a new one, so a whole request gets
+/// through while hundreds of half-sent ones are open; those are closed after the header
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t21_half_sent_requests_are_bounded_and_lock_out_nobody() {
+    use std::io::{Read, Write};
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let dir = std::env::temp_dir().join(format!("gatehouse-slow-{port}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &cfg,
+        format!("listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: sqlite://{}/as.db\nlistener:\n  max_connections: 200\n  per_source_connections: 100\n  header_timeout_seconds: 2\n", dir.display()),
+    )
+    .expect("config");
+    let mut cmd = gatehouse();
+    cmd.args(["serve", "--config"]).arg(&cfg);
+    let _p = Proc::start(cmd, "ready");
+    let slow = tokio::task::spawn_blocking(move || {
+        (0..300)
+            .filter_map(|_| {
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+                s.write_all(b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1\r\n")
+                    .ok()?;
+                Some(s)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("join");
+    assert!(
+        slow.len() >= 250,
+        "the half-sent requests were accepted: {}",
+        slow.len()
+    );
+    let r = reqwest::Client::new()
+        .get(format!("{base}/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .expect("a whole request gets through");
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let still_open = tokio::task::spawn_blocking(move || {
+        slow.into_iter()
+            .filter(|mut s| {
+                s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+                    .expect("timeout");
+                let mut buf = [0u8; 512];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => return false,
+                        Ok(_) => continue,
+                        Err(e) => {
+                            return matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            );
+                        }
+                    }
+                }
+            })
+            .count()
+    })
+    .await
+    .expect("join");
+    assert_eq!(
+        still_open, 0,
+        "every half-sent request was closed by the server"
     );
 }
