@@ -464,7 +464,28 @@ async fn device_authorization_grant_with_oidc_provider() {
         json!(url),
         "audience-bound to the server (CL-09)"
     );
-    assert_eq!(mcp_initialize_status(&url, &token).await, 200);
+    // oidc-provider offers DPoP (ES256), so the client bound the token to its key (RFC 9449).
+    // Sent as a plain bearer token it is refused: a bound token is no bearer token (RS-H1,
+    // issue 14, row 13); the guard's DPoP support is issue 17.
+    assert!(
+        claims["cnf"]["jkt"].as_str().is_some(),
+        "DPoP-bound: {claims}"
+    );
+    let r = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
+        .send()
+        .await
+        .expect("initialize");
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().expect("ascii");
+    assert!(
+        challenge.contains("invalid_token") && challenge.contains("bound to a key"),
+        "{challenge}"
+    );
     assert!(!stderr.contains(&token));
 }
 
