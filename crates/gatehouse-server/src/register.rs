@@ -17,7 +17,10 @@ fn bad_metadata(d: impl Into<String>) -> OAuthError {
 /// The largest registration request read (a JWKS of a few keys fits).
 const MAX_BODY: usize = 16 * 1024;
 const MAX_REDIRECT_URIS: usize = 10;
-const MAX_REDIRECT_URI_LEN: usize = 2000;
+const MAX_REDIRECT_URI_LEN: usize = 512;
+/// Kept metadata strings (`client_uri`) longer than this are refused: a registration stores a
+/// few KiB at most, so the per-minute limits bound the store's growth too.
+const MAX_KEPT_STRING: usize = 512;
 /// The registration metadata kept with a client; anything else a stranger sends is dropped.
 const KEPT_METADATA: [&str; 10] = [
     "client_name",
@@ -266,9 +269,17 @@ async fn register_inner(
         .get("client_name")
         .and_then(|v| v.as_str())
         .and_then(|n| gatehouse_core::text::display_name(n, 100));
+    if let Some(u) = obj.get("client_uri")
+        && u.as_str().is_none_or(|u| u.len() > MAX_KEPT_STRING)
+    {
+        return Err(bad_metadata(format!(
+            "client_uri must be a string of at most {MAX_KEPT_STRING} characters"
+        )));
+    }
     let kept: serde_json::Map<String, serde_json::Value> = obj
         .iter()
         .filter(|(k, _)| KEPT_METADATA.contains(&k.as_str()))
+        .filter(|(k, _)| auth_method == "private_key_jwt" || !k.starts_with("jwks"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let now = s.inner.clock.now_unix();

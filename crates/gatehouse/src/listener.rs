@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use std::future::Future as _;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -59,6 +59,9 @@ struct Conn {
     source: IpAddr,
     /// Requests in progress, until their response body has been sent whole.
     active: AtomicUsize,
+    /// Whether any request has started (a connection that sends nothing, or too little to tell
+    /// HTTP/1 from HTTP/2, is closed after the header timeout).
+    started: AtomicBool,
     evict: CancellationToken,
 }
 
@@ -118,6 +121,7 @@ impl Table {
         let c = Arc::new(Conn {
             source,
             active: AtomicUsize::new(0),
+            started: AtomicBool::new(false),
             evict: CancellationToken::new(),
         });
         self.conns.insert(id, c.clone());
@@ -131,6 +135,7 @@ struct Active(Arc<Conn>);
 
 impl Active {
     fn new(c: &Arc<Conn>) -> Self {
+        c.started.store(true, Ordering::Release);
         c.active.fetch_add(1, Ordering::AcqRel);
         Self(c.clone())
     }
@@ -248,11 +253,15 @@ pub(crate) async fn serve(
             .unwrap_or_else(PoisonError::into_inner)
             .admit(peer.ip(), &limits);
         let Some((id, conn)) = admitted else {
-            // Every connection is busy: refuse this one at once (closing frees its descriptor).
+            // Every connection is busy: refuse this one at once, with a plain answer where the
+            // socket takes it without waiting (closing frees its descriptor).
             if refused_logged.elapsed() > Duration::from_secs(10) {
                 tracing::warn!(source = %peer.ip(), "connection limit reached; refusing connections");
                 refused_logged = tokio::time::Instant::now();
             }
+            let _ = tcp.try_write(
+                b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
             drop(tcp);
             continue;
         };
@@ -260,13 +269,14 @@ pub(crate) async fn serve(
             // Answers are written in pieces: without TCP_NODELAY each waits ~40 ms.
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        let (table, router, http, shutdown, live, body_timeout) = (
+        let (table, router, http, shutdown, live, body_timeout, header_timeout) = (
             table.clone(),
             router.clone(),
             http.clone(),
             shutdown.clone(),
             live.clone(),
             limits.body_timeout,
+            limits.header_timeout,
         );
         tokio::spawn(async move {
             let _live = live;
@@ -308,6 +318,16 @@ pub(crate) async fn serve(
                 }
                 _ = conn.evict.cancelled() => {
                     tracing::debug!(source = %peer.ip(), "idle connection closed to make room");
+                }
+                _ = async {
+                    // hyper's header timer starts once it knows the protocol; this one covers a
+                    // connection that never sends enough to tell.
+                    tokio::time::sleep(header_timeout).await;
+                    if conn.started.load(Ordering::Acquire) {
+                        std::future::pending::<()>().await;
+                    }
+                } => {
+                    tracing::debug!(source = %peer.ip(), "no request within the header timeout");
                 }
                 _ = shutdown.cancelled() => {
                     served.as_mut().graceful_shutdown();

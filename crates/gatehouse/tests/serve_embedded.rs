@@ -643,6 +643,10 @@ async fn t21_half_sent_requests_are_bounded_and_lock_out_nobody() {
         "the half-sent requests were accepted: {}",
         slow.len()
     );
+    // And connections that send nothing at all.
+    let silent: Vec<_> = (0..20)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
     let r = reqwest::Client::new()
         .get(format!("{base}/.well-known/oauth-authorization-server"))
         .send()
@@ -652,6 +656,7 @@ async fn t21_half_sent_requests_are_bounded_and_lock_out_nobody() {
     tokio::time::sleep(std::time::Duration::from_secs(4)).await;
     let still_open = tokio::task::spawn_blocking(move || {
         slow.into_iter()
+            .chain(silent)
             .filter(|mut s| {
                 s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
                     .expect("timeout");
