@@ -468,9 +468,11 @@ impl Store {
                     sqlx::query("UPDATE grants SET revoked_at = $1 WHERE grant_id = $2 AND revoked_at IS NULL").bind(now).bind(&r.grant_id).execute(&mut *tx).await?;
                     return Ok(Ok(Rotated::Reused { grant_id: r.grant_id }));
                 }
-            } else if let Some(parent) = &r.parent_hash {
-                // Using a successor ends its parent's grace and retires its siblings (T9, row 12).
-                sqlx::query("UPDATE refresh_tokens SET reuse_count = 1 WHERE token_hash = $1").bind(parent).execute(&mut *tx).await?;
+            } else if let Some(parent) = &r.parent_hash
+                // Using a successor ends its parent's grace and retires its siblings (T9, row 12);
+                // siblings exist only if the parent's grace use already set reuse_count.
+                && sqlx::query("UPDATE refresh_tokens SET reuse_count = 1 WHERE token_hash = $1 AND reuse_count = 0").bind(parent).execute(&mut *tx).await?.rows_affected() == 0
+            {
                 sqlx::query("UPDATE refresh_tokens SET rotated_at = $1, reuse_count = 1 WHERE parent_hash = $2 AND token_hash <> $3 AND rotated_at IS NULL")
                     .bind(now).bind(parent).bind(&r.token_hash).execute(&mut *tx).await?;
             }

@@ -9,7 +9,10 @@ const REVOKE_GRANT: &str =
     "UPDATE grants SET revoked_at = ?1 WHERE grant_id = ?2 AND revoked_at IS NULL";
 const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens (token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash) VALUES (?1,?2,?3,?4,?5,?6,NULL,0,?7)";
 /// Using a token ends its parent's grace use and retires its siblings (other grace answers).
-const END_PARENT_GRACE: &str = "UPDATE refresh_tokens SET reuse_count = 1 WHERE token_hash = ?1";
+/// Siblings exist only if the parent had its grace use, which already set `reuse_count`: when
+/// this update changes the row, there are none to retire.
+const END_PARENT_GRACE: &str =
+    "UPDATE refresh_tokens SET reuse_count = 1 WHERE token_hash = ?1 AND reuse_count = 0";
 const RETIRE_SIBLINGS: &str = "UPDATE refresh_tokens SET rotated_at = ?1, reuse_count = 1 WHERE parent_hash = ?2 AND token_hash <> ?3 AND rotated_at IS NULL";
 
 fn insert_refresh(c: &Connection, r: &RefreshRecord) -> rusqlite::Result<()> {
@@ -183,9 +186,11 @@ pub(crate) fn rotate_refresh<E>(
                 grant_id: old.grant_id,
             }));
         }
-    } else if let Some(parent) = &old.parent_hash {
-        c.prepare_cached(END_PARENT_GRACE)?
-            .execute(params![parent])?;
+    } else if let Some(parent) = &old.parent_hash
+        && c.prepare_cached(END_PARENT_GRACE)?
+            .execute(params![parent])?
+            == 0
+    {
         c.prepare_cached(RETIRE_SIBLINGS)?
             .execute(params![now, parent, old.token_hash])?;
     }

@@ -179,6 +179,15 @@ impl Dev {
         .await
     }
 
+    /// Authorize for `mcp:basic` (signing in and consenting as needed) and redeem the code: the
+    /// token response.
+    async fn code_tokens(&self, b: &mut Browser, f: &Flow) -> Value {
+        let code = self.authorize(b, f, "mcp:basic").await.redirect_params()["code"].clone();
+        let (st, tok) = self.redeem(f, &code).await;
+        assert_eq!(st, 200, "{tok}");
+        tok
+    }
+
     async fn token(&self, form: &[(&str, &str)]) -> (u16, Value) {
         let r = self
             .http
@@ -1421,8 +1430,7 @@ async fn as33_introspection_only_for_the_audience_or_the_owner() {
     let (stranger_id, stranger_secret) = d.add_machine_client("Someone else");
     let f = d.public_client().await;
     let mut b = Browser::new();
-    let code = d.authorize(&mut b, &f, "mcp:basic").await.redirect_params()["code"].clone();
-    let (_, tok) = d.redeem(&f, &code).await;
+    let tok = d.code_tokens(&mut b, &f).await;
     let (at, rt) = (
         tok["access_token"].as_str().expect("at"),
         tok["refresh_token"].as_str().expect("rt"),
@@ -1485,8 +1493,7 @@ async fn t23_revocation_and_password_change_end_tokens_sessions_and_consent() {
     let d = start();
     let f = d.public_client().await;
     let mut b = Browser::new();
-    let code = d.authorize(&mut b, &f, "mcp:basic").await.redirect_params()["code"].clone();
-    let (_, tok) = d.redeem(&f, &code).await;
+    let tok = d.code_tokens(&mut b, &f).await;
     let (at, rt) = (
         tok["access_token"].as_str().expect("at").to_owned(),
         tok["refresh_token"].as_str().expect("rt").to_owned(),
@@ -1576,7 +1583,7 @@ async fn as08_an_invalid_replay_does_not_revoke_the_victims_grant() {
     let mut b = Browser::new();
     let code = d.authorize(&mut b, &f, "mcp:basic").await.redirect_params()["code"].clone();
     let (st, tok) = d.redeem(&f, &code).await;
-    assert_eq!(st, 200);
+    assert_eq!(st, 200, "{tok}");
     let attacker = d.public_client().await;
     let junk = PkceVerifier::generate();
     for (client, verifier) in [
@@ -1606,8 +1613,7 @@ async fn as29_grace_ends_when_the_successor_is_used() {
     let d = start();
     let f = d.public_client().await;
     let mut b = Browser::new();
-    let code = d.authorize(&mut b, &f, "mcp:basic").await.redirect_params()["code"].clone();
-    let (_, tok) = d.redeem(&f, &code).await;
+    let tok = d.code_tokens(&mut b, &f).await;
     let rt1 = tok["refresh_token"].as_str().expect("rt").to_owned();
     let (st, t2) = d.refresh(&f, &rt1).await;
     assert_eq!(st, 200);
