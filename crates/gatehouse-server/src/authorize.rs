@@ -709,8 +709,9 @@ impl AuthServer {
         Ok(())
     }
 
-    /// Checks a password under the throttle and the bound on concurrent hashing (T19). The
-    /// same argon2 work is done whether or not the user exists.
+    /// Checks a password under the throttle and the bound on concurrent hashing (T19), and
+    /// counts a failure (a wrong password, no such account, a disabled one). The same argon2
+    /// work is done whether or not the user exists.
     async fn check_password(
         &self,
         keys: &(String, Option<String>),
@@ -731,15 +732,23 @@ impl AuthServer {
             Ok(Ok(p)) => p,
             _ => return Ok(Err(Throttled::Busy)),
         };
+        // Again after the wait: guesses that queued together must not all get through once
+        // the first of them has locked the account.
+        if let Some(w) = self.login_wait(keys).await? {
+            return Ok(Err(Throttled::Wait(w)));
+        }
         let hash = user
             .map_or(dummy_hash(), |u| u.password_hash.as_str())
             .to_owned();
-        let ok = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            verify_password(&password, &hash)
-        })
-        .await
-        .unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+            .await
+            .unwrap_or(false);
+        let ok = ok && user.is_some_and(|u| !u.disabled);
+        if !ok {
+            // Counted while the permit is held, so the next queued guess sees this failure.
+            self.login_failed(keys).await?;
+        }
+        drop(permit);
         Ok(Ok(ok))
     }
 }
@@ -806,16 +815,13 @@ pub(crate) async fn login(
         Err(e) => return e.into_response(),
     };
     let user = match user {
-        Some(u) if ok && !u.disabled => u,
+        Some(u) if ok => u,
         other => {
             // The name is logged only when it is an account: a password typed into the name
             // field never reaches the log (issue 14, row 14).
             match &other {
                 Some(u) => tracing::info!(username = %u.username, "failed sign-in"),
                 None => tracing::info!("failed sign-in (no such account)"),
-            }
-            if let Err(e) = s.login_failed(&keys).await {
-                return e.into_response();
             }
             return page_with(StatusCode::UNAUTHORIZED, "Wrong user name or password.");
         }

@@ -1699,3 +1699,48 @@ async fn t19_sign_in_is_throttled_per_account_without_revealing_accounts() {
         "T13: no password in the log"
     );
 }
+
+/// T19 (issue 14, row 4): guesses sent together for one account do not all get through: each is
+/// checked against the lock again once its turn to hash comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t19_a_burst_of_guesses_is_throttled_too() {
+    let d = start();
+    let f = d.public_client().await;
+    let mut b = Browser::new();
+    let login = b
+        .get(&d.authorize_url(&f, "http://127.0.0.1:53100/callback", "mcp:basic", &[]))
+        .await;
+    let (p, c) = (
+        login.field("pending").expect("p"),
+        login.field("csrf").expect("c"),
+    );
+    let cookie = b
+        .cookies
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let posts = (0..40).map(|_| {
+        let req = d
+            .http
+            .post(format!("{}/login", d.base))
+            .header("cookie", &cookie)
+            .form(&[
+                ("pending", p.as_str()),
+                ("csrf", c.as_str()),
+                ("username", USER),
+                ("password", "wrong password"),
+            ]);
+        async move { req.send().await.expect("post").status().as_u16() }
+    });
+    let statuses = futures::future::join_all(posts).await;
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    assert!(
+        checked <= 10,
+        "at most the free failures plus those already hashing: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| matches!(s, 401 | 429 | 503)),
+        "{statuses:?}"
+    );
+}
