@@ -13,10 +13,13 @@ CREATE TABLE consents (
     granted_at    BIGINT NOT NULL,
     PRIMARY KEY (subject, client_id, resource)
 );
--- Refresh rotation keeps each token's parent, so the grace use of a rotated token ends once its
--- successor is used, and using one child retires its siblings (no second live branch).
+-- Refresh rotation links each token to its parent, and a parent to its successor and its grace
+-- successor, so the grace use of a rotated token ends once a successor is used, and using one
+-- successor retires the other (no second live branch). Looked up by primary key only: no index
+-- to keep up on the token endpoint's hot path.
 ALTER TABLE refresh_tokens ADD COLUMN parent_hash TEXT;
-CREATE INDEX refresh_parent ON refresh_tokens (parent_hash);
+ALTER TABLE refresh_tokens ADD COLUMN child_hash TEXT;
+ALTER TABLE refresh_tokens ADD COLUMN grace_child TEXT;
 -- Revocations are read by every guard and gateway in the process (and on other replicas) by time.
 CREATE INDEX grants_revoked ON grants (revoked_at);
 CREATE INDEX grants_client ON grants (client_id);

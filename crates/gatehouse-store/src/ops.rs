@@ -460,10 +460,10 @@ impl Store {
             // Conditional updates decide races: the first use rotates the token, one more use
             // within the grace window is allowed, anything beyond is reuse.
             let mut grace_use = false;
-            let rotated = sqlx::query("UPDATE refresh_tokens SET rotated_at = $1 WHERE token_hash = $2 AND rotated_at IS NULL").bind(now).bind(token_hash).execute(&mut *tx).await?.rows_affected();
+            let rotated = sqlx::query("UPDATE refresh_tokens SET rotated_at = $1, child_hash = $3 WHERE token_hash = $2 AND rotated_at IS NULL").bind(now).bind(token_hash).bind(&new.token_hash).execute(&mut *tx).await?.rows_affected();
             if rotated != 1 {
                 grace_use = true;
-                let again = sqlx::query("UPDATE refresh_tokens SET reuse_count = 1 WHERE token_hash = $1 AND reuse_count = 0 AND rotated_at >= $2").bind(token_hash).bind(now - grace).execute(&mut *tx).await?.rows_affected();
+                let again = sqlx::query("UPDATE refresh_tokens SET reuse_count = 1, grace_child = $3 WHERE token_hash = $1 AND reuse_count = 0 AND rotated_at >= $2").bind(token_hash).bind(now - grace).bind(&new.token_hash).execute(&mut *tx).await?.rows_affected();
                 if again != 1 {
                     sqlx::query("UPDATE grants SET revoked_at = $1 WHERE grant_id = $2 AND revoked_at IS NULL").bind(now).bind(&r.grant_id).execute(&mut *tx).await?;
                     return Ok(Ok(Rotated::Reused { grant_id: r.grant_id }));
@@ -473,7 +473,7 @@ impl Store {
                 // siblings exist only if the parent's grace use already set reuse_count.
                 && sqlx::query("UPDATE refresh_tokens SET reuse_count = 1 WHERE token_hash = $1 AND reuse_count = 0").bind(parent).execute(&mut *tx).await?.rows_affected() == 0
             {
-                sqlx::query("UPDATE refresh_tokens SET rotated_at = $1, reuse_count = 1 WHERE parent_hash = $2 AND token_hash <> $3 AND rotated_at IS NULL")
+                sqlx::query("UPDATE refresh_tokens SET rotated_at = $1, reuse_count = 1 WHERE token_hash IN (SELECT child_hash FROM refresh_tokens WHERE token_hash = $2 UNION ALL SELECT grace_child FROM refresh_tokens WHERE token_hash = $2) AND token_hash <> $3 AND rotated_at IS NULL")
                     .bind(now).bind(parent).bind(&r.token_hash).execute(&mut *tx).await?;
             }
             sqlx::query("INSERT INTO refresh_tokens (token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash) VALUES ($1,$2,$3,$4,$5,$6,NULL,0,$7)")

@@ -13,7 +13,7 @@ const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens (token_hash, grant_id, 
 /// this update changes the row, there are none to retire.
 const END_PARENT_GRACE: &str =
     "UPDATE refresh_tokens SET reuse_count = 1 WHERE token_hash = ?1 AND reuse_count = 0";
-const RETIRE_SIBLINGS: &str = "UPDATE refresh_tokens SET rotated_at = ?1, reuse_count = 1 WHERE parent_hash = ?2 AND token_hash <> ?3 AND rotated_at IS NULL";
+const RETIRE_SIBLINGS: &str = "UPDATE refresh_tokens SET rotated_at = ?1, reuse_count = 1 WHERE token_hash IN (SELECT child_hash FROM refresh_tokens WHERE token_hash = ?2 UNION ALL SELECT grace_child FROM refresh_tokens WHERE token_hash = ?2) AND token_hash <> ?3 AND rotated_at IS NULL";
 
 fn insert_refresh(c: &Connection, r: &RefreshRecord) -> rusqlite::Result<()> {
     c.prepare_cached(INSERT_REFRESH)?.execute(params![
@@ -172,14 +172,14 @@ pub(crate) fn rotate_refresh<E>(
     let mut grace_use = false;
     let rotated = c
         .prepare_cached(
-            "UPDATE refresh_tokens SET rotated_at = ?1 WHERE token_hash = ?2 AND rotated_at IS NULL",
+            "UPDATE refresh_tokens SET rotated_at = ?1, child_hash = ?3 WHERE token_hash = ?2 AND rotated_at IS NULL",
         )?
-        .execute(params![now, token_hash])?;
+        .execute(params![now, token_hash, new.token_hash])?;
     if rotated != 1 {
         grace_use = true;
         let again = c
-            .prepare_cached("UPDATE refresh_tokens SET reuse_count = 1 WHERE token_hash = ?1 AND reuse_count = 0 AND rotated_at >= ?2")?
-            .execute(params![token_hash, now - grace])?;
+            .prepare_cached("UPDATE refresh_tokens SET reuse_count = 1, grace_child = ?3 WHERE token_hash = ?1 AND reuse_count = 0 AND rotated_at >= ?2")?
+            .execute(params![token_hash, now - grace, new.token_hash])?;
         if again != 1 {
             revoke_grant(c, &old.grant_id, now)?;
             return Ok(Ok(Rotated::Reused {
