@@ -23,5 +23,5 @@ pub use metadata::{AuthorizationServerMetadata, ProtectedResourceMetadata};
 pub use pkce::{PkceChallenge, PkceVerifier};
 pub use redirect::RedirectUri;
 pub use scope::{Scope, ScopeSet};
-pub use secret::{SecretString, hex};
+pub use secret::{SecretString, hex, random_id, random_token, sha256_hex};
 pub use url::{AudiencePolicy, Issuer, Resource};

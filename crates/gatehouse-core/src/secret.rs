@@ -53,6 +53,26 @@ mod tests {
     }
 }
 
+/// 256 random bits, base64url: codes, refresh tokens, client secrets, session ids.
+pub fn random_token() -> String {
+    use base64::Engine as _;
+    let b: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// 128 random bits, base64url: identifiers that need not be secret (MCP session ids).
+pub fn random_id() -> String {
+    use base64::Engine as _;
+    let b: [u8; 16] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Lower-case hex SHA-256: how secrets are stored and looked up.
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::Digest as _;
+    hex(&sha2::Sha256::digest(s.as_bytes()))
+}
+
 /// Lower-case hex of `bytes` (how hashes of secrets are stored and looked up). On the token
 /// endpoint's path, so one allocation rather than a `format!` per byte.
 pub fn hex(bytes: &[u8]) -> String {

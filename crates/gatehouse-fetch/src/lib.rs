@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod ip;
+pub mod upstream;
 
 pub use ip::forbidden_reason;
 

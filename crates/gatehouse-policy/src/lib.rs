@@ -135,6 +135,9 @@ pub struct Policies {
     principals: PrincipalCache,
     /// Where the operator's policies came from (for messages).
     origin: String,
+    /// Whether a `permit` names `Action::"other"`: only then may methods the gateway does not
+    /// know pass (T22).
+    permits_other: bool,
 }
 
 fn schema() -> Result<Schema, PolicyError> {
@@ -265,7 +268,19 @@ impl Policies {
                 message,
             });
         }
+        let other = uid("Action", "other");
+        let permits_other = set.policies().any(|p| {
+            p.effect() == cedar_policy::Effect::Permit
+                && match p.action_constraint() {
+                    cedar_policy::ActionConstraint::Eq(a) => Some(&a) == other.as_ref(),
+                    cedar_policy::ActionConstraint::In(list) => {
+                        list.iter().any(|a| Some(a) == other.as_ref())
+                    }
+                    cedar_policy::ActionConstraint::Any => false,
+                }
+        });
         Ok(Self {
+            permits_other,
             set,
             scope_rules,
             authorizer: Authorizer::new(),
@@ -285,6 +300,13 @@ impl Policies {
 
     pub fn origin(&self) -> &str {
         &self.origin
+    }
+
+    /// Whether a `permit` policy names `Action::"other"` (by `==` or `in [...]`): the operator's
+    /// explicit say-so for methods outside MCP's. `permit(principal, action, resource)` is not
+    /// one: it was written for the methods that exist.
+    pub fn permits_other_methods(&self) -> bool {
+        self.permits_other
     }
 
     /// The decision for one request. Decisions are kept per exact caller and exact request

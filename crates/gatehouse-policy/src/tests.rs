@@ -459,3 +459,28 @@ fn kept_decisions_answer_only_the_same_request() {
     assert!(!ask_fits(&call("everything", "echo", nested.as_object())));
     assert!(ask_fits(&call("everything", "echo", Some(&hello))));
 }
+
+#[test]
+fn t22_other_methods_pass_only_when_a_permit_names_them() {
+    let compiled = |text: Option<&str>| Policies::compile(text, "t", &[]).unwrap();
+    assert!(!compiled(None).permits_other_methods(), "the default");
+    assert!(!compiled(Some("permit(principal, action, resource);")).permits_other_methods());
+    assert!(
+        !compiled(Some(
+            r#"forbid(principal, action == Action::"other", resource);"#
+        ))
+        .permits_other_methods()
+    );
+    assert!(
+        compiled(Some(
+            r#"permit(principal, action == Action::"other", resource in Server::"x");"#
+        ))
+        .permits_other_methods()
+    );
+    assert!(
+        compiled(Some(
+            r#"permit(principal, action in [Action::"ping", Action::"other"], resource);"#
+        ))
+        .permits_other_methods()
+    );
+}

@@ -1,25 +1,8 @@
 //! Random values, hashes and passwords.
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sha2::{Digest, Sha256};
 
-/// 256 random bits, base64url: codes, refresh tokens, client secrets, session ids.
-pub fn random_token() -> String {
-    let b: [u8; 32] = rand::random();
-    URL_SAFE_NO_PAD.encode(b)
-}
-
-/// 128 random bits, base64url: identifiers that need not be secret.
-pub fn random_id() -> String {
-    let b: [u8; 16] = rand::random();
-    URL_SAFE_NO_PAD.encode(b)
-}
-
-/// Lower-case hex SHA-256: how secrets are stored and looked up.
-pub fn sha256_hex(s: &str) -> String {
-    gatehouse_core::hex(&Sha256::digest(s.as_bytes()))
-}
+// Moved to core, where the gateway shares them; kept here under their old paths.
+pub use gatehouse_core::{random_id, random_token, sha256_hex};
 
 /// Constant-time comparison of a presented secret with a stored hash.
 pub(crate) fn secret_matches(presented: &str, stored_hash: &str) -> bool {

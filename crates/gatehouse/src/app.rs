@@ -38,7 +38,7 @@ pub(crate) fn check(cfg: &Config) -> Result<(), String> {
 pub(crate) fn build_with(
     cfg: &Config,
     dev_origins: bool,
-    connect: Option<crate::connect::Backend>,
+    connect: Option<gatehouse_gateway::Backend>,
     revocations: Option<Arc<gatehouse_tokens::Revocations>>,
 ) -> Result<App, String> {
     build_inner(cfg, dev_origins, connect, revocations, false)
@@ -47,7 +47,7 @@ pub(crate) fn build_with(
 fn build_inner(
     cfg: &Config,
     dev_origins: bool,
-    connect: Option<crate::connect::Backend>,
+    connect: Option<gatehouse_gateway::Backend>,
     revocations: Option<Arc<gatehouse_tokens::Revocations>>,
     check_only: bool,
 ) -> Result<App, String> {
@@ -55,51 +55,67 @@ fn build_inner(
     let revocations = revocations.as_ref();
     let resource = cfg.resource()?;
     let fetcher = Fetcher::new(cfg.fetch_policy()?).map_err(|e| e.to_string())?;
-    let (guard, jwt) = build_guard(cfg, &resource, &fetcher, &clock, revocations, true)?;
+    let scopes = crate::plan::resource_scopes(cfg)?;
+    let (guard, jwt) = build_guard(cfg, &resource, &scopes, &fetcher, &clock, revocations, true)?;
     let mut upstream_routes = axum::Router::new();
     let mut policy = None;
     let gates = Arc::new(OriginGate::new(cfg, &resource, dev_origins));
-    if let Some(gw) = &cfg.gateway {
+    if let (Some(gw), Some(spec)) = (&cfg.gateway, crate::plan::gateway(cfg)?) {
         let audit = gw
             .audit_log
             .as_deref()
             .filter(|_| !check_only)
-            .map(crate::gateway::Audit::open)
+            .map(|p| {
+                gatehouse_gateway::Audit::open(p).map_err(|e| format!("gateway.audit_log {p}: {e}"))
+            })
             .transpose()?
             .map(Arc::new);
-        let http = crate::gateway::upstream_client()?;
-        let default_token_endpoint = cfg
-            .embedded_issuer()?
-            .map(|i| format!("{}/token", i.as_str().trim_end_matches('/')));
-        let limits = gw
+        let http = gatehouse_fetch::upstream::upstream_client(concat!(
+            "gatehouse-gateway/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .map_err(|e| e.to_string())?;
+        let limits = spec
             .rate_limit
             .as_ref()
-            .map(crate::gateway::RateLimits::new)
-            .transpose()?
+            .map(gatehouse_gateway::RateLimits::new)
+            .transpose()
+            .map_err(|e| format!("gateway.rate_limit.redis_url: {e}"))?
             .map(Arc::new);
         let engine = Arc::new(cfg.policy_engine()?);
         let reload = Duration::from_secs(gw.policy.as_ref().map_or(2, |p| p.reload_seconds).max(1));
         policy = Some((engine.clone(), reload));
-        let user_oauth: Vec<_> = gw
+        let user_oauth: Vec<_> = spec
             .upstreams
             .iter()
-            .filter_map(|u| {
-                u.user_oauth
-                    .clone()
-                    .map(|o| (u.name.clone(), u.url.clone(), o))
+            .filter_map(|u| match &u.transport {
+                gatehouse_gateway::spec::Transport::Http {
+                    url,
+                    credentials:
+                        gatehouse_gateway::spec::CredentialSpec {
+                            token: gatehouse_gateway::spec::UpstreamToken::UserOAuth(o),
+                            ..
+                        },
+                } => Some((u.name.clone(), url.as_str().to_owned(), o.clone())),
+                _ => None,
             })
             .collect();
         let connect = match (connect, user_oauth.is_empty()) {
             (_, true) => None,
             (Some(backend), false) => {
-                let c = Arc::new(crate::connect::Connect::new(
-                    backend,
-                    &cfg.public_url(),
-                    resource.as_str().to_owned(),
-                    cfg.guard.required_scopes.to_string(),
-                    fetcher.clone(),
-                    user_oauth,
-                )?);
+                let c = Arc::new(
+                    gatehouse_gateway::Connect::new(
+                        backend,
+                        gatehouse_gateway::ConnectSpec {
+                            public: cfg.public_url(),
+                            identity_resource: resource.as_str().to_owned(),
+                            identity_scope: cfg.guard.required_scopes.to_string(),
+                            upstreams: user_oauth,
+                        },
+                        fetcher.clone(),
+                    )
+                    .map_err(|e| e.to_string())?,
+                );
                 upstream_routes = upstream_routes.merge(c.router());
                 Some(c)
             }
@@ -108,48 +124,46 @@ fn build_inner(
                 return Err("gateway: user_oauth needs the embedded authorization server running in this process".into());
             }
         };
+        let deps = gatehouse_gateway::ProxyDeps {
+            http,
+            audit: audit.clone(),
+            limits,
+            policy: engine,
+            connect,
+            messages: spec.messages,
+            required: spec.required_scopes.clone(),
+        };
         let mut proxies = Vec::new();
-        for u in &gw.upstreams {
-            let r = cfg.upstream_resource(&u.name)?;
+        for u in spec.upstreams {
+            let r = u.resource.clone();
+            let anonymous = u.anonymous;
+            let name = u.name.as_str().to_owned();
             // Per-tool scopes are decided by the policy engine (with the upstream's own
             // entries), not by the guard; the guard authenticates and checks the baseline.
-            let (g, _) = build_guard(cfg, &r, &fetcher, &clock, revocations, false)?;
-            let proxy = crate::gateway::Proxy::new(
-                u,
-                crate::gateway::ProxyParts {
-                    http: http.clone(),
-                    audit: audit.clone(),
-                    limits: limits.clone(),
-                    default_token_endpoint: default_token_endpoint.clone(),
-                    policy: engine.clone(),
-                    prm_url: r.prm_url(),
-                    required: cfg.guard.required_scopes.clone(),
-                    connect: connect.clone().filter(|c| c.serves(&u.name)),
-                },
-            )?;
-            proxies.push((u.name.clone(), proxy.clone()));
-            let refusals = crate::gateway::RefusalAudit {
+            let (g, _) = build_guard(cfg, &r, &scopes, &fetcher, &clock, revocations, false)?;
+            let proxy = gatehouse_gateway::Proxy::new(u, &deps);
+            proxies.push(proxy.clone());
+            let refusals = gatehouse_gateway::RefusalAudit {
                 audit: audit.clone(),
-                server: u.name.clone(),
+                server: name.clone(),
             };
-            if u.anonymous {
-                tracing::warn!(upstream = %u.name, "served without authentication (anonymous: true)");
+            if anonymous {
+                tracing::warn!(upstream = %name, "served without authentication (anonymous: true)");
             }
             upstream_routes = mount(
                 upstream_routes,
                 r.path_str(),
                 &gates,
                 refusals,
-                (!u.anonymous).then_some(&g),
+                (!anonymous).then_some(&g),
                 proxy.into_service(),
             );
         }
-        if let Some(name) = cfg.aggregate_name() {
-            let r = cfg.upstream_resource(name)?;
-            let (g, _) = build_guard(cfg, &r, &fetcher, &clock, revocations, false)?;
-            let refusals = crate::gateway::RefusalAudit {
+        if let Some((name, r)) = &spec.aggregate {
+            let (g, _) = build_guard(cfg, r, &scopes, &fetcher, &clock, revocations, false)?;
+            let refusals = gatehouse_gateway::RefusalAudit {
                 audit: audit.clone(),
-                server: name.to_owned(),
+                server: name.as_str().to_owned(),
             };
             upstream_routes = mount(
                 upstream_routes,
@@ -157,7 +171,7 @@ fn build_inner(
                 &gates,
                 refusals,
                 Some(&g),
-                crate::aggregate::Aggregate::new(proxies).into_service(),
+                gatehouse_gateway::Aggregate::new(proxies).into_service(),
             );
         }
     }
@@ -172,7 +186,7 @@ fn mount<S>(
     router: axum::Router,
     path: &str,
     gates: &Arc<OriginGate>,
-    refusals: crate::gateway::RefusalAudit,
+    refusals: gatehouse_gateway::RefusalAudit,
     guard: Option<&Guard>,
     svc: S,
 ) -> axum::Router
@@ -195,7 +209,7 @@ where
         .layer(cors_layer(&gates.origins))
         .layer(axum::middleware::from_fn_with_state(
             refusals,
-            crate::gateway::audit_refusals,
+            gatehouse_gateway::audit_refusals,
         ));
     match guard {
         None => router.route_service(path, front.service(svc)),
@@ -307,6 +321,7 @@ fn origin_allowed(patterns: &[String], o: &str) -> bool {
 fn build_guard(
     cfg: &Config,
     resource: &Resource,
+    scopes: &[(Resource, ScopeSet)],
     fetcher: &Fetcher,
     clock: &Arc<dyn Clock>,
     revocations: Option<&Arc<gatehouse_tokens::Revocations>>,
@@ -363,26 +378,13 @@ fn build_guard(
     if tool_scopes_in_guard {
         gc.tool_scopes = g.tool_scopes.clone();
     }
-    // Advertised: the baseline and every scope a tool of this resource may need.
-    let upstream_scopes = cfg
-        .gateway
+    // Advertised: the baseline and every scope a tool of this resource may need (the same
+    // list the authorization server issues for it).
+    gc.scopes_supported = scopes
         .iter()
-        .flat_map(|gw| &gw.upstreams)
-        .filter(|u| {
-            cfg.upstream_resource(&u.name)
-                .is_ok_and(|r| r.as_str() == resource.as_str())
-                || cfg
-                    .aggregate_name()
-                    .and_then(|a| cfg.upstream_resource(a).ok())
-                    .is_some_and(|r| r.as_str() == resource.as_str())
-        })
-        .flat_map(|u| u.tool_scopes.values());
-    gc.scopes_supported = g.scopes_supported.clone().unwrap_or_else(|| {
-        g.tool_scopes
-            .values()
-            .chain(upstream_scopes)
-            .fold(g.required_scopes.clone(), |acc, s| acc.union(s))
-    });
+        .find(|(r, _)| r.as_str() == resource.as_str())
+        .map(|(_, s)| s.clone())
+        .unwrap_or_else(|| g.required_scopes.clone());
     gc.resource_name = g.resource_name.clone();
     gc.resource_documentation = g.resource_documentation.clone();
     gc.ip_allow = g.ip_allow.clone();

@@ -151,6 +151,10 @@ pub(crate) struct GatewaySection {
     /// its upstream's policies, limits, credentials and audit.
     #[serde(default)]
     pub(crate) aggregate: Option<AggregateSection>,
+    /// Messages in one JSON-RPC batch (2025-03-26 sessions); the rest are refused one by
+    /// one. Default 32.
+    #[serde(default)]
+    pub(crate) max_batch: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -339,30 +343,6 @@ impl Config {
             ..gatehouse_fetch::FetchPolicy::default()
         })
     }
-}
-
-/// GW-10 for operator-written upstream URLs: internal upstreams are normal (loopback,
-/// private, carrier-grade NAT and unique-local addresses pass), but an address literal in any
-/// spelling (`2852039166`, `[::ffff:a9fe:a9fe]`) for link-local / cloud metadata, multicast,
-/// unspecified, reserved or transition ranges is refused.
-fn upstream_address_refused(url: &url::Url) -> Option<&'static str> {
-    let ip = match url.host()? {
-        url::Host::Ipv4(v4) => std::net::IpAddr::V4(v4),
-        url::Host::Ipv6(v6) => std::net::IpAddr::V6(v6),
-        url::Host::Domain(_) => return None,
-    };
-    upstream_ip_refused(ip)
-}
-
-/// Whether an upstream may be reached at `ip` (see [`upstream_address_refused`]); also applied
-/// to what upstream host names resolve to.
-pub(crate) fn upstream_ip_refused(ip: std::net::IpAddr) -> Option<&'static str> {
-    let why = gatehouse_fetch::forbidden_reason(ip)?;
-    let internal = why == "loopback"
-        || why.starts_with("private")
-        || why.starts_with("carrier-grade NAT")
-        || why.starts_with("unique-local");
-    (!internal).then_some(why)
 }
 
 fn yes() -> bool {
@@ -772,126 +752,8 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if let Some(g) = &self.gateway {
-            let mut seen = std::collections::HashSet::new();
-            for u in &g.upstreams {
-                if u.name.is_empty()
-                    || !u
-                        .name
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                {
-                    return Err(format!(
-                        "gateway.upstreams: name {:?} must be lower-case letters, digits and -",
-                        u.name
-                    ));
-                }
-                if !seen.insert(u.name.as_str()) {
-                    return Err(format!("gateway.upstreams: {:?} appears twice", u.name));
-                }
-                if u.user_oauth.is_some() {
-                    let Some(a) = &self.authorization_server else {
-                        return Err(format!(
-                            "gateway.upstreams.{}.user_oauth needs the embedded authorization_server (users sign in there)",
-                            u.name
-                        ));
-                    };
-                    if a.key_encryption_key.is_none() {
-                        return Err(format!(
-                            "gateway.upstreams.{}.user_oauth needs authorization_server.key_encryption_key (user tokens are stored encrypted)",
-                            u.name
-                        ));
-                    }
-                    if u.token_exchange.is_some() || u.command.is_some() || u.anonymous {
-                        return Err(format!(
-                            "gateway.upstreams.{}.user_oauth: for authenticated HTTP upstreams without token_exchange",
-                            u.name
-                        ));
-                    }
-                }
-                match (&u.command, u.url.is_empty()) {
-                    (Some(_), true) => {
-                        if u.token_exchange.is_some() || !u.headers.is_empty() {
-                            return Err(format!(
-                                "gateway.upstreams.{}: headers and token_exchange are for HTTP upstreams",
-                                u.name
-                            ));
-                        }
-                    }
-                    (None, false) => {
-                        let url = url::Url::parse(&u.url)
-                            .map_err(|e| format!("gateway.upstreams.{}.url: {e}", u.name))?;
-                        if !matches!(url.scheme(), "http" | "https") {
-                            return Err(format!(
-                                "gateway.upstreams.{}.url must be http(s)",
-                                u.name
-                            ));
-                        }
-                        if let Some(why) = upstream_address_refused(&url) {
-                            return Err(format!(
-                                "gateway.upstreams.{}.url: {why} is never an MCP server (GW-10)",
-                                u.name
-                            ));
-                        }
-                    }
-                    _ => {
-                        return Err(format!(
-                            "gateway.upstreams.{}: give either url or command",
-                            u.name
-                        ));
-                    }
-                }
-                for k in u.headers.keys() {
-                    http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
-                        format!("gateway.upstreams.{}.headers: bad name {k:?}", u.name)
-                    })?;
-                }
-                self.upstream_resource(&u.name)?;
-                for (tool, scopes) in &u.tool_scopes {
-                    if scopes.is_empty() {
-                        return Err(format!(
-                            "gateway.upstreams.{}.tool_scopes.{tool}: empty scope list",
-                            u.name
-                        ));
-                    }
-                }
-            }
-            if let Some(a) = &g.aggregate {
-                if !seen.insert(a.name.as_str())
-                    || a.name.is_empty()
-                    || !a
-                        .name
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                {
-                    return Err(format!(
-                        "gateway.aggregate.name {:?}: lower-case letters, digits and -, and not an upstream's name",
-                        a.name
-                    ));
-                }
-                if g.upstreams.iter().any(|u| u.anonymous) {
-                    return Err(
-                        "gateway.aggregate: not with anonymous upstreams (the aggregate is authenticated; it would mix the two)".into(),
-                    );
-                }
-            }
-            if let Some(rl) = &g.rate_limit {
-                for (what, l) in rl
-                    .per_tool
-                    .iter()
-                    .map(|(k, l)| (format!("per_tool.{k}"), l))
-                    .chain(rl.per_tenant.iter().map(|l| ("per_tenant".to_owned(), l)))
-                {
-                    if l.per_minute == 0 || l.burst == Some(0) {
-                        return Err(format!(
-                            "gateway.rate_limit.{what}: per_minute and burst must be above 0"
-                        ));
-                    }
-                }
-            }
-            // Policies are compiled and validated here, so `config check` refuses bad ones.
-            self.policy_engine()?;
-        }
+        // The gateway's checks are its translation into the gateway's spec.
+        crate::plan::gateway(self)?;
         if let Some(a) = &self.authorization_server {
             if let Some(up) = &a.upstream {
                 if up.issuer.url().scheme() != "https"
@@ -978,29 +840,6 @@ impl Config {
 mod tests {
     #[test]
     fn gw10_upstream_urls_to_metadata_and_odd_ranges_are_refused() {
-        let refused = |u: &str| super::upstream_address_refused(&url::Url::parse(u).expect("url"));
-        for bad in [
-            "http://169.254.169.254/mcp",
-            "http://2852039166/mcp",
-            "http://0xa9fea9fe/mcp",
-            "http://[::ffff:a9fe:a9fe]/mcp",
-            "http://[fe80::1]/mcp",
-            "http://0.0.0.0/mcp",
-            "http://[::]/mcp",
-            "http://224.0.0.1/mcp",
-        ] {
-            assert!(refused(bad).is_some(), "{bad}");
-        }
-        for fine in [
-            "http://127.0.0.1:3001/mcp",
-            "http://10.1.2.3/mcp",
-            "http://192.168.0.5/mcp",
-            "http://[fd00::5]/mcp",
-            "https://tickets.internal/mcp",
-            "https://203.0.113.9.nip.example/mcp",
-        ] {
-            assert!(refused(fine).is_none(), "{fine}");
-        }
         let cfg = "listen: 127.0.0.1:1\nguard: {api_keys: [{name: a, hash: 'sha256:ab'}]}\ngateway:\n  upstreams:\n    - {name: meta, url: 'http://2852039166/latest'}\n";
         let err = super::Config::parse("t.yaml", cfg)
             .expect_err("refused")

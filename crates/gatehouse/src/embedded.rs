@@ -69,45 +69,11 @@ pub(crate) async fn build(
     };
     let store = open_store(&section.database.0, "authorization_server.database").await?;
     let resources = if section.resources.is_empty() {
-        let g = &cfg.guard;
-        let scopes = g.scopes_supported.clone().unwrap_or_else(|| {
-            g.tool_scopes
-                .values()
-                .fold(g.required_scopes.clone(), |acc, s| acc.union(s))
-        });
-        // The demo endpoint and every gateway upstream, with the guard's scopes.
-        let mut all = vec![ResourceEntry {
-            resource: cfg.resource()?,
-            scopes: scopes.clone(),
-        }];
-        let mut every = scopes.clone();
-        for u in cfg.gateway.iter().flat_map(|g| &g.upstreams) {
-            let own = u
-                .tool_scopes
-                .values()
-                .fold(scopes.clone(), |acc, s| acc.union(s));
-            every = every.union(&own);
-            all.push(ResourceEntry {
-                resource: cfg.upstream_resource(&u.name)?,
-                scopes: own,
-            });
-            // The audience a token exchange for this upstream asks for.
-            if let Some(x) = &u.token_exchange {
-                let r = x.resource.as_deref().unwrap_or(&u.url);
-                all.push(ResourceEntry {
-                    resource: gatehouse_core::Resource::parse(r)
-                        .map_err(|e| format!("gateway.upstreams.{}: {e}", u.name))?,
-                    scopes: scopes.clone(),
-                });
-            }
-        }
-        if let Some(name) = cfg.aggregate_name() {
-            all.push(ResourceEntry {
-                resource: cfg.upstream_resource(name)?,
-                scopes: every,
-            });
-        }
-        all
+        // The demo endpoint and every gateway upstream, with the scopes their guards advertise.
+        crate::plan::resource_scopes(cfg)?
+            .into_iter()
+            .map(|(resource, scopes)| ResourceEntry { resource, scopes })
+            .collect()
     } else {
         section
             .resources
@@ -175,7 +141,7 @@ pub(crate) async fn build(
             let public = cfg.public_url();
             store
                 .upsert_client(&gatehouse_store::ClientRecord {
-                    client_id: crate::connect::IDENTITY_CLIENT.into(),
+                    client_id: gatehouse_gateway::connect::IDENTITY_CLIENT.into(),
                     secret_hash: None,
                     auth_method: "none".into(),
                     redirect_uris: vec![format!("{}/connect/return", public.trim_end_matches('/'))],
@@ -191,9 +157,11 @@ pub(crate) async fn build(
                 })
                 .await
                 .map_err(|e| format!("authorization_server.database: {e}"))?;
-            Some(crate::connect::Backend {
-                store: store.clone(),
-                kek: kek.clone(),
+            Some(gatehouse_gateway::Backend {
+                vault: Arc::new(StoreVault {
+                    store: store.clone(),
+                    kek: kek.clone(),
+                }),
                 issuer: issuer.as_str().trim_end_matches('/').to_owned(),
             })
         }
@@ -242,4 +210,77 @@ async fn open_store(db: &str, what: &str) -> Result<Store, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{what}: {}: {e}", dir.display()))?;
     }
     Store::open(db).await.map_err(|e| format!("{what}: {e}"))
+}
+
+/// GW-09/GW-12: per-user upstream grants in the authorization server's store, sealed
+/// (AES-256-GCM under the key-encryption key) with a label naming owner and upstream, so a
+/// sealed grant moved to another row does not open.
+struct StoreVault {
+    store: Store,
+    kek: KeyEncryptionKey,
+}
+
+impl StoreVault {
+    fn label(owner: &gatehouse_gateway::Owner, upstream: &str) -> String {
+        format!("upstream-grant:{}:{upstream}", owner.key())
+    }
+}
+
+impl gatehouse_gateway::GrantVault for StoreVault {
+    fn load<'a>(
+        &'a self,
+        owner: &'a gatehouse_gateway::Owner,
+        upstream: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<Vec<u8>>, gatehouse_gateway::VaultError>>
+    {
+        Box::pin(async move {
+            let err = |e: String| gatehouse_gateway::VaultError(e);
+            let Some(sealed) = self
+                .store
+                .get_upstream_grant(&owner.key(), upstream)
+                .await
+                .map_err(|e| err(e.to_string()))?
+            else {
+                return Ok(None);
+            };
+            self.kek
+                .open_secret(&Self::label(owner, upstream), &sealed)
+                .map(Some)
+                .map_err(err)
+        })
+    }
+
+    fn save<'a>(
+        &'a self,
+        owner: &'a gatehouse_gateway::Owner,
+        upstream: &'a str,
+        grant: Vec<u8>,
+    ) -> futures::future::BoxFuture<'a, Result<(), gatehouse_gateway::VaultError>> {
+        Box::pin(async move {
+            let err = |e: String| gatehouse_gateway::VaultError(e);
+            let sealed = self
+                .kek
+                .seal_secret(&Self::label(owner, upstream), &grant)
+                .map_err(err)?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            self.store
+                .put_upstream_grant(&owner.key(), upstream, &sealed, now)
+                .await
+                .map_err(|e| err(e.to_string()))
+        })
+    }
+
+    fn forget<'a>(
+        &'a self,
+        owner: &'a gatehouse_gateway::Owner,
+        upstream: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), gatehouse_gateway::VaultError>> {
+        Box::pin(async move {
+            self.store
+                .delete_upstream_grant(&owner.key(), upstream)
+                .await
+                .map(|_| ())
+                .map_err(|e| gatehouse_gateway::VaultError(e.to_string()))
+        })
+    }
 }

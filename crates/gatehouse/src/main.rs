@@ -2,17 +2,14 @@
 #![forbid(unsafe_code)]
 
 mod admin;
-mod aggregate;
 mod app;
-mod authz;
 mod client;
 mod config;
-mod connect;
 mod demo;
 mod dev;
 mod embedded;
-mod gateway;
 mod listener;
+mod plan;
 
 use clap::{Parser, Subcommand};
 use config::{Config, Dangerous, GuardSection, IssuerEntry, LogConfig, McpConfig};
@@ -65,6 +62,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// The gateway's audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Static API keys.
     Apikey {
         #[command(subcommand)]
@@ -89,6 +91,13 @@ enum Command {
 enum ConfigCommand {
     /// Parse and validate a configuration file without starting anything.
     Check { file: String },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of an audit log: exit 0 with the record count when it holds, exit 1
+    /// with the line number of the first record that breaks it.
+    Verify { file: String },
 }
 
 #[derive(Subcommand)]
@@ -138,6 +147,25 @@ fn main() -> ExitCode {
                 eprintln!("error: {e}");
                 ExitCode::from(2)
             }
+        },
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => match std::fs::read(&file) {
+            Err(e) => {
+                eprintln!("error: cannot read {file}: {e}");
+                ExitCode::from(2)
+            }
+            // A line that is not UTF-8 is a broken record like any other (its number is told).
+            Ok(bytes) => match gatehouse_gateway::verify_chain(&String::from_utf8_lossy(&bytes)) {
+                Ok(n) => {
+                    println!("{file}: {n} records, chain intact");
+                    ExitCode::SUCCESS
+                }
+                Err(b) => {
+                    println!("{file}: line {}: {}", b.line, b.why);
+                    ExitCode::from(1)
+                }
+            },
         },
         Command::Apikey {
             command: ApiKeyCommand::New { name, scopes, days },
@@ -298,7 +326,7 @@ pub(crate) struct Embedded {
     pub(crate) router: axum::Router,
     pub(crate) banner: Vec<String>,
     /// What per-user upstream grants (GW-09) borrow from the authorization server.
-    pub(crate) connect: Option<connect::Backend>,
+    pub(crate) connect: Option<gatehouse_gateway::Backend>,
     /// Grants the authorization server revoked: every guard and gateway here refuses their
     /// tokens at once (T23).
     pub(crate) revocations: std::sync::Arc<gatehouse_tokens::Revocations>,

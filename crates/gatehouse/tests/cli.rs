@@ -166,3 +166,48 @@ fn the_example_configs_are_valid() {
         assert!(!audit.exists(), "config check creates no file");
     }
 }
+
+/// `gatehouse audit verify FILE`: a log the gateway wrote holds; any edit, removal, insertion or
+/// reordering is found at its 1-based line, with exit 1.
+#[test]
+fn t22_audit_verify_finds_the_first_broken_line() {
+    let dir = std::env::temp_dir().join(format!("gatehouse-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("audit.jsonl");
+    let _ = std::fs::remove_file(&path);
+    let log = gatehouse_gateway::Audit::open(path.to_str().expect("path")).expect("open");
+    for i in 0..5 {
+        log.record(&serde_json::json!({"n": i, "subject": "alice", "decision": "allow"}));
+    }
+    drop(log);
+    let file = path.to_str().expect("path");
+    let verify = |text: &str| {
+        std::fs::write(&path, text).expect("write");
+        run(gatehouse().args(["audit", "verify", file]))
+    };
+    let good = std::fs::read_to_string(&path).expect("read");
+    let (code, out, err) = verify(&good);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("5 records"), "{out}");
+    let lines: Vec<&str> = good.lines().collect();
+    let join = |l: &[&str]| l.iter().map(|x| format!("{x}\n")).collect::<String>();
+    let edited = good.replacen("\"n\":2", "\"n\":7", 1);
+    let mut swapped = lines.clone();
+    swapped.swap(3, 4);
+    let mut inserted = lines.clone();
+    inserted.insert(1, lines[0]);
+    for (text, line) in [
+        (edited, 3),
+        (join(&lines[1..]), 1),
+        (join(&swapped), 4),
+        (join(&inserted), 2),
+        (format!("{good}not json\n"), 6),
+    ] {
+        let (code, out, _) = verify(&text);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains(&format!("line {line}:")), "{out}");
+    }
+    let (code, _, err) = run(gatehouse().args(["audit", "verify", "/nonexistent/audit.jsonl"]));
+    assert_eq!(code, 2, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -731,8 +731,8 @@ async fn gw08_gw13_gw14_cedar_policies_hot_reload_per_tool_limits_stdio_cap_and_
         "{v}"
     );
 
-    // Per-tool limit: echo allows a burst of 3 per subject (the refused call above counted);
-    // the subject's other calls go on.
+    // Per-tool limit: echo allows a burst of 3 per subject (the call refused above spent
+    // nothing: limits run after authorization); the subject's other calls go on.
     let init = initialize(json!({}));
     let r = post(&everything, Some(&alice_e), None, init.clone()).await;
     let e_session = session_of(&r);
@@ -1189,6 +1189,20 @@ async fn gw01_gw07_aggregate_endpoint_merges_upstreams_under_their_policies() {
         format!("{:?}", graph.content).contains("merged"),
         "{graph:?}"
     );
+    // GW-H6: malformed aggregate names are refused at the gateway, never sent on as `""` or
+    // `echo__`.
+    for bad in [
+        "everything__",
+        "everything__echo__",
+        "__echo",
+        "nosuch__echo",
+    ] {
+        let err = client
+            .call_tool(CallToolRequestParams::new(bad.to_owned()))
+            .await
+            .expect_err(bad);
+        assert!(format!("{err:?}").contains("-32602"), "{bad}: {err:?}");
+    }
     // Refusals of the upstream's policies come through.
     let err = client
         .call_tool(CallToolRequestParams::new("everything__get-env".to_owned()))

@@ -1,12 +1,11 @@
 //! stdio upstreams: one process per MCP session, Streamable HTTP on the caller's side.
-use super::{SERVER_ERROR, jsonrpc_error};
-use crate::config::UpstreamEntry;
+use crate::error::{RpcCode, rpc_error};
+use crate::sessions::{Owner, SessionTable, TableLimits, WhenOwnerFull};
+use crate::spec::StdioSpec;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use gatehouse_tokens::Principal;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 /// A stdio upstream: one process per MCP session, started by `initialize` (clean environment:
 /// `PATH` plus the configured variables), owned by the user who opened it, stopped by DELETE
@@ -14,11 +13,9 @@ use std::time::Instant;
 /// sends on its own is relayed as Streamable HTTP does: progress for a request on that
 /// request's SSE stream; other notifications and requests to the client (sampling,
 /// elicitation) on an open request stream, else on the session's GET stream.
-pub(crate) struct StdioUpstream {
-    command: String,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    sessions: Mutex<std::collections::HashMap<String, Arc<StdioSession>>>,
+pub struct StdioUpstream {
+    spec: StdioSpec,
+    sessions: SessionTable<StdioSession>,
 }
 
 type Lines = tokio::sync::mpsc::UnboundedSender<String>;
@@ -35,23 +32,23 @@ struct Routes {
 }
 
 struct StdioSession {
-    owner: super::Owner,
     stdin: tokio::sync::Mutex<tokio::process::ChildStdin>,
     routes: Arc<Mutex<Routes>>,
-    last_used: Mutex<Instant>,
     _child: tokio::process::Child,
 }
 
 /// Longest wait for a stdio server's answer.
 const STDIO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// A session (its process) unused this long is stopped when the next one starts.
-const STDIO_IDLE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
-
 /// Processes per user, and in all, for one stdio upstream: a caller cannot exhaust the host by
-/// opening sessions (GW-14).
-const STDIO_PER_USER: usize = 8;
-const STDIO_TOTAL: usize = 256;
+/// opening sessions (GW-14). A session (its process) unused for 30 minutes is stopped when the
+/// table needs room.
+const STDIO_SESSIONS: TableLimits = TableLimits {
+    total: 256,
+    per_owner: 8,
+    idle: std::time::Duration::from_secs(30 * 60),
+    when_owner_full: WhenOwnerFull::Refuse,
+};
 
 /// An SSE response carrying each line as one `message` event; it ends when the senders go.
 fn sse(rx: tokio::sync::mpsc::UnboundedReceiver<String>) -> Response {
@@ -64,7 +61,7 @@ fn sse(rx: tokio::sync::mpsc::UnboundedReceiver<String>) -> Response {
             rx,
         ))
     });
-    super::sse_response(Body::from_stream(events))
+    crate::sse::sse_response(Body::from_stream(events))
 }
 
 impl Routes {
@@ -102,36 +99,33 @@ impl Routes {
 }
 
 impl StdioUpstream {
-    pub(crate) fn new(u: &UpstreamEntry) -> Option<Self> {
-        let command = u.command.clone()?;
-        Some(Self {
-            command,
-            args: u.args.clone(),
-            env: u
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.0.clone()))
-                .collect(),
-            sessions: Mutex::default(),
-        })
+    pub fn new(spec: StdioSpec) -> Self {
+        Self {
+            spec,
+            sessions: SessionTable::new(STDIO_SESSIONS),
+        }
     }
 
-    fn spawn(&self, owner: super::Owner) -> Result<StdioSession, String> {
-        let mut cmd = tokio::process::Command::new(&self.command);
-        cmd.args(&self.args)
+    fn spawn(&self) -> std::io::Result<StdioSession> {
+        let mut cmd = tokio::process::Command::new(&self.spec.command);
+        cmd.args(&self.spec.args)
             .env_clear()
             .envs(std::env::var_os("PATH").map(|p| ("PATH".to_owned(), p)))
-            .envs(self.env.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .envs(
+                self.spec
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.expose().to_owned())),
+            )
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.command))?;
-        tracing::info!(command = %self.command, "stdio upstream started");
-        let stdin = child.stdin.take().ok_or("no stdin")?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut child = cmd.spawn()?;
+        tracing::info!(command = %self.spec.command, "stdio upstream started");
+        let no_pipe = || std::io::Error::other("no pipe to the process");
+        let stdin = child.stdin.take().ok_or_else(no_pipe)?;
+        let stdout = child.stdout.take().ok_or_else(no_pipe)?;
         let routes: Arc<Mutex<Routes>> = Arc::default();
         let reader = routes.clone();
         tokio::spawn(async move {
@@ -148,38 +142,31 @@ impl StdioUpstream {
             }
         });
         Ok(StdioSession {
-            owner,
             stdin: tokio::sync::Mutex::new(stdin),
             routes,
-            last_used: Mutex::new(Instant::now()),
             _child: child,
         })
     }
 
-    pub(crate) async fn handle(
+    /// The session `sid` of `owner`, if it is theirs: checked before any message is put to
+    /// the policies or any budget spent (an unknown session is 404 first).
+    pub fn knows(&self, sid: &str, owner: &Owner) -> bool {
+        self.sessions.get(sid, owner).is_some()
+    }
+
+    /// Handles one request of `owner` whose body (one message) the proxy has screened.
+    pub async fn handle(
         &self,
         method: &http::Method,
         headers: &HeaderMap,
-        principal: Option<&Principal>,
+        owner: &Owner,
         body: &[u8],
     ) -> (Response, Option<u16>) {
-        let owner = super::Owner::of(principal);
         let sid = headers
             .get("mcp-session-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let existing = sid.as_ref().and_then(|s| {
-            self.sessions
-                .lock()
-                .ok()
-                .and_then(|m| m.get(s).cloned())
-                .filter(|sess| sess.owner == owner)
-        });
-        if let Some(s) = &existing
-            && let Ok(mut t) = s.last_used.lock()
-        {
-            *t = Instant::now();
-        }
+        let existing = sid.as_ref().and_then(|s| self.sessions.get(s, owner));
         let wants_sse = headers
             .get_all(http::header::ACCEPT)
             .iter()
@@ -188,9 +175,7 @@ impl StdioUpstream {
         if *method == http::Method::DELETE {
             return match (sid, existing) {
                 (Some(s), Some(_)) => {
-                    if let Ok(mut m) = self.sessions.lock() {
-                        m.remove(&s);
-                    }
+                    self.sessions.remove(&s, owner);
                     (StatusCode::OK.into_response(), None)
                 }
                 _ => (StatusCode::NOT_FOUND.into_response(), None),
@@ -215,10 +200,10 @@ impl StdioUpstream {
         }
         let Ok(msg) = serde_json::from_slice::<serde_json::Value>(body) else {
             return (
-                jsonrpc_error(
+                rpc_error(
                     StatusCode::BAD_REQUEST,
                     &serde_json::Value::Null,
-                    SERVER_ERROR,
+                    RpcCode::Parse,
                     "not JSON",
                 ),
                 None,
@@ -226,10 +211,10 @@ impl StdioUpstream {
         };
         if !msg.is_object() {
             return (
-                jsonrpc_error(
+                rpc_error(
                     StatusCode::BAD_REQUEST,
                     &serde_json::Value::Null,
-                    SERVER_ERROR,
+                    RpcCode::InvalidRequest,
                     "batches are not supported for stdio upstreams",
                 ),
                 None,
@@ -238,48 +223,42 @@ impl StdioUpstream {
         let id = msg.get("id").cloned();
         let is_request = id.is_some() && msg.get("method").is_some();
         let initialize = msg.get("method").and_then(|m| m.as_str()) == Some("initialize");
-        if existing.is_none() && sid.is_none() && initialize {
-            let (mine, all) = match self.sessions.lock() {
-                Ok(mut m) => {
-                    let before = m.len();
-                    m.retain(|_, s| s.last_used.lock().is_ok_and(|t| t.elapsed() < STDIO_IDLE));
-                    if m.len() < before {
-                        tracing::info!(stopped = before - m.len(), "idle stdio sessions stopped");
-                    }
-                    (m.values().filter(|s| s.owner == owner).count(), m.len())
-                }
-                Err(_) => (0, 0),
-            };
-            if mine >= STDIO_PER_USER || all >= STDIO_TOTAL {
+        let (session, new_id) = match (existing, sid, initialize) {
+            (Some(s), _, _) => (s, None),
+            (None, None, true) if self.sessions.has_room(owner).is_err() => {
                 return (
-                    jsonrpc_error(
+                    rpc_error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &id.unwrap_or_default(),
-                        SERVER_ERROR,
+                        RpcCode::Server,
                         "too many open sessions for this server; close one (DELETE) first",
                     ),
                     None,
                 );
             }
-        }
-        let (session, new_id) = match (existing, sid, initialize) {
-            (Some(s), _, _) => (s, None),
-            (None, None, true) => match self.spawn(owner) {
-                Ok(s) => {
-                    let new = gatehouse_server::random_id();
-                    let s = Arc::new(s);
-                    if let Ok(mut m) = self.sessions.lock() {
-                        m.insert(new.clone(), s.clone());
+            (None, None, true) => match self.spawn() {
+                Ok(s) => match self.sessions.open(owner, s) {
+                    Ok((new, s)) => (s, Some(new)),
+                    // Dropping the session stops its process.
+                    Err(_) => {
+                        return (
+                            rpc_error(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                &id.unwrap_or_default(),
+                                RpcCode::Server,
+                                "too many open sessions for this server; close one (DELETE) first",
+                            ),
+                            None,
+                        );
                     }
-                    (s, Some(new))
-                }
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, "stdio upstream did not start");
                     return (
-                        jsonrpc_error(
+                        rpc_error(
                             StatusCode::BAD_GATEWAY,
                             &id.unwrap_or_default(),
-                            SERVER_ERROR,
+                            RpcCode::Server,
                             "the upstream server did not start",
                         ),
                         None,
@@ -287,13 +266,19 @@ impl StdioUpstream {
                 }
             },
             // An unknown (or someone else's) session, or no session and no initialize.
-            (None, Some(_), _) => return (StatusCode::NOT_FOUND.into_response(), None),
+            (None, Some(_), _) => {
+                return (
+                    crate::error::GatewayError::SessionNotFound
+                        .into_response(&serde_json::Value::Null),
+                    None,
+                );
+            }
             (None, None, false) => {
                 return (
-                    jsonrpc_error(
+                    rpc_error(
                         StatusCode::BAD_REQUEST,
                         &id.unwrap_or_default(),
-                        SERVER_ERROR,
+                        RpcCode::Server,
                         "no MCP session: initialize first",
                     ),
                     None,
@@ -317,10 +302,10 @@ impl StdioUpstream {
             let line = format!("{msg}\n");
             if stdin.write_all(line.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
                 return (
-                    jsonrpc_error(
+                    rpc_error(
                         StatusCode::BAD_GATEWAY,
                         &id.unwrap_or_default(),
-                        SERVER_ERROR,
+                        RpcCode::Server,
                         "the upstream server stopped",
                     ),
                     None,
@@ -349,10 +334,10 @@ impl StdioUpstream {
                 }
                 _ => {
                     return (
-                        jsonrpc_error(
+                        rpc_error(
                             StatusCode::GATEWAY_TIMEOUT,
                             &id.unwrap_or_default(),
-                            SERVER_ERROR,
+                            RpcCode::Server,
                             "the upstream server did not answer",
                         ),
                         None,

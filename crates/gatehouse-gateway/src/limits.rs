@@ -1,29 +1,27 @@
-//! Request limits: GCRA per subject, per tenant and per (subject, tool), in this process or
-//! shared through Redis.
-use gatehouse_server::sha256_hex;
+//! Call limits: GCRA per owner, per tenant and per (owner, tool), in this process or shared
+//! through Redis (the same algorithm as one atomic script, on the Redis server's clock).
+//! One runaway agent is slowed down, the others are not touched.
+use crate::sessions::Owner;
+use crate::spec::{LimitSpec, RateLimitSpec};
 use std::sync::Arc;
 
-/// Request limits (GCRA): per subject across every upstream, optionally per tenant (all its
-/// subjects together) and per tool (per subject). One runaway agent is slowed down, the others
-/// are not touched. Kept in this process, or in Redis so that replicas share them (the same
-/// algorithm as one atomic script, on the Redis server's clock).
-pub(crate) struct RateLimits {
+pub struct RateLimits {
     subject: Limiter,
     tenant: Option<Limiter>,
     /// By `<upstream>/<tool>` or a bare tool name (every upstream).
     tools: std::collections::HashMap<String, Limiter>,
 }
 
-/// Which limit refused a request.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum LimitHit {
+/// Which limit refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHit {
     Subject,
     Tenant,
     Tool,
 }
 
 impl LimitHit {
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Subject => "subject",
             Self::Tenant => "tenant",
@@ -73,40 +71,27 @@ return 0
 "#;
 
 impl Limiter {
-    fn new(
-        what: &str,
-        per_minute: u32,
-        burst: Option<u32>,
-        redis: Option<&Arc<RedisConn>>,
-    ) -> Result<Self, String> {
-        let per_minute = std::num::NonZeroU32::new(per_minute)
-            .ok_or_else(|| format!("gateway.rate_limit{what}.per_minute must be above 0"))?;
-        let burst = burst.unwrap_or((per_minute.get() / 10).max(1));
-        let burst = std::num::NonZeroU32::new(burst)
-            .ok_or_else(|| format!("gateway.rate_limit{what}.burst must be above 0"))?;
+    fn new(namespace: &str, l: LimitSpec, redis: Option<&Arc<RedisConn>>) -> Self {
         let backend = match redis {
             None => Backend::Local {
                 limiter: governor::RateLimiter::keyed(
-                    governor::Quota::per_minute(per_minute).allow_burst(burst),
+                    governor::Quota::per_minute(l.per_minute).allow_burst(l.burst),
                 ),
                 checks: std::sync::atomic::AtomicU64::new(0),
             },
             Some(redis) => {
-                let interval_ms = (60_000 / u64::from(per_minute.get())).max(1);
+                let interval_ms = (60_000 / u64::from(l.per_minute.get())).max(1);
                 Backend::Redis {
                     redis: redis.clone(),
                     interval_ms,
-                    tolerance_ms: interval_ms * u64::from(burst.get() - 1),
+                    tolerance_ms: interval_ms * u64::from(l.burst.get() - 1),
                 }
             }
         };
-        Ok(Self {
+        Self {
             backend,
-            namespace: match what.trim_start_matches('.') {
-                "" => "subject".to_owned(),
-                ns => ns.to_owned(),
-            },
-        })
+            namespace: namespace.to_owned(),
+        }
     }
 
     /// `Err(seconds to wait)` when `key` is over its limit.
@@ -129,7 +114,7 @@ impl Limiter {
                 interval_ms,
                 tolerance_ms,
             } => {
-                let hashed = sha256_hex(key);
+                let hashed = gatehouse_core::sha256_hex(key);
                 let outcome = async {
                     let c = redis
                         .conn
@@ -152,7 +137,7 @@ impl Limiter {
                     Ok(wait_ms) => Err(wait_ms.div_ceil(1000).max(1)),
                     Err(e) => {
                         // Fail open: an unreachable Redis must not take every upstream down.
-                        tracing::error!(error = %e, "rate limit store unreachable; request allowed");
+                        tracing::error!(error = %e, "rate limit store unreachable; call allowed");
                         Ok(())
                     }
                 }
@@ -162,74 +147,136 @@ impl Limiter {
 }
 
 impl RateLimits {
-    pub(crate) fn new(c: &crate::config::RateLimitConfig) -> Result<Self, String> {
-        let redis = c
+    /// Builds the limits; fails only on a Redis URL the client library cannot use.
+    pub fn new(spec: &RateLimitSpec) -> Result<Self, redis::RedisError> {
+        let redis = spec
             .redis_url
             .as_ref()
             .map(|url| {
-                Ok::<_, String>(Arc::new(RedisConn {
-                    client: redis::Client::open(url.0.as_str())
-                        .map_err(|e| format!("gateway.rate_limit.redis_url: {e}"))?,
+                Ok::<_, redis::RedisError>(Arc::new(RedisConn {
+                    client: redis::Client::open(url.expose())?,
                     conn: tokio::sync::OnceCell::new(),
                     script: redis::Script::new(GCRA_LUA),
                 }))
             })
             .transpose()?;
         Ok(Self {
-            subject: Limiter::new("", c.per_minute, c.burst, redis.as_ref())?,
-            tenant: c
+            subject: Limiter::new("subject", spec.subject, redis.as_ref()),
+            tenant: spec
                 .per_tenant
-                .as_ref()
-                .map(|l| Limiter::new(".per_tenant", l.per_minute, l.burst, redis.as_ref()))
-                .transpose()?,
-            tools: c
+                .map(|l| Limiter::new("per_tenant", l, redis.as_ref())),
+            tools: spec
                 .per_tool
                 .iter()
                 .map(|(k, l)| {
-                    Ok((
+                    (
                         k.clone(),
-                        Limiter::new(
-                            &format!(".per_tool.{k}"),
-                            l.per_minute,
-                            l.burst,
-                            redis.as_ref(),
-                        )?,
-                    ))
+                        Limiter::new(&format!("per_tool.{k}"), *l, redis.as_ref()),
+                    )
                 })
-                .collect::<Result<_, String>>()?,
+                .collect(),
         })
     }
 
-    /// `Err((seconds to wait, which limit))` when a limit is reached. The most specific limit
-    /// is taken first, so a subject held back on one tool keeps its budget for the others.
-    pub(crate) async fn check(
+    /// Charges one call. `Err((seconds to wait, which limit))` when a limit is reached. The most
+    /// specific limit is taken first, so an owner held back on one tool keeps its budget for
+    /// the others.
+    pub async fn check(
         &self,
-        subject: &str,
+        owner: &Owner,
         tenant: Option<&str>,
         server: &str,
         tool: Option<&str>,
     ) -> Result<(), (u64, LimitHit)> {
+        let key = owner.id();
         if let Some(tool) = tool {
             let qualified = format!("{server}/{tool}");
-            // One budget per subject and configured entry: a bare tool name is shared by that
+            // One budget per owner and configured entry: a bare tool name is shared by that
             // tool on every upstream.
             if let Some((entry, l)) = self
                 .tools
                 .get_key_value(&qualified)
                 .or_else(|| self.tools.get_key_value(tool))
             {
-                l.check(&format!("{subject}\n{entry}"))
+                l.check(&format!("{key}\n{entry}"))
                     .await
                     .map_err(|w| (w, LimitHit::Tool))?;
             }
         }
         self.subject
-            .check(subject)
+            .check(&key)
             .await
             .map_err(|w| (w, LimitHit::Subject))?;
         if let (Some(l), Some(t)) = (&self.tenant, tenant) {
             l.check(t).await.map_err(|w| (w, LimitHit::Tenant))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+
+    fn l(per_minute: u32, burst: u32) -> LimitSpec {
+        LimitSpec {
+            per_minute: NonZeroU32::new(per_minute).expect("nz"),
+            burst: NonZeroU32::new(burst).expect("nz"),
+        }
+    }
+
+    #[tokio::test]
+    async fn limits_per_tenant_and_per_tool_are_separate_budgets() {
+        let spec = RateLimitSpec {
+            subject: l(600, 100),
+            per_tenant: Some(l(60, 3)),
+            per_tool: [
+                ("srv/slow".to_owned(), l(60, 2)),
+                ("fast".to_owned(), l(60, 5)),
+            ]
+            .into(),
+            redis_url: None,
+        };
+        let lim = RateLimits::new(&spec).expect("limits");
+        let o = |s: &str| Owner::new("iss", s);
+        // A tenant's subjects share its budget of 3; another tenant and tenant-less callers don't.
+        for who in ["a", "b", "c"] {
+            assert!(lim.check(&o(who), Some("acme"), "srv", None).await.is_ok());
+        }
+        let (wait, hit) = lim
+            .check(&o("d"), Some("acme"), "srv", None)
+            .await
+            .expect_err("tenant");
+        assert!(hit == LimitHit::Tenant && wait >= 1);
+        assert!(
+            lim.check(&o("e"), Some("globex"), "srv", None)
+                .await
+                .is_ok()
+        );
+        assert!(lim.check(&o("f"), None, "srv", None).await.is_ok());
+        // Per tool, per owner: `srv/slow` allows 2, the bare `fast` applies on every server.
+        for _ in 0..2 {
+            assert!(lim.check(&o("g"), None, "srv", Some("slow")).await.is_ok());
+        }
+        let (_, hit) = lim
+            .check(&o("g"), None, "srv", Some("slow"))
+            .await
+            .expect_err("tool");
+        assert_eq!(hit, LimitHit::Tool);
+        assert!(lim.check(&o("h"), None, "srv", Some("slow")).await.is_ok());
+        assert!(
+            lim.check(&o("g"), None, "other", Some("slow"))
+                .await
+                .is_ok()
+        );
+        assert!(lim.check(&o("g"), None, "srv", Some("quick")).await.is_ok());
+        for _ in 0..5 {
+            assert!(lim.check(&o("i"), None, "x", Some("fast")).await.is_ok());
+        }
+        assert!(
+            lim.check(&o("i"), None, "y", Some("fast")).await.is_err(),
+            "bare name: all servers"
+        );
     }
 }

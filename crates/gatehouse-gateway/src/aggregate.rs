@@ -4,7 +4,9 @@
 //! upstream's own proxy — its policies, limits, credentials, session mapping and audit — so
 //! the aggregate adds no way around them. Requests an upstream makes of the client (sampling,
 //! elicitation) are relayed with ids that name the upstream, so the replies go back to it.
-use crate::gateway::{MAX_BODY, Proxy, jsonrpc_error};
+use crate::error::{GatewayError, RpcCode, rpc_error};
+use crate::proxy::{MAX_BODY, Proxy};
+use crate::sessions::{Owner, SessionTable, TableLimits, WhenOwnerFull};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use gatehouse_core::{McpPeek, ProtocolVersion};
@@ -15,23 +17,63 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Between the upstream's name and the tool's (upstream names have no `_`).
-const SEPARATOR: &str = "__";
+pub const SEPARATOR: &str = "__";
+
+/// Aggregate sessions: each holds one session per upstream, so fewer per user than a proxy.
+const SESSIONS: TableLimits = TableLimits {
+    total: 20_000,
+    per_owner: 200,
+    idle: std::time::Duration::from_secs(24 * 3600),
+    when_owner_full: WhenOwnerFull::EvictOldest,
+};
+
+/// A name the aggregate lists or is called with: `<upstream>__<name>`. Split at the first
+/// separator (upstream names never hold `_`), and refused unless the upstream part names an
+/// upstream and the rest is a name an upstream could have listed: 1 to 128 of MCP's name
+/// characters, not starting or ending with `_` (so `alpha__` and `alpha__echo__` are refused,
+/// never sent on as `""` or `echo__`).
+pub fn split_name<'a>(name: &'a str, upstreams: &[&str]) -> Result<(&'a str, &'a str), String> {
+    let Some((u, rest)) = name.split_once(SEPARATOR) else {
+        return Err(format!(
+            "unknown name {:?}: expected <server>{SEPARATOR}<name>",
+            crate::error::clip(name)
+        ));
+    };
+    if !upstreams.contains(&u) {
+        return Err(format!("unknown server {:?}", crate::error::clip(u)));
+    }
+    if !valid_member_name(rest) {
+        return Err(format!(
+            "malformed name {:?}: the part after {SEPARATOR} must be 1 to 128 letters, digits, _, - or ., not starting or ending with _",
+            crate::error::clip(name)
+        ));
+    }
+    Ok((u, rest))
+}
+
+/// Whether an upstream's tool or prompt name can be listed (and called) as `<upstream>__<name>`.
+pub fn valid_member_name(n: &str) -> bool {
+    (1..=128).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'))
+        && !n.starts_with('_')
+        && !n.ends_with('_')
+}
 
 /// Pages read from one upstream for one list (cursor pagination).
 const MAX_PAGES: usize = 20;
 
 #[derive(Clone)]
-pub(crate) struct Aggregate {
+pub struct Aggregate {
     inner: Arc<Inner>,
 }
 
 struct Inner {
     upstreams: Vec<(String, Proxy)>,
-    sessions: Mutex<HashMap<String, Arc<AggSession>>>,
+    sessions: SessionTable<AggSession>,
 }
 
 struct AggSession {
-    owner: crate::gateway::Owner,
     /// Each upstream's session id at its proxy (`None`: the upstream keeps no sessions).
     members: HashMap<String, Option<String>>,
     /// Resource URI → upstream, learned from `resources/list`.
@@ -49,13 +91,9 @@ fn rpc_result(id: &Value, result: Value, session: Option<&str>) -> Response {
     resp
 }
 
-/// The JSON-RPC answer with `id` in a response (JSON, or one `data:` line of an SSE stream).
+/// The JSON-RPC answer with `id` in a response (JSON, or one event of an SSE stream).
 async fn answer(resp: Response, id: &Value) -> Option<Value> {
-    let sse = resp
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("text/event-stream"));
+    let sse = crate::sse::is_event_stream(resp.headers());
     let body = axum::body::to_bytes(resp.into_body(), MAX_BODY)
         .await
         .ok()?;
@@ -63,29 +101,26 @@ async fn answer(resp: Response, id: &Value) -> Option<Value> {
     if !sse {
         return serde_json::from_str(&text).ok();
     }
-    text.lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-        .find(|v| {
-            v.get("id") == Some(id) && (v.get("result").is_some() || v.get("error").is_some())
-        })
+    crate::sse::messages(&text).into_iter().find(|v| {
+        v.get("id") == Some(id) && (v.get("result").is_some() || v.get("error").is_some())
+    })
 }
 
 /// Ids of requests an upstream sends the client are made unique across upstreams, and name
 /// the upstream the reply goes back to: `gh:<upstream>:<original id as JSON>`.
-fn wrap_id(upstream: &str, id: &Value) -> Value {
+pub fn wrap_id(upstream: &str, id: &Value) -> Value {
     Value::String(format!("gh:{upstream}:{id}"))
 }
 
-fn unwrap_id(id: &str) -> Option<(String, Value)> {
+pub fn unwrap_id(id: &str) -> Option<(String, Value)> {
     let (u, original) = id.strip_prefix("gh:")?.split_once(':')?;
     Some((u.to_owned(), serde_json::from_str(original).ok()?))
 }
 
 /// One SSE line from `upstream`: requests to the client get a wrapped id.
-fn rewrite_line(upstream: &str, line: &[u8]) -> bytes::Bytes {
+pub fn rewrite_line(upstream: &str, line: &[u8]) -> bytes::Bytes {
     let text = String::from_utf8_lossy(line);
-    let Some(data) = text.strip_prefix("data:") else {
+    let Some(data) = crate::sse::data_of(&text) else {
         return bytes::Bytes::copy_from_slice(line);
     };
     let end = if text.ends_with("\r\n") { "\r\n" } else { "\n" };
@@ -104,38 +139,11 @@ fn rewrite_stream(
     body: Body,
 ) -> impl futures::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> + Send {
     use futures::StreamExt;
-    futures::stream::unfold(
-        (body.into_data_stream(), Vec::<u8>::new(), upstream, false),
-        |(mut stream, mut buf, upstream, done)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                if let Some(i) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=i).collect();
-                    let out = rewrite_line(&upstream, &line);
-                    return Some((Ok(out), (stream, buf, upstream, false)));
-                }
-                match stream.next().await {
-                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                    _ => {
-                        if buf.is_empty() {
-                            return None;
-                        }
-                        let rest = bytes::Bytes::from(std::mem::take(&mut buf));
-                        return Some((Ok(rest), (stream, buf, upstream, true)));
-                    }
-                }
-            }
-        },
-    )
+    crate::sse::lines(body.into_data_stream()).map(move |line| Ok(rewrite_line(&upstream, &line)))
 }
 
 fn is_sse(resp: &Response) -> bool {
-    resp.headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("text/event-stream"))
+    crate::sse::is_event_stream(resp.headers())
 }
 
 /// An upstream's answer, passed on; an SSE answer carries the upstream's own requests to the
@@ -152,7 +160,7 @@ fn relay(upstream: &str, resp: Response) -> Response {
 }
 
 /// Does `uri` match an RFC 6570 level-1 template (`{var}` = one or more characters but `/`)?
-fn template_matches(template: &str, uri: &str) -> bool {
+pub fn template_matches(template: &str, uri: &str) -> bool {
     let mut rest = uri;
     let mut parts = template.split('{');
     let Some(head) = parts.next() else {
@@ -184,16 +192,19 @@ fn template_matches(template: &str, uri: &str) -> bool {
 }
 
 impl Aggregate {
-    pub(crate) fn new(upstreams: Vec<(String, Proxy)>) -> Self {
+    pub fn new(upstreams: Vec<Proxy>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                upstreams,
-                sessions: Mutex::default(),
+                upstreams: upstreams
+                    .into_iter()
+                    .map(|p| (p.name().as_str().to_owned(), p))
+                    .collect(),
+                sessions: SessionTable::new(SESSIONS),
             }),
         }
     }
 
-    pub(crate) fn into_service(
+    pub fn into_service(
         self,
     ) -> impl tower::Service<
         http::Request<Body>,
@@ -276,7 +287,10 @@ impl Aggregate {
 
     async fn handle(&self, req: http::Request<Body>) -> Response {
         let (parts, body) = req.into_parts();
-        let owner = crate::gateway::Owner::of(parts.extensions.get::<Principal>());
+        let owner = parts
+            .extensions
+            .get::<Principal>()
+            .map_or_else(Owner::anonymous, |p| Owner::new(&p.issuer, &p.subject));
         let sid = parts
             .headers
             .get("mcp-session-id")
@@ -284,26 +298,10 @@ impl Aggregate {
             .map(str::to_owned);
         let session = match &sid {
             None => None,
-            Some(s) => {
-                let found = self
-                    .inner
-                    .sessions
-                    .lock()
-                    .ok()
-                    .and_then(|m| m.get(s).cloned())
-                    .filter(|x| x.owner == owner);
-                match found {
-                    Some(x) => Some(x),
-                    None => {
-                        return jsonrpc_error(
-                            StatusCode::NOT_FOUND,
-                            &Value::Null,
-                            -32001,
-                            "session not found",
-                        );
-                    }
-                }
-            }
+            Some(s) => match self.inner.sessions.get(s, &owner) {
+                Some(x) => Some(x),
+                None => return GatewayError::SessionNotFound.into_response(&Value::Null),
+            },
         };
         match parts.method {
             http::Method::DELETE => {
@@ -312,9 +310,7 @@ impl Aggregate {
                 };
                 self.to_every_member(&parts, sess, http::Method::DELETE, Value::Null)
                     .await;
-                if let Ok(mut m) = self.inner.sessions.lock() {
-                    m.remove(s);
-                }
+                self.inner.sessions.remove(s, &owner);
                 return StatusCode::OK.into_response();
             }
             http::Method::POST => {}
@@ -327,21 +323,26 @@ impl Aggregate {
             _ => return StatusCode::METHOD_NOT_ALLOWED.into_response(),
         }
         let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-            return jsonrpc_error(
+            return rpc_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &Value::Null,
-                -32600,
+                RpcCode::InvalidRequest,
                 "body too large",
             );
         };
         let Ok(msg) = serde_json::from_slice::<Value>(&bytes) else {
-            return jsonrpc_error(StatusCode::BAD_REQUEST, &Value::Null, -32700, "not JSON");
-        };
-        if !msg.is_object() {
-            return jsonrpc_error(
+            return rpc_error(
                 StatusCode::BAD_REQUEST,
                 &Value::Null,
-                -32600,
+                RpcCode::Parse,
+                "not JSON",
+            );
+        };
+        if !msg.is_object() {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                &Value::Null,
+                RpcCode::InvalidRequest,
                 "batches are not supported by the aggregate endpoint",
             );
         }
@@ -354,28 +355,28 @@ impl Aggregate {
             return self.initialize(&parts, &owner, &msg, &id).await;
         }
         let Some(sess) = session else {
-            return jsonrpc_error(
+            return rpc_error(
                 StatusCode::BAD_REQUEST,
                 &id,
-                -32600,
+                RpcCode::InvalidRequest,
                 "no MCP session: initialize first",
             );
         };
         if msg.get("method").is_none() {
             // A reply to a request an upstream made (sampling, elicitation): its id says whose.
             let Some((u, original)) = id.as_str().and_then(unwrap_id) else {
-                return jsonrpc_error(
+                return rpc_error(
                     StatusCode::BAD_REQUEST,
                     &Value::Null,
-                    -32600,
+                    RpcCode::InvalidRequest,
                     "a reply to no request of this endpoint",
                 );
             };
             let Some(member) = sess.members.get(&u) else {
-                return jsonrpc_error(
+                return rpc_error(
                     StatusCode::BAD_REQUEST,
                     &Value::Null,
-                    -32600,
+                    RpcCode::InvalidRequest,
                     "a reply to no request of this endpoint",
                 );
             };
@@ -419,20 +420,19 @@ impl Aggregate {
                     .pointer("/params/name")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                let Some((u, original)) = name.split_once(SEPARATOR) else {
-                    return jsonrpc_error(
-                        StatusCode::OK,
-                        &id,
-                        -32602,
-                        &format!("unknown name {name:?}: expected <server>{SEPARATOR}<name>"),
-                    );
+                let members: Vec<&str> = sess.members.keys().map(String::as_str).collect();
+                let (u, original) = match split_name(name, &members) {
+                    Ok(x) => x,
+                    Err(why) => {
+                        return rpc_error(StatusCode::OK, &id, RpcCode::InvalidParams, &why);
+                    }
                 };
                 let Some(member) = sess.members.get(u) else {
-                    return jsonrpc_error(
+                    return rpc_error(
                         StatusCode::OK,
                         &id,
-                        -32602,
-                        &format!("unknown server {u:?}"),
+                        RpcCode::InvalidParams,
+                        "unknown server",
                     );
                 };
                 let mut forwarded = msg.clone();
@@ -462,10 +462,10 @@ impl Aggregate {
                             .await;
                         relay(&u, resp)
                     }
-                    None => jsonrpc_error(
+                    None => rpc_error(
                         StatusCode::OK,
                         &id,
-                        -32602,
+                        RpcCode::InvalidParams,
                         "Resource not found (list resources through this endpoint first)",
                     ),
                 }
@@ -475,7 +475,8 @@ impl Aggregate {
                 let (u, forwarded) = match reference["type"].as_str() {
                     Some("ref/prompt") => {
                         let name = reference["name"].as_str().unwrap_or_default();
-                        match name.split_once(SEPARATOR) {
+                        let members: Vec<&str> = sess.members.keys().map(String::as_str).collect();
+                        match split_name(name, &members).ok() {
                             Some((u, original)) => {
                                 let mut f = msg.clone();
                                 f["params"]["ref"]["name"] = Value::String(original.to_owned());
@@ -505,11 +506,14 @@ impl Aggregate {
                     ),
                 }
             }
-            other => jsonrpc_error(
+            other => rpc_error(
                 StatusCode::OK,
                 &id,
-                -32601,
-                &format!("{other} is not available on the aggregate endpoint"),
+                RpcCode::MethodNotFound,
+                &format!(
+                    "{} is not available on the aggregate endpoint",
+                    crate::error::clip(other)
+                ),
             ),
         }
     }
@@ -544,7 +548,7 @@ impl Aggregate {
         if streams.is_empty() {
             return StatusCode::METHOD_NOT_ALLOWED.into_response();
         }
-        crate::gateway::sse_response(Body::from_stream(futures::stream::select_all(streams)))
+        crate::sse::sse_response(Body::from_stream(futures::stream::select_all(streams)))
     }
 
     fn route_uri(&self, sess: &AggSession, uri: &str) -> Option<String> {
@@ -564,7 +568,7 @@ impl Aggregate {
     async fn initialize(
         &self,
         parts: &http::request::Parts,
-        owner: &crate::gateway::Owner,
+        owner: &Owner,
         msg: &Value,
         id: &Value,
     ) -> Response {
@@ -598,10 +602,10 @@ impl Aggregate {
             members.insert(u.clone(), member);
         }
         if members.is_empty() {
-            return jsonrpc_error(
+            return rpc_error(
                 StatusCode::BAD_GATEWAY,
                 id,
-                -32603,
+                RpcCode::Internal,
                 "no upstream could be initialized",
             );
         }
@@ -614,18 +618,17 @@ impl Aggregate {
                 }
             }
         }
-        let sid = gatehouse_server::random_id();
-        if let Ok(mut m) = self.inner.sessions.lock() {
-            m.insert(
-                sid.clone(),
-                Arc::new(AggSession {
-                    owner: owner.clone(),
-                    members,
-                    uris: Mutex::default(),
-                    templates: Mutex::default(),
-                }),
-            );
-        }
+        let opened = self.inner.sessions.open(
+            owner,
+            AggSession {
+                members,
+                uris: Mutex::default(),
+                templates: Mutex::default(),
+            },
+        );
+        let Ok((sid, _)) = opened else {
+            return GatewayError::TooManySessions.into_response(id);
+        };
         let version = version.unwrap_or_else(|| {
             msg.pointer("/params/protocolVersion")
                 .and_then(Value::as_str)
@@ -697,6 +700,11 @@ impl Aggregate {
                         list.push((u.clone(), t.to_owned()));
                     }
                     if let Some(n) = item[name_key].as_str() {
+                        // A tool or prompt whose name could not be called back is not shown.
+                        if matches!(key, "tools" | "prompts") && !valid_member_name(n) {
+                            tracing::warn!(upstream = %u, "a listed name cannot be aggregated; left out");
+                            continue;
+                        }
                         item[name_key] = Value::String(format!("{u}{SEPARATOR}{n}"));
                     }
                     merged.push(item);
@@ -714,6 +722,41 @@ impl Aggregate {
 #[cfg(test)]
 mod tests {
     use super::template_matches;
+
+    #[test]
+    fn aggregate_names_are_refused_unless_they_round_trip() {
+        let ups = ["alpha", "beta-2"];
+        assert_eq!(
+            super::split_name("alpha__echo", &ups),
+            Ok(("alpha", "echo"))
+        );
+        assert_eq!(
+            super::split_name("beta-2__get_sum", &ups),
+            Ok(("beta-2", "get_sum"))
+        );
+        // A name with the separator inside is the upstream's own.
+        assert_eq!(
+            super::split_name("alpha__a__b", &ups),
+            Ok(("alpha", "a__b"))
+        );
+        for bad in [
+            "alpha__",
+            "alpha__echo__",
+            "alpha___x",
+            "__echo",
+            "echo",
+            "gamma__echo",
+            "alpha__ec ho",
+            "alpha__é",
+        ] {
+            assert!(super::split_name(bad, &ups).is_err(), "{bad}");
+        }
+        let long = format!("alpha__{}", "x".repeat(129));
+        assert!(super::split_name(&long, &ups).is_err());
+        let err =
+            super::split_name(&format!("{}__x", "y".repeat(100_000)), &ups).expect_err("long");
+        assert!(err.len() < 400, "the message clips what the caller sent");
+    }
 
     #[test]
     fn upstream_requests_to_the_client_get_ids_that_lead_back() {

@@ -8,36 +8,43 @@
 //! 10 minutes, `iss` checked). The tokens are stored sealed (AES-256-GCM under the
 //! key-encryption key), per user and upstream, refreshed when they expire, and never leave the
 //! gateway.
-use crate::config::UserOAuthConfig;
-use crate::gateway::Owner;
+use crate::error::{RpcCode, rpc_error_body};
+use crate::pages::{page, refuse};
+use crate::sessions::Owner;
+use crate::spec::{UpstreamName, UserOAuthSpec};
+use crate::vault::GrantVault;
 use axum::extract::{Path, Query, State};
-use axum::response::{Html, IntoResponse, Redirect, Response};
-use gatehouse_core::PkceVerifier;
+use axum::response::{IntoResponse, Redirect, Response};
+use gatehouse_core::{Issuer, PkceVerifier, random_token, sha256_hex};
 use gatehouse_fetch::Fetcher;
-use gatehouse_server::{KeyEncryptionKey, random_token, sha256_hex};
-use gatehouse_store::Store;
 use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// JSON-RPC error: the request needs the user to complete a URL-mode elicitation.
-pub(crate) const URL_ELICITATION_REQUIRED: i64 = -32042;
-
 /// How long a link, an approval and an authorization in flight stay usable (GW-05).
 const TTL: Duration = Duration::from_secs(600);
 
 /// The pre-registered public client of the embedded authorization server through which the
 /// browser proves who it is.
-pub(crate) const IDENTITY_CLIENT: &str = "gatehouse-connect";
+pub const IDENTITY_CLIENT: &str = "gatehouse-connect";
 
-/// What the embedded authorization server lends the gateway.
+/// What the embedded authorization server lends the gateway: where grants are kept, and the
+/// issuer at which browsers show who they are.
 #[derive(Clone)]
-pub(crate) struct Backend {
-    pub(crate) store: Store,
-    pub(crate) kek: KeyEncryptionKey,
-    pub(crate) issuer: String,
+pub struct Backend {
+    pub vault: std::sync::Arc<dyn GrantVault>,
+    pub issuer: String,
+}
+
+/// Where the connect pages live and what the identity sign-in asks for.
+pub struct ConnectSpec {
+    /// The gateway's public URL (`<public>/connect/...`).
+    pub public: String,
+    pub identity_resource: String,
+    pub identity_scope: String,
+    pub upstreams: Vec<(UpstreamName, String, UserOAuthSpec)>,
 }
 
 /// The upstream authorization server, discovered from the upstream's resource metadata.
@@ -50,10 +57,10 @@ struct AsMeta {
 }
 
 /// One upstream with `user_oauth`.
-pub(crate) struct UpstreamOAuth {
+struct UpstreamOAuth {
     name: String,
     resource: String,
-    cfg: UserOAuthConfig,
+    cfg: UserOAuthSpec,
     meta: tokio::sync::OnceCell<AsMeta>,
     /// One refresh at a time per upstream (refresh tokens rotate).
     refreshing: tokio::sync::Mutex<()>,
@@ -93,7 +100,7 @@ struct InFlight {
     until: Instant,
 }
 
-pub(crate) struct Connect {
+pub struct Connect {
     backend: Backend,
     public: String,
     identity_resource: String,
@@ -107,7 +114,7 @@ pub(crate) struct Connect {
 }
 
 #[derive(Debug)]
-pub(crate) enum NoToken {
+pub enum NoToken {
     /// The user has not connected (or the grant ended): elicit.
     Connect,
     /// Something failed on the way (store, upstream AS); not the user's doing.
@@ -118,66 +125,32 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
-
-/// A page of ours: no framing (clickjacking), no caching, no referrer.
-fn page(status: StatusCode, title: &str, body: &str) -> Response {
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
-         <meta name=\"viewport\" content=\"width=device-width\"></head><body><main>\
-         <h1>{t}</h1>{body}</main></body></html>",
-        t = esc(title)
-    );
-    (
-        status,
-        [
-            (
-                http::header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; form-action 'self' https: http:; frame-ancestors 'none'",
-            ),
-            (http::header::X_FRAME_OPTIONS, "DENY"),
-            (http::header::CACHE_CONTROL, "no-store"),
-            (http::header::REFERRER_POLICY, "no-referrer"),
-        ],
-        Html(html),
-    )
-        .into_response()
-}
-
-fn refuse(status: StatusCode, why: &str) -> Response {
-    page(status, "Not connected", &format!("<p>{}</p>", esc(why)))
-}
-
 impl Connect {
-    pub(crate) fn new(
+    pub fn new(
         backend: Backend,
-        public: &str,
-        identity_resource: String,
-        identity_scope: String,
+        spec: ConnectSpec,
         fetcher: Fetcher,
-        upstreams: Vec<(String, String, UserOAuthConfig)>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, reqwest::Error> {
+        let public = spec.public.trim_end_matches('/').to_owned();
         Ok(Self {
             secure_cookies: public.starts_with("https://"),
-            public: public.trim_end_matches('/').to_owned(),
+            public,
             backend,
-            identity_resource,
-            identity_scope,
-            http: crate::gateway::upstream_client()?,
+            identity_resource: spec.identity_resource,
+            identity_scope: spec.identity_scope,
+            http: gatehouse_fetch::upstream::upstream_client(concat!(
+                "gatehouse-gateway/",
+                env!("CARGO_PKG_VERSION")
+            ))?,
             fetcher,
-            upstreams: upstreams
+            upstreams: spec
+                .upstreams
                 .into_iter()
                 .map(|(name, resource, cfg)| {
                     (
-                        name.clone(),
+                        name.as_str().to_owned(),
                         Arc::new(UpstreamOAuth {
-                            name,
+                            name: name.as_str().to_owned(),
                             resource,
                             cfg,
                             meta: tokio::sync::OnceCell::new(),
@@ -191,7 +164,7 @@ impl Connect {
         })
     }
 
-    pub(crate) fn router(self: &Arc<Self>) -> axum::Router {
+    pub fn router(self: &Arc<Self>) -> axum::Router {
         axum::Router::new()
             .route("/connect/return", axum::routing::get(identity_return))
             .route("/connect/approve", axum::routing::post(approve))
@@ -200,28 +173,20 @@ impl Connect {
             .with_state(self.clone())
     }
 
-    pub(crate) fn serves(&self, upstream: &str) -> bool {
+    pub fn serves(&self, upstream: &str) -> bool {
         self.upstreams.contains_key(upstream)
     }
 
-    fn label(owner: &Owner, upstream: &str) -> String {
-        format!("upstream-grant:{}:{upstream}", owner.key())
-    }
-
     async fn load(&self, owner: &Owner, upstream: &str) -> Result<Option<Grant>, String> {
-        let Some(sealed) = self
+        let Some(plain) = self
             .backend
-            .store
-            .get_upstream_grant(&owner.key(), upstream)
+            .vault
+            .load(owner, upstream)
             .await
             .map_err(|e| e.to_string())?
         else {
             return Ok(None);
         };
-        let plain = self
-            .backend
-            .kek
-            .open_secret(&Self::label(owner, upstream), &sealed)?;
         serde_json::from_slice(&plain)
             .map(Some)
             .map_err(|e| e.to_string())
@@ -229,31 +194,22 @@ impl Connect {
 
     async fn save(&self, owner: &Owner, upstream: &str, g: &Grant) -> Result<(), String> {
         let plain = serde_json::to_vec(g).map_err(|e| e.to_string())?;
-        let sealed = self
-            .backend
-            .kek
-            .seal_secret(&Self::label(owner, upstream), &plain)?;
         self.backend
-            .store
-            .put_upstream_grant(&owner.key(), upstream, &sealed, now())
+            .vault
+            .save(owner, upstream, plain)
             .await
             .map_err(|e| e.to_string())
     }
 
     /// Forgets a user's grant (the upstream refused it).
-    pub(crate) async fn forget(&self, owner: &Owner, upstream: &str) {
-        if let Err(e) = self
-            .backend
-            .store
-            .delete_upstream_grant(&owner.key(), upstream)
-            .await
-        {
+    pub async fn forget(&self, owner: &Owner, upstream: &str) {
+        if let Err(e) = self.backend.vault.forget(owner, upstream).await {
             tracing::warn!(error = %e, upstream, "could not forget an upstream grant");
         }
     }
 
     /// The user's access token for `upstream`, refreshed when it is about to expire.
-    pub(crate) async fn token_for(&self, owner: &Owner, upstream: &str) -> Result<String, NoToken> {
+    pub async fn token_for(&self, owner: &Owner, upstream: &str) -> Result<String, NoToken> {
         let u = self
             .upstreams
             .get(upstream)
@@ -303,7 +259,7 @@ impl Connect {
     }
 
     /// A new link for `owner` to connect `upstream`: the `data` of the -32042 error.
-    pub(crate) fn elicitation(&self, owner: &Owner, upstream: &str) -> serde_json::Value {
+    pub fn elicitation(&self, owner: &Owner, upstream: &str) -> serde_json::Value {
         let id = random_token();
         if let Ok(mut l) = self.links.lock() {
             l.retain(|_, v| v.until > Instant::now());
@@ -326,13 +282,15 @@ impl Connect {
         })
     }
 
+    /// The upstream's authorization server: named in its config, else by its resource
+    /// metadata (RFC 9728, `resource` byte-equal); its metadata found and its `issuer` checked
+    /// byte for byte by the one discovery the workspace has (AS-02).
     async fn meta(&self, u: &UpstreamOAuth) -> Result<AsMeta, String> {
         u.meta
             .get_or_try_init(|| async {
                 let issuer = match &u.cfg.issuer {
-                    Some(i) => i.as_str().trim_end_matches('/').to_owned(),
+                    Some(i) => i.clone(),
                     None => {
-                        // RFC 9728: the upstream names its authorization server.
                         let r = url::Url::parse(&u.resource).map_err(|e| e.to_string())?;
                         let prm = format!(
                             "{}/.well-known/oauth-protected-resource{}",
@@ -347,65 +305,41 @@ impl Connect {
                         if v["resource"].as_str() != Some(u.resource.as_str()) {
                             return Err(format!("{}: its metadata names another resource", u.name));
                         }
-                        v["authorization_servers"][0]
+                        let named = v["authorization_servers"][0]
                             .as_str()
-                            .ok_or_else(|| format!("{}: no authorization server", u.name))?
-                            .trim_end_matches('/')
-                            .to_owned()
+                            .ok_or_else(|| format!("{}: no authorization server", u.name))?;
+                        Issuer::parse(named).map_err(|e| format!("{}: {e}", u.name))?
                     }
                 };
-                let iu = url::Url::parse(&issuer).map_err(|e| e.to_string())?;
-                let path = iu.path().trim_end_matches('/');
-                let origin = iu.origin().ascii_serialization();
-                let mut last = String::new();
-                for well_known in [
-                    format!("{origin}/.well-known/oauth-authorization-server{path}"),
-                    format!("{origin}/.well-known/openid-configuration{path}"),
-                ] {
-                    match self
-                        .fetcher
-                        .get_json::<serde_json::Value>(&well_known)
-                        .await
-                    {
-                        Ok((m, _)) => {
-                            // RFC 8414 §3.3: the issuer must be the one asked about.
-                            if m["issuer"].as_str().map(|s| s.trim_end_matches('/'))
-                                != Some(issuer.as_str())
-                            {
-                                return Err(format!("{}: issuer mismatch in {well_known}", u.name));
-                            }
-                            let s256 = m["code_challenge_methods_supported"]
-                                .as_array()
-                                .is_some_and(|a| a.iter().any(|x| x == "S256"));
-                            if !s256 {
-                                return Err(format!(
-                                    "{}: the authorization server does not support PKCE S256",
-                                    u.name
-                                ));
-                            }
-                            let endpoint = |k: &str| {
-                                let e =
-                                    m[k].as_str().ok_or_else(|| format!("{}: no {k}", u.name))?;
-                                self.fetcher
-                                    .check(e)
-                                    .map(|_| e.to_owned())
-                                    .map_err(|err| format!("{}: {k}: {err}", u.name))
-                            };
-                            return Ok(AsMeta {
-                                authorization_endpoint: endpoint("authorization_endpoint")?,
-                                token_endpoint: endpoint("token_endpoint")?,
-                                iss_parameter: m["authorization_response_iss_parameter_supported"]
-                                    == true,
-                                issuer: issuer.clone(),
-                            });
-                        }
-                        Err(e) => last = e.to_string(),
-                    }
+                let m = gatehouse_tokens::discover(&self.fetcher, &issuer)
+                    .await
+                    .map_err(|e| format!("{}: {e}", u.name))?;
+                if !m
+                    .code_challenge_methods_supported
+                    .iter()
+                    .any(|x| x == "S256")
+                {
+                    return Err(format!(
+                        "{}: the authorization server does not support PKCE S256",
+                        u.name
+                    ));
                 }
-                Err(format!(
-                    "{}: no authorization server metadata: {last}",
-                    u.name
-                ))
+                let endpoint = |k: &str, e: Option<&String>| {
+                    let e = e.ok_or_else(|| format!("{}: no {k}", u.name))?;
+                    self.fetcher
+                        .check(e)
+                        .map(|_| e.clone())
+                        .map_err(|err| format!("{}: {k}: {err}", u.name))
+                };
+                Ok(AsMeta {
+                    authorization_endpoint: endpoint(
+                        "authorization_endpoint",
+                        m.authorization_endpoint.as_ref(),
+                    )?,
+                    token_endpoint: endpoint("token_endpoint", m.token_endpoint.as_ref())?,
+                    iss_parameter: m.authorization_response_iss_parameter_supported == Some(true),
+                    issuer: m.issuer,
+                })
             })
             .await
             .cloned()
@@ -417,8 +351,8 @@ impl Connect {
         meta: &AsMeta,
         form: &mut Vec<(&'a str, &'a str)>,
     ) -> Result<TokenResponse, String> {
-        let id = u.cfg.client_id.0.as_str();
-        let basic = u.cfg.client_secret.as_ref().map(|s| (id, s.0.as_str()));
+        let id = u.cfg.client_id.as_str();
+        let basic = u.cfg.client_secret.as_ref().map(|s| (id, s.expose()));
         if basic.is_none() {
             form.push(("client_id", id));
         }
@@ -499,21 +433,18 @@ impl TokenResponse {
 
 /// The answer to a request that needs the user to connect first: a JSON-RPC error (HTTP
 /// 200) with one URL-mode elicitation.
-pub(crate) fn elicit_response(
+pub fn elicit_response(
     c: &Connect,
     owner: &Owner,
     upstream: &str,
     id: serde_json::Value,
 ) -> Response {
-    let body = serde_json::json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "error": {
-            "code": URL_ELICITATION_REQUIRED,
-            "message": format!("{upstream} needs you to connect your account first"),
-            "data": c.elicitation(owner, upstream),
-        },
-    });
+    let mut body = rpc_error_body(
+        &id,
+        RpcCode::UrlElicitationRequired,
+        &format!("{upstream} needs you to connect your account first"),
+    );
+    body["error"]["data"] = c.elicitation(owner, upstream);
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
@@ -628,10 +559,7 @@ async fn identity_return(
                 base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
                     .ok()?;
             let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
-            Some(Owner {
-                issuer: v["iss"].as_str()?.to_owned(),
-                subject: v["sub"].as_str()?.to_owned(),
-            })
+            Some(Owner::new(v["iss"].as_str()?, v["sub"].as_str()?))
         });
     let Some(who) = who else {
         return refuse(StatusCode::BAD_GATEWAY, "Sign-in could not be confirmed.");
@@ -677,38 +605,16 @@ async fn identity_return(
             owner: owner.clone(),
         },
     );
-    let scopes = if u.cfg.scopes.is_empty() {
-        "<li>what the server grants by default</li>".to_owned()
-    } else {
-        u.cfg
-            .scopes
-            .iter()
-            .map(|s| format!("<li><code>{}</code></li>", esc(s.as_str())))
-            .collect()
-    };
-    page(
-        StatusCode::OK,
-        &format!("Connect {upstream}?"),
-        &format!(
-            "<p>Signed in as <strong>{sub}</strong>.</p>\
-             <p>The gateway asks to act for you at <strong>{upstream}</strong> ({resource}). \
-             You will sign in at its authorization server <strong>{issuer}</strong> \
-             ({authz}), which sends you back to <code>{cb}</code>. The gateway keeps the \
-             token (encrypted) and never gives it to your MCP client.</p>\
-             <p>It asks for:</p><ul>{scopes}</ul>\
-             <form method=\"post\" action=\"{public}/connect/approve\">\
-             <input type=\"hidden\" name=\"approval\" value=\"{approval}\">\
-             <button type=\"submit\" name=\"decision\" value=\"approve\">Connect</button> \
-             <button type=\"submit\" name=\"decision\" value=\"deny\">Cancel</button></form>",
-            sub = esc(&owner.subject),
-            upstream = esc(&upstream),
-            resource = esc(&u.resource),
-            issuer = esc(&meta.issuer),
-            authz = esc(&meta.authorization_endpoint),
-            cb = esc(&format!("{}/connect/callback", c.public)),
-            public = esc(&c.public),
-        ),
-    )
+    crate::pages::approval(&crate::pages::Approval {
+        subject: owner.subject(),
+        upstream: &upstream,
+        resource: &u.resource,
+        issuer: &meta.issuer,
+        authorization_endpoint: &meta.authorization_endpoint,
+        public: &c.public,
+        approval: &approval,
+        scopes: &u.cfg.scopes,
+    })
 }
 
 #[derive(Deserialize)]
@@ -767,7 +673,7 @@ async fn approve(
     };
     to.query_pairs_mut()
         .append_pair("response_type", "code")
-        .append_pair("client_id", &u.cfg.client_id.0)
+        .append_pair("client_id", &u.cfg.client_id)
         .append_pair("redirect_uri", &format!("{}/connect/callback", c.public))
         .append_pair("state", &state)
         .append_pair("code_challenge", verifier.challenge().as_str())
@@ -825,7 +731,7 @@ async fn upstream_callback(
     };
     // RFC 9207: the answer must come from the authorization server we sent the browser to.
     match q.iss.as_deref() {
-        Some(i) if i.trim_end_matches('/') != meta.issuer => {
+        Some(i) if i != meta.issuer => {
             return refuse(
                 StatusCode::BAD_REQUEST,
                 "The answer came from an unexpected issuer.",

@@ -1,0 +1,813 @@
+//! The proxy: one guarded route per upstream MCP server. It forwards Streamable HTTP
+//! requests, streams answers back unbuffered, and never passes the caller's token on (T3).
+//!
+//! [`Proxy::forward`] runs these stages, in this order:
+//! 1. **Who and what**: the [`Caller`] the guard validated, the body, and its parse.
+//! 2. **Session** (local, before any network work): an unknown or someone else's session is 404
+//!    (GW-07); the protocol version comes from the session when the header is missing, so a
+//!    batch cannot pass in a session negotiated at a version without batches (T22).
+//! 3. **Screening** of every message on its own ([`authorize::screen`]): size, known method,
+//!    unique id, policies. Scopes alone standing in the way → one 403 challenge (RS-08).
+//! 4. **Limits** per message still cleared, after authorization, so refused calls spend no
+//!    budget; `initialize` and `notifications/initialized` are not charged.
+//! 5. **Credentials** for the [`Permit`]: configured headers, an exchanged token, or the
+//!    user's own grant (GW-09); a missing grant is a URL elicitation.
+//! 6. **The upstream request**, built only from the permit ([`UpstreamRequest`]); one
+//!    re-initialize when the upstream lost its session (GW-11).
+//! 7. **The answer**: session ids mapped per hop, list answers filtered by request id, the
+//!    refused messages' errors merged in.
+//! 8. **Audit**: one hash-chained record per message, whatever became of it.
+use crate::audit::{Audit, Audited, CallRecord, ProxyMetrics, clip, now_rfc3339};
+use crate::authorize::{self, Caller, Permit, Refusal};
+use crate::connect::{Connect, NoToken, elicit_response};
+use crate::error::{GatewayError, Outcome, RpcCode, rpc_error};
+use crate::limits::RateLimits;
+use crate::sessions::{Owner, SessionTable, TableLimits, WhenOwnerFull};
+use crate::spec::{MessageLimits, Transport, UpstreamName, UpstreamSpec, UpstreamToken};
+use crate::stdio::StdioUpstream;
+use crate::upstream::{Credentials, Exchanger, RETURNED, UpstreamRequest, inbound_bearer, pick};
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use gatehouse_core::jsonrpc::{MessageKind, PeekedMessage};
+use gatehouse_core::{McpPeek, ProtocolVersion, ScopeSet};
+use http::{HeaderName, HeaderValue, StatusCode};
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// The largest request body forwarded (the guard has read it already for per-tool scopes).
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// The largest answer read whole (list answers, `initialize`, batches with refusals).
+const MAX_READ: usize = 8 * 1024 * 1024;
+
+/// Sessions per hop: many per user (agents open them freely; the oldest goes), bounded in all.
+const SESSIONS: TableLimits = TableLimits {
+    total: 100_000,
+    per_owner: 1_000,
+    idle: std::time::Duration::from_secs(24 * 3600),
+    when_owner_full: WhenOwnerFull::EvictOldest,
+};
+
+/// One upstream.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<ProxyInner>,
+}
+
+struct ProxyInner {
+    name: UpstreamName,
+    target: Target,
+    http: reqwest::Client,
+    audit: Option<Arc<Audit>>,
+    metrics: ProxyMetrics,
+    limits: Option<Arc<RateLimits>>,
+    policy: Arc<gatehouse_policy::Engine>,
+    /// GW-11: client-facing session ids ↔ the upstream's (HTTP upstreams).
+    sessions: SessionTable<UpstreamSession>,
+    /// For the 403 `insufficient_scope` challenge: this upstream's PRM and baseline scopes.
+    prm_url: String,
+    required: ScopeSet,
+    messages: MessageLimits,
+}
+
+enum Target {
+    Http {
+        url: url::Url,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        token: TokenSource,
+    },
+    Stdio(StdioUpstream),
+}
+
+enum TokenSource {
+    None,
+    Exchange(Exchanger),
+    User(Arc<Connect>),
+}
+
+/// What the proxies share, built by the binary.
+#[derive(Clone)]
+pub struct ProxyDeps {
+    pub http: reqwest::Client,
+    pub audit: Option<Arc<Audit>>,
+    pub limits: Option<Arc<RateLimits>>,
+    pub policy: Arc<gatehouse_policy::Engine>,
+    /// GW-09: per-user grants, for upstreams with `user_oauth`.
+    pub connect: Option<Arc<Connect>>,
+    pub messages: MessageLimits,
+    pub required: ScopeSet,
+}
+
+/// One session with an HTTP upstream, as the caller sees it.
+struct UpstreamSession {
+    upstream: Mutex<String>,
+    /// The caller's `initialize`, replayed to open a new upstream session.
+    init: Bytes,
+    /// The version negotiated in `initialize`.
+    version: Option<HeaderValue>,
+}
+
+impl UpstreamSession {
+    fn upstream(&self) -> String {
+        self.upstream.lock().map(|u| u.clone()).unwrap_or_default()
+    }
+}
+
+/// Where stage 2 found the caller.
+enum Session {
+    None,
+    Http(Arc<UpstreamSession>),
+    Stdio,
+}
+
+impl Session {
+    fn version(&self) -> Option<&HeaderValue> {
+        match self {
+            Self::Http(s) => s.version.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+impl Proxy {
+    /// The proxy for one upstream. A user-OAuth upstream without `deps.connect` is refused by
+    /// the plan before this is called; here it has no token and its calls fail upstream.
+    pub fn new(spec: UpstreamSpec, deps: &ProxyDeps) -> Self {
+        let target = match spec.transport {
+            Transport::Stdio(s) => Target::Stdio(StdioUpstream::new(s)),
+            Transport::Http { url, credentials } => Target::Http {
+                url,
+                headers: credentials.headers,
+                token: match credentials.token {
+                    UpstreamToken::None => TokenSource::None,
+                    UpstreamToken::Exchange(x) => TokenSource::Exchange(Exchanger::new(x)),
+                    UpstreamToken::UserOAuth(_) => deps
+                        .connect
+                        .clone()
+                        .filter(|c| c.serves(spec.name.as_str()))
+                        .map_or(TokenSource::None, TokenSource::User),
+                },
+            },
+        };
+        Self {
+            inner: Arc::new(ProxyInner {
+                metrics: ProxyMetrics::new(spec.name.as_str()),
+                name: spec.name,
+                target,
+                http: deps.http.clone(),
+                audit: deps.audit.clone(),
+                limits: deps.limits.clone(),
+                policy: deps.policy.clone(),
+                sessions: SessionTable::new(SESSIONS),
+                prm_url: spec.resource.prm_url(),
+                required: deps.required.clone(),
+                messages: deps.messages,
+            }),
+        }
+    }
+
+    pub fn name(&self) -> &UpstreamName {
+        &self.inner.name
+    }
+
+    pub fn into_service(
+        self,
+    ) -> impl tower::Service<
+        http::Request<Body>,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static {
+        tower::service_fn(move |req: http::Request<Body>| {
+            let p = self.clone();
+            async move {
+                let mut resp = p.forward(req).await;
+                resp.extensions_mut().insert(Audited);
+                Ok(resp)
+            }
+        })
+    }
+
+    /// The stages of the module docs, one call each.
+    pub async fn forward(&self, req: http::Request<Body>) -> Response {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        // 1. Who asks (taken, not cloned: nothing after the proxy reads it), and the body.
+        let caller = Caller::take(&mut parts.extensions);
+        let given_peek = parts.extensions.remove::<McpPeek>();
+        let log = Log {
+            proxy: self,
+            caller: &caller,
+            http_method: parts.method.as_str(),
+            started,
+        };
+        let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+            return GatewayError::Invalid("request body too large".into())
+                .into_response(&Value::Null);
+        };
+        // 2. The session: a local 404 before anything is decided, spent or fetched.
+        let owner = caller.owner();
+        let session = match self.session(&parts.headers, &owner) {
+            Ok(s) => s,
+            Err(e) => {
+                log.whole(&e, None);
+                return e.into_response(&Value::Null);
+            }
+        };
+        if parts.method != http::Method::POST {
+            return self
+                .send(&log, &Permit::stream(&caller), &parts, &session, Vec::new())
+                .await;
+        }
+        let peek = match self.peek(&parts.headers, given_peek, &bytes, &session) {
+            Ok(p) => p,
+            Err(e) => {
+                log.whole(&e, None);
+                return e.into_response(&Value::Null);
+            }
+        };
+        // 3. Every message screened on its own.
+        let policies = self.inner.policy.current();
+        let mut screened = authorize::screen(
+            &policies,
+            &caller,
+            self.inner.name.as_str(),
+            &peek,
+            &self.inner.messages,
+        );
+        if let Some(needs) = screened.needs_scopes() {
+            let extra = serde_json::json!({ "needs": needs });
+            for m in &peek.messages {
+                log.message(&peek, m, Outcome::InsufficientScope, None, &extra);
+            }
+            return authorize::scope_response(&self.inner.prm_url, &self.inner.required, needs);
+        }
+        // 4. Limits, per message cleared: refused calls never spent anything.
+        if let Some(limits) = &self.inner.limits {
+            for index in screened.cleared().to_vec() {
+                let Some(m) = peek.messages.get(index).filter(|m| charged(m)) else {
+                    continue;
+                };
+                if let Err((retry_after, hit)) = limits
+                    .check(
+                        &owner,
+                        caller.tenant(),
+                        self.inner.name.as_str(),
+                        m.tool_name(),
+                    )
+                    .await
+                {
+                    let id = (m.kind == MessageKind::Request)
+                        .then(|| m.id.clone().unwrap_or(Value::Null));
+                    let error = GatewayError::RateLimited {
+                        limit: hit.as_str(),
+                        retry_after,
+                    };
+                    screened.refuse(index, id, error);
+                }
+            }
+        }
+        let (permit, refused) = screened.into_permit(&peek, &bytes);
+        for r in &refused {
+            if let Some(m) = peek.messages.get(r.index) {
+                log.message(&peek, m, r.error.outcome(), None, &r.error.audit_extra());
+            }
+        }
+        let Some(permit) = permit else {
+            return refusals_only(&refused, peek.batch);
+        };
+        // 5–8.
+        self.send(&log, &permit, &parts, &session, vec![(peek, refused)])
+            .await
+    }
+
+    /// Stage 2: the caller's session here, if it names one.
+    fn session(&self, headers: &http::HeaderMap, owner: &Owner) -> Result<Session, GatewayError> {
+        let Some(sid) = headers.get("mcp-session-id") else {
+            return Ok(Session::None);
+        };
+        let sid = sid.to_str().map_err(|_| GatewayError::SessionNotFound)?;
+        match &self.inner.target {
+            Target::Stdio(s) if s.knows(sid, owner) => Ok(Session::Stdio),
+            Target::Http { .. } => self
+                .inner
+                .sessions
+                .get(sid, owner)
+                .map(Session::Http)
+                .ok_or(GatewayError::SessionNotFound),
+            Target::Stdio(_) => Err(GatewayError::SessionNotFound),
+        }
+    }
+
+    /// The guard's parse of the body (an anonymous route has no guard: parsed here), checked
+    /// against the session's version: no batch where the session's version has none.
+    fn peek(
+        &self,
+        headers: &http::HeaderMap,
+        given: Option<McpPeek>,
+        bytes: &Bytes,
+        session: &Session,
+    ) -> Result<McpPeek, GatewayError> {
+        let header = headers
+            .get("mcp-protocol-version")
+            .map(|v| v.to_str().unwrap_or("invalid"));
+        let header = ProtocolVersion::from_header(header)
+            .map_err(|e| GatewayError::Invalid(e.to_string()))?;
+        let negotiated = session
+            .version()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| ProtocolVersion::parse(v).ok());
+        let peek = match given {
+            Some(p) => p,
+            None => {
+                McpPeek::parse(bytes, header).map_err(|e| GatewayError::Invalid(e.to_string()))?
+            }
+        };
+        if peek.batch
+            && let Some(v) = negotiated.filter(|v| !v.allows_batch())
+        {
+            return Err(GatewayError::Invalid(format!(
+                "JSON-RPC batches are not allowed in MCP {} (this session's version)",
+                v.as_str()
+            )));
+        }
+        Ok(peek)
+    }
+
+    /// Stages 5–8 for a permit. `screened` holds the body's parse and its refused messages
+    /// (empty for GET and DELETE).
+    async fn send(
+        &self,
+        log: &Log<'_>,
+        permit: &Permit,
+        parts: &http::request::Parts,
+        session: &Session,
+        screened: Vec<(McpPeek, Vec<Refusal>)>,
+    ) -> Response {
+        let (outcome, status, resp) = match &self.inner.target {
+            Target::Stdio(stdio) => {
+                let (resp, status) = stdio
+                    .handle(&parts.method, &parts.headers, permit.owner(), permit.body())
+                    .await;
+                (Outcome::Allow, status, resp)
+            }
+            Target::Http {
+                url,
+                headers,
+                token,
+            } => match self
+                .http_call(permit, parts, session, url, headers, token, log.caller)
+                .await
+            {
+                Ok((resp, status)) => (Outcome::Allow, status, resp),
+                Err(Stop::Error(e)) => {
+                    let outcome = e.outcome();
+                    (outcome, None, e.into_response(&permit.first_id()))
+                }
+                Err(Stop::Connect(c, upstream_status)) => (
+                    Outcome::ConnectRequired,
+                    upstream_status,
+                    elicit_response(
+                        &c,
+                        permit.owner(),
+                        self.inner.name.as_str(),
+                        permit.first_id(),
+                    ),
+                ),
+            },
+        };
+        let policies = self.inner.policy.current();
+        let ok = resp.status().is_success() && outcome == Outcome::Allow;
+        // 7. Lists cut down to what the caller may use (read whole: they are short and end).
+        let resp = if ok && permit.filters_lists() {
+            let (head, body) = resp.into_parts();
+            let sse = crate::sse::is_event_stream(&head.headers);
+            let body = axum::body::to_bytes(body, MAX_READ)
+                .await
+                .unwrap_or_default();
+            let filtered =
+                permit.filter_body(&policies, log.caller, self.inner.name.as_str(), sse, &body);
+            let mut resp = Response::from_parts(head, Body::from(filtered));
+            resp.headers_mut().remove(http::header::CONTENT_LENGTH);
+            resp
+        } else {
+            resp
+        };
+        // 8. One record per message forwarded.
+        let mut resp = resp;
+        match screened.first() {
+            None => log.whole_outcome(outcome, status),
+            Some((peek, refused)) => {
+                for (i, m) in peek.messages.iter().enumerate() {
+                    if !refused.iter().any(|r| r.index == i) {
+                        log.message(peek, m, outcome, status, &Value::Null);
+                    }
+                }
+                if !refused.is_empty() && ok {
+                    resp = merge_refusals(resp, refused).await;
+                }
+            }
+        }
+        resp
+    }
+
+    /// Stages 5–7 with an HTTP upstream.
+    #[allow(clippy::too_many_arguments)]
+    async fn http_call(
+        &self,
+        permit: &Permit,
+        parts: &http::request::Parts,
+        session: &Session,
+        url: &url::Url,
+        headers: &[(HeaderName, HeaderValue)],
+        token: &TokenSource,
+        caller: &Caller,
+    ) -> Result<(Response, Option<u16>), Stop> {
+        // 5. T3: only the configured credentials, and a token obtained here, go upstream.
+        let creds = Credentials::configured(permit, headers);
+        let creds = match token {
+            TokenSource::None => creds,
+            TokenSource::Exchange(x) => {
+                let inbound = inbound_bearer(&parts.headers).unwrap_or_default();
+                let t = x.token_for(&self.inner.http, inbound).await?;
+                creds.with_bearer(&t)?
+            }
+            TokenSource::User(c) => {
+                match c.token_for(permit.owner(), self.inner.name.as_str()).await {
+                    Ok(t) => creds.with_bearer(&t)?,
+                    Err(NoToken::Connect) => return Err(Stop::Connect(c.clone(), None)),
+                    Err(NoToken::Failed(e)) => {
+                        tracing::warn!(upstream = %self.inner.name, error = %e, "no upstream credential");
+                        return Err(GatewayError::Upstream(
+                            "no credential for this upstream".into(),
+                        )
+                        .into());
+                    }
+                }
+            }
+        };
+        let _ = caller;
+        // 6. The request, from the permit alone.
+        let http_session = match session {
+            Session::Http(s) => Some(s),
+            _ => None,
+        };
+        let request = UpstreamRequest::new(
+            permit,
+            &parts.method,
+            url,
+            &parts.headers,
+            &creds,
+            session.version(),
+        );
+        let mut result = request
+            .send(
+                &self.inner.http,
+                http_session.map(|s| s.upstream()).as_deref(),
+            )
+            .await;
+        // The upstream forgot the session (restart, expiry): open a new one with the caller's
+        // original initialize, then retry once. The caller keeps its session id.
+        if let (Ok(r), Some(s)) = (&result, http_session)
+            && r.status() == StatusCode::NOT_FOUND
+            && parts.method != http::Method::DELETE
+        {
+            match request
+                .reinitialize(&self.inner.http, &s.init, s.version.as_ref())
+                .await
+            {
+                Ok(fresh) => {
+                    tracing::info!(upstream = %self.inner.name, "upstream session lost; re-initialized");
+                    if let Ok(mut u) = s.upstream.lock() {
+                        u.clone_from(&fresh);
+                    }
+                    result = request.send(&self.inner.http, Some(&fresh)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %self.inner.name, error = %e, "upstream re-initialization failed");
+                }
+            }
+        }
+        let r = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(upstream = %self.inner.name, error = %e, "upstream unreachable");
+                return Err(GatewayError::Upstream(format!(
+                    "upstream {} unreachable",
+                    self.inner.name
+                ))
+                .into());
+            }
+        };
+        let client_sid = parts
+            .headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok());
+        if let (Some(c), Some(_)) = (client_sid, http_session)
+            && parts.method == http::Method::DELETE
+            && (r.status().is_success() || r.status() == StatusCode::NOT_FOUND)
+        {
+            self.inner.sessions.remove(c, permit.owner());
+        }
+        if let TokenSource::User(c) = token
+            && r.status() == StatusCode::UNAUTHORIZED
+        {
+            // The upstream no longer takes the user's token (revoked, expired): connect again.
+            c.forget(permit.owner(), self.inner.name.as_str()).await;
+            return Err(Stop::Connect(c.clone(), Some(401)));
+        }
+        // 7. The answer, with our session id in place of the upstream's.
+        let status = r.status();
+        let mut out_headers = pick(r.headers(), &RETURNED);
+        let upstream_sid = r
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let opens = permit.is_initialize() && http_session.is_none() && status.is_success();
+        // A short JSON answer of known length (and an initialize answer, which is read for
+        // the version it settles) is passed on whole; anything else (SSE above all) is
+        // streamed as it arrives.
+        let whole = opens
+            || (r.content_length().is_some_and(|n| n <= 64 * 1024)
+                && out_headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|c| c.starts_with("application/json")));
+        let sse = crate::sse::is_event_stream(&out_headers);
+        let (body, read) = if whole {
+            match read_capped(r, MAX_READ).await {
+                Some(b) => (Body::from(b.clone()), Some(b)),
+                None => {
+                    tracing::warn!(upstream = %self.inner.name, "upstream answer cut off");
+                    (Body::empty(), None)
+                }
+            }
+        } else {
+            (Body::from_stream(r.bytes_stream()), None)
+        };
+        let shown = match (client_sid, upstream_sid) {
+            (Some(c), Some(_)) => Some(c.to_owned()),
+            (None, Some(u)) if opens => {
+                let version = read
+                    .as_ref()
+                    .and_then(|b| negotiated_version(b, sse))
+                    .or_else(|| requested_version(permit.body()));
+                let opened = self.inner.sessions.open(
+                    permit.owner(),
+                    UpstreamSession {
+                        upstream: Mutex::new(u),
+                        init: permit.body().clone(),
+                        version,
+                    },
+                );
+                match opened {
+                    Ok((id, _)) => Some(id),
+                    Err(_) => return Err(GatewayError::TooManySessions.into()),
+                }
+            }
+            _ => None,
+        };
+        if let Some(v) = shown.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            out_headers.insert("mcp-session-id", v);
+        }
+        if status.is_success() {
+            out_headers.insert(
+                HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            );
+        }
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        *resp.headers_mut() = out_headers;
+        Ok((resp, Some(status.as_u16())))
+    }
+}
+
+/// Why stages 5–7 stopped short.
+enum Stop {
+    Error(GatewayError),
+    /// The user must connect the upstream first (URL elicitation), after an upstream status.
+    Connect(Arc<Connect>, Option<u16>),
+}
+
+impl From<GatewayError> for Stop {
+    fn from(e: GatewayError) -> Self {
+        Self::Error(e)
+    }
+}
+
+/// Charged to the limits: every call but the handshake.
+fn charged(m: &PeekedMessage) -> bool {
+    !matches!(
+        m.method.as_deref(),
+        None | Some("initialize" | "notifications/initialized")
+    )
+}
+
+async fn read_capped(r: reqwest::Response, cap: usize) -> Option<Bytes> {
+    use futures::StreamExt;
+    let mut out = Vec::new();
+    let mut stream = r.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.ok()?;
+        if out.len() + chunk.len() > cap {
+            return None;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Some(Bytes::from(out))
+}
+
+/// The version an `initialize` answer settled on.
+fn negotiated_version(body: &[u8], sse: bool) -> Option<HeaderValue> {
+    let text = String::from_utf8_lossy(body);
+    let answers = if sse {
+        crate::sse::messages(&text)
+    } else {
+        serde_json::from_str::<Value>(&text).into_iter().collect()
+    };
+    answers
+        .iter()
+        .find_map(|a| a.pointer("/result/protocolVersion").and_then(Value::as_str))
+        .and_then(|v| ProtocolVersion::parse(v).ok())
+        .map(|v| HeaderValue::from_static(v.as_str()))
+}
+
+/// The version an `initialize` asked for (when its answer could not be read).
+fn requested_version(init: &[u8]) -> Option<HeaderValue> {
+    serde_json::from_slice::<Value>(init)
+        .ok()?
+        .pointer("/params/protocolVersion")
+        .and_then(Value::as_str)
+        .and_then(|v| ProtocolVersion::parse(v).ok())
+        .map(|v| HeaderValue::from_static(v.as_str()))
+}
+
+/// The answer when nothing of the body went upstream.
+fn refusals_only(refused: &[Refusal], batch: bool) -> Response {
+    if !batch && let Some(r) = refused.first() {
+        let mut resp = r
+            .error
+            .clone()
+            .into_response(r.id.as_ref().unwrap_or(&Value::Null));
+        // A refused notification is a 4xx (TR-03), never a 200 with nothing to answer.
+        if r.id.is_none() && !resp.status().is_client_error() {
+            *resp.status_mut() = StatusCode::BAD_REQUEST;
+        }
+        return resp;
+    }
+    let errors: Vec<Value> = refused
+        .iter()
+        .filter_map(|r| r.id.as_ref().map(|id| r.error.body(id)))
+        .collect();
+    if errors.is_empty() {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            &Value::Null,
+            RpcCode::InvalidRequest,
+            "every message of the batch was refused",
+        );
+    }
+    let mut resp = (StatusCode::OK, axum::Json(Value::Array(errors))).into_response();
+    retry_after(&mut resp, refused);
+    resp
+}
+
+fn retry_after(resp: &mut Response, refused: &[Refusal]) {
+    let wait = refused
+        .iter()
+        .filter_map(|r| match r.error {
+            GatewayError::RateLimited { retry_after, .. } => Some(retry_after),
+            _ => None,
+        })
+        .max();
+    if let Some(v) = wait.and_then(|w| HeaderValue::from_str(&w.to_string()).ok()) {
+        resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+    }
+}
+
+/// The upstream's answer to the cleared messages of a batch, with the refused ones' errors:
+/// appended to a JSON batch answer, sent first on an event stream, or alone when the upstream
+/// had nothing to answer (202).
+async fn merge_refusals(resp: Response, refused: &[Refusal]) -> Response {
+    let errors: Vec<Value> = refused
+        .iter()
+        .filter_map(|r| r.id.as_ref().map(|id| r.error.body(id)))
+        .collect();
+    if errors.is_empty() {
+        return resp;
+    }
+    let mut out = if resp.status() == StatusCode::ACCEPTED {
+        (StatusCode::OK, axum::Json(Value::Array(errors))).into_response()
+    } else if crate::sse::is_event_stream(resp.headers()) {
+        use futures::StreamExt;
+        let (head, body) = resp.into_parts();
+        let first = futures::stream::iter(
+            errors
+                .iter()
+                .map(|e| Ok::<_, axum::Error>(crate::sse::event(e)))
+                .collect::<Vec<_>>(),
+        );
+        let rest = body.into_data_stream();
+        Response::from_parts(head, Body::from_stream(first.chain(rest)))
+    } else {
+        let (mut head, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, MAX_READ)
+            .await
+            .unwrap_or_default();
+        let mut all = match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Array(a)) => a,
+            Ok(one) => vec![one],
+            Err(_) => Vec::new(),
+        };
+        all.extend(errors);
+        head.headers.remove(http::header::CONTENT_LENGTH);
+        head.headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Response::from_parts(head, Body::from(Value::Array(all).to_string()))
+    };
+    retry_after(&mut out, refused);
+    out
+}
+
+/// Stage 8: audit and metrics for what became of each message.
+struct Log<'a> {
+    proxy: &'a Proxy,
+    caller: &'a Caller,
+    http_method: &'a str,
+    started: Instant,
+}
+
+impl Log<'_> {
+    fn write(
+        &self,
+        method: Option<String>,
+        tool: Option<String>,
+        batch_index: Option<usize>,
+        outcome: Outcome,
+        upstream_status: Option<u16>,
+        extra: &Value,
+    ) {
+        let inner = &self.proxy.inner;
+        inner.metrics.record(outcome, self.started.elapsed());
+        let Some(a) = &inner.audit else {
+            return;
+        };
+        let p = self.caller.principal();
+        a.record(&CallRecord {
+            time: now_rfc3339(),
+            subject: p.map(|p| p.subject.as_str()),
+            client: p.and_then(|p| p.client_id.as_deref()),
+            tenant: p.and_then(|p| p.tenant.as_deref()),
+            server: inner.name.as_str(),
+            http_method: self.http_method,
+            method,
+            tool,
+            batch_index,
+            decision: outcome.as_str(),
+            latency_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            upstream_status,
+            extra: extra.as_object(),
+        });
+    }
+
+    /// One message of the body.
+    fn message(
+        &self,
+        peek: &McpPeek,
+        m: &PeekedMessage,
+        outcome: Outcome,
+        status: Option<u16>,
+        extra: &Value,
+    ) {
+        let index = peek
+            .batch
+            .then(|| peek.messages.iter().position(|x| std::ptr::eq(x, m)))
+            .flatten();
+        self.write(
+            m.method.as_deref().map(clip),
+            m.tool_name().map(clip),
+            index,
+            outcome,
+            status,
+            extra,
+        );
+    }
+
+    /// A request refused as a whole (no session, a body that does not parse).
+    fn whole(&self, e: &GatewayError, status: Option<u16>) {
+        self.write(None, None, None, e.outcome(), status, &e.audit_extra());
+    }
+
+    /// A request without messages (GET, DELETE).
+    fn whole_outcome(&self, outcome: Outcome, status: Option<u16>) {
+        self.write(None, None, None, outcome, status, &Value::Null);
+    }
+}
