@@ -113,6 +113,22 @@ pub struct Connect {
     flights: Mutex<HashMap<String, InFlight>>,
 }
 
+/// Why a grant could not be loaded, stored or refreshed (logged, never shown).
+#[derive(Debug)]
+struct Failure(String);
+
+impl From<String> for Failure {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[derive(Debug)]
 pub enum NoToken {
     /// The user has not connected (or the grant ended): elicit.
@@ -177,7 +193,7 @@ impl Connect {
         self.upstreams.contains_key(upstream)
     }
 
-    async fn load(&self, owner: &Owner, upstream: &str) -> Result<Option<Grant>, String> {
+    async fn load(&self, owner: &Owner, upstream: &str) -> Result<Option<Grant>, Failure> {
         let Some(plain) = self
             .backend
             .vault
@@ -189,16 +205,16 @@ impl Connect {
         };
         serde_json::from_slice(&plain)
             .map(Some)
-            .map_err(|e| e.to_string())
+            .map_err(|e| Failure(e.to_string()))
     }
 
-    async fn save(&self, owner: &Owner, upstream: &str, g: &Grant) -> Result<(), String> {
+    async fn save(&self, owner: &Owner, upstream: &str, g: &Grant) -> Result<(), Failure> {
         let plain = serde_json::to_vec(g).map_err(|e| e.to_string())?;
         self.backend
             .vault
             .save(owner, upstream, plain)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| Failure(e.to_string()))
     }
 
     /// Forgets a user's grant (the upstream refused it).
@@ -215,14 +231,22 @@ impl Connect {
             .get(upstream)
             .ok_or_else(|| NoToken::Failed("not a user_oauth upstream".into()))?;
         let fresh = |g: &Grant| g.expires_at.is_none_or(|e| e > now() + 30);
-        match self.load(owner, upstream).await.map_err(NoToken::Failed)? {
+        match self
+            .load(owner, upstream)
+            .await
+            .map_err(|e| NoToken::Failed(e.0))?
+        {
             None => return Err(NoToken::Connect),
             Some(g) if fresh(&g) => return Ok(g.access_token),
             Some(_) => {}
         }
         let _one = u.refreshing.lock().await;
         // Another request may have refreshed meanwhile.
-        let g = match self.load(owner, upstream).await.map_err(NoToken::Failed)? {
+        let g = match self
+            .load(owner, upstream)
+            .await
+            .map_err(|e| NoToken::Failed(e.0))?
+        {
             None => return Err(NoToken::Connect),
             Some(g) if fresh(&g) => return Ok(g.access_token),
             Some(g) => g,
@@ -231,7 +255,7 @@ impl Connect {
             self.forget(owner, upstream).await;
             return Err(NoToken::Connect);
         };
-        let meta = self.meta(u).await.map_err(NoToken::Failed)?;
+        let meta = self.meta(u).await.map_err(|e| NoToken::Failed(e.0))?;
         let mut form = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh.as_str()),
@@ -246,7 +270,7 @@ impl Connect {
                 }
                 self.save(owner, upstream, &grant)
                     .await
-                    .map_err(NoToken::Failed)?;
+                    .map_err(|e| NoToken::Failed(e.0))?;
                 tracing::info!(upstream, "upstream token refreshed");
                 Ok(grant.access_token)
             }
@@ -285,7 +309,7 @@ impl Connect {
     /// The upstream's authorization server: named in its config, else by its resource
     /// metadata (RFC 9728, `resource` byte-equal); its metadata found and its `issuer` checked
     /// byte for byte by the one discovery the workspace has (AS-02).
-    async fn meta(&self, u: &UpstreamOAuth) -> Result<AsMeta, String> {
+    async fn meta(&self, u: &UpstreamOAuth) -> Result<AsMeta, Failure> {
         u.meta
             .get_or_try_init(|| async {
                 let issuer = match &u.cfg.issuer {
@@ -303,7 +327,9 @@ impl Connect {
                             .await
                             .map_err(|e| format!("{}: {e}", u.name))?;
                         if v["resource"].as_str() != Some(u.resource.as_str()) {
-                            return Err(format!("{}: its metadata names another resource", u.name));
+                            return Err(
+                                format!("{}: its metadata names another resource", u.name).into()
+                            );
                         }
                         let named = v["authorization_servers"][0]
                             .as_str()
@@ -322,7 +348,8 @@ impl Connect {
                     return Err(format!(
                         "{}: the authorization server does not support PKCE S256",
                         u.name
-                    ));
+                    )
+                    .into());
                 }
                 let endpoint = |k: &str, e: Option<&String>| {
                     let e = e.ok_or_else(|| format!("{}: no {k}", u.name))?;
@@ -331,7 +358,7 @@ impl Connect {
                         .map(|_| e.clone())
                         .map_err(|err| format!("{}: {k}: {err}", u.name))
                 };
-                Ok(AsMeta {
+                Ok::<_, Failure>(AsMeta {
                     authorization_endpoint: endpoint(
                         "authorization_endpoint",
                         m.authorization_endpoint.as_ref(),
@@ -350,7 +377,7 @@ impl Connect {
         u: &'a UpstreamOAuth,
         meta: &AsMeta,
         form: &mut Vec<(&'a str, &'a str)>,
-    ) -> Result<TokenResponse, String> {
+    ) -> Result<TokenResponse, Failure> {
         let id = u.cfg.client_id.as_str();
         let basic = u.cfg.client_secret.as_ref().map(|s| (id, s.expose()));
         if basic.is_none() {
@@ -361,7 +388,8 @@ impl Connect {
             .post_form(&meta.token_endpoint, form, basic)
             .await
             .map_err(|e| e.to_string())?;
-        f.json(&meta.token_endpoint).map_err(|e| e.to_string())
+        f.json(&meta.token_endpoint)
+            .map_err(|e| Failure(e.to_string()))
     }
 
     fn flow_cookie(&self) -> String {

@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
+pub mod answer;
 pub mod audit;
 pub mod authorize;
 pub mod connect;

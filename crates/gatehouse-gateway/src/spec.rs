@@ -6,22 +6,27 @@ use http::{HeaderName, HeaderValue};
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 
+/// A name that is not one (an upstream's, or an aggregate name).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidName(pub String);
+
 /// An upstream's name: 1–63 of `[a-z0-9-]`, so it is a path segment as it is and can never
 /// contain the aggregate's `__` separator.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UpstreamName(String);
 
 impl UpstreamName {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, InvalidName> {
         let ok = (1..=63).contains(&s.len())
             && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if ok {
             Ok(Self(s.to_owned()))
         } else {
-            Err(format!(
+            Err(InvalidName(format!(
                 "{s:?} must be 1 to 63 lower-case letters, digits and -"
-            ))
+            )))
         }
     }
 

@@ -44,35 +44,6 @@ async fn recording_upstream(seen: Arc<Mutex<Vec<Option<String>>>>) -> u16 {
     port
 }
 
-fn server_everything(port: u16) -> Proc {
-    let mut cmd = std::process::Command::new("node");
-    cmd.current_dir(repo_root().join("interop"))
-        .env("PORT", port.to_string())
-        .args([
-            "node_modules/@modelcontextprotocol/server-everything/dist/index.js",
-            "streamableHttp",
-        ]);
-    // It reports readiness on stderr only; wait for the port instead.
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .stdin(std::process::Stdio::null());
-    let child = cmd
-        .spawn()
-        .expect("node (scripts/setup installs server-everything)");
-    let p = Proc {
-        child,
-        stdout: Arc::default(),
-        stderr: Arc::default(),
-    };
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return p;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("server-everything did not start");
-}
-
 async fn cc_token_for(base: &str, id: &str, secret: &str, resource: &str) -> String {
     let r = reqwest::Client::new()
         .post(format!("{base}/token"))

@@ -305,3 +305,33 @@ pub async fn mcp_client(
         .await
         .expect("MCP initialize through the guard")
 }
+
+/// `@modelcontextprotocol/server-everything` (Streamable HTTP) on `port`, started by node.
+pub fn server_everything(port: u16) -> Proc {
+    let mut cmd = std::process::Command::new("node");
+    cmd.current_dir(repo_root().join("interop"))
+        .env("PORT", port.to_string())
+        .args([
+            "node_modules/@modelcontextprotocol/server-everything/dist/index.js",
+            "streamableHttp",
+        ]);
+    // It reports readiness on stderr only; wait for the port instead.
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null());
+    let child = cmd
+        .spawn()
+        .expect("node (scripts/setup installs server-everything)");
+    let p = Proc {
+        child,
+        stdout: std::sync::Arc::default(),
+        stderr: std::sync::Arc::default(),
+    };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return p;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("server-everything did not start");
+}
