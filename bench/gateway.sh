@@ -84,8 +84,9 @@ pids+=($!)
 wait_port "$BP"
 
 # (c) the gateway: embedded authorization server, JWT validation, Cedar policy (with a
-# compiled scope rule and a rule over arguments), rate limit, audit log
-db="sqlite://$work/as.db"
+# compiled scope rule and a rule over arguments), rate limit, audit log. With BASELINE_BIN (a
+# gatehouse binary built from an earlier commit), the same gateway is started from it too, on its
+# own port and data, and measured in the same run, interleaved with the current one.
 cat > "$work/policy.cedar" <<'CEDAR'
 @id("bench callers")
 permit(principal, action, resource) when { principal.scopes.contains("mcp:basic") };
@@ -95,14 +96,18 @@ forbid(principal, action == Action::"tools/call", resource == Tool::"everything/
 forbid(principal, action == Action::"tools/call", resource == Tool::"everything/echo")
 when { resource.hasTag("message") && resource.getTag("message") like "*password*" };
 CEDAR
-cat > "$work/gatehouse.yaml" <<CONF
-listen: 127.0.0.1:$GW
+start_gateway() { # BIN PORT NAME -> G_PID G_URL G_TOKEN G_ST_URL G_ST_TOKEN G_AUDIT
+  local gbin="$1" port="$2" name="$3" dir="$work/$3"
+  mkdir -p "$dir"; cp "$work/policy.cedar" "$dir/policy.cedar"
+  local db="sqlite://$dir/as.db"
+  cat > "$dir/gatehouse.yaml" <<CONF
+listen: 127.0.0.1:$port
 guard:
   required_scopes: [mcp:basic]
 authorization_server:
   database: $db
 gateway:
-  audit_log: $work/audit.jsonl
+  audit_log: $dir/audit.jsonl
   policy: {file: policy.cedar}
   rate_limit: {per_minute: 100000000, burst: 1000000}
   upstreams:
@@ -112,15 +117,25 @@ gateway:
     - name: static
       url: http://127.0.0.1:$ST/mcp
 CONF
-creds=$("$bin" admin --db "$db" clients add --name bench --confidential --grant client_credentials --scope mcp:basic)
-cid=$(sed -n 's/^client_id: *//p' <<<"$creds"); csec=$(sed -n 's/^client_secret: *//p' <<<"$creds")
-GATEHOUSE_LOG=warn "$bin" serve --config "$work/gatehouse.yaml" >/dev/null 2>&1 &
-gwpid=$!; pids+=($gwpid)
-wait_port "$GW"
-gw_url="http://127.0.0.1:$GW/servers/everything/mcp"
-token=$(curl -fsS -u "$cid:$csec" -d grant_type=client_credentials -d scope=mcp:basic --data-urlencode "resource=$gw_url" "http://127.0.0.1:$GW/token" | python3 -c 'import json,sys;print(json.load(sys.stdin)["access_token"])')
-st_url="http://127.0.0.1:$GW/servers/static/mcp"
-st_token=$(curl -fsS -u "$cid:$csec" -d grant_type=client_credentials -d scope=mcp:basic --data-urlencode "resource=$st_url" "http://127.0.0.1:$GW/token" | python3 -c 'import json,sys;print(json.load(sys.stdin)["access_token"])')
+  local creds cid csec
+  creds=$("$gbin" admin --db "$db" clients add --name bench --confidential --grant client_credentials --scope mcp:basic)
+  cid=$(sed -n 's/^client_id: *//p' <<<"$creds"); csec=$(sed -n 's/^client_secret: *//p' <<<"$creds")
+  GATEHOUSE_LOG=warn "$gbin" serve --config "$dir/gatehouse.yaml" >/dev/null 2>&1 &
+  G_PID=$!; pids+=($G_PID)
+  wait_port "$port"
+  G_URL="http://127.0.0.1:$port/servers/everything/mcp"
+  G_TOKEN=$(curl -fsS -u "$cid:$csec" -d grant_type=client_credentials -d scope=mcp:basic --data-urlencode "resource=$G_URL" "http://127.0.0.1:$port/token" | python3 -c 'import json,sys;print(json.load(sys.stdin)["access_token"])')
+  G_ST_URL="http://127.0.0.1:$port/servers/static/mcp"
+  G_ST_TOKEN=$(curl -fsS -u "$cid:$csec" -d grant_type=client_credentials -d scope=mcp:basic --data-urlencode "resource=$G_ST_URL" "http://127.0.0.1:$port/token" | python3 -c 'import json,sys;print(json.load(sys.stdin)["access_token"])')
+  G_AUDIT="$dir/audit.jsonl"
+}
+start_gateway "$bin" "$GW" current
+gwpid=$G_PID; gw_url=$G_URL; token=$G_TOKEN; st_url=$G_ST_URL; st_token=$G_ST_TOKEN; audit_log=$G_AUDIT
+if [ -n "${BASELINE_BIN:-}" ]; then
+  GWB=$(free_port)
+  start_gateway "$BASELINE_BIN" "$GWB" baseline
+  b_url=$G_URL; b_token=$G_TOKEN; b_st_url=$G_ST_URL; b_st_token=$G_ST_TOKEN
+fi
 rss() { awk '/VmRSS/ {print $2}' "/proc/$gwpid/status"; }
 idle_rss=$(rss)
 
@@ -162,7 +177,35 @@ echo "{\"target\":\"static@1k\",\"result\":$static_paced}"
 echo "{\"target\":\"nginx-static@1k\",\"result\":$nginx_static_paced}"
 echo "{\"target\":\"gateway-static@1k\",\"result\":$gateway_static_paced}"
 echo "{\"target\":\"bare-proxy-static@1k\",\"result\":$bare_static_paced}"
-echo "{\"gateway_rss_kib\":{\"idle\":$idle_rss,\"loaded\":$loaded_rss},\"audit_records\":$(wc -l <"$work/audit.jsonl")}"
+echo "{\"gateway_rss_kib\":{\"idle\":$idle_rss,\"loaded\":$loaded_rss},\"audit_records\":$(wc -l <"$audit_log")}"
+if [ -n "${BASELINE_BIN:-}" ]; then
+  # Current and baseline, alternately, ROUNDS times each: throughput over server-everything and
+  # the paced added latency over the constant upstream; medians compared.
+  cur_t=(); base_t=(); cur_p=(); base_p=()
+  for _ in $(seq 1 "${ROUNDS:-3}"); do
+    cur_t+=("$(run gateway "$gw_url" "$token")")
+    base_t+=("$(run baseline "$b_url" "$b_token")")
+    cur_p+=("$(run gateway-static-paced "$st_url" "$st_token" 1000 10)")
+    base_p+=("$(run baseline-static-paced "$b_st_url" "$b_st_token" 1000 10)")
+  done
+  python3 - "$static_paced" "${cur_t[*]}" "${base_t[*]}" "${cur_p[*]}" "${base_p[*]}" <<'PY'
+import json, statistics, sys
+sp = json.loads(sys.argv[1])
+def runs(a):
+    return [json.loads(x) for x in a.replace("} {", "}\n{").splitlines() if x.strip()]
+ct, bt, cp, bp = (runs(a) for a in sys.argv[2:])
+for name, rs in (("current", ct), ("baseline", bt), ("current@1k", cp), ("baseline@1k", bp)):
+    bad = sum(r["non200"] for r in rs)
+    if bad:
+        print(f"{name}: {bad} answers were not 200", file=sys.stderr)
+med = lambda rs, k: statistics.median(r[k] for r in rs)
+c_rps, b_rps = med(ct, "rps"), med(bt, "rps")
+c_p99, b_p99 = med(cp, "p99_ms") - sp["p99_ms"], med(bp, "p99_ms") - sp["p99_ms"]
+c_p50, b_p50 = med(cp, "p50_ms") - sp["p50_ms"], med(bp, "p50_ms") - sp["p50_ms"]
+print(f"baseline in the same run ({len(ct)} rounds, medians): throughput current {c_rps:.0f} req/s, baseline {b_rps:.0f} req/s, current/baseline={c_rps/b_rps:.3f}; "
+      f"added over the constant upstream at 1k req/s: p50 {c_p50:.3f} vs {b_p50:.3f} ms, p99 {c_p99:.3f} vs {b_p99:.3f} ms")
+PY
+fi
 python3 - "$direct" "$proxy" "$gateway" "$direct_paced" "$gateway_paced" "$static_paced" "$gateway_static_paced" "$nginx_static_paced" "$bare_static_paced" <<'PY'
 import json, sys
 d, n, g, dp, gp, sp, gsp, nsp, bsp = (json.loads(a) for a in sys.argv[1:])

@@ -349,6 +349,7 @@ impl Screened {
             return (None, refused);
         };
         let mut lists = Vec::new();
+        let mut others = Vec::new();
         let mut requests = 0;
         let mut initialize = false;
         let mut first = None;
@@ -367,10 +368,10 @@ impl Screened {
                 });
             }
             initialize |= m.method.as_deref() == Some("initialize");
-            if let (Some(id), Some((method, _, _))) =
-                (&m.id, m.method.as_deref().and_then(list_shape))
-            {
-                lists.push((id.clone(), method));
+            match (&m.id, m.method.as_deref().and_then(list_shape)) {
+                (Some(id), Some((method, _, _))) => lists.push((id.clone(), method)),
+                (Some(id), None) if m.kind == MessageKind::Request => others.push(id.clone()),
+                _ => {}
             }
         }
         (
@@ -378,6 +379,7 @@ impl Screened {
                 owner,
                 body: forwarded,
                 lists,
+                others,
                 requests,
                 initialize,
                 batch,
@@ -407,6 +409,8 @@ pub struct Permit {
     body: Bytes,
     /// Ids of list requests whose answers are filtered, with their method.
     lists: Vec<(Value, &'static str)>,
+    /// Ids of the other requests forwarded (their answers are left alone).
+    others: Vec<Value>,
     requests: usize,
     initialize: bool,
     batch: bool,
@@ -423,6 +427,7 @@ impl Permit {
             owner: caller.owner(),
             body: Bytes::new(),
             lists: Vec::new(),
+            others: Vec::new(),
             requests: 0,
             initialize: false,
             batch: false,
@@ -478,29 +483,39 @@ impl Permit {
         server: &str,
         msg: &mut Value,
     ) {
-        let Some(method) = msg
-            .get("id")
-            .and_then(|id| self.lists.iter().find(|(l, _)| l == id))
-            .map(|(_, m)| *m)
-        else {
+        let id = msg.get("id");
+        let listed = id.and_then(|id| self.lists.iter().find(|(l, _)| l == id));
+        // An answer to another request of this body is left alone; an answer matching no
+        // request (an upstream that changed the id) has every list in it filtered: fail closed.
+        if listed.is_none() && id.is_some_and(|id| self.others.contains(id)) {
             return;
-        };
-        let Some((method, array, key)) = list_shape(method) else {
-            return;
-        };
+        }
         let view = caller.view();
         let who = view.policy();
-        if let Some(items) = msg
-            .get_mut("result")
-            .and_then(|r| r.get_mut(array))
-            .and_then(Value::as_array_mut)
-        {
-            // An entry that cannot be put to the policies (no name) is left out.
-            items.retain(|t| {
-                t[key]
-                    .as_str()
-                    .is_some_and(|n| policies.lists(&who, server, method, n))
-            });
+        let shapes: Vec<(&str, &str, &str)> = match listed {
+            Some((_, m)) => list_shape(m).into_iter().collect(),
+            None => [
+                "tools/list",
+                "prompts/list",
+                "resources/list",
+                "resources/templates/list",
+            ]
+            .into_iter()
+            .filter_map(list_shape)
+            .collect(),
+        };
+        let Some(result) = msg.get_mut("result") else {
+            return;
+        };
+        for (method, array, key) in shapes {
+            if let Some(items) = result.get_mut(array).and_then(Value::as_array_mut) {
+                // An entry that cannot be put to the policies (no name) is left out.
+                items.retain(|t| {
+                    t[key]
+                        .as_str()
+                        .is_some_and(|n| policies.lists(&who, server, method, n))
+                });
+            }
         }
     }
 

@@ -329,6 +329,12 @@ impl Proxy {
                 McpPeek::parse(bytes, header).map_err(|e| GatewayError::Invalid(e.to_string()))?
             }
         };
+        if peek.batch && matches!(self.inner.target, Target::Stdio(_)) {
+            // Refused before screening: no message of it may spend budget.
+            return Err(GatewayError::Invalid(
+                "batches are not supported for stdio upstreams".into(),
+            ));
+        }
         if peek.batch
             && let Some(v) = negotiated.filter(|v| !v.allows_batch())
         {

@@ -755,6 +755,10 @@ impl Config {
         // The gateway's checks are its translation into the gateway's spec.
         crate::plan::gateway(self)?;
         if let Some(a) = &self.authorization_server {
+            // What `serve` checks when it builds the authorization server, checked here too so
+            // `config check` accepts exactly what `serve` does.
+            crate::embedded::registration_policy(a)?;
+            crate::embedded::access_token_ttl(a)?;
             if let Some(up) = &a.upstream {
                 if up.issuer.url().scheme() != "https"
                     && !self.loopback_fetch_allowed(up.issuer.url())
@@ -972,6 +976,18 @@ mod tests {
             (
                 "listen: 127.0.0.1:1\nguard: {}\nauthorization_server: {database: 'sqlite:///tmp/x.db', key_encryption_key: c2hvcnQ=}\n",
                 "32 bytes",
+            ),
+            (
+                "listen: 127.0.0.1:1\nguard: {}\nauthorization_server: {database: 'sqlite:///tmp/x.db', access_token_ttl_seconds: 10}\n",
+                "30 … 3600",
+            ),
+            (
+                "listen: 127.0.0.1:1\nguard: {}\nauthorization_server: {database: 'sqlite:///tmp/x.db', registration: {grant_types: [password]}}\n",
+                "cannot be opened",
+            ),
+            (
+                "listen: 127.0.0.1:1\nguard: {}\ngateway: {max_batch: 0, upstreams: []}\n",
+                "max_batch",
             ),
         ] {
             let e = Config::parse("t.yaml", text).expect_err(text).to_string();

@@ -10,7 +10,7 @@ use gatehouse_store::Store;
 use std::sync::Arc;
 
 /// The registration policy from `authorization_server.registration` (T17).
-fn registration_policy(
+pub(crate) fn registration_policy(
     section: &crate::config::AuthServerSection,
 ) -> Result<gatehouse_server::RegistrationPolicy, String> {
     let r = &section.registration;
@@ -60,6 +60,18 @@ fn registration_policy(
     Ok(p)
 }
 
+/// `authorization_server.access_token_ttl_seconds`, within 30 s … 1 h.
+pub(crate) fn access_token_ttl(
+    section: &crate::config::AuthServerSection,
+) -> Result<Option<i64>, String> {
+    match section.access_token_ttl_seconds {
+        Some(t) if !(30..=3600).contains(&t) => {
+            Err("authorization_server.access_token_ttl_seconds must be 30 … 3600".into())
+        }
+        t => Ok(t),
+    }
+}
+
 pub(crate) async fn build(
     cfg: &Config,
     revocations: &Arc<gatehouse_tokens::Revocations>,
@@ -89,10 +101,7 @@ pub(crate) async fn build(
     ac.registration = registration_policy(section)?;
     ac.dangerous_client_fetch_loopback = cfg.dangerous.allow_loopback_client_fetch.clone();
     ac.cimd_enabled = section.client_metadata_documents;
-    if let Some(t) = section.access_token_ttl_seconds {
-        if !(30..=3600).contains(&t) {
-            return Err("authorization_server.access_token_ttl_seconds must be 30 … 3600".into());
-        }
+    if let Some(t) = access_token_ttl(section)? {
         ac.access_token_ttl = t;
     }
     if let Some(t) = section.refresh_token_ttl_seconds {

@@ -51,8 +51,8 @@ fn t22_lists_in_a_batch_are_filtered_each_by_its_own_id() {
         serde_json::json!([{"name": "echo"}])
     );
     assert_eq!(v[1]["result"]["tools"], serde_json::json!([]));
-    // An answer to no list request of this body is left alone.
-    assert_eq!(v[2]["result"]["tools"][0]["name"], "get-env");
+    // An answer to no request of this body (an upstream that changed the id) is filtered too.
+    assert_eq!(v[2]["result"]["tools"], serde_json::json!([]));
     // SSE: each event on its own; an event that does not parse is dropped (fail closed).
     let sse = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"get-env\"},{\"name\":\"echo\"}]}}\n\ndata: {broken\n\n";
     let out =
@@ -64,6 +64,16 @@ fn t22_lists_in_a_batch_are_filtered_each_by_its_own_id() {
     let admin = principal("mcp:basic mcp:admin");
     let out = permit.filter_body(&p, &admin, "s", false, answer.as_bytes());
     assert!(String::from_utf8_lossy(&out).matches("get-env").count() == 3);
+    // The answer to another request of the body is left alone.
+    let body = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"method":"ping"}]"#;
+    let pk = peek(body);
+    let (permit, _) = screen(&p, &basic, "s", &pk, &MessageLimits::default())
+        .into_permit(&pk, &Bytes::from(body));
+    let answer = r#"[{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"get-env"}]}}]"#;
+    let out = permit
+        .expect("permit")
+        .filter_body(&p, &basic, "s", false, answer.as_bytes());
+    assert!(String::from_utf8_lossy(&out).contains("get-env"));
 }
 
 #[test]
