@@ -5,7 +5,7 @@
 //! (never from anything the client says). [`SessionTable`] writes the rules every session map
 //! needs once: random ids, owner check on every use (another owner's id is "not found", so ids
 //! cannot be probed, GW-07), a hard cap and idle eviction (bounded memory).
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,7 @@ impl Owner {
 pub enum WhenOwnerFull {
     /// Refuse the new session (each one is a process: stopping one would cut its user off).
     Refuse,
-    /// Forget the owner's least recently used session (it costs only a re-initialize).
+    /// Forget the owner's oldest session (it costs only a re-initialize).
     EvictOldest,
 }
 
@@ -80,58 +80,116 @@ struct Entry<V> {
     last_used: Instant,
 }
 
+struct Map<V> {
+    by_id: HashMap<String, Entry<V>>,
+    /// Each owner's session ids, oldest first: counting and evicting one owner's sessions costs
+    /// what that owner holds, never a scan of everyone's.
+    by_owner: HashMap<Owner, VecDeque<String>>,
+}
+
+impl<V> Map<V> {
+    fn unlink(&mut self, id: &str, owner: &Owner) {
+        if let Some(ids) = self.by_owner.get_mut(owner) {
+            ids.retain(|x| x != id);
+            if ids.is_empty() {
+                self.by_owner.remove(owner);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Entry<V>> {
+        let e = self.by_id.remove(id)?;
+        self.unlink(id, &e.owner);
+        Some(e)
+    }
+
+    fn count(&self, owner: &Owner) -> usize {
+        self.by_owner.get(owner).map_or(0, VecDeque::len)
+    }
+
+    /// Forgets every idle session (only when a bound is reached: one pass over all).
+    fn sweep(&mut self, idle: Duration) {
+        let before = self.by_id.len();
+        self.by_id.retain(|_, e| e.last_used.elapsed() < idle);
+        if self.by_id.len() < before {
+            let by_id = &self.by_id;
+            self.by_owner.retain(|_, ids| {
+                ids.retain(|id| by_id.contains_key(id));
+                !ids.is_empty()
+            });
+        }
+    }
+}
+
 /// Sessions by id, each owned by one [`Owner`].
 pub struct SessionTable<V> {
-    map: Mutex<HashMap<String, Entry<V>>>,
+    map: Mutex<Map<V>>,
     limits: TableLimits,
 }
 
 impl<V> SessionTable<V> {
     pub fn new(limits: TableLimits) -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(Map {
+                by_id: HashMap::new(),
+                by_owner: HashMap::new(),
+            }),
             limits,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry<V>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Map<V>> {
         // A panic while holding the lock leaves a consistent map (every change is one call).
         self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `owner` could open a session now (idle ones are swept first): checked before
+    /// costly work such as starting a process, so a refused caller costs nothing.
+    pub fn has_room(&self, owner: &Owner) -> Result<(), TableFull> {
+        let mut m = self.lock();
+        let full = |m: &Map<V>| {
+            if m.count(owner) >= self.limits.per_owner
+                && matches!(self.limits.when_owner_full, WhenOwnerFull::Refuse)
+            {
+                Err(TableFull::Owner)
+            } else if m.by_id.len() >= self.limits.total {
+                Err(TableFull::Total)
+            } else {
+                Ok(())
+            }
+        };
+        if full(&m).is_err() {
+            m.sweep(self.limits.idle);
+        }
+        full(&m)
     }
 
     /// Opens a session for `owner` under a fresh random id (128 bits).
     pub fn open(&self, owner: &Owner, value: V) -> Result<(String, Arc<V>), TableFull> {
         let mut m = self.lock();
-        let idle = self.limits.idle;
-        let mine = m.values().filter(|e| e.owner == *owner).count();
-        if mine >= self.limits.per_owner {
-            m.retain(|_, e| e.last_used.elapsed() < idle);
-            let mine = m.values().filter(|e| e.owner == *owner).count();
-            if mine >= self.limits.per_owner {
+        if m.count(owner) >= self.limits.per_owner {
+            m.sweep(self.limits.idle);
+            if m.count(owner) >= self.limits.per_owner {
                 match self.limits.when_owner_full {
                     WhenOwnerFull::Refuse => return Err(TableFull::Owner),
                     WhenOwnerFull::EvictOldest => {
-                        let oldest = m
-                            .iter()
-                            .filter(|(_, e)| e.owner == *owner)
-                            .min_by_key(|(_, e)| e.last_used)
-                            .map(|(k, _)| k.clone());
-                        if let Some(k) = oldest {
-                            m.remove(&k);
+                        let oldest = m.by_owner.get(owner).and_then(|ids| ids.front().cloned());
+                        if let Some(id) = oldest {
+                            m.remove(&id);
                         }
                     }
                 }
             }
         }
-        if m.len() >= self.limits.total {
-            m.retain(|_, e| e.last_used.elapsed() < idle);
-            if m.len() >= self.limits.total {
+        if m.by_id.len() >= self.limits.total {
+            m.sweep(self.limits.idle);
+            if m.by_id.len() >= self.limits.total {
                 return Err(TableFull::Total);
             }
         }
         let id = gatehouse_core::random_id();
         let value = Arc::new(value);
-        m.insert(
+        m.by_id.insert(
             id.clone(),
             Entry {
                 owner: owner.clone(),
@@ -139,36 +197,17 @@ impl<V> SessionTable<V> {
                 last_used: Instant::now(),
             },
         );
+        m.by_owner
+            .entry(owner.clone())
+            .or_default()
+            .push_back(id.clone());
         Ok((id, value))
-    }
-
-    /// Whether `owner` could open a session now (idle ones are swept first): checked before
-    /// costly work such as starting a process, so a refused caller costs nothing.
-    pub fn has_room(&self, owner: &Owner) -> Result<(), TableFull> {
-        let mut m = self.lock();
-        let idle = self.limits.idle;
-        let full = |m: &HashMap<String, Entry<V>>| {
-            let mine = m.values().filter(|e| e.owner == *owner).count();
-            if mine >= self.limits.per_owner
-                && matches!(self.limits.when_owner_full, WhenOwnerFull::Refuse)
-            {
-                Err(TableFull::Owner)
-            } else if m.len() >= self.limits.total {
-                Err(TableFull::Total)
-            } else {
-                Ok(())
-            }
-        };
-        if full(&m).is_err() {
-            m.retain(|_, e| e.last_used.elapsed() < idle);
-        }
-        full(&m)
     }
 
     /// The session, if it exists, is not idle past the limit and belongs to `owner`.
     pub fn get(&self, id: &str, owner: &Owner) -> Option<Arc<V>> {
         let mut m = self.lock();
-        let e = m.get_mut(id)?;
+        let e = m.by_id.get_mut(id)?;
         if e.owner != *owner {
             return None;
         }
@@ -183,14 +222,14 @@ impl<V> SessionTable<V> {
     /// Ends `owner`'s session `id`; another owner's is left alone.
     pub fn remove(&self, id: &str, owner: &Owner) -> Option<Arc<V>> {
         let mut m = self.lock();
-        if m.get(id)?.owner != *owner {
+        if m.by_id.get(id)?.owner != *owner {
             return None;
         }
         m.remove(id).map(|e| e.value)
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -266,5 +305,9 @@ mod tests {
         let (third, _) = t.open(&a, 3).expect("the oldest goes");
         assert!(t.get(&first, &a).is_none());
         assert!(t.get(&second, &a).is_some() && t.get(&third, &a).is_some());
+        assert!(t.remove(&second, &a).is_some());
+        t.open(&a, 4).expect("room again");
+        assert_eq!(t.len(), 2);
+        assert!(t.get(&third, &a).is_some(), "nothing else was evicted");
     }
 }
