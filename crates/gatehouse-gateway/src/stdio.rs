@@ -64,6 +64,11 @@ fn sse(rx: tokio::sync::mpsc::UnboundedReceiver<String>) -> Response {
     crate::sse::sse_response(Body::from_stream(events))
 }
 
+/// GW-14: the answer when the caller (or everyone) holds every process allowed.
+fn too_many(id: Option<serde_json::Value>) -> Response {
+    crate::error::GatewayError::TooManySessions.into_response(&id.unwrap_or_default())
+}
+
 impl Routes {
     /// Delivers one line from the server to the stream it belongs on.
     fn deliver(&mut self, line: String) {
@@ -226,31 +231,13 @@ impl StdioUpstream {
         let (session, new_id) = match (existing, sid, initialize) {
             (Some(s), _, _) => (s, None),
             (None, None, true) if self.sessions.has_room(owner).is_err() => {
-                return (
-                    rpc_error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &id.unwrap_or_default(),
-                        RpcCode::Server,
-                        "too many open sessions for this server; close one (DELETE) first",
-                    ),
-                    None,
-                );
+                return (too_many(id), None);
             }
             (None, None, true) => match self.spawn() {
                 Ok(s) => match self.sessions.open(owner, s) {
                     Ok((new, s)) => (s, Some(new)),
                     // Dropping the session stops its process.
-                    Err(_) => {
-                        return (
-                            rpc_error(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                &id.unwrap_or_default(),
-                                RpcCode::Server,
-                                "too many open sessions for this server; close one (DELETE) first",
-                            ),
-                            None,
-                        );
-                    }
+                    Err(_) => return (too_many(id), None),
                 },
                 Err(e) => {
                     tracing::warn!(error = %e, "stdio upstream did not start");

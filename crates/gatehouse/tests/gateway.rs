@@ -44,25 +44,6 @@ async fn recording_upstream(seen: Arc<Mutex<Vec<Option<String>>>>) -> u16 {
     port
 }
 
-async fn cc_token_for(base: &str, id: &str, secret: &str, resource: &str) -> String {
-    let r = reqwest::Client::new()
-        .post(format!("{base}/token"))
-        .basic_auth(id, Some(secret))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("scope", "mcp:basic"),
-            ("resource", resource),
-        ])
-        .send()
-        .await
-        .expect("token");
-    let v: Value = r.json().await.expect("json");
-    v["access_token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{v}"))
-        .to_owned()
-}
-
 /// The stdio server the gateway tests start (npm `@modelcontextprotocol/server-memory`).
 fn memory_js() -> String {
     repo_root()

@@ -8,22 +8,6 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 
-async fn token_for(base: &str, id: &str, secret: &str, resource: &str) -> String {
-    let r = reqwest::Client::new()
-        .post(format!("{base}/token"))
-        .basic_auth(id, Some(secret))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("scope", "mcp:basic"),
-            ("resource", resource),
-        ])
-        .send()
-        .await
-        .expect("token");
-    let v: Value = r.json().await.expect("json");
-    v["access_token"].as_str().expect("access_token").to_owned()
-}
-
 struct Client {
     url: String,
     token: String,
@@ -134,8 +118,8 @@ async fn t22_batches_are_handled_message_by_message() {
     cmd.args(["serve", "--config"]).arg(&cfg);
     let _server = Proc::start(cmd, "ready");
     let url = format!("{base}/servers/everything/mcp");
-    let alice_t = token_for(&base, &alice, &alice_secret, &url).await;
-    let bob_t = token_for(&base, &bob, &bob_secret, &url).await;
+    let alice_t = cc_token_for(&base, &alice, &alice_secret, &url).await;
+    let bob_t = cc_token_for(&base, &bob, &bob_secret, &url).await;
 
     // A 2025-03-26 session: a plain tools/list hides get-env, and so does each list of a batch.
     let a = Client::open(&url, &alice_t, "2025-03-26").await;

@@ -335,3 +335,23 @@ pub fn server_everything(port: u16) -> Proc {
     }
     panic!("server-everything did not start");
 }
+
+/// A `client_credentials` token (scope `mcp:basic`) for `resource` from the issuer at `base`.
+pub async fn cc_token_for(base: &str, id: &str, secret: &str, resource: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "mcp:basic"),
+            ("resource", resource),
+        ])
+        .send()
+        .await
+        .expect("token");
+    let v: serde_json::Value = r.json().await.expect("json");
+    v["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_owned()
+}
