@@ -8,7 +8,7 @@
 //! 10 minutes, `iss` checked). The tokens are stored sealed (AES-256-GCM under the
 //! key-encryption key), per user and upstream, refreshed when they expire, and never leave the
 //! gateway.
-use crate::error::{RpcCode, rpc_error_body};
+use crate::error::{Failure, RpcCode, rpc_error_body};
 use crate::pages::{page, refuse};
 use crate::sessions::Owner;
 use crate::spec::{UpstreamName, UserOAuthSpec};
@@ -111,22 +111,6 @@ pub struct Connect {
     upstreams: HashMap<String, Arc<UpstreamOAuth>>,
     links: Mutex<HashMap<String, Link>>,
     flights: Mutex<HashMap<String, InFlight>>,
-}
-
-/// Why a grant could not be loaded, stored or refreshed (logged, never shown).
-#[derive(Debug)]
-struct Failure(String);
-
-impl From<String> for Failure {
-    fn from(s: String) -> Self {
-        Self(s)
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 #[derive(Debug)]
@@ -372,6 +356,26 @@ impl Connect {
             .cloned()
     }
 
+    /// The upstream `name` and its authorization server, or the page that says why not.
+    async fn upstream_and_meta(
+        &self,
+        name: &str,
+    ) -> Result<(Arc<UpstreamOAuth>, AsMeta), Response> {
+        let Some(u) = self.upstreams.get(name) else {
+            return Err(refuse(StatusCode::NOT_FOUND, "Unknown server."));
+        };
+        match self.meta(u).await {
+            Ok(m) => Ok((u.clone(), m)),
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream authorization server discovery failed");
+                Err(refuse(
+                    StatusCode::BAD_GATEWAY,
+                    "The server's authorization server could not be reached.",
+                ))
+            }
+        }
+    }
+
     async fn token_request<'a>(
         &self,
         u: &'a UpstreamOAuth,
@@ -608,18 +612,9 @@ async fn identity_return(
             "This link was made for another account. Sign in as the user of the MCP client that asked for it.",
         );
     }
-    let Some(u) = c.upstreams.get(&upstream) else {
-        return refuse(StatusCode::NOT_FOUND, "Unknown server.");
-    };
-    let meta = match c.meta(u).await {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!(error = %e, "upstream authorization server discovery failed");
-            return refuse(
-                StatusCode::BAD_GATEWAY,
-                "The server's authorization server could not be reached.",
-            );
-        }
+    let (u, meta) = match c.upstream_and_meta(&upstream).await {
+        Ok(x) => x,
+        Err(page) => return page,
     };
     let Some(browser) = c.browser_of(&headers) else {
         return refuse(StatusCode::BAD_REQUEST, "Cookies are needed.");
@@ -679,17 +674,9 @@ async fn approve(
     else {
         return refuse(StatusCode::NOT_FOUND, "This link has expired.");
     };
-    let Some(u) = c.upstreams.get(&upstream) else {
-        return refuse(StatusCode::NOT_FOUND, "Unknown server.");
-    };
-    let meta = match c.meta(u).await {
-        Ok(m) => m,
-        Err(_) => {
-            return refuse(
-                StatusCode::BAD_GATEWAY,
-                "The server's authorization server could not be reached.",
-            );
-        }
+    let (u, meta) = match c.upstream_and_meta(&upstream).await {
+        Ok(x) => x,
+        Err(page) => return page,
     };
     let Some(browser) = c.browser_of(&headers) else {
         return refuse(StatusCode::BAD_REQUEST, "Cookies are needed.");
@@ -748,14 +735,9 @@ async fn upstream_callback(
     else {
         return refuse(StatusCode::NOT_FOUND, "This link has expired.");
     };
-    let Some(u) = c.upstreams.get(&upstream) else {
-        return refuse(StatusCode::NOT_FOUND, "Unknown server.");
-    };
-    let Ok(meta) = c.meta(u).await else {
-        return refuse(
-            StatusCode::BAD_GATEWAY,
-            "The server's authorization server could not be reached.",
-        );
+    let (u, meta) = match c.upstream_and_meta(&upstream).await {
+        Ok(x) => x,
+        Err(page) => return page,
     };
     // RFC 9207: the answer must come from the authorization server we sent the browser to.
     match q.iss.as_deref() {
@@ -787,7 +769,7 @@ async fn upstream_callback(
         ("redirect_uri", redirect.as_str()),
         ("resource", u.resource.as_str()),
     ];
-    let grant = match c.token_request(u, &meta, &mut form).await {
+    let grant = match c.token_request(&u, &meta, &mut form).await {
         Ok(t) => t.into_grant(),
         Err(e) => {
             tracing::warn!(upstream, error = %e, "upstream token request failed");

@@ -215,3 +215,20 @@ pub fn rpc_error_body(id: &Value, code: RpcCode, message: &str) -> Value {
 pub fn rpc_error(status: StatusCode, id: &Value, code: RpcCode, message: &str) -> Response {
     (status, axum::Json(rpc_error_body(id, code, message))).into_response()
 }
+
+/// A failure on the way to a per-user grant (store, upstream authorization server): logged,
+/// never shown to the caller.
+#[derive(Debug)]
+pub(crate) struct Failure(pub(crate) String);
+
+impl From<String> for Failure {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
