@@ -134,7 +134,7 @@ gwpid=$G_PID; gw_url=$G_URL; token=$G_TOKEN; st_url=$G_ST_URL; st_token=$G_ST_TO
 if [ -n "${BASELINE_BIN:-}" ]; then
   GWB=$(free_port)
   start_gateway "$BASELINE_BIN" "$GWB" baseline
-  b_url=$G_URL; b_token=$G_TOKEN; b_st_url=$G_ST_URL; b_st_token=$G_ST_TOKEN
+  b_pid=$G_PID; b_url=$G_URL; b_token=$G_TOKEN; b_st_url=$G_ST_URL; b_st_token=$G_ST_TOKEN
 fi
 rss() { awk '/VmRSS/ {print $2}' "/proc/$gwpid/status"; }
 idle_rss=$(rss)
@@ -179,14 +179,31 @@ echo "{\"target\":\"gateway-static@1k\",\"result\":$gateway_static_paced}"
 echo "{\"target\":\"bare-proxy-static@1k\",\"result\":$bare_static_paced}"
 echo "{\"gateway_rss_kib\":{\"idle\":$idle_rss,\"loaded\":$loaded_rss},\"audit_records\":$(wc -l <"$audit_log")}"
 if [ -n "${BASELINE_BIN:-}" ]; then
-  # Current and baseline, alternately, ROUNDS times each: throughput over server-everything and
-  # the paced added latency over the constant upstream; medians compared.
+  # Current and baseline, alternately (ABBA: the order flips every round, so a drift of the
+  # machine or of the Node upstream favours neither), ROUNDS times each: throughput over
+  # server-everything, the paced added latency over the constant upstream, and each gateway's
+  # CPU time per call (user + system, from /proc), the figure least moved by a noisy machine.
+  ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+  measured() { # PID NAME URL TOKEN [RATE CONNS] -> the run's JSON with cpu_us_per_call added
+    local before after out
+    before=$(ticks "$1")
+    out=$(run "$2" "$3" "$4" "${5:-0}" "${6:-$CONNECTIONS}")
+    after=$(ticks "$1")
+    python3 -c 'import json,sys,os; r=json.loads(sys.argv[1]); t=int(sys.argv[3])-int(sys.argv[2]); hz=os.sysconf("SC_CLK_TCK"); r["cpu_us_per_call"]=t*1e6/hz/max(r["requests"],1); print(json.dumps(r))' "$out" "$before" "$after"
+  }
   cur_t=(); base_t=(); cur_p=(); base_p=()
-  for _ in $(seq 1 "${ROUNDS:-3}"); do
-    cur_t+=("$(run gateway "$gw_url" "$token")")
-    base_t+=("$(run baseline "$b_url" "$b_token")")
-    cur_p+=("$(run gateway-static-paced "$st_url" "$st_token" 1000 10)")
-    base_p+=("$(run baseline-static-paced "$b_st_url" "$b_st_token" 1000 10)")
+  for i in $(seq 1 "${ROUNDS:-4}"); do
+    if [ $((i % 2)) -eq 1 ]; then
+      cur_t+=("$(measured "$gwpid" gateway "$gw_url" "$token")")
+      base_t+=("$(measured "$b_pid" baseline "$b_url" "$b_token")")
+      base_p+=("$(measured "$b_pid" baseline-static-paced "$b_st_url" "$b_st_token" 1000 10)")
+      cur_p+=("$(measured "$gwpid" gateway-static-paced "$st_url" "$st_token" 1000 10)")
+    else
+      base_t+=("$(measured "$b_pid" baseline "$b_url" "$b_token")")
+      cur_t+=("$(measured "$gwpid" gateway "$gw_url" "$token")")
+      cur_p+=("$(measured "$gwpid" gateway-static-paced "$st_url" "$st_token" 1000 10)")
+      base_p+=("$(measured "$b_pid" baseline-static-paced "$b_st_url" "$b_st_token" 1000 10)")
+    fi
   done
   python3 - "$static_paced" "${cur_t[*]}" "${base_t[*]}" "${cur_p[*]}" "${base_p[*]}" <<'PY'
 import json, statistics, sys
@@ -202,8 +219,12 @@ med = lambda rs, k: statistics.median(r[k] for r in rs)
 c_rps, b_rps = med(ct, "rps"), med(bt, "rps")
 c_p99, b_p99 = med(cp, "p99_ms") - sp["p99_ms"], med(bp, "p99_ms") - sp["p99_ms"]
 c_p50, b_p50 = med(cp, "p50_ms") - sp["p50_ms"], med(bp, "p50_ms") - sp["p50_ms"]
+c_cpu, b_cpu = med(ct + cp, "cpu_us_per_call"), med(bt + bp, "cpu_us_per_call")
+for name, rs in (("current", ct), ("baseline", bt), ("current@1k", cp), ("baseline@1k", bp)):
+    print(f"  {name}: " + ", ".join(f"{r['rps']:.0f} req/s p50 {r['p50_ms']:.3f} p99 {r['p99_ms']:.3f} cpu {r['cpu_us_per_call']:.0f} us" for r in rs))
 print(f"baseline in the same run ({len(ct)} rounds, medians): throughput current {c_rps:.0f} req/s, baseline {b_rps:.0f} req/s, current/baseline={c_rps/b_rps:.3f}; "
-      f"added over the constant upstream at 1k req/s: p50 {c_p50:.3f} vs {b_p50:.3f} ms, p99 {c_p99:.3f} vs {b_p99:.3f} ms")
+      f"added over the constant upstream at 1k req/s: p50 {c_p50:.3f} vs {b_p50:.3f} ms, p99 {c_p99:.3f} vs {b_p99:.3f} ms; "
+      f"gateway CPU per call {c_cpu:.0f} vs {b_cpu:.0f} us (current/baseline={c_cpu/b_cpu:.3f})")
 PY
 fi
 python3 - "$direct" "$proxy" "$gateway" "$direct_paced" "$gateway_paced" "$static_paced" "$gateway_static_paced" "$nginx_static_paced" "$bare_static_paced" <<'PY'
