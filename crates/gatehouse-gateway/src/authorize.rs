@@ -183,9 +183,11 @@ pub fn screen(
     };
     let mut ids: HashSet<String> = HashSet::new();
     for (index, m) in peek.messages.iter().enumerate() {
+        // Serialised once: for its length, and as the key of the duplicate check.
+        let id_text = m.id.as_ref().map(Value::to_string);
         let id =
             m.id.as_ref()
-                .filter(|id| id.to_string().len() <= limits.max_id);
+                .filter(|_| id_text.as_ref().is_some_and(|t| t.len() <= limits.max_id));
         let refuse = |error| Refusal {
             index,
             id: match m.kind {
@@ -201,7 +203,7 @@ pub fn screen(
             ))));
             continue;
         }
-        if let Err(e) = check_message(m, limits, peek.batch, &mut ids, policies) {
+        if let Err(e) = check_message(m, id_text, limits, peek.batch, &mut ids, policies) {
             s.refused.push(refuse(e));
             continue;
         }
@@ -243,13 +245,13 @@ pub fn screen(
 /// The checks of one message's form: lengths, a known method, a unique id.
 fn check_message(
     m: &PeekedMessage,
+    id_text: Option<String>,
     limits: &MessageLimits,
     batch: bool,
     ids: &mut HashSet<String>,
     policies: &Policies,
 ) -> Result<(), GatewayError> {
-    if let Some(id) = &m.id {
-        let text = id.to_string();
+    if let Some(text) = id_text {
         if text.len() > limits.max_id {
             return Err(GatewayError::Invalid(format!(
                 "an id is at most {} bytes",
@@ -320,10 +322,6 @@ impl Screened {
         &self.refused
     }
 
-    pub fn is_batch(&self) -> bool {
-        self.batch
-    }
-
     /// The permit for what is left, with the body that carries exactly those messages: the
     /// original bytes when nothing was refused, else the cleared messages re-serialised.
     /// `None` when nothing is left to send.
@@ -350,22 +348,14 @@ impl Screened {
         };
         let mut lists = Vec::new();
         let mut others = Vec::new();
-        let mut requests = 0;
         let mut initialize = false;
-        let mut first = None;
+        let mut first_id = None;
         for i in &cleared {
             let Some(m) = peek.messages.get(*i) else {
                 continue;
             };
-            if m.kind == MessageKind::Request {
-                requests += 1;
-                first = first.or_else(|| {
-                    Some((
-                        m.id.clone().unwrap_or(Value::Null),
-                        m.method.clone(),
-                        m.tool_name().map(str::to_owned),
-                    ))
-                });
+            if m.kind == MessageKind::Request && first_id.is_none() {
+                first_id = m.id.clone();
             }
             initialize |= m.method.as_deref() == Some("initialize");
             match (&m.id, m.method.as_deref().and_then(list_shape)) {
@@ -380,11 +370,8 @@ impl Screened {
                 body: forwarded,
                 lists,
                 others,
-                requests,
-                initialize,
-                batch,
-                first,
-                stream: false,
+                initialize: initialize && !batch,
+                first_id: first_id.unwrap_or(Value::Null),
             }),
             refused,
         )
@@ -411,12 +398,10 @@ pub struct Permit {
     lists: Vec<(Value, &'static str)>,
     /// Ids of the other requests forwarded (their answers are left alone).
     others: Vec<Value>,
-    requests: usize,
+    /// The body is one `initialize` (never part of a batch).
     initialize: bool,
-    batch: bool,
-    /// The first request's id, method and tool (answers to a request of one message).
-    first: Option<(Value, Option<String>, Option<String>)>,
-    stream: bool,
+    /// The first request's id (what an error for the whole request answers).
+    first_id: Value,
 }
 
 impl Permit {
@@ -428,11 +413,8 @@ impl Permit {
             body: Bytes::new(),
             lists: Vec::new(),
             others: Vec::new(),
-            requests: 0,
             initialize: false,
-            batch: false,
-            first: None,
-            stream: true,
+            first_id: Value::Null,
         }
     }
 
@@ -445,29 +427,13 @@ impl Permit {
         &self.body
     }
 
-    pub fn is_stream(&self) -> bool {
-        self.stream
-    }
-
-    /// Whether the forwarded messages include a request (else the upstream answers 202).
-    pub fn has_requests(&self) -> bool {
-        self.requests > 0
-    }
-
     pub fn is_initialize(&self) -> bool {
-        self.initialize && !self.batch
+        self.initialize
     }
 
-    pub fn is_batch(&self) -> bool {
-        self.batch
-    }
-
-    /// The id of the request of a one-message body (`null` otherwise).
-    pub fn first_id(&self) -> Value {
-        self.first
-            .as_ref()
-            .map(|f| f.0.clone())
-            .unwrap_or(Value::Null)
+    /// The id of the first request forwarded (`null` without one).
+    pub fn first_id(&self) -> &Value {
+        &self.first_id
     }
 
     pub fn filters_lists(&self) -> bool {

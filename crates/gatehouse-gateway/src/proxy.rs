@@ -222,7 +222,7 @@ impl Proxy {
         };
         if parts.method != http::Method::POST {
             return self
-                .send(&log, &Permit::stream(&caller), &parts, &session, Vec::new())
+                .send(&log, &Permit::stream(&caller), &parts, &session, None)
                 .await;
         }
         let peek = match self.peek(&parts.headers, given_peek, &bytes, &session) {
@@ -274,16 +274,23 @@ impl Proxy {
             }
         }
         let (permit, refused) = screened.into_permit(&peek, &bytes);
-        for r in &refused {
+        // The messages past the batch cap get their errors, but one audit record for all of
+        // them: a 4 MiB body must not write thousands of records.
+        let cap = self.inner.messages.max_batch;
+        for r in refused.iter().filter(|r| r.index < cap) {
             if let Some(m) = peek.messages.get(r.index) {
                 log.message(&peek, m, r.error.outcome(), None, &r.error.audit_extra());
             }
+        }
+        if let Some(over) = peek.messages.len().checked_sub(cap).filter(|n| *n > 0) {
+            let e = GatewayError::Invalid(format!("{over} messages past the batch cap of {cap}"));
+            log.whole(&e, None);
         }
         let Some(permit) = permit else {
             return refusals_only(&refused, peek.batch);
         };
         // 5–8.
-        self.send(&log, &permit, &parts, &session, vec![(peek, refused)])
+        self.send(&log, &permit, &parts, &session, Some((peek, refused)))
             .await
     }
 
@@ -354,7 +361,7 @@ impl Proxy {
         permit: &Permit,
         parts: &http::request::Parts,
         session: &Session,
-        screened: Vec<(McpPeek, Vec<Refusal>)>,
+        screened: Option<(McpPeek, Vec<Refusal>)>,
     ) -> Response {
         let (outcome, status, resp) = match &self.inner.target {
             Target::Stdio(stdio) => {
@@ -368,13 +375,13 @@ impl Proxy {
                 headers,
                 token,
             } => match self
-                .http_call(permit, parts, session, url, headers, token, log.caller)
+                .http_call(permit, parts, session, url, headers, token)
                 .await
             {
                 Ok((resp, status)) => (Outcome::Allow, status, resp),
                 Err(Stop::Error(e)) => {
                     let outcome = e.outcome();
-                    (outcome, None, e.into_response(&permit.first_id()))
+                    (outcome, None, e.into_response(permit.first_id()))
                 }
                 Err(Stop::Connect(c, upstream_status)) => (
                     Outcome::ConnectRequired,
@@ -383,12 +390,11 @@ impl Proxy {
                         &c,
                         permit.owner(),
                         self.inner.name.as_str(),
-                        permit.first_id(),
+                        permit.first_id().clone(),
                     ),
                 ),
             },
         };
-        let policies = self.inner.policy.current();
         let ok = resp.status().is_success() && outcome == Outcome::Allow;
         // 7. Lists cut down to what the caller may use (read whole: they are short and end).
         let resp = if ok && permit.filters_lists() {
@@ -397,6 +403,7 @@ impl Proxy {
             let body = axum::body::to_bytes(body, MAX_READ)
                 .await
                 .unwrap_or_default();
+            let policies = self.inner.policy.current();
             let filtered =
                 permit.filter_body(&policies, log.caller, self.inner.name.as_str(), sse, &body);
             let mut resp = Response::from_parts(head, Body::from(filtered));
@@ -407,7 +414,7 @@ impl Proxy {
         };
         // 8. One record per message forwarded.
         let mut resp = resp;
-        match screened.first() {
+        match &screened {
             None => log.whole_outcome(outcome, status),
             Some((peek, refused)) => {
                 for (i, m) in peek.messages.iter().enumerate() {
@@ -433,7 +440,6 @@ impl Proxy {
         url: &url::Url,
         headers: &[(HeaderName, HeaderValue)],
         token: &TokenSource,
-        caller: &Caller,
     ) -> Result<(Response, Option<u16>), Stop> {
         // 5. T3: only the configured credentials, and a token obtained here, go upstream.
         let creds = Credentials::configured(permit, headers);
@@ -458,7 +464,6 @@ impl Proxy {
                 }
             }
         };
-        let _ = caller;
         // 6. The request, from the permit alone.
         let http_session = match session {
             Session::Http(s) => Some(s),
@@ -548,7 +553,14 @@ impl Proxy {
                     .is_some_and(|c| c.starts_with("application/json")));
         let sse = crate::sse::is_event_stream(&out_headers);
         let (body, read) = if whole {
-            match read_capped(r, MAX_READ).await {
+            // An initialize answer's length may be unknown (SSE): read with a cap. The others
+            // have a known, short length.
+            let read = if opens {
+                read_capped(r, MAX_READ).await
+            } else {
+                r.bytes().await.ok()
+            };
+            match read {
                 Some(b) => (Body::from(b.clone()), Some(b)),
                 None => {
                     tracing::warn!(upstream = %self.inner.name, "upstream answer cut off");

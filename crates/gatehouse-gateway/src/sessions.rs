@@ -284,7 +284,7 @@ mod tests {
     }
 
     #[test]
-    fn tables_are_capped_per_owner_and_in_all() {
+    fn gw14_tables_are_capped_per_owner_and_in_all() {
         let t = table(WhenOwnerFull::Refuse);
         let (a, b, c) = (
             Owner::new("i", "a"),

@@ -265,7 +265,7 @@ fn call(id: i64, tool: &str) -> Value {
 }
 
 #[tokio::test]
-async fn t3_the_upstream_never_sees_the_callers_token_or_cookie() {
+async fn gw01_t3_the_upstream_never_sees_the_callers_token_or_cookie() {
     let s = setup(None, false).await;
     let sid = s.session("2025-11-25").await;
     let (status, _, v) = s
@@ -446,6 +446,18 @@ async fn t22_batch_cap_names_and_methods() {
         8
     );
     assert_eq!(s.rec.mcp()[before].as_array().unwrap().len(), 32);
+    // 32 records for the calls taken, one for the 8 past the cap.
+    let records = s.audit();
+    let calls = records
+        .iter()
+        .filter(|r| r["method"] == "tools/call")
+        .count();
+    assert_eq!(calls, 32);
+    assert!(records.iter().any(|r| {
+        r["reason"]
+            .as_str()
+            .is_some_and(|w| w.contains("8 messages past the batch cap of 32"))
+    }));
     // A 100 KB method name is refused, not forwarded, and not stored verbatim.
     let long = "x".repeat(100_000);
     let before = s.rec.mcp().len();

@@ -209,6 +209,10 @@ async fn t22_batches_are_handled_message_by_message() {
         log.lines().all(|l| l.len() < 4_000),
         "no record holds the long name"
     );
+    assert!(
+        log.lines().count() < 200,
+        "the 9,968 messages past the cap share one record"
+    );
     let bob_calls = log
         .lines()
         .filter(|l| l.contains("\"tools/call\"") && l.contains(&format!("\"client\":\"{bob}\"")))
