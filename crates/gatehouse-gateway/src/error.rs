@@ -99,6 +99,8 @@ pub enum GatewayError {
     Invalid(String),
     #[error("{0}")]
     Parse(String),
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
     #[error("method not found: {0}")]
     UnknownMethod(String),
     #[error("{0}")]
@@ -133,7 +135,7 @@ fn forbidden_message(policies: &[String]) -> String {
 impl GatewayError {
     pub fn rpc_code(&self) -> RpcCode {
         match self {
-            Self::Invalid(_) => RpcCode::InvalidRequest,
+            Self::Invalid(_) | Self::TooLarge(_) => RpcCode::InvalidRequest,
             Self::Parse(_) => RpcCode::Parse,
             Self::UnknownMethod(_) => RpcCode::MethodNotFound,
             Self::HeaderMismatch(_) => RpcCode::HeaderMismatch,
@@ -151,6 +153,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Invalid(_) | Self::Parse(_) | Self::HeaderMismatch(_) => StatusCode::BAD_REQUEST,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             // The transport worked; the operation is refused (JSON-RPC level).
             Self::Forbidden { .. } | Self::UnknownMethod(_) => StatusCode::OK,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -165,6 +168,7 @@ impl GatewayError {
     pub fn outcome(&self) -> Outcome {
         match self {
             Self::Invalid(_)
+            | Self::TooLarge(_)
             | Self::Parse(_)
             | Self::UnknownMethod(_)
             | Self::HeaderMismatch(_)

@@ -208,8 +208,7 @@ impl Proxy {
             started,
         };
         let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-            return GatewayError::Invalid("request body too large".into())
-                .into_response(&Value::Null);
+            return GatewayError::TooLarge(MAX_BODY).into_response(&Value::Null);
         };
         // 2. The session: a local 404 before anything is decided, spent or fetched.
         let owner = caller.owner();

@@ -484,6 +484,15 @@ async fn t22_batch_cap_names_and_methods() {
         log.lines().all(|l| l.len() < 2_000),
         "no record holds the long name"
     );
+    // A body over the proxy's bound (an anonymous route has no guard to bound it first): 413.
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":9,"method":"ping","pad":"{}"}}"#,
+        "x".repeat(5 << 20)
+    );
+    let (status, _, v) = s.post(&big, Some(&sid), None).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert_eq!(v["error"]["code"], -32600);
+    assert_eq!(s.rec.mcp().len(), before, "nothing went upstream");
 }
 
 #[tokio::test]
