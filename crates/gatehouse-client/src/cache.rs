@@ -91,24 +91,45 @@ fn keyring_key(dir: &Path) -> Option<[u8; 32]> {
             return None;
         }
     };
-    let entry = keyring_core::Entry::new_in_store(
+    // Nothing silent: a keyring that is there but fails says so, or tokens would quietly be
+    // kept unsealed.
+    let refused = |e: &dyn std::fmt::Display| {
+        crate::progress(format!(
+            "the OS keyring refused ({e}); tokens are protected by file permissions only"
+        ));
+    };
+    let entry = match keyring_core::Entry::new_in_store(
         &store,
         "gatehouse",
         &format!("token-cache-key:{}", dir.display()),
-    )
-    .ok()?;
+    ) {
+        Ok(entry) => entry,
+        Err(e) => {
+            refused(&e);
+            return None;
+        }
+    };
     match entry.get_secret() {
-        Ok(k) => k.try_into().ok(),
+        Ok(k) => match <[u8; 32]>::try_from(k) {
+            Ok(k) => Some(k),
+            Err(k) => {
+                refused(&format_args!("its key has {} bytes, not 32", k.len()));
+                None
+            }
+        },
         Err(keyring_core::Error::NoEntry) => {
             let mut k = [0u8; 32];
             rand::fill(&mut k);
-            entry.set_secret(&k).ok()?;
-            Some(k)
+            match entry.set_secret(&k) {
+                Ok(()) => Some(k),
+                Err(e) => {
+                    refused(&e);
+                    None
+                }
+            }
         }
         Err(e) => {
-            crate::progress(format!(
-                "the OS keyring refused ({e}); tokens are protected by file permissions only"
-            ));
+            refused(&e);
             None
         }
     }

@@ -503,14 +503,32 @@ async fn cl21_tokens_sealed_with_a_key_from_the_os_keyring() {
     // keyring, and with it turned off).
     let script = r#"set -e
 echo -n keyring-test-pass | gnome-keyring-daemon --unlock --components=secrets >/dev/null
+# The daemon takes its bus name after it answers; wait for it (at most 10 s) so the client does
+# not start a second, locked one through D-Bus activation.
+i=0
+until dbus-send --session --print-reply --dest=org.freedesktop.DBus /org/freedesktop/DBus \
+    org.freedesktop.DBus.NameHasOwner string:org.freedesktop.secrets | grep -q 'boolean true'; do
+  i=$((i+1)); [ $i -lt 100 ] || { echo "no secret service on the bus" >&2; exit 1; }
+  sleep 0.1
+done
 "$GH" login "$URL" 2>"$OUT/login.err"
 "$GH" token "$URL" >"$OUT/token.txt"
 GATEHOUSE_KEYRING=off "$GH" token "$URL" >/dev/null 2>"$OUT/nokeyring.err" && echo opened-without-keyring >"$OUT/nokeyring.err" || true
 "#;
     let out_dir = env.home.parent().expect("base").to_path_buf();
+    // A private runtime folder: gnome-keyring finds a running daemon through
+    // $XDG_RUNTIME_DIR/keyring, and one left by another session would answer on another bus.
+    let runtime = home.join("run");
+    std::fs::create_dir_all(&runtime).expect("runtime dir");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).expect("0700");
     let mut c = Command::new("dbus-run-session");
     env.apply(&mut c)
         .env("HOME", &home)
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("XDG_CONFIG_HOME")
         .env("GH", env!("CARGO_BIN_EXE_gatehouse"))
         .env("URL", &url)
         .env("OUT", &out_dir)
@@ -536,7 +554,11 @@ GATEHOUSE_KEYRING=off "$GH" token "$URL" >/dev/null 2>"$OUT/nokeyring.err" && ec
     let token = read("token.txt").trim().to_owned();
     assert_eq!(jwt_claims(&token)["aud"], json!(url));
     let raw = std::fs::read_to_string(env.token_file()).expect("token file");
-    assert!(raw.starts_with("gatehouse-sealed-v1:"), "sealed");
+    assert!(
+        raw.starts_with("gatehouse-sealed-v1:"),
+        "sealed: {}",
+        read("login.err")
+    );
     assert!(!raw.contains(&token), "no token in the clear");
     assert!(
         read("nokeyring.err").contains("sealed"),
