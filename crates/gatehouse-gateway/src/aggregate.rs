@@ -6,7 +6,7 @@
 //! elicitation) are relayed with ids that name the upstream, so the replies go back to it.
 use crate::error::{GatewayError, RpcCode, rpc_error};
 use crate::proxy::{MAX_BODY, Proxy};
-use crate::sessions::{Owner, SessionTable, TableLimits, WhenOwnerFull};
+use crate::sessions::{Owner, SessionTable, TableLimits};
 use crate::spec::InvalidName;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -21,12 +21,6 @@ use std::sync::{Arc, Mutex};
 pub const SEPARATOR: &str = "__";
 
 /// Aggregate sessions: each holds one session per upstream, so fewer per user than a proxy.
-const SESSIONS: TableLimits = TableLimits {
-    total: 20_000,
-    per_owner: 200,
-    idle: std::time::Duration::from_secs(24 * 3600),
-    when_owner_full: WhenOwnerFull::EvictOldest,
-};
 
 /// A name the aggregate lists or is called with: `<upstream>__<name>`. Split at the first
 /// separator (upstream names never hold `_`), and refused unless the upstream part names an
@@ -199,14 +193,15 @@ pub fn template_matches(template: &str, uri: &str) -> bool {
 }
 
 impl Aggregate {
-    pub fn new(upstreams: Vec<Proxy>) -> Self {
+    /// `sessions`: the bounds of the aggregate's own session map (set them to the guard's).
+    pub fn new(upstreams: Vec<Proxy>, sessions: TableLimits) -> Self {
         Self {
             inner: Arc::new(Inner {
                 upstreams: upstreams
                     .into_iter()
                     .map(|p| (p.name().as_str().to_owned(), p))
                     .collect(),
-                sessions: SessionTable::new(SESSIONS),
+                sessions: SessionTable::new(sessions),
             }),
         }
     }

@@ -45,10 +45,12 @@ pub const MAX_BODY: usize = 4 * 1024 * 1024;
 use crate::answer::MAX_READ;
 
 /// Sessions per hop: many per user (agents open them freely; the oldest goes), bounded in all.
-const SESSIONS: TableLimits = TableLimits {
-    total: 100_000,
-    per_owner: 1_000,
-    idle: std::time::Duration::from_secs(24 * 3600),
+/// The upstream session map's bounds when the embedder sets none: the guard in front counts
+/// and refuses first; this keeps the map bounded even behind another front.
+pub const DEFAULT_SESSIONS: TableLimits = TableLimits {
+    total: 10_000,
+    per_owner: 64,
+    idle: std::time::Duration::from_secs(30 * 60),
     when_owner_full: WhenOwnerFull::EvictOldest,
 };
 
@@ -100,6 +102,8 @@ pub struct ProxyDeps {
     pub connect: Option<Arc<Connect>>,
     pub messages: MessageLimits,
     pub required: ScopeSet,
+    /// Bounds of each upstream's session map (and the aggregate's): set them to the guard's.
+    pub sessions: TableLimits,
 }
 
 /// One session with an HTTP upstream, as the caller sees it.
@@ -162,7 +166,7 @@ impl Proxy {
                 audit: deps.audit.clone(),
                 limits: deps.limits.clone(),
                 policy: deps.policy.clone(),
-                sessions: SessionTable::new(SESSIONS),
+                sessions: SessionTable::new(deps.sessions),
                 prm_url: spec.resource.prm_url(),
                 required: deps.required.clone(),
                 messages: deps.messages,

@@ -133,6 +133,7 @@ async fn setup(burst: Option<u32>, exchange: bool) -> Setup {
         connect: None,
         messages: MessageLimits::default(),
         required: ScopeSet::parse("mcp:basic").unwrap(),
+        sessions: gatehouse_gateway::DEFAULT_SESSIONS,
     };
     let headers = vec![(
         http::HeaderName::from_static("x-upstream-key"),

@@ -25,6 +25,10 @@ pub enum GuardError {
     BodyTooLarge,
     /// RS-16: a session id that does not belong to this principal (answered as unknown).
     UnknownSession,
+    /// Issue 20: the caller (429) or the endpoint (503) holds as many sessions as allowed.
+    TooManySessions(crate::SessionsFull),
+    /// The shared session store could not be reached: refused, never let through unbounded.
+    SessionsUnavailable,
     /// The JSON-RPC body could not be read (code per JSON-RPC / MCP).
     BadMessage {
         code: i64,
@@ -46,6 +50,12 @@ impl GuardError {
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownSession => StatusCode::NOT_FOUND,
+            Self::TooManySessions(crate::SessionsFull::Subject { .. }) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::TooManySessions(crate::SessionsFull::Total { .. }) | Self::SessionsUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::BadMessage { .. } => StatusCode::BAD_REQUEST,
         }
     }
@@ -57,6 +67,14 @@ impl GuardError {
         base_scope: &ScopeSet,
     ) -> http::Response<axum::body::Body> {
         let status = self.status();
+        let retry_after = match &self {
+            Self::TooManySessions(
+                crate::SessionsFull::Subject { retry_after, .. }
+                | crate::SessionsFull::Total { retry_after },
+            ) => Some(*retry_after),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(5),
+            _ => None,
+        };
         let challenge =
             |error: Option<BearerError>, description: Option<String>, scope: &ScopeSet| {
                 BearerChallenge {
@@ -127,6 +145,30 @@ impl GuardError {
                     serde_json::json!({"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"session not found"}}),
                 ),
             ),
+            // A JSON-RPC error as for any refused request; the HTTP status and Retry-After say
+            // what to do.
+            Self::TooManySessions(full) => {
+                let message = match full {
+                    crate::SessionsFull::Subject { limit, retry_after } => format!(
+                        "too many sessions: this caller already holds {limit} (limits.sessions_per_subject), all in recent use; end one with HTTP DELETE or retry after {retry_after} s"
+                    ),
+                    crate::SessionsFull::Total { retry_after } => format!(
+                        "this server holds as many sessions as it allows (limits.sessions_total); retry after {retry_after} s"
+                    ),
+                };
+                (
+                    None,
+                    json_body(
+                        serde_json::json!({"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":message}}),
+                    ),
+                )
+            }
+            Self::SessionsUnavailable => (
+                None,
+                json_body(
+                    serde_json::json!({"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"the session store is temporarily unavailable"}}),
+                ),
+            ),
             Self::BadMessage { code, message } => (
                 None,
                 json_body(
@@ -142,8 +184,8 @@ impl GuardError {
             HeaderValue::from_static("application/json"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        if let Some(secs) = retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if let Some(v) = www.and_then(|w| HeaderValue::from_str(&w).ok()) {
             h.insert(header::WWW_AUTHENTICATE, v);

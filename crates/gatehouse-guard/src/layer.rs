@@ -1,5 +1,5 @@
 use crate::apikey::{self, API_KEY_PREFIX};
-use crate::sessions::{Binding, SessionBindings};
+use crate::sessions::{Evicted, InUse, Reservation, Sessions, Use};
 use crate::{GuardError, GuardInner};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -52,6 +52,16 @@ struct Who {
     /// Session owner key: (issuer, subject).
     owner: String,
     tool: Option<String>,
+}
+
+/// What the request does to the caller's sessions.
+enum Admission {
+    /// Uses an existing session, in use until the response ends.
+    Existing(InUse),
+    /// Opens one (`initialize`): the place held for it, and the idle sessions evicted to make
+    /// room, which the server behind is told to end.
+    Opening(Reservation, Vec<Evicted>),
+    None,
 }
 
 fn is_token68(s: &str) -> bool {
@@ -141,7 +151,7 @@ impl GuardInner {
     async fn check(
         &self,
         req: Request<Body>,
-    ) -> Result<(Request<Body>, Who), (GuardError, Option<Who>)> {
+    ) -> Result<(Request<Body>, Who, Admission), (GuardError, Option<Who>)> {
         if !self.cfg.ip_allow.is_empty() {
             let ip = req
                 .extensions()
@@ -184,14 +194,17 @@ impl GuardInner {
                 _ => format!("sub:{}", principal.subject),
             },
             client: principal.client_id.clone(),
-            owner: SessionBindings::owner_key(&principal.issuer, &principal.subject),
+            owner: Sessions::owner_key(&principal.issuer, &principal.subject),
             tool: None,
         };
+        let mut admission = Admission::None;
         if let Some(sid) = header_str(&req, "mcp-session-id") {
-            match self.sessions.check(sid, &who.owner) {
-                Binding::Owner => {}
-                Binding::Other | Binding::Unknown => {
-                    return Err((GuardError::UnknownSession, Some(who)));
+            match self.sessions.use_session(sid, &who.owner).await {
+                Ok(Use::Owner(in_use)) => admission = Admission::Existing(in_use),
+                Ok(Use::Unknown) => return Err((GuardError::UnknownSession, Some(who))),
+                Err(down) => {
+                    tracing::error!(error = %down.0, "session store unreachable");
+                    return Err((GuardError::SessionsUnavailable, Some(who)));
                 }
             }
         }
@@ -244,13 +257,100 @@ impl GuardInner {
                 Some(who),
             ));
         }
+        // Issue 20: a new session is counted before the server behind creates it.
+        let opens = matches!(admission, Admission::None)
+            && peeked.as_ref().is_some_and(|p| {
+                p.messages
+                    .iter()
+                    .any(|m| m.method.as_deref() == Some("initialize"))
+            });
+        if opens {
+            match self.sessions.reserve(&who.owner).await {
+                Ok(Ok((place, evicted))) => admission = Admission::Opening(place, evicted),
+                Ok(Err(full)) => {
+                    tracing::warn!(who = %who.name, ?full, "session refused: cap reached");
+                    return Err((GuardError::TooManySessions(full), Some(who)));
+                }
+                Err(down) => {
+                    tracing::error!(error = %down.0, "session store unreachable");
+                    return Err((GuardError::SessionsUnavailable, Some(who)));
+                }
+            }
+        }
         let (mut parts, _) = req.into_parts();
         parts.extensions.insert(principal);
         // What the body says, for the service behind (the gateway audits it): parsed once here.
         if let Some(p) = peeked {
             parts.extensions.insert(p);
         }
-        Ok((Request::from_parts(parts, Body::from(body)), who))
+        Ok((Request::from_parts(parts, Body::from(body)), who, admission))
+    }
+}
+
+/// The request that tells the server behind to end an evicted session. For the caller's own
+/// session it carries the caller's credentials (a gateway may need them upstream); another
+/// owner's is ended as that owner, without a token, which ends what needs none.
+fn end_session(like: &http::request::Parts, evicted: &Evicted, caller: &str) -> Option<Request<Body>> {
+    let mut req = Request::builder()
+        .method(http::Method::DELETE)
+        .uri(like.uri.clone())
+        .header("mcp-session-id", &evicted.session);
+    let mut copied = vec![header::HOST, header::ORIGIN];
+    if evicted.owner == caller {
+        copied.push(header::AUTHORIZATION);
+    }
+    for name in copied {
+        if let Some(v) = like.headers.get(&name) {
+            req = req.header(name, v);
+        }
+    }
+    let mut req = req.body(Body::empty()).ok()?;
+    let principal = match like.extensions.get::<Principal>() {
+        Some(p) if evicted.owner == caller => p.clone(),
+        _ => {
+            let (issuer, subject) = Sessions::split_owner(&evicted.owner);
+            Principal {
+                issuer: issuer.to_owned(),
+                subject: subject.to_owned(),
+                client_id: None,
+                scopes: ScopeSet::new(),
+                tenant: None,
+                expires_at: None,
+                source: PrincipalSource::Jwt,
+                claims: Default::default(),
+            }
+        }
+    };
+    req.extensions_mut().insert(principal);
+    if let Some(c) = like.extensions.get::<ConnectInfo<SocketAddr>>() {
+        req.extensions_mut().insert(*c);
+    }
+    Some(req)
+}
+
+/// A response body that keeps its session marked in use until it ends (streams included).
+struct Tracked {
+    body: Body,
+    _in_use: InUse,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -282,25 +382,59 @@ where
             let method = req.method().clone();
             let path = req.uri().path().to_owned();
             let (resp, who) = match guard.check(req).await {
-                Ok((req, who)) => {
+                Ok((req, who, admission)) => {
                     let session_in = header_str(&req, "mcp-session-id").map(str::to_owned);
                     let is_delete = req.method() == http::Method::DELETE;
-                    let resp = service.call(req).await?;
-                    // Bind a newly issued session to its opener; forget a deleted one.
-                    if let Some(sid) = resp
+                    let (parts, body) = req.into_parts();
+                    let ends: Vec<_> = match &admission {
+                        Admission::Opening(_, evicted) => evicted
+                            .iter()
+                            .filter_map(|e| end_session(&parts, e, &who.owner))
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    let resp = service.call(Request::from_parts(parts, body)).await?;
+                    let issued = resp
                         .headers()
                         .get("mcp-session-id")
                         .and_then(|v| v.to_str().ok())
-                    {
-                        guard.sessions.bind(sid, who.owner.clone());
+                        .map(str::to_owned);
+                    let resp = resp.map(Body::new);
+                    let resp = match admission {
+                        // Bind a newly issued session to its opener; without one the place
+                        // is given back when the reservation drops.
+                        Admission::Opening(place, _) => {
+                            if let Some(sid) = issued
+                                && let Err(down) = place.bind(&sid).await
+                            {
+                                tracing::error!(error = %down.0, "session store unreachable; the new session is not counted");
+                            }
+                            resp
+                        }
+                        Admission::Existing(in_use) => resp.map(|body| {
+                            Body::new(Tracked {
+                                body,
+                                _in_use: in_use,
+                            })
+                        }),
+                        Admission::None => resp,
+                    };
+                    // Evicted sessions end in the server behind too (their memory goes with
+                    // them), after the new one is answered.
+                    for end in ends {
+                        let mut svc = service.clone();
+                        tokio::spawn(async move {
+                            let Ok(r) = tower::ServiceExt::ready(&mut svc).await;
+                            let _ = r.call(end).await;
+                        });
                     }
                     if is_delete
                         && resp.status().is_success()
                         && let Some(sid) = session_in
                     {
-                        guard.sessions.remove(&sid);
+                        guard.sessions.remove(&sid, &who.owner).await;
                     }
-                    (resp.map(Body::new), Some(who))
+                    (resp, Some(who))
                 }
                 Err((e, who)) => (
                     e.into_response(&guard.prm_url, &guard.cfg.required_scopes),

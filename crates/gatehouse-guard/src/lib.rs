@@ -25,6 +25,7 @@ pub use apikey::{API_KEY_PREFIX, ApiKey, ApiKeyError, generate_api_key};
 pub use error::GuardError;
 pub use gatehouse_tokens::{Principal, PrincipalSource};
 pub use layer::{GuardLayer, GuardService};
+pub use sessions::{SessionLimits, SessionsFull, SharedSessions};
 
 use gatehouse_core::{Clock, Issuer, Resource, ScopeSet};
 use gatehouse_tokens::TokenValidator;
@@ -52,6 +53,16 @@ pub struct GuardConfig {
     pub ip_allow: Vec<ipnet::IpNet>,
     /// Largest request body the guard buffers to read the JSON-RPC method.
     pub max_body_bytes: usize,
+    /// How many MCP sessions each subject and the endpoint may hold (issue 20).
+    pub sessions: SessionLimits,
+    /// Count sessions in Redis, shared by every replica, instead of in this process.
+    pub shared_sessions: Option<SharedSessions>,
+}
+
+impl std::fmt::Debug for SharedSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedSessions(redis)")
+    }
 }
 
 impl GuardConfig {
@@ -67,6 +78,8 @@ impl GuardConfig {
             api_keys: Vec::new(),
             ip_allow: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
+            sessions: SessionLimits::default(),
+            shared_sessions: None,
         }
     }
 
@@ -84,7 +97,7 @@ pub(crate) struct GuardInner {
     pub(crate) validator: Arc<dyn TokenValidator>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) prm_url: String,
-    pub(crate) sessions: sessions::SessionBindings,
+    pub(crate) sessions: sessions::Sessions,
 }
 
 /// A configured guard. Cheap to clone; hands out the layer and the metadata routes.
@@ -100,15 +113,25 @@ impl Guard {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let prm_url = cfg.resource.prm_url();
+        let sessions = sessions::Sessions::new(
+            cfg.sessions,
+            cfg.shared_sessions.as_ref(),
+            cfg.resource.as_str(),
+        );
         Self {
             inner: Arc::new(GuardInner {
                 cfg,
                 validator,
                 clock,
                 prm_url,
-                sessions: Default::default(),
+                sessions,
             }),
         }
+    }
+
+    /// MCP sessions this process holds for the endpoint (0 when they are counted in Redis).
+    pub fn local_sessions(&self) -> usize {
+        self.inner.sessions.local_len()
     }
 
     pub fn config(&self) -> &GuardConfig {

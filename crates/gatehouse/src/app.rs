@@ -132,6 +132,17 @@ fn build_inner(
             connect,
             messages: spec.messages,
             required: spec.required_scopes.clone(),
+            // The guard in front refuses past the caps; the maps behind it keep the same
+            // bounds, evicting the oldest, so they never outgrow what the guard allows.
+            sessions: {
+                let l = cfg.limits.sessions()?;
+                gatehouse_gateway::TableLimits {
+                    total: l.total,
+                    per_owner: l.per_subject,
+                    idle: l.idle,
+                    when_owner_full: gatehouse_gateway::WhenOwnerFull::EvictOldest,
+                }
+            },
         };
         let mut proxies = Vec::new();
         for u in spec.upstreams {
@@ -171,7 +182,7 @@ fn build_inner(
                 &gates,
                 refusals,
                 Some(&g),
-                gatehouse_gateway::Aggregate::new(proxies).into_service(),
+                gatehouse_gateway::Aggregate::new(proxies, deps.sessions).into_service(),
             );
         }
     }
@@ -388,6 +399,13 @@ fn build_guard(
     gc.resource_name = g.resource_name.clone();
     gc.resource_documentation = g.resource_documentation.clone();
     gc.ip_allow = g.ip_allow.clone();
+    gc.sessions = cfg.limits.sessions()?;
+    gc.shared_sessions = cfg
+        .shared_state
+        .as_ref()
+        .map(|s| gatehouse_guard::SharedSessions::open(&s.redis_url.0))
+        .transpose()
+        .map_err(|e| format!("shared_state.redis_url: {e}"))?;
     gc.api_keys = g
         .api_keys
         .iter()
@@ -436,9 +454,13 @@ fn finish(
         mcp_cfg.with_allowed_origins(origins.clone())
     };
     let notes = Arc::default();
+    // The demo ends a session unused as long as the guard does, so neither keeps what the other
+    // forgot.
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(cfg.limits.sessions()?.idle);
     let mcp = StreamableHttpService::new(
         move || Ok(DemoServer::new(Arc::clone(&notes))),
-        Arc::new(LocalSessionManager::default()),
+        Arc::new(sessions),
         mcp_cfg,
     );
     let cors = cors_layer(&origins);

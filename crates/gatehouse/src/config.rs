@@ -89,8 +89,71 @@ pub(crate) struct Config {
     /// Bounds of the listener (T21); every key optional.
     #[serde(default)]
     pub(crate) listener: ListenerSection,
+    /// What each caller may hold (issue 20); every key optional.
+    #[serde(default)]
+    pub(crate) limits: LimitsSection,
+    /// State shared by replicas: MCP session counts live there, and the gateway's rate limits
+    /// unless they name their own Redis.
+    #[serde(default)]
+    pub(crate) shared_state: Option<SharedStateSection>,
     #[serde(default)]
     pub(crate) dangerous: Dangerous,
+}
+
+/// Bounds on MCP sessions, per guarded endpoint. Defaults: 64 live sessions per subject (issuer
+/// and subject of the token), 10,000 in all, ended after 30 minutes unused; a caller at its cap
+/// loses its least recently used session once that one has had no request in flight for 60 s.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsSection {
+    #[serde(default)]
+    pub(crate) sessions_per_subject: Option<usize>,
+    #[serde(default)]
+    pub(crate) sessions_total: Option<usize>,
+    #[serde(default)]
+    pub(crate) session_idle_seconds: Option<u64>,
+    #[serde(default)]
+    pub(crate) session_reclaim_seconds: Option<u64>,
+}
+
+impl LimitsSection {
+    pub(crate) fn sessions(&self) -> Result<gatehouse_guard::SessionLimits, String> {
+        let d = gatehouse_guard::SessionLimits::default();
+        let l = gatehouse_guard::SessionLimits {
+            per_subject: self.sessions_per_subject.unwrap_or(d.per_subject),
+            total: self.sessions_total.unwrap_or(d.total),
+            idle: self
+                .session_idle_seconds
+                .map_or(d.idle, std::time::Duration::from_secs),
+            reclaim_after: self
+                .session_reclaim_seconds
+                .map_or(d.reclaim_after, std::time::Duration::from_secs),
+        };
+        if l.per_subject == 0 {
+            return Err("limits.sessions_per_subject must be at least 1".into());
+        }
+        // One caller at its cap must leave room for others.
+        if l.total <= l.per_subject {
+            return Err(format!(
+                "limits.sessions_total ({}) must be larger than limits.sessions_per_subject ({})",
+                l.total, l.per_subject
+            ));
+        }
+        if l.idle.is_zero() {
+            return Err("limits.session_idle_seconds must be at least 1".into());
+        }
+        if l.reclaim_after > l.idle {
+            return Err("limits.session_reclaim_seconds cannot exceed limits.session_idle_seconds".into());
+        }
+        Ok(l)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SharedStateSection {
+    /// `redis://` or `rediss://`.
+    pub(crate) redis_url: EnvString,
 }
 
 /// Limits of the listener; defaults: 3/4 of the process's open-file limit in all, a quarter of
@@ -752,6 +815,11 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.limits.sessions()?;
+        if let Some(s) = &self.shared_state {
+            gatehouse_guard::SharedSessions::open(&s.redis_url.0)
+                .map_err(|e| format!("shared_state.redis_url: {e}"))?;
+        }
         // The gateway's checks are its translation into the gateway's spec.
         crate::plan::gateway(self)?;
         if let Some(a) = &self.authorization_server {

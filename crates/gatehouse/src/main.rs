@@ -300,6 +300,9 @@ pub(crate) fn dev_config(listen: SocketAddr, issuer: Issuer) -> Result<Config, S
         gateway: None,
         metrics_listen: None,
         listener: Default::default(),
+        // The session caps' defaults (issue 20) hold in development too.
+        limits: Default::default(),
+        shared_state: None,
         dangerous: Dangerous {
             allow_loopback_fetch: allow,
             allow_loopback_client_fetch: Vec::new(),

@@ -73,9 +73,11 @@ pub(crate) fn gateway(cfg: &Config) -> Result<Option<GatewaySpec>, String> {
                 .iter()
                 .map(|(k, l)| Ok((k.clone(), limit_of(&format!(".per_tool.{k}"), l)?)))
                 .collect::<Result<_, String>>()?,
+            // Replicas that share state share their limits unless told otherwise.
             redis_url: rl
                 .redis_url
                 .as_ref()
+                .or(cfg.shared_state.as_ref().map(|s| &s.redis_url))
                 .map(|u| SecretString::new(u.0.clone())),
         }),
     };
