@@ -3,7 +3,8 @@
 # of one HTTP upstream (a constant nginx answer with a session id), and one serving the guarded
 # demo MCP server; each with the embedded authorization server for its token. N sessions
 # (default 10k) are opened with `initialize`, 16 at a time, with one client_credentials token,
-# and the RSS is read before and after. Last line:
+# and the RSS is read before and after. The session caps (issue 20) are raised to N for the run
+# when the binary has them (this measures memory, not caps). Last line:
 #   gateway_idle_mib=X gateway_kib_per_session=Y guard_demo_kib_per_session=Z
 #   SESSIONS=10000 bench/sessions.sh
 set -euo pipefail
@@ -47,6 +48,9 @@ start() { # NAME PORT RESOURCE_PATH EXTRA_YAML -> S_PID S_URL S_TOKEN
   local dir="$work/$1"; mkdir -p "$dir"
   local db="sqlite://$dir/as.db"
   printf 'listen: 127.0.0.1:%s\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: %s\n%s' "$2" "$db" "$4" > "$dir/gatehouse.yaml"
+  printf 'limits:\n  sessions_per_subject: %s\n  sessions_total: %s\n' "$N" "$((N + 1))" > "$dir/limits.yaml"
+  cat "$dir/gatehouse.yaml" "$dir/limits.yaml" > "$dir/with-limits.yaml"
+  if "$bin" config check "$dir/with-limits.yaml" >/dev/null 2>&1; then mv "$dir/with-limits.yaml" "$dir/gatehouse.yaml"; fi
   local creds cid csec
   creds=$("$bin" admin --db "$db" clients add --name sessions --confidential --grant client_credentials --scope "mcp:basic")
   cid=$(sed -n 's/^client_id: *//p' <<<"$creds"); csec=$(sed -n 's/^client_secret: *//p' <<<"$creds")
@@ -90,8 +94,8 @@ gw_idle=$(rss_kib "$gw_pid"); dm_idle=$(rss_kib "$dm_pid")
 gw_opened=$(open_sessions "$gw_url" "$gw_token" "$N"); sleep 1; gw_after=$(rss_kib "$gw_pid")
 dm_opened=$(open_sessions "$dm_url" "$dm_token" "$N"); sleep 1; dm_after=$(rss_kib "$dm_pid")
 echo "{\"sessions\":$N,\"gateway\":{\"opened\":$gw_opened,\"idle_kib\":$gw_idle,\"after_kib\":$gw_after},\"guard_demo\":{\"opened\":$dm_opened,\"idle_kib\":$dm_idle,\"after_kib\":$dm_after}}"
-python3 - "$N" "$gw_idle" "$gw_after" "$dm_after" "$dm_idle" <<'PY'
+python3 - "$gw_opened" "$gw_idle" "$gw_after" "$dm_opened" "$dm_after" "$dm_idle" <<'PY'
 import sys
-n, gi, ga, da, di = (int(a) for a in sys.argv[1:])
-print(f"gateway_idle_mib={gi/1024:.1f} gateway_kib_per_session={(ga-gi)/n:.1f} guard_demo_kib_per_session={(da-di)/n:.1f}")
+gn, gi, ga, dn, da, di = (int(a) for a in sys.argv[1:])
+print(f"gateway_idle_mib={gi/1024:.1f} gateway_kib_per_session={(ga-gi)/max(gn,1):.1f} guard_demo_kib_per_session={(da-di)/max(dn,1):.1f}")
 PY

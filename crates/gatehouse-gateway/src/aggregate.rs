@@ -20,8 +20,6 @@ use std::sync::{Arc, Mutex};
 /// Between the upstream's name and the tool's (upstream names have no `_`).
 pub const SEPARATOR: &str = "__";
 
-/// Aggregate sessions: each holds one session per upstream, so fewer per user than a proxy.
-
 /// A name the aggregate lists or is called with: `<upstream>__<name>`. Split at the first
 /// separator (upstream names never hold `_`), and refused unless the upstream part names an
 /// upstream and the rest is a name an upstream could have listed: 1 to 128 of MCP's name

@@ -53,9 +53,8 @@ impl GuardError {
             Self::TooManySessions(crate::SessionsFull::Subject { .. }) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            Self::TooManySessions(crate::SessionsFull::Total { .. }) | Self::SessionsUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::TooManySessions(crate::SessionsFull::Total { .. })
+            | Self::SessionsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadMessage { .. } => StatusCode::BAD_REQUEST,
         }
     }

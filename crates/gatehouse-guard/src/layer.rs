@@ -54,6 +54,9 @@ struct Who {
     tool: Option<String>,
 }
 
+/// How long an `initialize` waits for the server behind to end a session evicted for it.
+const END_SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What the request does to the caller's sessions.
 enum Admission {
     /// Uses an existing session, in use until the response ends.
@@ -290,7 +293,11 @@ impl GuardInner {
 /// The request that tells the server behind to end an evicted session. For the caller's own
 /// session it carries the caller's credentials (a gateway may need them upstream); another
 /// owner's is ended as that owner, without a token, which ends what needs none.
-fn end_session(like: &http::request::Parts, evicted: &Evicted, caller: &str) -> Option<Request<Body>> {
+fn end_session(
+    like: &http::request::Parts,
+    evicted: &Evicted,
+    caller: &str,
+) -> Option<Request<Body>> {
     let mut req = Request::builder()
         .method(http::Method::DELETE)
         .uri(like.uri.clone())
@@ -393,6 +400,20 @@ where
                             .collect(),
                         _ => Vec::new(),
                     };
+                    // Evicted sessions end in the server behind first (their memory goes with
+                    // them), so the new one finds the room there too; bounded in time.
+                    for end in ends {
+                        let mut svc = service.clone();
+                        let Ok(r) = tower::ServiceExt::ready(&mut svc).await;
+                        if tokio::time::timeout(END_SESSION_WAIT, r.call(end))
+                            .await
+                            .is_err()
+                        {
+                            tracing::warn!(
+                                "ending an evicted session took too long; it ends by idle expiry"
+                            );
+                        }
+                    }
                     let resp = service.call(Request::from_parts(parts, body)).await?;
                     let issued = resp
                         .headers()
@@ -419,15 +440,6 @@ where
                         }),
                         Admission::None => resp,
                     };
-                    // Evicted sessions end in the server behind too (their memory goes with
-                    // them), after the new one is answered.
-                    for end in ends {
-                        let mut svc = service.clone();
-                        tokio::spawn(async move {
-                            let Ok(r) = tower::ServiceExt::ready(&mut svc).await;
-                            let _ = r.call(end).await;
-                        });
-                    }
                     if is_delete
                         && resp.status().is_success()
                         && let Some(sid) = session_in

@@ -86,10 +86,7 @@ impl Sessions {
             None => Backend::Local(Arc::default()),
             Some(s) => Backend::Redis(RedisSessions {
                 store: s.clone(),
-                prefix: format!(
-                    "gatehouse:sess:{}:",
-                    &gatehouse_core::sha256_hex(ns)[..16]
-                ),
+                prefix: format!("gatehouse:sess:{}:", &gatehouse_core::sha256_hex(ns)[..16]),
             }),
         };
         Self { limits, backend }
@@ -405,7 +402,12 @@ impl Table {
             let mine = self.by_owner.get(owner).cloned().unwrap_or_default();
             self.expire(mine, l.idle);
             while self.count(owner) >= l.per_subject {
-                let ids = self.by_owner.get(owner).map(|v| v.iter()).into_iter().flatten();
+                let ids = self
+                    .by_owner
+                    .get(owner)
+                    .map(|v| v.iter())
+                    .into_iter()
+                    .flatten();
                 match self.lru(ids, l.reclaim_after) {
                     Some((id, Ok(()))) => self.evict(&id, &mut evicted),
                     Some((_, Err(wait))) => {
@@ -739,7 +741,12 @@ mod tests {
         }
     }
 
-    fn open(t: &mut Table, owner: &str, id: &str, l: &SessionLimits) -> Result<Vec<String>, SessionsFull> {
+    fn open(
+        t: &mut Table,
+        owner: &str,
+        id: &str,
+        l: &SessionLimits,
+    ) -> Result<Vec<String>, SessionsFull> {
         let ev = t.reserve(owner, l)?;
         t.bind(id, owner);
         Ok(ev.into_iter().map(|e| e.session).collect())
@@ -752,7 +759,10 @@ mod tests {
         open(&mut t, "a", "a1", &l).expect("a1");
         open(&mut t, "a", "a2", &l).expect("a2");
         match open(&mut t, "a", "a3", &l) {
-            Err(SessionsFull::Subject { limit: 2, retry_after }) => {
+            Err(SessionsFull::Subject {
+                limit: 2,
+                retry_after,
+            }) => {
                 assert!((1..=60).contains(&retry_after))
             }
             other => panic!("{other:?}"),

@@ -132,17 +132,23 @@ fn build_inner(
             connect,
             messages: spec.messages,
             required: spec.required_scopes.clone(),
-            // The guard in front refuses past the caps; the maps behind it keep the same
-            // bounds, evicting the oldest, so they never outgrow what the guard allows.
+            // The guards in front refuse past the caps; the maps behind them keep bounds too,
+            // evicting the oldest. An upstream's map holds its own route's sessions and the
+            // aggregate's members: room for both guards' caps.
             sessions: {
                 let l = cfg.limits.sessions()?;
                 gatehouse_gateway::TableLimits {
-                    total: l.total,
-                    per_owner: l.per_subject,
+                    total: l.total.saturating_mul(2),
+                    per_owner: l.per_subject.saturating_mul(2),
                     idle: l.idle,
                     when_owner_full: gatehouse_gateway::WhenOwnerFull::EvictOldest,
                 }
             },
+        };
+        let aggregate_sessions = gatehouse_gateway::TableLimits {
+            total: deps.sessions.total / 2,
+            per_owner: deps.sessions.per_owner / 2,
+            ..deps.sessions
         };
         let mut proxies = Vec::new();
         for u in spec.upstreams {
@@ -182,7 +188,7 @@ fn build_inner(
                 &gates,
                 refusals,
                 Some(&g),
-                gatehouse_gateway::Aggregate::new(proxies, deps.sessions).into_service(),
+                gatehouse_gateway::Aggregate::new(proxies, aggregate_sessions).into_service(),
             );
         }
     }

@@ -143,7 +143,9 @@ impl LimitsSection {
             return Err("limits.session_idle_seconds must be at least 1".into());
         }
         if l.reclaim_after > l.idle {
-            return Err("limits.session_reclaim_seconds cannot exceed limits.session_idle_seconds".into());
+            return Err(
+                "limits.session_reclaim_seconds cannot exceed limits.session_idle_seconds".into(),
+            );
         }
         Ok(l)
     }
@@ -922,6 +924,40 @@ mod tests {
     use super::*;
 
     const MIN: &str = "listen: 127.0.0.1:8080\nguard:\n  authorization_servers:\n    - issuer: https://auth.example.com\n  required_scopes: [mcp:basic]\n";
+
+    #[test]
+    fn rs_h1_rs_h2_session_limits_default_and_are_checked() {
+        let c = Config::parse("t.yaml", MIN).expect("valid");
+        let l = c.limits.sessions().expect("defaults");
+        assert_eq!((l.per_subject, l.total), (64, 10_000));
+        for (bad, why) in [
+            ("limits: {sessions_per_subject: 0}\n", "at least 1"),
+            (
+                "limits: {sessions_per_subject: 10, sessions_total: 10}\n",
+                "larger than",
+            ),
+            ("limits: {session_idle_seconds: 0}\n", "at least 1"),
+            (
+                "limits: {session_idle_seconds: 30, session_reclaim_seconds: 60}\n",
+                "cannot exceed",
+            ),
+            (
+                "shared_state: {redis_url: 'http://x'}\n",
+                "shared_state.redis_url",
+            ),
+        ] {
+            let e = Config::parse("t.yaml", &format!("{bad}{MIN}"))
+                .expect_err(bad)
+                .to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let c = Config::parse(
+            "t.yaml",
+            &format!("limits: {{sessions_per_subject: 3, sessions_total: 4}}\n{MIN}"),
+        )
+        .expect("valid");
+        assert_eq!(c.limits.sessions().expect("ok").per_subject, 3);
+    }
 
     #[test]
     fn minimal_config_parses() {

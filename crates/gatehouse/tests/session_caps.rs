@@ -126,7 +126,11 @@ async fn sessions_per_subject_default_holds_in_dev() {
     let ended = delete(&endpoint, &token, &sessions[1]).await;
     assert!((200..300).contains(&ended), "DELETE {ended}");
     let again = initialize(&endpoint, &token).await;
-    assert_eq!(again.status, 200, "a DELETE gives the place back: {}", again.body);
+    assert_eq!(
+        again.status, 200,
+        "a DELETE gives the place back: {}",
+        again.body
+    );
     assert_refused(&initialize(&endpoint, &token).await, 429);
 }
 
@@ -182,7 +186,11 @@ async fn sessions_per_subject_holds_across_replicas_and_evicts_the_callers_idle_
     let (r0, s0) = &opened[0];
     assert_eq!(use_session(&urls[*r0], &token, s0).await, 200);
     let o = initialize(&urls[1], &token).await;
-    assert_eq!(o.status, 200, "the caller's idle session made room: {}", o.body);
+    assert_eq!(
+        o.status, 200,
+        "the caller's idle session made room: {}",
+        o.body
+    );
     let (r1, s1) = &opened[1];
     assert_eq!(
         use_session(&urls[*r1], &token, s1).await,
@@ -192,4 +200,92 @@ async fn sessions_per_subject_holds_across_replicas_and_evicts_the_callers_idle_
     assert_eq!(use_session(&urls[*r0], &token, s0).await, 200, "kept");
     // A session id is its owner's only, on every replica (RS-16).
     assert_eq!(use_session(&urls[1 - *r0], &bob_token, s0).await, 404);
+}
+
+/// An upstream that issues `up-<n>` session ids and records the ids it is asked to end.
+async fn session_upstream(ended: std::sync::Arc<std::sync::Mutex<Vec<String>>>) -> u16 {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let next = std::sync::Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let next = next.clone();
+            async move {
+                let n = next.fetch_add(1, Ordering::SeqCst);
+                (
+                    [("mcp-session-id", format!("up-{n}"))],
+                    axum::Json(json!({"jsonrpc": "2.0", "id": body["id"], "result": {"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "up", "version": "1"}}})),
+                )
+            }
+        })
+        .delete(move |headers: axum::http::HeaderMap| {
+            let ended = ended.clone();
+            async move {
+                if let Some(s) = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) {
+                    ended.lock().expect("lock").push(s.to_owned());
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    port
+}
+
+/// Through a gateway route: the cap is the guard's, and a session evicted to make room is ended
+/// upstream too (its memory there goes with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_gateway_session_is_ended_upstream() {
+    let ended = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let up = session_upstream(ended.clone()).await;
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let dir = std::env::temp_dir().join(format!("gatehouse-caps-gw-{port}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = format!("sqlite://{}/as.db", dir.display());
+    let cfg = dir.join("g.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: {db}\nlimits:\n  sessions_per_subject: 2\n  session_reclaim_seconds: 1\ngateway:\n  upstreams:\n    - name: up\n      url: http://127.0.0.1:{up}/mcp\n"
+        ),
+    )
+    .expect("config");
+    let (alice, secret) = add_machine_client(&db, "gw-caps-alice");
+    let mut cmd = gatehouse();
+    cmd.args(["serve", "--config"]).arg(&cfg);
+    let gw = Proc::start(cmd, "ready");
+    let endpoint = format!("{public}/servers/up/mcp");
+    let token = cc_token_for(&public, &alice, &secret, &endpoint).await;
+    let first = initialize(&endpoint, &token).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(initialize(&endpoint, &token).await.status, 200);
+    assert_refused(&initialize(&endpoint, &token).await, 429);
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let third = initialize(&endpoint, &token).await;
+    assert_eq!(third.status, 200, "{}", third.body);
+    let first_id = first.session.expect("gateway session id");
+    assert_eq!(
+        use_session(&endpoint, &token, &first_id).await,
+        404,
+        "evicted"
+    );
+    for _ in 0..50 {
+        if !ended.lock().expect("lock").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        *ended.lock().expect("lock"),
+        vec!["up-0".to_owned()],
+        "{}",
+        gw.all_output()
+    );
 }
