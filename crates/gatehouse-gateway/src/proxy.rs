@@ -584,7 +584,9 @@ impl Proxy {
                     permit.owner(),
                     UpstreamSession {
                         upstream: Mutex::new(u),
-                        init: permit.body().clone(),
+                        // A copy of its own: the body is a slice of the connection's read
+                        // buffer, which a clone would keep alive (8 KiB a session, issue 20).
+                        init: Bytes::copy_from_slice(permit.body()),
                         version,
                     },
                 );
