@@ -61,6 +61,9 @@ start() { # NAME PORT RESOURCE_PATH EXTRA_YAML -> S_PID S_URL S_TOKEN
   S_TOKEN=$(curl -fsS -u "$cid:$csec" -d grant_type=client_credentials -d scope=mcp:basic --data-urlencode "resource=$S_URL" "http://127.0.0.1:$2/token" | python3 -c 'import json,sys;print(json.load(sys.stdin)["access_token"])')
 }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# Private memory alone: the rest of the RSS is the executable's code paged in from the file
+# (shared, dropped under pressure).
+anon_kib() { awk '/RssAnon/ {print $2}' "/proc/$1/status"; }
 open_sessions() { # URL TOKEN N -> how many initialize answers carried a session id
   python3 - "$1" "$2" "$3" <<'PY'
 import concurrent.futures, json, sys, urllib.request
@@ -90,10 +93,10 @@ gw_pid=$S_PID; gw_url=$S_URL; gw_token=$S_TOKEN
 start demo "$DM" /mcp ""
 dm_pid=$S_PID; dm_url=$S_URL; dm_token=$S_TOKEN
 sleep 1
-gw_idle=$(rss_kib "$gw_pid"); dm_idle=$(rss_kib "$dm_pid")
+gw_idle=$(rss_kib "$gw_pid"); dm_idle=$(rss_kib "$dm_pid"); gw_idle_anon=$(anon_kib "$gw_pid")
 gw_opened=$(open_sessions "$gw_url" "$gw_token" "$N"); sleep 1; gw_after=$(rss_kib "$gw_pid")
 dm_opened=$(open_sessions "$dm_url" "$dm_token" "$N"); sleep 1; dm_after=$(rss_kib "$dm_pid")
-echo "{\"sessions\":$N,\"gateway\":{\"opened\":$gw_opened,\"idle_kib\":$gw_idle,\"after_kib\":$gw_after},\"guard_demo\":{\"opened\":$dm_opened,\"idle_kib\":$dm_idle,\"after_kib\":$dm_after}}"
+echo "{\"sessions\":$N,\"gateway\":{\"opened\":$gw_opened,\"idle_kib\":$gw_idle,\"idle_anon_kib\":$gw_idle_anon,\"after_kib\":$gw_after},\"guard_demo\":{\"opened\":$dm_opened,\"idle_kib\":$dm_idle,\"after_kib\":$dm_after}}"
 python3 - "$gw_opened" "$gw_idle" "$gw_after" "$dm_opened" "$dm_after" "$dm_idle" <<'PY'
 import sys
 gn, gi, ga, dn, da, di = (int(a) for a in sys.argv[1:])
