@@ -335,32 +335,6 @@ fn end_session(
     Some(req)
 }
 
-/// A response body that keeps its session marked in use until it ends (streams included).
-struct Tracked {
-    body: Body,
-    _in_use: InUse,
-}
-
-impl http_body::Body for Tracked {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
 impl<S, ResBody> tower::Service<Request<Body>> for GuardService<S>
 where
     S: tower::Service<Request<Body>, Response = Response<ResBody>, Error = Infallible>
@@ -420,7 +394,6 @@ where
                         .get("mcp-session-id")
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
-                    let resp = resp.map(Body::new);
                     let resp = match admission {
                         // Bind a newly issued session to its opener; without one the place
                         // is given back when the reservation drops.
@@ -430,15 +403,17 @@ where
                             {
                                 tracing::error!(error = %down.0, "session store unreachable; the new session is not counted");
                             }
-                            resp
+                            resp.map(Body::new)
                         }
+                        // The session stays in use until the body ends (streams included): the
+                        // body owns the mark, and dropping it marks the session idle.
                         Admission::Existing(in_use) => resp.map(|body| {
-                            Body::new(Tracked {
-                                body,
-                                _in_use: in_use,
-                            })
+                            Body::new(body.map_frame(move |frame| {
+                                let _held = &in_use;
+                                frame
+                            }))
                         }),
-                        Admission::None => resp,
+                        Admission::None => resp.map(Body::new),
                     };
                     if is_delete
                         && resp.status().is_success()

@@ -129,11 +129,6 @@ impl Guard {
         }
     }
 
-    /// MCP sessions this process holds for the endpoint (0 when they are counted in Redis).
-    pub fn local_sessions(&self) -> usize {
-        self.inner.sessions.local_len()
-    }
-
     pub fn config(&self) -> &GuardConfig {
         &self.inner.cfg
     }

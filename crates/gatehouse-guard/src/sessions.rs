@@ -13,6 +13,10 @@
 //!
 //! With Redis configured the same rules run as atomic scripts over sorted sets shared by every
 //! replica, so the cap holds across replicas; otherwise in this process.
+mod shared;
+
+use shared::RedisSessions;
+pub use shared::SharedSessions;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -84,10 +88,7 @@ impl Sessions {
     pub(crate) fn new(limits: SessionLimits, shared: Option<&SharedSessions>, ns: &str) -> Self {
         let backend = match shared {
             None => Backend::Local(Arc::default()),
-            Some(s) => Backend::Redis(RedisSessions {
-                store: s.clone(),
-                prefix: format!("gatehouse:sess:{}:", &gatehouse_core::sha256_hex(ns)[..16]),
-            }),
+            Some(s) => Backend::Redis(RedisSessions::new(s, ns)),
         };
         Self { limits, backend }
     }
@@ -178,14 +179,6 @@ impl Sessions {
                     tracing::warn!(error = %e, "session store unreachable; the session ends by idle expiry");
                 }
             }
-        }
-    }
-
-    /// Live sessions held in this process (0 with a shared store).
-    pub(crate) fn local_len(&self) -> usize {
-        match &self.backend {
-            Backend::Local(t) => lock(t).by_id.len(),
-            Backend::Redis(_) => 0,
         }
     }
 }
@@ -298,17 +291,6 @@ impl Live {
     fn evictable(&self, after: Duration) -> bool {
         self.active == 0 && self.last_used.elapsed() >= after
     }
-
-    /// Seconds until it may be evicted.
-    fn wait(&self, after: Duration) -> u64 {
-        if self.active > 0 {
-            return after.as_secs().max(1);
-        }
-        after
-            .saturating_sub(self.last_used.elapsed())
-            .as_secs()
-            .max(1)
-    }
 }
 
 impl Table {
@@ -365,26 +347,22 @@ impl Table {
         }
     }
 
-    /// The least recently used of `ids`, with whether it may be evicted now and, if not, in
-    /// how many seconds.
-    fn lru<'a>(
+    /// The least recently used of `ids` that may be evicted now, or the seconds until one may
+    /// (a session with a request in flight never is).
+    fn reclaimable<'a>(
         &self,
         ids: impl Iterator<Item = &'a Arc<str>>,
         after: Duration,
-    ) -> Option<(Arc<str>, Result<(), u64>)> {
-        ids.filter_map(|id| self.by_id.get(id).map(|l| (id, l)))
+    ) -> Result<Arc<str>, u64> {
+        let lru = ids
+            .filter_map(|id| self.by_id.get(id).map(|l| (id, l)))
             .filter(|(_, l)| l.active == 0)
-            .min_by_key(|(_, l)| l.last_used)
-            .map(|(id, l)| {
-                (
-                    id.clone(),
-                    if l.evictable(after) {
-                        Ok(())
-                    } else {
-                        Err(l.wait(after))
-                    },
-                )
-            })
+            .min_by_key(|(_, l)| l.last_used);
+        match lru {
+            Some((id, l)) if l.evictable(after) => Ok(id.clone()),
+            Some((_, l)) => Err(after.saturating_sub(l.last_used.elapsed()).as_secs().max(1)),
+            None => Err(after.as_secs().max(1)),
+        }
     }
 
     fn evict(&mut self, id: &str, out: &mut Vec<Evicted>) {
@@ -402,27 +380,14 @@ impl Table {
             let mine = self.by_owner.get(owner).cloned().unwrap_or_default();
             self.expire(mine, l.idle);
             while self.count(owner) >= l.per_subject {
-                let ids = self
-                    .by_owner
-                    .get(owner)
-                    .map(|v| v.iter())
-                    .into_iter()
-                    .flatten();
-                match self.lru(ids, l.reclaim_after) {
-                    Some((id, Ok(()))) => self.evict(&id, &mut evicted),
-                    Some((_, Err(wait))) => {
-                        return Err(SessionsFull::Subject {
-                            limit: l.per_subject,
-                            retry_after: wait,
-                        });
-                    }
-                    None => {
-                        return Err(SessionsFull::Subject {
-                            limit: l.per_subject,
-                            retry_after: l.reclaim_after.as_secs().max(1),
-                        });
-                    }
-                }
+                let mine = self.by_owner.get(owner).into_iter().flatten();
+                let id = self
+                    .reclaimable(mine, l.reclaim_after)
+                    .map_err(|retry_after| SessionsFull::Subject {
+                        limit: l.per_subject,
+                        retry_after,
+                    })?;
+                self.evict(&id, &mut evicted);
             }
         }
         if self.by_id.len() + self.pending_total >= l.total {
@@ -430,15 +395,10 @@ impl Table {
             let all: Vec<_> = self.by_id.keys().cloned().collect();
             self.expire(all, l.idle);
             while self.by_id.len() + self.pending_total >= l.total {
-                match self.lru(self.by_id.keys(), l.reclaim_after) {
-                    Some((id, Ok(()))) => self.evict(&id, &mut evicted),
-                    Some((_, Err(wait))) => return Err(SessionsFull::Total { retry_after: wait }),
-                    None => {
-                        return Err(SessionsFull::Total {
-                            retry_after: l.reclaim_after.as_secs().max(1),
-                        });
-                    }
-                }
+                let id = self
+                    .reclaimable(self.by_id.keys(), l.reclaim_after)
+                    .map_err(|retry_after| SessionsFull::Total { retry_after })?;
+                self.evict(&id, &mut evicted);
             }
         }
         *self.pending.entry(Arc::from(owner)).or_default() += 1;
@@ -481,253 +441,6 @@ impl Table {
     }
 }
 
-/// Redis shared by every replica (and every guarded endpoint of this process). Cheap to clone.
-#[derive(Clone)]
-pub struct SharedSessions {
-    inner: Arc<RedisConn>,
-}
-
-struct RedisConn {
-    client: redis::Client,
-    conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
-    reserve: redis::Script,
-    bind: redis::Script,
-    touch: redis::Script,
-}
-
-impl SharedSessions {
-    /// From a `redis://` or `rediss://` URL; connects on first use.
-    pub fn open(url: &str) -> Result<Self, String> {
-        Ok(Self {
-            inner: Arc::new(RedisConn {
-                client: redis::Client::open(url).map_err(|e| e.to_string())?,
-                conn: tokio::sync::OnceCell::new(),
-                reserve: redis::Script::new(RESERVE_LUA),
-                bind: redis::Script::new(BIND_LUA),
-                touch: redis::Script::new(TOUCH_LUA),
-            }),
-        })
-    }
-
-    async fn conn(&self) -> Result<redis::aio::ConnectionManager, StoreDown> {
-        let c = self
-            .inner
-            .conn
-            .get_or_try_init(|| {
-                // Fail fast: a request waits on this, and a down store answers 503.
-                let cfg = redis::aio::ConnectionManagerConfig::new()
-                    .set_number_of_retries(1)
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(Duration::from_secs(2)));
-                redis::aio::ConnectionManager::new_with_config(self.inner.client.clone(), cfg)
-            })
-            .await
-            .map_err(|e| StoreDown(e.to_string()))?;
-        Ok(c.clone())
-    }
-}
-
-/// Score = last use in milliseconds on the Redis server's clock; pending places are scored by
-/// when they lapse (an `initialize` that never answers gives its place back within a minute).
-/// KEYS: owner set, owner pending, all, all pending. ARGV: idle ms, reclaim ms, per subject,
-/// total, place token, owner hash, key prefix. Answers {0, evicted id or ""} or {1|2, wait ms}.
-const RESERVE_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local idle, reclaim = tonumber(ARGV[1]), tonumber(ARGV[2])
-local per, total = tonumber(ARGV[3]), tonumber(ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - idle)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local evicted = ''
-if redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2]) >= per then
-  local lru = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  if #lru == 0 then return {1, reclaim} end
-  local age = now - tonumber(lru[2])
-  if age < reclaim then return {1, reclaim - age} end
-  redis.call('ZREM', KEYS[1], lru[1])
-  redis.call('ZREM', KEYS[3], ARGV[6] .. ' ' .. lru[1])
-  evicted = lru[1]
-end
-local function used() return redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4]) end
-if used() >= total then
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - idle)) do
-    local sp = string.find(m, ' ', 1, true)
-    redis.call('ZREM', ARGV[7] .. 'o:' .. string.sub(m, 1, sp - 1), string.sub(m, sp + 1))
-  end
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - idle)
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-  if used() >= total then
-    local lru = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-    if #lru == 0 then return {2, reclaim} end
-    local age = now - tonumber(lru[2])
-    if age < reclaim then return {2, reclaim - age} end
-    local sp = string.find(lru[1], ' ', 1, true)
-    redis.call('ZREM', ARGV[7] .. 'o:' .. string.sub(lru[1], 1, sp - 1), string.sub(lru[1], sp + 1))
-    redis.call('ZREM', KEYS[3], lru[1])
-  end
-end
-redis.call('ZADD', KEYS[2], now + 60000, ARGV[5])
-redis.call('ZADD', KEYS[4], now + 60000, ARGV[5])
-redis.call('PEXPIRE', KEYS[2], 60000)
-redis.call('PEXPIRE', KEYS[4], idle + 60000)
-return {0, evicted}
-"#;
-
-/// KEYS: owner set, owner pending, all, all pending. ARGV: place token, session, owner hash,
-/// idle ms.
-const BIND_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[1])
-redis.call('ZADD', KEYS[1], now, ARGV[2])
-redis.call('ZADD', KEYS[3], now, ARGV[3] .. ' ' .. ARGV[2])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
-redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[4]) + 60000)
-return 1
-"#;
-
-/// KEYS: owner set, all. ARGV: session, owner hash, idle ms. 1 when the session is the owner's
-/// and alive (now marked used), else 0.
-const TOUCH_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local idle = tonumber(ARGV[3])
-local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not s then return 0 end
-local member = ARGV[2] .. ' ' .. ARGV[1]
-if now - tonumber(s) >= idle then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[2], member)
-  return 0
-end
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZADD', KEYS[2], now, member)
-redis.call('PEXPIRE', KEYS[1], idle)
-redis.call('PEXPIRE', KEYS[2], idle + 60000)
-return 1
-"#;
-
-#[derive(Clone)]
-struct RedisSessions {
-    store: SharedSessions,
-    /// `gatehouse:sess:<endpoint>:`: each endpoint counts its own sessions.
-    prefix: String,
-}
-
-fn down(e: redis::RedisError) -> StoreDown {
-    StoreDown(e.to_string())
-}
-
-impl RedisSessions {
-    fn keys(&self, owner: &str) -> (String, [String; 4]) {
-        let h = gatehouse_core::sha256_hex(owner);
-        let p = &self.prefix;
-        let keys = [
-            format!("{p}o:{h}"),
-            format!("{p}p:{h}"),
-            format!("{p}all"),
-            format!("{p}pall"),
-        ];
-        (h, keys)
-    }
-
-    async fn reserve(
-        &self,
-        owner: &str,
-        token: &str,
-        l: &SessionLimits,
-    ) -> Result<Result<Vec<Evicted>, SessionsFull>, StoreDown> {
-        let (h, keys) = self.keys(owner);
-        let mut c = self.store.conn().await?;
-        let mut call = self.store.inner.reserve.prepare_invoke();
-        for k in &keys {
-            call.key(k);
-        }
-        call.arg(l.idle.as_millis() as u64)
-            .arg(l.reclaim_after.as_millis() as u64)
-            .arg(l.per_subject)
-            .arg(l.total)
-            .arg(token)
-            .arg(&h)
-            .arg(&self.prefix);
-        let (code, what): (i64, String) = call.invoke_async(&mut c).await.map_err(down)?;
-        let secs = || what.parse::<u64>().unwrap_or(1000).div_ceil(1000).max(1);
-        Ok(match code {
-            0 => Ok(if what.is_empty() {
-                Vec::new()
-            } else {
-                vec![Evicted {
-                    session: what,
-                    owner: owner.to_owned(),
-                }]
-            }),
-            1 => Err(SessionsFull::Subject {
-                limit: l.per_subject,
-                retry_after: secs(),
-            }),
-            _ => Err(SessionsFull::Total {
-                retry_after: secs(),
-            }),
-        })
-    }
-
-    async fn bind(&self, session: &str, owner: &str, token: &str) -> Result<(), StoreDown> {
-        let (h, keys) = self.keys(owner);
-        let mut c = self.store.conn().await?;
-        let mut call = self.store.inner.bind.prepare_invoke();
-        for k in &keys {
-            call.key(k);
-        }
-        call.arg(token).arg(session).arg(&h);
-        // Keys live as long as a session can.
-        call.arg(30 * 24 * 3600 * 1000u64);
-        call.invoke_async::<i64>(&mut c).await.map_err(down)?;
-        Ok(())
-    }
-
-    async fn release(&self, owner: &str, token: &str) {
-        let (_, keys) = self.keys(owner);
-        let Ok(mut c) = self.store.conn().await else {
-            return; // The place lapses by itself within a minute.
-        };
-        let _ = redis::pipe()
-            .zrem(&keys[1], token)
-            .zrem(&keys[3], token)
-            .query_async::<()>(&mut c)
-            .await;
-    }
-
-    async fn touch(&self, session: &str, owner: &str, idle: Duration) -> Result<bool, StoreDown> {
-        let (h, keys) = self.keys(owner);
-        let mut c = self.store.conn().await?;
-        let found: i64 = self
-            .store
-            .inner
-            .touch
-            .key(&keys[0])
-            .key(&keys[2])
-            .arg(session)
-            .arg(&h)
-            .arg(idle.as_millis() as u64)
-            .invoke_async(&mut c)
-            .await
-            .map_err(down)?;
-        Ok(found == 1)
-    }
-
-    async fn remove(&self, session: &str, owner: &str) -> Result<(), StoreDown> {
-        let (h, keys) = self.keys(owner);
-        let mut c = self.store.conn().await?;
-        redis::pipe()
-            .zrem(&keys[0], session)
-            .zrem(&keys[2], format!("{h} {session}"))
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(down)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -753,7 +466,7 @@ mod tests {
     }
 
     #[test]
-    fn a_caller_past_its_cap_is_refused_and_others_are_not() {
+    fn rs_h1_a_caller_past_its_cap_is_refused_and_others_are_not() {
         let l = limits(2, 10, 60);
         let mut t = Table::default();
         open(&mut t, "a", "a1", &l).expect("a1");
@@ -773,7 +486,7 @@ mod tests {
     }
 
     #[test]
-    fn the_callers_own_least_recently_used_idle_session_goes_first() {
+    fn rs_h1_the_callers_own_least_recently_used_idle_session_goes_first() {
         let l = limits(2, 10, 0);
         let mut t = Table::default();
         open(&mut t, "a", "a1", &l).expect("a1");
@@ -794,7 +507,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_endpoint_evicts_idle_sessions_of_anyone_or_refuses() {
+    fn rs_h2_a_full_endpoint_evicts_idle_sessions_of_anyone_or_refuses() {
         let l = limits(2, 3, 60);
         let mut t = Table::default();
         open(&mut t, "a", "a1", &l).expect("a1");

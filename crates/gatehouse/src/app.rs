@@ -124,6 +124,15 @@ fn build_inner(
                 return Err("gateway: user_oauth needs the embedded authorization server running in this process".into());
             }
         };
+        // The guards in front refuse past the caps; the maps behind them keep the same bounds,
+        // evicting the oldest.
+        let caps = cfg.limits.sessions()?;
+        let aggregate_sessions = gatehouse_gateway::TableLimits {
+            total: caps.total,
+            per_owner: caps.per_subject,
+            idle: caps.idle,
+            when_owner_full: gatehouse_gateway::WhenOwnerFull::EvictOldest,
+        };
         let deps = gatehouse_gateway::ProxyDeps {
             http,
             audit: audit.clone(),
@@ -132,23 +141,13 @@ fn build_inner(
             connect,
             messages: spec.messages,
             required: spec.required_scopes.clone(),
-            // The guards in front refuse past the caps; the maps behind them keep bounds too,
-            // evicting the oldest. An upstream's map holds its own route's sessions and the
-            // aggregate's members: room for both guards' caps.
-            sessions: {
-                let l = cfg.limits.sessions()?;
-                gatehouse_gateway::TableLimits {
-                    total: l.total.saturating_mul(2),
-                    per_owner: l.per_subject.saturating_mul(2),
-                    idle: l.idle,
-                    when_owner_full: gatehouse_gateway::WhenOwnerFull::EvictOldest,
-                }
+            // An upstream's map holds its own route's sessions and the aggregate's members:
+            // room for both guards' caps.
+            sessions: gatehouse_gateway::TableLimits {
+                total: aggregate_sessions.total.saturating_mul(2),
+                per_owner: aggregate_sessions.per_owner.saturating_mul(2),
+                ..aggregate_sessions
             },
-        };
-        let aggregate_sessions = gatehouse_gateway::TableLimits {
-            total: deps.sessions.total / 2,
-            per_owner: deps.sessions.per_owner / 2,
-            ..deps.sessions
         };
         let mut proxies = Vec::new();
         for u in spec.upstreams {

@@ -52,13 +52,6 @@ fn memory_js() -> String {
         .to_string()
 }
 
-/// `gatehouse serve --config CFG`, once it is ready.
-fn serve(cfg: &std::path::Path) -> Proc {
-    let mut cmd = gatehouse();
-    cmd.args(["serve", "--config"]).arg(cfg);
-    Proc::start(cmd, "ready")
-}
-
 /// An `initialize` request (2025-11-25) with these client capabilities.
 fn initialize(capabilities: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": capabilities, "clientInfo": {"name": "t", "version": "1"}}})
@@ -497,14 +490,9 @@ async fn rate_limits_are_shared_across_replicas_through_redis() {
     let add = |name: &str| add_machine_client(&db, name);
     let (alice, alice_secret) = add("replica-alice");
     let (bob, bob_secret) = add("replica-bob");
-    let start = |cfg: std::path::PathBuf| {
-        let mut cmd = gatehouse();
-        cmd.args(["serve", "--config"]).arg(cfg);
-        Proc::start(cmd, "ready")
-    };
     // The first replica creates the signing key; the second loads it.
-    let _a = start(config(pa, "a.yaml"));
-    let _b = start(config(pb, "b.yaml"));
+    let _a = serve(&config(pa, "a.yaml"));
+    let _b = serve(&config(pb, "b.yaml"));
     let resource = format!("{public}/servers/echo/mcp");
     let token = cc_token_for(&public, &alice, &alice_secret, &resource).await;
     let urls = [

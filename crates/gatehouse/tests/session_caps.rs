@@ -99,7 +99,7 @@ fn assert_refused(o: &Opened, status: u16) {
 /// `gatehouse dev` with its defaults: 64 sessions per subject; the 65th is refused, another
 /// subject still opens one, and ending one (DELETE) gives the place back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_per_subject_default_holds_in_dev() {
+async fn rs_h1_sessions_per_subject_default_holds_in_dev() {
     let (_dev, port, data) = gatehouse_dev_embedded("caps-user", "caps-password-1");
     let base = format!("http://127.0.0.1:{port}");
     let endpoint = format!("{base}/mcp");
@@ -138,7 +138,7 @@ async fn sessions_per_subject_default_holds_in_dev() {
 /// either; a caller's least recently used idle session is evicted once idle long enough, and is
 /// then unknown on every replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_per_subject_holds_across_replicas_and_evicts_the_callers_idle_ones() {
+async fn rs_h1_rs_h3_sessions_per_subject_holds_across_replicas_and_evicts_the_callers_idle_ones() {
     let (pa, pb) = (free_port(), free_port());
     let public = format!("http://127.0.0.1:{pa}");
     let dir = std::env::temp_dir().join(format!("gatehouse-caps-{pa}"));
@@ -157,14 +157,9 @@ async fn sessions_per_subject_holds_across_replicas_and_evicts_the_callers_idle_
     };
     let (alice, alice_secret) = add_machine_client(&db, "replica-caps-alice");
     let (bob, bob_secret) = add_machine_client(&db, "replica-caps-bob");
-    let start = |cfg: std::path::PathBuf| {
-        let mut cmd = gatehouse();
-        cmd.args(["serve", "--config"]).arg(cfg);
-        Proc::start(cmd, "ready")
-    };
     // The first replica creates the signing key; the second loads it.
-    let _a = start(config(pa, "a.yaml"));
-    let _b = start(config(pb, "b.yaml"));
+    let _a = serve(&config(pa, "a.yaml"));
+    let _b = serve(&config(pb, "b.yaml"));
     let resource = format!("{public}/mcp");
     let urls = [resource.clone(), format!("http://127.0.0.1:{pb}/mcp")];
     let token = cc_token_for(&public, &alice, &alice_secret, &resource).await;
@@ -241,7 +236,7 @@ async fn session_upstream(ended: std::sync::Arc<std::sync::Mutex<Vec<String>>>) 
 /// Through a gateway route: the cap is the guard's, and a session evicted to make room is ended
 /// upstream too (its memory there goes with it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_evicted_gateway_session_is_ended_upstream() {
+async fn rs_h1_an_evicted_gateway_session_is_ended_upstream() {
     let ended = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let up = session_upstream(ended.clone()).await;
     let port = free_port();
@@ -258,9 +253,7 @@ async fn an_evicted_gateway_session_is_ended_upstream() {
     )
     .expect("config");
     let (alice, secret) = add_machine_client(&db, "gw-caps-alice");
-    let mut cmd = gatehouse();
-    cmd.args(["serve", "--config"]).arg(&cfg);
-    let gw = Proc::start(cmd, "ready");
+    let gw = serve(&cfg);
     let endpoint = format!("{public}/servers/up/mcp");
     let token = cc_token_for(&public, &alice, &secret, &endpoint).await;
     let first = initialize(&endpoint, &token).await;

@@ -144,6 +144,13 @@ pub fn gatehouse() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gatehouse"))
 }
 
+/// `gatehouse serve --config CFG`, once it is ready.
+pub fn serve(cfg: &std::path::Path) -> Proc {
+    let mut cmd = gatehouse();
+    cmd.args(["serve", "--config"]).arg(cfg);
+    Proc::start(cmd, "ready")
+}
+
 /// `gatehouse dev` on a free port trusting `issuer`; returns the process and the endpoint URL.
 pub fn gatehouse_dev(issuer: &str) -> (Proc, String) {
     let port = free_port();
