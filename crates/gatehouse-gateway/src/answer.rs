@@ -86,6 +86,7 @@ fn retry_after(resp: &mut Response, refused: &[Refusal]) {
         .iter()
         .filter_map(|r| match r.error {
             GatewayError::RateLimited { retry_after, .. } => Some(retry_after),
+            GatewayError::Unavailable => Some(5),
             _ => None,
         })
         .max();

@@ -122,6 +122,9 @@ pub enum GatewayError {
     Upstream(String),
     #[error("internal error")]
     Internal,
+    /// Shared state (Redis) cannot be reached: nothing is let through unchecked.
+    #[error("temporarily unavailable; retry shortly")]
+    Unavailable,
 }
 
 fn forbidden_message(policies: &[String]) -> String {
@@ -144,7 +147,8 @@ impl GatewayError {
             Self::RateLimited { .. }
             | Self::TooManySessions
             | Self::CredentialRefused(_)
-            | Self::Upstream(_) => RpcCode::Server,
+            | Self::Upstream(_)
+            | Self::Unavailable => RpcCode::Server,
             Self::Internal => RpcCode::Internal,
         }
     }
@@ -158,7 +162,7 @@ impl GatewayError {
             Self::Forbidden { .. } | Self::UnknownMethod(_) => StatusCode::OK,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::SessionNotFound => StatusCode::NOT_FOUND,
-            Self::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManySessions | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::CredentialRefused(_) => StatusCode::FORBIDDEN,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -177,7 +181,7 @@ impl GatewayError {
             Self::RateLimited { .. } => Outcome::RateLimited,
             Self::SessionNotFound => Outcome::UnknownSession,
             Self::CredentialRefused(_) => Outcome::CredentialRefused,
-            Self::Upstream(_) | Self::Internal => Outcome::UpstreamFailed,
+            Self::Upstream(_) | Self::Internal | Self::Unavailable => Outcome::UpstreamFailed,
         }
     }
 
@@ -201,8 +205,12 @@ impl GatewayError {
     /// The whole answer to a request of one message (the one rescue into a response).
     pub fn into_response(self, id: &Value) -> Response {
         let mut resp = (self.status(), axum::Json(self.body(id))).into_response();
-        if let Self::RateLimited { retry_after, .. } = self
-            && let Ok(v) = http::HeaderValue::from_str(&retry_after.to_string())
+        let retry_after = match self {
+            Self::RateLimited { retry_after, .. } => Some(retry_after),
+            Self::Unavailable => Some(5),
+            _ => None,
+        };
+        if let Some(v) = retry_after.and_then(|s| http::HeaderValue::from_str(&s.to_string()).ok())
         {
             resp.headers_mut().insert(http::header::RETRY_AFTER, v);
         }

@@ -49,6 +49,15 @@ enum Backend {
     },
 }
 
+/// How long a call is held back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// This many seconds.
+    For(u64),
+    /// Until the shared store (Redis) answers again.
+    StoreDown,
+}
+
 /// One multiplexed connection, shared by every limit.
 struct RedisConn {
     client: redis::Client,
@@ -95,7 +104,7 @@ impl Limiter {
     }
 
     /// `Err(seconds to wait)` when `key` is over its limit.
-    async fn check(&self, key: &str) -> Result<(), u64> {
+    async fn check(&self, key: &str) -> Result<(), Held> {
         match &self.backend {
             Backend::Local { limiter, checks } => {
                 // Forget idle keys now and then, so memory follows the active ones.
@@ -106,7 +115,7 @@ impl Limiter {
                     let wait = not_until.wait_time_from(governor::clock::Clock::now(
                         &governor::clock::DefaultClock::default(),
                     ));
-                    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+                    Held::For(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
                 })
             }
             Backend::Redis {
@@ -134,11 +143,12 @@ impl Limiter {
                 .await;
                 match outcome {
                     Ok(0) => Ok(()),
-                    Ok(wait_ms) => Err(wait_ms.div_ceil(1000).max(1)),
+                    Ok(wait_ms) => Err(Held::For(wait_ms.div_ceil(1000).max(1))),
                     Err(e) => {
-                        // Fail open: an unreachable Redis must not take every upstream down.
-                        tracing::error!(error = %e, "rate limit store unreachable; call allowed");
-                        Ok(())
+                        // Fail closed (issue 16): a limit shared by replicas that cannot be
+                        // read is not a limit; the caller retries once Redis is back.
+                        tracing::error!(error = %e, "rate limit store unreachable; call refused");
+                        Err(Held::StoreDown)
                     }
                 }
             }
@@ -178,7 +188,8 @@ impl RateLimits {
         })
     }
 
-    /// Charges one call. `Err((seconds to wait, which limit))` when a limit is reached. The most
+    /// Charges one call. `Err((how long, which limit))` when a limit is reached (or its shared
+    /// store cannot be read). The most
     /// specific limit is taken first, so an owner held back on one tool keeps its budget for
     /// the others.
     pub async fn check(
@@ -187,7 +198,7 @@ impl RateLimits {
         tenant: Option<&str>,
         server: &str,
         tool: Option<&str>,
-    ) -> Result<(), (u64, LimitHit)> {
+    ) -> Result<(), (Held, LimitHit)> {
         let key = owner.id();
         if let Some(tool) = tool {
             let qualified = format!("{server}/{tool}");
@@ -248,7 +259,7 @@ mod tests {
             .check(&o("d"), Some("acme"), "srv", None)
             .await
             .expect_err("tenant");
-        assert!(hit == LimitHit::Tenant && wait >= 1);
+        assert!(hit == LimitHit::Tenant && matches!(wait, Held::For(w) if w >= 1));
         assert!(
             lim.check(&o("e"), Some("globex"), "srv", None)
                 .await

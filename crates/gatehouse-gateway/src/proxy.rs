@@ -69,7 +69,7 @@ struct ProxyInner {
     limits: Option<Arc<RateLimits>>,
     policy: Arc<gatehouse_policy::Engine>,
     /// GW-11: client-facing session ids ↔ the upstream's (HTTP upstreams).
-    sessions: SessionTable<UpstreamSession>,
+    sessions: HttpSessions,
     /// For the 403 `insufficient_scope` challenge: this upstream's PRM and baseline scopes.
     prm_url: String,
     required: ScopeSet,
@@ -104,6 +104,84 @@ pub struct ProxyDeps {
     pub required: ScopeSet,
     /// Bounds of each upstream's session map (and the aggregate's): set them to the guard's.
     pub sessions: TableLimits,
+    /// Redis shared by replicas: HTTP upstream sessions live there instead of in this process
+    /// (issue 16), so any replica carries on any session.
+    pub shared: Option<crate::shared::SharedState>,
+}
+
+/// Where an HTTP upstream's sessions live.
+enum HttpSessions {
+    Local(SessionTable<UpstreamSession>),
+    Shared(crate::shared::SharedSessions),
+}
+
+impl HttpSessions {
+    async fn get(
+        &self,
+        id: &str,
+        owner: &Owner,
+    ) -> Result<Option<Arc<UpstreamSession>>, GatewayError> {
+        match self {
+            Self::Local(t) => Ok(t.get(id, owner)),
+            Self::Shared(s) => Ok(s.get(id, owner).await?.map(|r| {
+                Arc::new(UpstreamSession {
+                    upstream: Mutex::new(r.upstream),
+                    init: r.init,
+                    version: r.version.and_then(|v| HeaderValue::from_str(&v).ok()),
+                })
+            })),
+        }
+    }
+
+    async fn open(&self, owner: &Owner, s: UpstreamSession) -> Result<String, GatewayError> {
+        match self {
+            Self::Local(t) => t
+                .open(owner, s)
+                .map(|(id, _)| id)
+                .map_err(|_| GatewayError::TooManySessions),
+            Self::Shared(m) => {
+                let upstream = s.upstream();
+                m.open(
+                    owner,
+                    &crate::shared::Record {
+                        upstream,
+                        init: s.init,
+                        version: s
+                            .version
+                            .as_ref()
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned),
+                    },
+                )
+                .await
+            }
+        }
+    }
+
+    /// The upstream opened a new session for the caller's (the old one was lost).
+    async fn replaced(&self, id: &str, s: &UpstreamSession, fresh: &str) {
+        if let Ok(mut u) = s.upstream.lock() {
+            fresh.clone_into(&mut u);
+        }
+        if let Self::Shared(m) = self
+            && let Err(e) = m.set_upstream(id, fresh).await
+        {
+            // The next request re-initializes again: slower, nothing lost.
+            tracing::warn!(error = %e, "could not record the new upstream session");
+        }
+    }
+
+    async fn remove(&self, id: &str, owner: &Owner) {
+        match self {
+            Self::Local(t) => {
+                t.remove(id, owner);
+            }
+            Self::Shared(m) => {
+                // Left to expire when idle if Redis is away.
+                let _ = m.remove(id, owner).await;
+            }
+        }
+    }
 }
 
 /// One session with an HTTP upstream, as the caller sees it.
@@ -157,6 +235,7 @@ impl Proxy {
                 },
             },
         };
+        let shared_ns = spec.name.as_str().to_owned();
         Self {
             inner: Arc::new(ProxyInner {
                 metrics: ProxyMetrics::new(spec.name.as_str()),
@@ -166,7 +245,14 @@ impl Proxy {
                 audit: deps.audit.clone(),
                 limits: deps.limits.clone(),
                 policy: deps.policy.clone(),
-                sessions: SessionTable::new(deps.sessions),
+                sessions: match &deps.shared {
+                    Some(state) => HttpSessions::Shared(crate::shared::SharedSessions::new(
+                        state,
+                        &shared_ns,
+                        deps.sessions.idle,
+                    )),
+                    None => HttpSessions::Local(SessionTable::new(deps.sessions)),
+                },
                 prm_url: spec.resource.prm_url(),
                 required: deps.required.clone(),
                 messages: deps.messages,
@@ -216,7 +302,7 @@ impl Proxy {
         };
         // 2. The session: a local 404 before anything is decided, spent or fetched.
         let owner = caller.owner();
-        let session = match self.session(&parts.headers, &owner) {
+        let session = match self.session(&parts.headers, &owner).await {
             Ok(s) => s,
             Err(e) => {
                 log.whole(&e, None);
@@ -257,7 +343,7 @@ impl Proxy {
                 let Some(m) = peek.messages.get(index).filter(|m| charged(m)) else {
                     continue;
                 };
-                if let Err((retry_after, hit)) = limits
+                if let Err((held, hit)) = limits
                     .check(
                         &owner,
                         caller.tenant(),
@@ -268,9 +354,12 @@ impl Proxy {
                 {
                     let id = (m.kind == MessageKind::Request)
                         .then(|| m.id.clone().unwrap_or(Value::Null));
-                    let error = GatewayError::RateLimited {
-                        limit: hit.as_str(),
-                        retry_after,
+                    let error = match held {
+                        crate::limits::Held::For(retry_after) => GatewayError::RateLimited {
+                            limit: hit.as_str(),
+                            retry_after,
+                        },
+                        crate::limits::Held::StoreDown => GatewayError::Unavailable,
                     };
                     screened.refuse(index, id, error);
                 }
@@ -298,7 +387,11 @@ impl Proxy {
     }
 
     /// Stage 2: the caller's session here, if it names one.
-    fn session(&self, headers: &http::HeaderMap, owner: &Owner) -> Result<Session, GatewayError> {
+    async fn session(
+        &self,
+        headers: &http::HeaderMap,
+        owner: &Owner,
+    ) -> Result<Session, GatewayError> {
         let Some(sid) = headers.get("mcp-session-id") else {
             return Ok(Session::None);
         };
@@ -309,6 +402,7 @@ impl Proxy {
                 .inner
                 .sessions
                 .get(sid, owner)
+                .await?
                 .map(Session::Http)
                 .ok_or(GatewayError::SessionNotFound),
             Target::Stdio(_) => Err(GatewayError::SessionNotFound),
@@ -498,8 +592,12 @@ impl Proxy {
             {
                 Ok(fresh) => {
                     tracing::info!(upstream = %self.inner.name, "upstream session lost; re-initialized");
-                    if let Ok(mut u) = s.upstream.lock() {
-                        u.clone_from(&fresh);
+                    if let Some(c) = parts
+                        .headers
+                        .get("mcp-session-id")
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        self.inner.sessions.replaced(c, s, &fresh).await;
                     }
                     result = request.send(&self.inner.http, Some(&fresh)).await;
                 }
@@ -527,7 +625,7 @@ impl Proxy {
             && parts.method == http::Method::DELETE
             && (r.status().is_success() || r.status() == StatusCode::NOT_FOUND)
         {
-            self.inner.sessions.remove(c, permit.owner());
+            self.inner.sessions.remove(c, permit.owner()).await;
         }
         if let TokenSource::User(c) = token
             && r.status() == StatusCode::UNAUTHORIZED
@@ -580,20 +678,21 @@ impl Proxy {
                     .as_ref()
                     .and_then(|b| negotiated_version(b, sse))
                     .or_else(|| requested_version(permit.body()));
-                let opened = self.inner.sessions.open(
-                    permit.owner(),
-                    UpstreamSession {
-                        upstream: Mutex::new(u),
-                        // A copy of its own: the body is a slice of the connection's read
-                        // buffer, which a clone would keep alive (8 KiB a session, issue 20).
-                        init: Bytes::copy_from_slice(permit.body()),
-                        version,
-                    },
-                );
-                match opened {
-                    Ok((id, _)) => Some(id),
-                    Err(_) => return Err(GatewayError::TooManySessions.into()),
-                }
+                let opened = self
+                    .inner
+                    .sessions
+                    .open(
+                        permit.owner(),
+                        UpstreamSession {
+                            upstream: Mutex::new(u),
+                            // A copy of its own: the body is a slice of the connection's read
+                            // buffer, which a clone would keep alive (8 KiB a session, issue 20).
+                            init: Bytes::copy_from_slice(permit.body()),
+                            version,
+                        },
+                    )
+                    .await;
+                Some(opened?)
             }
             _ => None,
         };

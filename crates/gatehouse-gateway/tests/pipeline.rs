@@ -134,6 +134,7 @@ async fn setup(burst: Option<u32>, exchange: bool) -> Setup {
         messages: MessageLimits::default(),
         required: ScopeSet::parse("mcp:basic").unwrap(),
         sessions: gatehouse_gateway::DEFAULT_SESSIONS,
+        shared: None,
     };
     let headers = vec![(
         http::HeaderName::from_static("x-upstream-key"),

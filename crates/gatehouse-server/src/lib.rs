@@ -341,31 +341,48 @@ impl AuthServer {
         }
     }
 
-    /// Reads the grants revoked in the store (by `gatehouse admin`, user deletion, another
-    /// replica) every `every` and publishes them; prunes what has expired. Starts from the
-    /// revocations young enough to matter, so a restart misses none.
+    /// Keeps this process's revocation list in step with the store (by `gatehouse admin`, user
+    /// deletion, another replica): on PostgreSQL each revocation wakes it at commit (LISTEN/
+    /// NOTIFY), and it also reads every `every` (SQLite, or a notice lost with a connection).
+    /// Each read takes everything revoked since the last one (less a margin for replicas'
+    /// clocks), starting from the revocations young enough to matter, so a restart or a
+    /// reconnect misses none. A signing-key notice reloads the keys. Every successful read is
+    /// recorded in the list, so a replica cut off from the store can tell (issue 16).
     pub fn spawn_revocation_feed(&self, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
         let s = self.clone();
         tokio::spawn(async move {
             let Some(list) = s.inner.revocations.clone() else {
                 return;
             };
+            // Writers stamp revocations with their own clocks.
+            const SKEW: i64 = 5;
             let ttl = s.inner.cfg.access_token_ttl + 60;
             let mut since = s.inner.clock.now_unix() - ttl;
-            let mut tick = tokio::time::interval(every);
+            let mut feed = s.inner.store.changes();
             loop {
-                tick.tick().await;
                 let now = s.inner.clock.now_unix();
-                match s.inner.store.revoked_since(since).await {
+                match s.inner.store.revoked_since(since - SKEW).await {
                     Ok(rows) => {
                         for (gid, at) in rows {
                             s.publish_revocation(&gid, at);
                             since = since.max(at);
                         }
+                        list.confirm(now);
                     }
                     Err(e) => tracing::warn!(error = %e, "could not read revocations"),
                 }
                 list.prune(now);
+                match feed.wait(every).await {
+                    gatehouse_store::Wake::Changed(t) if t.iter().any(|t| t == "signing_keys") => {
+                        if let Err(e) = s.inner.keys.reload().await {
+                            tracing::warn!(error = %e.description, "could not reload signing keys");
+                        }
+                    }
+                    gatehouse_store::Wake::Down(e) => {
+                        tracing::warn!(error = %e, "change notices unavailable; polling");
+                    }
+                    _ => {}
+                }
             }
         })
     }

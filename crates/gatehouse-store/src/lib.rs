@@ -10,10 +10,12 @@
 //! values), passwords are argon2id PHC strings.
 #![forbid(unsafe_code)]
 
+mod changes;
 mod records;
 mod sqlite_ops;
 mod writer;
 
+pub use changes::{ChangeFeed, Wake};
 pub use records::*;
 pub use writer::SqliteWriter;
 
@@ -141,11 +143,18 @@ impl Store {
                 .connect(url)
                 .await?;
             sqlx::migrate!("./migrations").run(&pool).await?;
+            changes::install_triggers(&pool).await?;
             Store::Postgres(pool)
         } else {
             return Err(StoreError::Url);
         };
         Ok(store)
+    }
+
+    /// Whether the database answers (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        with_read!(self, p => sqlx::query("SELECT 1").execute(p).await.map(|_| ()))?;
+        Ok(())
     }
 
     pub fn backend(&self) -> &'static str {

@@ -325,6 +325,18 @@ impl Store {
         })
     }
 
+    /// Revokes every grant a client holds, for every subject (its machine tokens and its users'
+    /// alike: each token names its grant), with the consents users gave it; the client stays
+    /// registered. Returns how many grants were revoked.
+    pub async fn revoke_client_grants(&self, client_id: &str, now: i64) -> Result<u64, StoreError> {
+        with_tx!(self, tx => {
+            let n = sqlx::query("UPDATE grants SET revoked_at = $1 WHERE client_id = $2 AND revoked_at IS NULL")
+                .bind(now).bind(client_id).execute(&mut *tx).await?.rows_affected();
+            sqlx::query("DELETE FROM consents WHERE client_id = $1").bind(client_id).execute(&mut *tx).await?;
+            Ok::<_, StoreError>(n)
+        })
+    }
+
     /// Grants revoked at or after `since` (grant id, revocation time), oldest first: what the
     /// guards and gateways of this process (and of replicas on the same store) must refuse.
     pub async fn revoked_since(&self, since: i64) -> Result<Vec<(String, i64)>, StoreError> {

@@ -555,9 +555,17 @@ impl JwtValidator {
         if let (Some(r), Some(gid)) = (
             &self.cfg.revocations,
             claims.get("gid").and_then(Value::as_str),
-        ) && r.is_revoked(issuer, gid)
-        {
-            return Err(TokenError::Revoked);
+        ) {
+            // Fail closed: a list that has not heard from the store lately may miss a
+            // revocation another replica made.
+            if let Some(secs) = r.stale(now) {
+                return Err(TokenError::Unavailable(format!(
+                    "revocations not confirmed for {secs} s"
+                )));
+            }
+            if r.is_revoked(issuer, gid) {
+                return Err(TokenError::Revoked);
+            }
         }
         Principal::from_claims(issuer.to_owned(), claims, PrincipalSource::Jwt)
     }

@@ -23,7 +23,7 @@ pub use error::TokenError;
 pub use introspection::{IntrospectionConfig, IntrospectionValidator};
 pub use jwt::{ASYMMETRIC_ALGORITHMS, JwtValidator, JwtValidatorConfig, KeySet, TrustedIssuer};
 pub use principal::{Principal, PrincipalSource};
-pub use revocations::Revocations;
+pub use revocations::{Revocations, STALE_AFTER_SECS};
 
 use std::future::Future;
 use std::pin::Pin;

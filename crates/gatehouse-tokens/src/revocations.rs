@@ -3,17 +3,47 @@
 //! `gid`; a token whose grant is listed here is refused at once instead of living until it
 //! expires. Entries are kept only as long as a token of that grant could still be valid.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{PoisonError, RwLock};
 
+/// How long a list fed from a store may go unconfirmed before its tokens are refused: a replica
+/// cut off from the store cannot know what other replicas revoked (issue 16). Far below any
+/// access-token lifetime.
+pub const STALE_AFTER_SECS: i64 = 15;
+
 /// Revoked grants per issuer, each with the time after which no token of it can be valid.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Revocations {
     by_issuer: RwLock<HashMap<String, HashMap<String, i64>>>,
+    /// When a feed last read the store in full (unix seconds); `i64::MAX` while no feed keeps
+    /// this list (it is then as complete as this process's own revocations).
+    confirmed: AtomicI64,
+}
+
+impl Default for Revocations {
+    fn default() -> Self {
+        Self {
+            by_issuer: RwLock::default(),
+            confirmed: AtomicI64::new(i64::MAX),
+        }
+    }
 }
 
 impl Revocations {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A feed read every revocation up to `now`.
+    pub fn confirm(&self, now: i64) {
+        self.confirmed.store(now, Ordering::Relaxed);
+    }
+
+    /// Seconds since a feed last confirmed the list, when that is longer than
+    /// [`STALE_AFTER_SECS`]: the list may miss revocations made elsewhere.
+    pub fn stale(&self, now: i64) -> Option<i64> {
+        let at = self.confirmed.load(Ordering::Relaxed);
+        (at != i64::MAX && now - at > STALE_AFTER_SECS).then(|| now - at)
     }
 
     /// Lists a grant of `issuer` as revoked until `until` (unix seconds).
@@ -78,5 +108,9 @@ mod tests {
         r.prune(100);
         assert!(!r.is_revoked("https://a", "g1"));
         assert!(r.is_empty());
+        assert_eq!(r.stale(i64::MAX - 1), None, "no feed: never stale");
+        r.confirm(1000);
+        assert_eq!(r.stale(1000 + STALE_AFTER_SECS), None);
+        assert_eq!(r.stale(1001 + STALE_AFTER_SECS), Some(1 + STALE_AFTER_SECS));
     }
 }

@@ -40,10 +40,13 @@ enum AdminCommand {
         command: KeysCommand,
     },
     /// Revoke every grant of a user (optionally only for one client), with their remembered
-    /// consents; without --client their browser sessions end too.
+    /// consents (without --client their browser sessions end too); or, with --client alone,
+    /// every grant and token of that client, for every user. Every replica's guards and
+    /// gateways refuse the tokens within a second.
+    #[command(group(clap::ArgGroup::new("who").required(true).multiple(true).args(["subject", "client"])))]
     Revoke {
         #[arg(long)]
-        subject: String,
+        subject: Option<String>,
         #[arg(long)]
         client: Option<String>,
     },
@@ -360,10 +363,16 @@ async fn run_inner(args: AdminArgs) -> Result<(), String> {
             }
         }
         AdminCommand::Revoke { subject, client } => {
-            let n = store
-                .revoke_grants_of(&subject, client.as_deref(), now)
-                .await
-                .map_err(|e| e.to_string())?;
+            let n = match (&subject, &client) {
+                (Some(subject), client) => {
+                    store
+                        .revoke_grants_of(subject, client.as_deref(), now)
+                        .await
+                }
+                (None, Some(client)) => store.revoke_client_grants(client, now).await,
+                (None, None) => return Err("give --subject, --client or both".into()),
+            }
+            .map_err(|e| e.to_string())?;
             println!("revoked {n} grant(s)");
         }
     }

@@ -75,6 +75,12 @@ fn build_inner(
             env!("CARGO_PKG_VERSION")
         ))
         .map_err(|e| e.to_string())?;
+        let shared = cfg
+            .shared_state
+            .as_ref()
+            .map(|s| gatehouse_gateway::SharedState::open(&s.redis_url.0))
+            .transpose()
+            .map_err(|e| format!("shared_state.redis_url: {e}"))?;
         let limits = spec
             .rate_limit
             .as_ref()
@@ -148,6 +154,7 @@ fn build_inner(
                 per_owner: aggregate_sessions.per_owner.saturating_mul(2),
                 ..aggregate_sessions
             },
+            shared,
         };
         let mut proxies = Vec::new();
         for u in spec.upstreams {

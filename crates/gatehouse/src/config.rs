@@ -17,6 +17,16 @@ impl std::fmt::Debug for EnvString {
     }
 }
 
+/// `${env:VAR}` expanded in a plain string: addresses that differ per deployment (replicas
+/// behind a load balancer, an upstream's URL).
+fn env_expanded<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    EnvString::deserialize(d).map(|e| e.0)
+}
+
+fn env_expanded_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<EnvString>::deserialize(d).map(|o| o.map(|e| e.0))
+}
+
 pub(crate) fn expand_env(
     s: &str,
     lookup: impl Fn(&str) -> Option<String>,
@@ -66,7 +76,7 @@ pub(crate) struct Config {
     pub(crate) listen: SocketAddr,
     /// The origin clients use to reach this server (`https://mcp.example.com`); the protected
     /// endpoint is this plus `mcp.path`. Defaults to `http://<listen>`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "env_expanded_opt")]
     pub(crate) public_url: Option<String>,
     #[serde(default)]
     pub(crate) log: LogConfig,
@@ -281,7 +291,7 @@ pub(crate) struct UpstreamEntry {
     /// Lower-case letters, digits and `-`: the path segment.
     pub(crate) name: String,
     /// The upstream's Streamable HTTP endpoint (or `command` for a stdio server).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "env_expanded")]
     pub(crate) url: String,
     /// A stdio MCP server the gateway starts, one process per MCP session, with a clean
     /// environment: only `PATH` and what `env` sets.

@@ -110,6 +110,7 @@ pub(crate) fn run_embedded(listen: SocketAddr, data_dir: &str) -> ExitCode {
                 banner,
                 connect: None,
                 revocations,
+                stores: vec![store.clone()],
             }),
         )
         .await

@@ -184,7 +184,9 @@ pub(crate) async fn build(
         let what = format!("authorization_server.tenants.{name}.database");
         servers.push((tac, open_store(&t.database.0, &what).await?));
     }
+    let mut stores = Vec::new();
     for (c, store) in servers {
+        stores.push(store.clone());
         let issuer = c.issuer.clone();
         let server = AuthServer::with_revocations(
             c,
@@ -208,6 +210,7 @@ pub(crate) async fn build(
         banner,
         connect,
         revocations: revocations.clone(),
+        stores,
     }))
 }
 

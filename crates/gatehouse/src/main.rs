@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod dev;
 mod embedded;
+mod health;
 mod listener;
 mod plan;
 
@@ -42,6 +43,9 @@ enum Command {
     Serve {
         #[arg(long)]
         config: String,
+        /// Listen here instead of the file's `listen` (replicas of one file on one host).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
     },
     /// Development: the guarded demo MCP server on loopback, with the embedded authorization
     /// server (or trusting an external issuer given by --issuer).
@@ -198,9 +202,14 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Serve { config } => {
+        Command::Serve { config, listen } => {
             let cfg = match Config::load(&config) {
-                Ok(c) => c,
+                Ok(mut c) => {
+                    if let Some(l) = listen {
+                        c.listen = l;
+                    }
+                    c
+                }
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(2);
@@ -335,6 +344,8 @@ pub(crate) struct Embedded {
     /// Grants the authorization server revoked: every guard and gateway here refuses their
     /// tokens at once (T23).
     pub(crate) revocations: std::sync::Arc<gatehouse_tokens::Revocations>,
+    /// The authorization servers' databases, for readiness.
+    pub(crate) stores: Vec<gatehouse_store::Store>,
 }
 
 fn run(cfg: Config, dev: bool, data_dir: Option<&str>, embedded: Option<Embedded>) -> ExitCode {
@@ -361,10 +372,29 @@ pub(crate) async fn serve_app(
             }
         };
         let mut banner = Vec::new();
+        let shared = match cfg
+            .shared_state
+            .as_ref()
+            .map(|s| gatehouse_gateway::SharedState::open(&s.redis_url.0))
+            .transpose()
+        {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: shared_state.redis_url: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let mut readiness = health::Readiness {
+            shared,
+            ..Default::default()
+        };
         if let Some(e) = embedded {
             app.router = app.router.merge(e.router);
             banner = e.banner;
+            readiness.stores = e.stores;
+            readiness.revocations = Some(e.revocations);
         }
+        app.router = app.router.merge(health::router(readiness));
         let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
             Ok(l) => l,
             Err(e) => {

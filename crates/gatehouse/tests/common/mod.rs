@@ -94,6 +94,12 @@ impl Proc {
         s
     }
 
+    /// SIGKILL: no chance to clean up, as when a machine dies.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then the exit status (waiting at most `secs`).
     pub fn terminate(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill")

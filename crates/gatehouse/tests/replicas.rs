@@ -1,0 +1,328 @@
+//! Issue 16: three replicas of `gatehouse serve` running `examples/replicas/gatehouse.yaml`
+//! unchanged, behind a real nginx (round-robin, no affinity), on a fresh PostgreSQL database
+//! and Redis, in front of the real server-everything. One MCP session spread over every
+//! replica; a replica killed with SIGKILL mid-session; one rate limit across replicas; a client
+//! revoked with `gatehouse admin` refused by every replica within a second.
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Nginx {
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn start(port: u16, backends: &[u16]) -> Nginx {
+        let dir = std::env::temp_dir().join(format!("gatehouse-lb-{port}"));
+        std::fs::create_dir_all(dir.join("logs")).expect("dir");
+        let servers: String = backends
+            .iter()
+            .map(|p| format!("    server 127.0.0.1:{p} max_fails=1 fail_timeout=30s;\n"))
+            .collect();
+        let conf = format!(
+            "worker_processes 1;\nerror_log {d}/logs/error.log;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 512; }}\n\
+             http {{\n  log_format up '$upstream_addr $status';\n  access_log {d}/logs/access.log up;\n\
+             client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+             upstream replicas {{\n{servers}  }}\n\
+             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+             proxy_pass http://replicas;\n      proxy_http_version 1.1;\n\
+             proxy_set_header Host $http_host;\n      proxy_set_header Connection \"\";\n\
+             proxy_buffering off;\n      proxy_next_upstream error timeout;\n    }}\n  }}\n}}\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).expect("conf");
+        let out = Command::new(nginx_bin())
+            .args(["-c"])
+            .arg(dir.join("nginx.conf"))
+            .args(["-p"])
+            .arg(&dir)
+            .output()
+            .expect("nginx (scripts/setup installs it)");
+        assert!(
+            out.status.success(),
+            "nginx: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_port(port);
+        Nginx { dir }
+    }
+
+    /// The replica (`127.0.0.1:port`) that served each request so far.
+    fn served_by(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("logs/access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new(nginx_bin())
+            .args(["-c"])
+            .arg(self.dir.join("nginx.conf"))
+            .args(["-p"])
+            .arg(&self.dir)
+            .args(["-s", "stop"])
+            .output();
+    }
+}
+
+fn nginx_bin() -> &'static str {
+    if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    }
+}
+
+fn wait_port(port: u16) {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("port {port} did not open");
+}
+
+fn psql(sql: &str) -> std::process::Output {
+    Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", sql])
+        .output()
+        .expect("psql (scripts/setup installs PostgreSQL)")
+}
+
+fn replica(env: &[(&str, String)], port: u16) -> Proc {
+    let mut cmd = gatehouse();
+    cmd.args(["serve", "--config"])
+        .arg(repo_root().join("examples/replicas/gatehouse.yaml"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("GATEHOUSE_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Proc::start(cmd, "ready")
+}
+
+/// One JSON-RPC message to `url`: the HTTP status, the session id it returned, and the
+/// JSON-RPC answer (from JSON or the first SSE `data:` event).
+async fn rpc(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    session: Option<&str>,
+    body: Value,
+) -> (u16, Option<String>, Option<Value>) {
+    let mut req = http
+        .post(url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .json(&body);
+    if let Some(s) = session {
+        req = req.header("mcp-session-id", s);
+    }
+    let r = req.send().await.expect("send");
+    let status = r.status().as_u16();
+    let sid = r
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = r.text().await.unwrap_or_default();
+    let answer = serde_json::from_str(&text).ok().or_else(|| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .find_map(|d| serde_json::from_str(d.trim()).ok())
+    });
+    (status, sid, answer)
+}
+
+fn initialize() -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "replicas-test", "version": "1"}}})
+}
+
+fn echo(id: u64, text: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+           "params": {"name": "echo", "arguments": {"message": text}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rp1_rp2_rp3_three_replicas_share_sessions_limits_and_revocations() {
+    let db = format!("gatehouse_replicas_{}", free_port());
+    let out = psql(&format!("CREATE DATABASE {db}"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let db_url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+    let up_port = free_port();
+    let _upstream = server_everything(up_port);
+    let lb_port = free_port();
+    let public = format!("http://127.0.0.1:{lb_port}");
+    let env = vec![
+        ("GATEHOUSE_DATABASE", db_url.clone()),
+        ("GATEHOUSE_REDIS_URL", "redis://127.0.0.1:6379".to_owned()),
+        ("GATEHOUSE_PUBLIC_URL", public.clone()),
+        (
+            "GATEHOUSE_UPSTREAM_URL",
+            format!("http://127.0.0.1:{up_port}/mcp"),
+        ),
+    ];
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    // Started together, on a database none of them has seen: they race to migrate it and to
+    // create the first signing key.
+    let mut replicas: Vec<Option<Proc>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ports
+            .iter()
+            .map(|p| s.spawn(|| replica(&env, *p)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| Some(h.join().expect("replica")))
+            .collect()
+    });
+    let lb = Nginx::start(lb_port, &ports);
+    let endpoint = format!("{public}/servers/echo/mcp");
+    let http = reqwest::Client::new();
+
+    let (id, secret) = add_machine_client(&db_url, "replicas");
+    let token = cc_token_for(&public, &id, &secret, &endpoint).await;
+
+    // One session, every message through the load balancer.
+    let (st, sid, answer) = rpc(&http, &endpoint, &token, None, initialize()).await;
+    assert_eq!(st, 200, "{answer:?}");
+    let sid = sid.expect("a session id");
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (st, _, _) = rpc(&http, &endpoint, &token, Some(&sid), note).await;
+    assert!(st == 202 || st == 200, "initialized: {st}");
+    // Paced under the subject's rate (600/min, burst 5).
+    let pace = || tokio::time::sleep(Duration::from_millis(150));
+    for i in 0..6 {
+        pace().await;
+        let (st, _, answer) =
+            rpc(&http, &endpoint, &token, Some(&sid), echo(10 + i, &format!("m{i}"))).await;
+        assert_eq!(st, 200, "call {i}: {answer:?}");
+        let text = answer.as_ref().map(|a| a["result"]["content"][0]["text"].to_string());
+        assert!(
+            text.as_deref().is_some_and(|t| t.contains(&format!("m{i}"))),
+            "call {i}: {answer:?}"
+        );
+    }
+    let mcp_served: std::collections::HashSet<String> =
+        lb.served_by().into_iter().skip(2).collect();
+    assert_eq!(
+        mcp_served.len(),
+        3,
+        "the session's messages went to every replica: {mcp_served:?}"
+    );
+
+    // SIGKILL one replica mid-session: the session carries on through the others.
+    if let Some(mut dead) = replicas[0].take() {
+        dead.kill9();
+    }
+    for i in 0..6 {
+        pace().await;
+        let (st, _, answer) =
+            rpc(&http, &endpoint, &token, Some(&sid), echo(30 + i, &format!("after{i}"))).await;
+        assert_eq!(st, 200, "after the kill, call {i}: {answer:?}");
+        assert!(
+            answer.map(|a| a["result"]["content"][0]["text"].to_string()).is_some_and(|t| t.contains(&format!("after{i}"))),
+            "after the kill, call {i}"
+        );
+    }
+
+    // One rate limit for the subject across replicas (burst 5, 600/min): 20 calls at once let
+    // through the burst and what refills meanwhile, not three replicas' worth.
+    let (id2, secret2) = add_machine_client(&db_url, "limited");
+    let token2 = cc_token_for(&public, &id2, &secret2, &endpoint).await;
+    let (_, sid2, _) = rpc(&http, &endpoint, &token2, None, initialize()).await;
+    let sid2 = sid2.expect("session");
+    let calls = (0..20).map(|i| {
+        let (http, endpoint, token2, sid2) = (&http, &endpoint, &token2, &sid2);
+        async move { rpc(http, endpoint, token2, Some(sid2), echo(100 + i, "x")).await.0 }
+    });
+    let statuses = futures::future::join_all(calls).await;
+    let passed = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(
+        limited >= 8 && passed <= 12,
+        "one budget across replicas: {passed} passed, {limited} limited ({statuses:?})"
+    );
+
+    // Revoke the first client (the admin CLI on the database): every live replica refuses
+    // its token within a second.
+    let live: Vec<u16> = ports[1..].to_vec();
+    for p in &live {
+        pace().await;
+        let url = format!("http://127.0.0.1:{p}/servers/echo/mcp");
+        let (st, _, _) = rpc(&http, &url, &token, Some(&sid), echo(50, "before")).await;
+        assert_eq!(st, 200, "replica {p} serves the token before the revocation");
+    }
+    let out = gatehouse()
+        .args(["admin", "--db", &db_url, "revoke", "--client", &id])
+        .output()
+        .expect("admin revoke");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let revoked = Instant::now();
+    let mut refused_after = Vec::new();
+    for p in &live {
+        let url = format!("http://127.0.0.1:{p}/servers/echo/mcp");
+        loop {
+            let r = http
+                .post(&url)
+                .bearer_auth(&token)
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-session-id", &sid)
+                .json(&echo(60, "after"))
+                .send()
+                .await
+                .expect("send");
+            if r.status() == 401 {
+                let www = r
+                    .headers()
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                assert!(www.contains("invalid_token"), "{www}");
+                refused_after.push(revoked.elapsed());
+                break;
+            }
+            assert!(
+                revoked.elapsed() < Duration::from_secs(5),
+                "replica {p} still serves a revoked client's token"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    eprintln!("revocation reached the replicas after {refused_after:?}");
+    assert!(
+        refused_after.iter().all(|d| *d <= Duration::from_secs(1)),
+        "every replica refused within 1 s: {refused_after:?}"
+    );
+    // The other client is untouched.
+    let (st, _, _) = rpc(&http, &endpoint, &token2, Some(&sid2), echo(70, "still")).await;
+    assert!(st == 200 || st == 429, "another client keeps working: {st}");
+
+    // Readiness: every live replica is ready.
+    for p in &live {
+        let r = http
+            .get(format!("http://127.0.0.1:{p}/readyz"))
+            .send()
+            .await
+            .expect("readyz");
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(v["status"], "ready", "{v}");
+    }
+    drop(replicas);
+    drop(lb);
+    let _ = psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+}
