@@ -129,7 +129,11 @@ impl SharedSessions {
 
     /// The session, when it is alive and `owner`'s (another owner's is "not found"); its idle
     /// clock restarts.
-    pub(crate) async fn get(&self, id: &str, owner: &Owner) -> Result<Option<Record>, GatewayError> {
+    pub(crate) async fn get(
+        &self,
+        id: &str,
+        owner: &Owner,
+    ) -> Result<Option<Record>, GatewayError> {
         let key = self.key(id);
         let mut c = self.state.conn().await?;
         let (fields, _): (std::collections::HashMap<String, Vec<u8>>, i64) = redis::pipe()
@@ -148,7 +152,11 @@ impl SharedSessions {
         }
         Ok(Some(Record {
             upstream: text("up").unwrap_or_default(),
-            init: fields.get("init").cloned().map(Bytes::from).unwrap_or_default(),
+            init: fields
+                .get("init")
+                .cloned()
+                .map(Bytes::from)
+                .unwrap_or_default(),
             version: text("ver").filter(|v| !v.is_empty()),
         }))
     }

@@ -45,9 +45,10 @@ enum AdminCommand {
     /// gateways refuse the tokens within a second.
     #[command(group(clap::ArgGroup::new("who").required(true).multiple(true).args(["subject", "client"])))]
     Revoke {
-        #[arg(long)]
+        // Generated ids may start with `-`.
+        #[arg(long, allow_hyphen_values = true)]
         subject: Option<String>,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         client: Option<String>,
     },
 }
@@ -115,6 +116,7 @@ enum ClientsCommand {
     List,
     /// Delete a client and revoke its grants.
     Delete {
+        #[arg(allow_hyphen_values = true)]
         client_id: String,
     },
 }

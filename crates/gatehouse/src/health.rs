@@ -88,8 +88,10 @@ async fn ready(r: &Readiness) -> Response {
     )
         .into_response();
     if !ok {
-        resp.headers_mut()
-            .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+        resp.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("5"),
+        );
     }
     resp
 }

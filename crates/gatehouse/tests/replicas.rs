@@ -95,7 +95,16 @@ fn wait_port(port: u16) {
 
 fn psql(sql: &str) -> std::process::Output {
     Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", sql])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
         .output()
         .expect("psql (scripts/setup installs PostgreSQL)")
 }
@@ -161,7 +170,11 @@ fn echo(id: u64, text: &str) -> Value {
 async fn rp1_rp2_rp3_three_replicas_share_sessions_limits_and_revocations() {
     let db = format!("gatehouse_replicas_{}", free_port());
     let out = psql(&format!("CREATE DATABASE {db}"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let db_url = format!("postgres://postgres@127.0.0.1:5432/{db}");
     let up_port = free_port();
     let _upstream = server_everything(up_port);
@@ -207,12 +220,21 @@ async fn rp1_rp2_rp3_three_replicas_share_sessions_limits_and_revocations() {
     let pace = || tokio::time::sleep(Duration::from_millis(150));
     for i in 0..6 {
         pace().await;
-        let (st, _, answer) =
-            rpc(&http, &endpoint, &token, Some(&sid), echo(10 + i, &format!("m{i}"))).await;
+        let (st, _, answer) = rpc(
+            &http,
+            &endpoint,
+            &token,
+            Some(&sid),
+            echo(10 + i, &format!("m{i}")),
+        )
+        .await;
         assert_eq!(st, 200, "call {i}: {answer:?}");
-        let text = answer.as_ref().map(|a| a["result"]["content"][0]["text"].to_string());
+        let text = answer
+            .as_ref()
+            .map(|a| a["result"]["content"][0]["text"].to_string());
         assert!(
-            text.as_deref().is_some_and(|t| t.contains(&format!("m{i}"))),
+            text.as_deref()
+                .is_some_and(|t| t.contains(&format!("m{i}"))),
             "call {i}: {answer:?}"
         );
     }
@@ -230,11 +252,19 @@ async fn rp1_rp2_rp3_three_replicas_share_sessions_limits_and_revocations() {
     }
     for i in 0..6 {
         pace().await;
-        let (st, _, answer) =
-            rpc(&http, &endpoint, &token, Some(&sid), echo(30 + i, &format!("after{i}"))).await;
+        let (st, _, answer) = rpc(
+            &http,
+            &endpoint,
+            &token,
+            Some(&sid),
+            echo(30 + i, &format!("after{i}")),
+        )
+        .await;
         assert_eq!(st, 200, "after the kill, call {i}: {answer:?}");
         assert!(
-            answer.map(|a| a["result"]["content"][0]["text"].to_string()).is_some_and(|t| t.contains(&format!("after{i}"))),
+            answer
+                .map(|a| a["result"]["content"][0]["text"].to_string())
+                .is_some_and(|t| t.contains(&format!("after{i}"))),
             "after the kill, call {i}"
         );
     }
@@ -247,7 +277,11 @@ async fn rp1_rp2_rp3_three_replicas_share_sessions_limits_and_revocations() {
     let sid2 = sid2.expect("session");
     let calls = (0..20).map(|i| {
         let (http, endpoint, token2, sid2) = (&http, &endpoint, &token2, &sid2);
-        async move { rpc(http, endpoint, token2, Some(sid2), echo(100 + i, "x")).await.0 }
+        async move {
+            rpc(http, endpoint, token2, Some(sid2), echo(100 + i, "x"))
+                .await
+                .0
+        }
     });
     let statuses = futures::future::join_all(calls).await;
     let passed = statuses.iter().filter(|s| **s == 200).count();
@@ -264,13 +298,20 @@ async fn rp1_rp2_rp3_three_replicas_share_sessions_limits_and_revocations() {
         pace().await;
         let url = format!("http://127.0.0.1:{p}/servers/echo/mcp");
         let (st, _, _) = rpc(&http, &url, &token, Some(&sid), echo(50, "before")).await;
-        assert_eq!(st, 200, "replica {p} serves the token before the revocation");
+        assert_eq!(
+            st, 200,
+            "replica {p} serves the token before the revocation"
+        );
     }
     let out = gatehouse()
         .args(["admin", "--db", &db_url, "revoke", "--client", &id])
         .output()
         .expect("admin revoke");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let revoked = Instant::now();
     let mut refused_after = Vec::new();
     for p in &live {
@@ -324,5 +365,99 @@ async fn rp1_rp2_rp3_three_replicas_share_sessions_limits_and_revocations() {
     }
     drop(replicas);
     drop(lb);
+    let _ = psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+}
+
+/// RP-4: Redis away → the requests that need it get 503 with Retry-After (never a pass),
+/// `/readyz` says not ready; Redis back → both recover by themselves, no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rp4_redis_down_is_503_and_not_ready_then_recovers_by_itself() {
+    let db = format!("gatehouse_replicas_down_{}", free_port());
+    let out = psql(&format!("CREATE DATABASE {db}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db_url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+    let (port, redis_port) = (free_port(), free_port());
+    let public = format!("http://127.0.0.1:{port}");
+    let env = vec![
+        ("GATEHOUSE_DATABASE", db_url.clone()),
+        (
+            "GATEHOUSE_REDIS_URL",
+            format!("redis://127.0.0.1:{redis_port}"),
+        ),
+        ("GATEHOUSE_PUBLIC_URL", public.clone()),
+        (
+            "GATEHOUSE_UPSTREAM_URL",
+            "http://127.0.0.1:9/mcp".to_owned(),
+        ),
+    ];
+    let _replica = replica(&env, port);
+    let endpoint = format!("{public}/servers/echo/mcp");
+    let http = reqwest::Client::new();
+    let (id, secret) = add_machine_client(&db_url, "down");
+    let token = cc_token_for(&public, &id, &secret, &endpoint).await;
+
+    let r = http
+        .post(&endpoint)
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&initialize())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 503, "no session without Redis");
+    assert!(r.headers().contains_key("retry-after"));
+    let r = http
+        .get(format!("{public}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["status"], "not ready", "{v}");
+    assert_ne!(v["checks"]["redis"], "ok", "{v}");
+    assert_eq!(v["checks"]["database"], "ok", "{v}");
+
+    // Redis comes up on that address: service resumes without a restart.
+    let redis_dir = std::env::temp_dir().join(format!("gatehouse-redis-{redis_port}"));
+    std::fs::create_dir_all(&redis_dir).expect("dir");
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &redis_port.to_string(),
+            "--save",
+            "",
+        ])
+        .current_dir(&redis_dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (scripts/setup installs it)");
+    wait_port(redis_port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http
+            .get(format!("{public}/readyz"))
+            .send()
+            .await
+            .expect("readyz");
+        if r.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready again within 10 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (st, sid, answer) = rpc(&http, &endpoint, &token, None, initialize()).await;
+    // The upstream is down (port 9): the session is admitted by the guard and the gateway
+    // answers for the upstream, not 503 for Redis.
+    assert_ne!(st, 503, "{answer:?}");
+    assert!(st == 502 || sid.is_some(), "{st} {answer:?}");
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let _ = std::fs::remove_dir_all(&redis_dir);
     let _ = psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
 }
