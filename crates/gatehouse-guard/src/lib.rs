@@ -17,12 +17,14 @@
 
 mod apikey;
 mod error;
+mod events;
 mod layer;
 mod metadata;
 mod sessions;
 
 pub use apikey::{API_KEY_PREFIX, ApiKey, ApiKeyError, generate_api_key};
 pub use error::GuardError;
+pub use events::SecurityEvents;
 pub use gatehouse_tokens::{Principal, PrincipalSource};
 pub use layer::{GuardLayer, GuardService};
 pub use sessions::{SessionLimits, SessionsFull, SharedSessions};

@@ -412,6 +412,12 @@ async fn refresh_grant(
                 "refresh token already used; the grant has been revoked",
             ));
         }
+        Rotated::Raced => {
+            tracing::info!(client_id = %client.client_id, "refresh token used again while its successor is new; refused, nothing revoked");
+            return Err(OAuthError::invalid_grant(
+                "refresh token already used; use the newest refresh token",
+            ));
+        }
         Rotated::Revoked => return Err(OAuthError::invalid_grant("grant revoked")),
         Rotated::Expired => return Err(OAuthError::invalid_grant("refresh token expired")),
         Rotated::Unknown => return Err(OAuthError::invalid_grant("unknown refresh token")),

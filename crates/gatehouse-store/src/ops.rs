@@ -105,6 +105,11 @@ pub(crate) fn may_rotate(r: &RefreshRecord, now: i64, grace: i64) -> bool {
     r.reuse_count == 0 && r.rotated_at.is_none_or(|t| now - t <= grace)
 }
 
+/// 1 when token `$1`, which may not rotate, lost a race rather than being replayed: it really
+/// rotated (a retired twin has no child), at or after `$2` (within the grace window), and none of
+/// its successors (child, grace child) has been used or retired since.
+const LOST_RACE: &str = "SELECT COUNT(*) FROM refresh_tokens t WHERE t.token_hash = $1 AND t.child_hash IS NOT NULL AND t.rotated_at >= $2 AND NOT EXISTS (SELECT 1 FROM refresh_tokens s WHERE s.rotated_at IS NOT NULL AND (s.token_hash = t.child_hash OR s.token_hash = t.grace_child))";
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
@@ -462,6 +467,10 @@ impl Store {
                 return Ok(Ok(Rotated::Expired));
             }
             if !may_rotate(&r, now, grace) {
+                let raced: i64 = sqlx::query_scalar(LOST_RACE).bind(token_hash).bind(now - grace).fetch_one(&mut *tx).await?;
+                if raced > 0 {
+                    return Ok(Ok(Rotated::Raced));
+                }
                 sqlx::query("UPDATE grants SET revoked_at = $1 WHERE grant_id = $2 AND revoked_at IS NULL").bind(now).bind(&r.grant_id).execute(&mut *tx).await?;
                 return Ok(Ok(Rotated::Reused { grant_id: r.grant_id }));
             }
@@ -477,6 +486,12 @@ impl Store {
                 grace_use = true;
                 let again = sqlx::query("UPDATE refresh_tokens SET reuse_count = 1, grace_child = $3 WHERE token_hash = $1 AND reuse_count = 0 AND rotated_at >= $2").bind(token_hash).bind(now - grace).bind(&new.token_hash).execute(&mut *tx).await?.rows_affected();
                 if again != 1 {
+                    // Another transaction took the grace use meanwhile (it has committed: the
+                    // update waited for its lock): read what it left.
+                    let raced: i64 = sqlx::query_scalar(LOST_RACE).bind(token_hash).bind(now - grace).fetch_one(&mut *tx).await?;
+                    if raced > 0 {
+                        return Ok(Ok(Rotated::Raced));
+                    }
                     sqlx::query("UPDATE grants SET revoked_at = $1 WHERE grant_id = $2 AND revoked_at IS NULL").bind(now).bind(&r.grant_id).execute(&mut *tx).await?;
                     return Ok(Ok(Rotated::Reused { grant_id: r.grant_id }));
                 }

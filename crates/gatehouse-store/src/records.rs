@@ -201,6 +201,10 @@ pub enum Rotated {
     Reused {
         grant_id: String,
     },
+    /// A rotated token used again within the grace window after its one grace use, while no
+    /// successor has been used yet: concurrent refreshes (a retry storm, replicas racing), not
+    /// a replay. Refused; nothing is revoked and the winner's chain lives on (issue 16).
+    Raced,
     Revoked,
     Expired,
     Unknown,

@@ -11,6 +11,9 @@ const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens (token_hash, grant_id, 
 /// Using a token ends its parent's grace use and retires its siblings (other grace answers).
 /// Siblings exist only if the parent had its grace use, which already set `reuse_count`: when
 /// this update changes the row, there are none to retire.
+/// See `ops::LOST_RACE`.
+const LOST_RACE: &str = "SELECT COUNT(*) FROM refresh_tokens t WHERE t.token_hash = ?1 AND t.child_hash IS NOT NULL AND t.rotated_at >= ?2 AND NOT EXISTS (SELECT 1 FROM refresh_tokens s WHERE s.rotated_at IS NOT NULL AND (s.token_hash = t.child_hash OR s.token_hash = t.grace_child))";
+
 const END_PARENT_GRACE: &str =
     "UPDATE refresh_tokens SET reuse_count = 1 WHERE token_hash = ?1 AND reuse_count = 0";
 const RETIRE_SIBLINGS: &str = "UPDATE refresh_tokens SET rotated_at = ?1, reuse_count = 1 WHERE token_hash IN (SELECT child_hash FROM refresh_tokens WHERE token_hash = ?2 UNION ALL SELECT grace_child FROM refresh_tokens WHERE token_hash = ?2) AND token_hash <> ?3 AND rotated_at IS NULL";
@@ -157,6 +160,12 @@ pub(crate) fn rotate_refresh<E>(
         return Ok(Ok(Rotated::Expired));
     }
     if !crate::ops::may_rotate(&old, now, grace) {
+        let raced: i64 = c
+            .prepare_cached(LOST_RACE)?
+            .query_row(params![token_hash, now - grace], |r| r.get(0))?;
+        if raced > 0 {
+            return Ok(Ok(Rotated::Raced));
+        }
         revoke_grant(c, &old.grant_id, now)?;
         return Ok(Ok(Rotated::Reused {
             grant_id: old.grant_id,

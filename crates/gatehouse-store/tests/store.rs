@@ -555,9 +555,26 @@ async fn refresh_rotation_with_grace_and_reuse_detection(s: &Store) {
             .as_deref(),
         Some("a1")
     );
-    // A third use is reuse: the family is revoked, including the tokens it produced.
+    // A third use within the window, no successor used yet: a lost race (issue 16), refused
+    // without revoking; the chain goes on.
     let r = s
         .rotate_refresh::<()>("a1", NOW + 13, 5, |o| Ok(refresh("a3", &o.grant_id)))
+        .await
+        .expect("db");
+    assert_eq!(r, Ok(Rotated::Raced));
+    assert!(
+        s.get_refresh("a3").await.expect("get").is_none(),
+        "nothing stored"
+    );
+    let r = s
+        .rotate_refresh::<()>("a2", NOW + 14, 5, |o| Ok(refresh("a4", &o.grant_id)))
+        .await
+        .expect("db");
+    assert!(matches!(r, Ok(Rotated::Ok { grace: false, .. })), "{r:?}");
+    // Once a successor was used, the same use is a replay: the family is revoked, including
+    // the tokens it produced.
+    let r = s
+        .rotate_refresh::<()>("a1", NOW + 14, 5, |o| Ok(refresh("a3", &o.grant_id)))
         .await
         .expect("db");
     assert_eq!(
@@ -567,7 +584,7 @@ async fn refresh_rotation_with_grace_and_reuse_detection(s: &Store) {
         })
     );
     assert_eq!(
-        s.rotate_refresh::<()>("a2", NOW + 14, 5, |o| Ok(refresh("a4", &o.grant_id)))
+        s.rotate_refresh::<()>("a4", NOW + 15, 5, |o| Ok(refresh("a5", &o.grant_id)))
             .await
             .expect("db"),
         Ok(Rotated::Revoked)

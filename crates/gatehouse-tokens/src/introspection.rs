@@ -19,6 +19,8 @@ pub struct IntrospectionConfig {
     pub cache_ttl: Duration,
     /// The issuer to attribute tokens to when the response has no `iss`.
     pub issuer: String,
+    /// Subjects the issuer's Security Event Tokens revoked: refused even from the cache.
+    pub revocations: Option<Arc<crate::Revocations>>,
 }
 
 /// Validates opaque tokens by introspection (RS-18): `active` must be true, `aud` must name this
@@ -56,14 +58,22 @@ impl IntrospectionValidator {
     pub async fn introspect(&self, token: &str) -> Result<Principal, TokenError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = self.clock.now_unix();
-        if let Some((p, until)) = self
+        let cached = self
             .cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
-            && *until > now
-        {
-            return Ok(p.clone());
+            .filter(|(_, until)| *until > now)
+            .map(|(p, _)| p.clone());
+        if let Some(p) = cached {
+            if self.revoked(&p) {
+                self.cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
+                return Err(TokenError::Revoked);
+            }
+            return Ok(p);
         }
         let resp = self
             .fetcher
@@ -115,6 +125,9 @@ impl IntrospectionValidator {
             claims,
             PrincipalSource::Introspection,
         )?;
+        if self.revoked(&p) {
+            return Err(TokenError::Revoked);
+        }
         let ttl = i64::try_from(self.cfg.cache_ttl.as_secs()).unwrap_or(60);
         let until = exp.map_or(now + ttl, |e| e.min(now + ttl));
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -126,5 +139,16 @@ impl IntrospectionValidator {
         }
         cache.insert(key, (p.clone(), until));
         Ok(p)
+    }
+
+    /// Whether a security event revoked the principal's tokens issued up to now.
+    fn revoked(&self, p: &Principal) -> bool {
+        self.cfg.revocations.as_ref().is_some_and(|r| {
+            r.subject_revoked(
+                &p.issuer,
+                &p.subject,
+                p.claims.get("iat").and_then(Value::as_i64),
+            )
+        })
     }
 }

@@ -567,6 +567,13 @@ impl JwtValidator {
                 return Err(TokenError::Revoked);
             }
         }
+        if let (Some(r), Some(sub)) = (
+            &self.cfg.revocations,
+            claims.get("sub").and_then(Value::as_str),
+        ) && r.subject_revoked(issuer, sub, num("iat"))
+        {
+            return Err(TokenError::Revoked);
+        }
         Principal::from_claims(issuer.to_owned(), claims, PrincipalSource::Jwt)
     }
 }

@@ -13,6 +13,7 @@
 
 mod discovery;
 mod error;
+pub mod events;
 mod introspection;
 mod jwt;
 mod principal;
@@ -20,6 +21,7 @@ mod revocations;
 
 pub use discovery::discover;
 pub use error::TokenError;
+pub use events::{SetError, SetVerifier, SubjectRevocation, Transmitter};
 pub use introspection::{IntrospectionConfig, IntrospectionValidator};
 pub use jwt::{ASYMMETRIC_ALGORITHMS, JwtValidator, JwtValidatorConfig, KeySet, TrustedIssuer};
 pub use principal::{Principal, PrincipalSource};

@@ -11,10 +11,17 @@ use std::sync::{PoisonError, RwLock};
 /// access-token lifetime.
 pub const STALE_AFTER_SECS: i64 = 15;
 
+/// A subject revocation: tokens issued up to `.0` are refused; kept until `.1`.
+type Cutoff = (i64, i64);
+
 /// Revoked grants per issuer, each with the time after which no token of it can be valid.
 #[derive(Debug)]
 pub struct Revocations {
     by_issuer: RwLock<HashMap<String, HashMap<String, i64>>>,
+    /// Subjects whose tokens issued up to a time are refused (Security Event Tokens from an
+    /// external authorization server: `session-revoked`, `credential-change`), per issuer:
+    /// subject → (cutoff, kept until).
+    subjects: RwLock<HashMap<String, HashMap<String, Cutoff>>>,
     /// When a feed last read the store in full (unix seconds); `i64::MAX` while no feed keeps
     /// this list (it is then as complete as this process's own revocations).
     confirmed: AtomicI64,
@@ -24,6 +31,7 @@ impl Default for Revocations {
     fn default() -> Self {
         Self {
             by_issuer: RwLock::default(),
+            subjects: RwLock::default(),
             confirmed: AtomicI64::new(i64::MAX),
         }
     }
@@ -57,6 +65,30 @@ impl Revocations {
         *at = (*at).max(until);
     }
 
+    /// Refuses `issuer`'s tokens for `subject` issued at or before `cutoff` (unix seconds),
+    /// remembered until `until`.
+    pub fn revoke_subject(&self, issuer: &str, subject: &str, cutoff: i64, until: i64) {
+        let mut m = self
+            .subjects
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let e = m
+            .entry(issuer.to_owned())
+            .or_default()
+            .entry(subject.to_owned())
+            .or_insert((cutoff, until));
+        *e = (e.0.max(cutoff), e.1.max(until));
+    }
+
+    /// Whether a token of `issuer` for `subject`, issued at `iat`, falls under a subject
+    /// revocation. A token without `iat` cannot show it came after: refused.
+    pub fn subject_revoked(&self, issuer: &str, subject: &str, iat: Option<i64>) -> bool {
+        let m = self.subjects.read().unwrap_or_else(PoisonError::into_inner);
+        m.get(issuer)
+            .and_then(|s| s.get(subject))
+            .is_some_and(|(cutoff, _)| iat.is_none_or(|t| t <= *cutoff))
+    }
+
     /// Whether the grant a token names is revoked.
     pub fn is_revoked(&self, issuer: &str, grant_id: &str) -> bool {
         let m = self
@@ -76,6 +108,15 @@ impl Revocations {
             g.retain(|_, until| *until > now);
         }
         m.retain(|_, g| !g.is_empty());
+        drop(m);
+        let mut s = self
+            .subjects
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for g in s.values_mut() {
+            g.retain(|_, (_, until)| *until > now);
+        }
+        s.retain(|_, g| !g.is_empty());
     }
 
     /// How many grants are listed (for tests and metrics).
@@ -84,7 +125,9 @@ impl Revocations {
             .by_issuer
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        m.values().map(HashMap::len).sum()
+        let subjects = self.subjects.read().unwrap_or_else(PoisonError::into_inner);
+        m.values().map(HashMap::len).sum::<usize>()
+            + subjects.values().map(HashMap::len).sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -95,6 +138,27 @@ impl Revocations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subjects_revoked_up_to_a_cutoff() {
+        let r = Revocations::new();
+        r.revoke_subject("https://idp", "alice", 100, 1000);
+        assert!(r.subject_revoked("https://idp", "alice", Some(100)));
+        assert!(r.subject_revoked("https://idp", "alice", Some(50)));
+        assert!(
+            r.subject_revoked("https://idp", "alice", None),
+            "no iat: refused"
+        );
+        assert!(
+            !r.subject_revoked("https://idp", "alice", Some(101)),
+            "issued after"
+        );
+        assert!(!r.subject_revoked("https://idp", "bob", Some(50)));
+        assert!(!r.subject_revoked("https://other", "alice", Some(50)));
+        r.prune(1000);
+        assert!(!r.subject_revoked("https://idp", "alice", Some(50)));
+        assert!(r.is_empty());
+    }
 
     #[test]
     fn revoked_per_issuer_until_pruned() {

@@ -58,6 +58,32 @@ fn build_inner(
     let scopes = crate::plan::resource_scopes(cfg)?;
     let (guard, jwt) = build_guard(cfg, &resource, &scopes, &fetcher, &clock, revocations, true)?;
     let mut upstream_routes = axum::Router::new();
+    if let Some(crate::config::EventsPlan {
+        path,
+        audience,
+        transmitters,
+    }) = cfg.security_events()?
+    {
+        // (`config check` builds without one.)
+        let list = revocations.cloned().unwrap_or_default();
+        let shared = cfg
+            .shared_state
+            .as_ref()
+            .map(|s| gatehouse_guard::SharedSessions::open(&s.redis_url.0))
+            .transpose()
+            .map_err(|e| format!("shared_state.redis_url: {e}"))?;
+        let verifier = gatehouse_tokens::SetVerifier::new(
+            transmitters,
+            audience,
+            fetcher.clone(),
+            clock.clone(),
+        );
+        let events = gatehouse_guard::SecurityEvents::new(verifier, list, shared, clock.clone());
+        if !check_only {
+            events.spawn_feed();
+        }
+        upstream_routes = upstream_routes.merge(events.router(&path));
+    }
     let mut policy = None;
     let gates = Arc::new(OriginGate::new(cfg, &resource, dev_origins));
     if let (Some(gw), Some(spec)) = (&cfg.gateway, crate::plan::gateway(cfg)?) {
@@ -374,6 +400,7 @@ fn build_guard(
                 client_id: i.client_id.0.clone(),
                 client_secret: SecretString::new(i.client_secret.0.clone()),
                 cache_ttl: Duration::from_secs(i.cache_seconds),
+                revocations: revocations.cloned(),
                 issuer: g
                     .authorization_servers
                     .first()

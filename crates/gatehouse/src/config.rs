@@ -649,6 +649,46 @@ pub(crate) struct GuardSection {
     pub(crate) api_keys: Vec<ApiKeyEntry>,
     #[serde(default)]
     pub(crate) ip_allow: Vec<ipnet::IpNet>,
+    /// Receive revocations from external authorization servers as pushed Security Event
+    /// Tokens (RFC 8935; CAEP `session-revoked`, `credential-change`).
+    #[serde(default)]
+    pub(crate) security_events: Option<SecurityEventsSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SecurityEventsSection {
+    /// Where transmitters POST their SETs; default `/security-events`.
+    #[serde(default = "default_events_path")]
+    pub(crate) path: String,
+    /// What the SETs' `aud` must name; default: the endpoint's URL and `public_url`.
+    #[serde(default)]
+    pub(crate) audience: Vec<String>,
+    pub(crate) transmitters: Vec<TransmitterEntry>,
+}
+
+/// The receiver as `serve` builds it.
+pub(crate) struct EventsPlan {
+    pub(crate) path: String,
+    pub(crate) audience: Vec<String>,
+    pub(crate) transmitters: Vec<gatehouse_tokens::Transmitter>,
+}
+
+fn default_events_path() -> String {
+    "/security-events".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TransmitterEntry {
+    /// The SETs' `iss`.
+    pub(crate) issuer: String,
+    #[serde(deserialize_with = "env_expanded")]
+    pub(crate) jwks_uri: String,
+    /// The authorization server (one of `authorization_servers`) whose tokens its events are
+    /// about; default: the transmitter's issuer.
+    #[serde(default)]
+    pub(crate) authorization_server: Option<String>,
 }
 
 /// Options that weaken security, off by default and named so in the file.
@@ -769,6 +809,58 @@ impl Config {
             .collect()
     }
 
+    /// The Security Event Token receiver, checked.
+    pub(crate) fn security_events(&self) -> Result<Option<EventsPlan>, String> {
+        let Some(ev) = &self.guard.security_events else {
+            return Ok(None);
+        };
+        if !ev.path.starts_with('/') || ev.path.contains(['?', '#']) {
+            return Err("guard.security_events.path must be an absolute path".into());
+        }
+        if ev.transmitters.is_empty() {
+            return Err("guard.security_events.transmitters: list at least one".into());
+        }
+        let trusted = |i: &str| {
+            self.guard
+                .authorization_servers
+                .iter()
+                .any(|a| a.issuer.as_str().trim_end_matches('/') == i.trim_end_matches('/'))
+        };
+        let transmitters = ev
+            .transmitters
+            .iter()
+            .enumerate()
+            .map(|(n, t)| {
+                let tokens_of = t.authorization_server.clone().unwrap_or_else(|| t.issuer.clone());
+                if !trusted(&tokens_of) {
+                    return Err(format!("guard.security_events.transmitters[{n}]: {tokens_of} is not one of guard.authorization_servers"));
+                }
+                url::Url::parse(&t.jwks_uri).map_err(|e| {
+                    format!("guard.security_events.transmitters[{n}].jwks_uri: {e}")
+                })?;
+                Ok(gatehouse_tokens::Transmitter {
+                    issuer: t.issuer.clone(),
+                    jwks_uri: t.jwks_uri.clone(),
+                    tokens_of,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let public = self.public_url();
+        let audience = if ev.audience.is_empty() {
+            vec![
+                format!("{}{}", public.trim_end_matches('/'), ev.path),
+                public.trim_end_matches('/').to_owned(),
+            ]
+        } else {
+            ev.audience.clone()
+        };
+        Ok(Some(EventsPlan {
+            path: ev.path.clone(),
+            audience,
+            transmitters,
+        }))
+    }
+
     /// The embedded issuers are trusted by the guard without being listed twice; a loopback one
     /// may be fetched over http (it is this very process).
     fn normalize(&mut self) -> Result<(), String> {
@@ -828,6 +920,13 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         self.limits.sessions()?;
+        if let Some(i) = &self.guard.introspection
+            && i.cache_seconds > 300
+        {
+            // A cached answer outlives a revocation at the authorization server by this much.
+            return Err("guard.introspection.cache_seconds must be at most 300".into());
+        }
+        self.security_events()?;
         if let Some(s) = &self.shared_state {
             gatehouse_guard::SharedSessions::open(&s.redis_url.0)
                 .map_err(|e| format!("shared_state.redis_url: {e}"))?;

@@ -305,6 +305,7 @@ pub(crate) fn dev_config(listen: SocketAddr, issuer: Issuer) -> Result<Config, S
             introspection: None,
             api_keys: vec![],
             ip_allow: vec![],
+            security_events: None,
         },
         authorization_server: None,
         trusted_ca_file: None,
@@ -363,7 +364,17 @@ pub(crate) async fn serve_app(
 ) -> ExitCode {
     {
         let connect = embedded.as_ref().and_then(|e| e.connect.clone());
-        let revocations = embedded.as_ref().map(|e| e.revocations.clone());
+        // Security events from external authorization servers need a list even without the
+        // embedded one.
+        let revocations = embedded
+            .as_ref()
+            .map(|e| e.revocations.clone())
+            .or_else(|| {
+                cfg.guard
+                    .security_events
+                    .is_some()
+                    .then(|| std::sync::Arc::new(gatehouse_tokens::Revocations::new()))
+            });
         let mut app = match app::build_with(&cfg, dev, connect, revocations) {
             Ok(a) => a,
             Err(e) => {

@@ -353,6 +353,106 @@ async fn rp1_rp2_rp3_three_replicas_share_sessions_limits_and_revocations() {
     let (st, _, _) = rpc(&http, &endpoint, &token2, Some(&sid2), echo(70, "still")).await;
     assert!(st == 200 || st == 429, "another client keeps working: {st}");
 
+    // RP-6: 100 concurrent refreshes of one refresh token, spread over the live replicas,
+    // leave exactly one chain: at most the winner and its one grace twin get tokens, the rest
+    // `invalid_grant` without revoking anything, and the winner's chain goes on.
+    let out = gatehouse()
+        .env("GATEHOUSE_PASSWORD", "replica-pass-1")
+        .args(["admin", "--db", &db_url, "users", "add", "alice"])
+        .output()
+        .expect("admin users add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reg: Value = http
+        .post(format!("{public}/register"))
+        .json(
+            &json!({"client_name": "Race App", "redirect_uris": ["http://127.0.0.1/cb"],
+                      "grant_types": ["authorization_code", "refresh_token"],
+                      "token_endpoint_auth_method": "none", "application_type": "native"}),
+        )
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("json");
+    let app = reg["client_id"].as_str().expect("client_id").to_owned();
+    let v = gatehouse_core::PkceVerifier::generate();
+    let mut u = url::Url::parse(&format!("{public}/authorize")).expect("url");
+    u.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &app)
+        .append_pair("redirect_uri", "http://127.0.0.1:5000/cb")
+        .append_pair("code_challenge", v.challenge().as_str())
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("scope", "mcp:basic")
+        .append_pair("resource", &endpoint);
+    let done = common::browser::Browser::new()
+        .sign_in_and_approve(u.as_str(), &public, "alice", "replica-pass-1")
+        .await;
+    let code = done.redirect_params()["code"].clone();
+    let tok = redeem_code(&format!("{public}/token"), &code, v.secret(), &app).await;
+    let rt = tok["refresh_token"]
+        .as_str()
+        .expect("refresh token")
+        .to_owned();
+    let refresh = |rt: String| {
+        let (http, public, app) = (http.clone(), public.clone(), app.clone());
+        async move {
+            let r = http
+                .post(format!("{public}/token"))
+                .form(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", &rt),
+                    ("client_id", &app),
+                ])
+                .send()
+                .await
+                .expect("refresh");
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let before = lb.served_by().len();
+    let results = futures::future::join_all((0..100).map(|_| refresh(rt.clone()))).await;
+    let winners: Vec<&Value> = results
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, v)| v)
+        .collect();
+    assert!(
+        (1..=2).contains(&winners.len()),
+        "one winner (and at most its grace twin): {}",
+        winners.len()
+    );
+    for (st, v) in results.iter().filter(|(s, _)| *s != 200) {
+        assert_eq!(
+            (*st, v["error"].as_str()),
+            (400, Some("invalid_grant")),
+            "{v}"
+        );
+    }
+    let spread: std::collections::HashSet<String> =
+        lb.served_by().into_iter().skip(before).collect();
+    assert!(
+        spread.len() >= 2,
+        "the refreshes reached several replicas: {spread:?}"
+    );
+    // The winner's chain goes on, twice over.
+    let first = winners[0]["refresh_token"].as_str().expect("rt").to_owned();
+    let (st, next) = refresh(first).await;
+    assert_eq!(st, 200, "{next}");
+    let (st, last) = refresh(next["refresh_token"].as_str().expect("rt").to_owned()).await;
+    assert_eq!(st, 200, "{last}");
+    let at = last["access_token"].as_str().expect("access token");
+    let (st, _, _) = rpc(&http, &endpoint, at, None, initialize()).await;
+    assert_eq!(st, 200, "the chain's access token works");
+
     // Readiness: every live replica is ready.
     for p in &live {
         let r = http

@@ -32,7 +32,7 @@ impl SharedSessions {
         })
     }
 
-    async fn conn(&self) -> Result<redis::aio::ConnectionManager, StoreDown> {
+    pub(crate) async fn conn(&self) -> Result<redis::aio::ConnectionManager, StoreDown> {
         let c = self
             .inner
             .conn
