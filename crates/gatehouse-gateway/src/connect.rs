@@ -9,6 +9,7 @@
 //! key-encryption key), per user and upstream, refreshed when they expire, and never leave the
 //! gateway.
 use crate::error::{Failure, RpcCode, rpc_error_body};
+use crate::flows::{Flows, Link, Step};
 use crate::pages::{page, refuse};
 use crate::sessions::Owner;
 use crate::spec::{UpstreamName, UserOAuthSpec};
@@ -20,11 +21,7 @@ use gatehouse_fetch::Fetcher;
 use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// How long a link, an approval and an authorization in flight stay usable (GW-05).
-const TTL: Duration = Duration::from_secs(600);
+use std::sync::Arc;
 
 /// The pre-registered public client of the embedded authorization server through which the
 /// browser proves who it is.
@@ -45,6 +42,8 @@ pub struct ConnectSpec {
     pub identity_resource: String,
     pub identity_scope: String,
     pub upstreams: Vec<(UpstreamName, String, UserOAuthSpec)>,
+    /// Redis shared by replicas: flows started on one continue on another.
+    pub shared: Option<crate::SharedState>,
 }
 
 /// The upstream authorization server, discovered from the upstream's resource metadata.
@@ -74,32 +73,6 @@ struct Grant {
     expires_at: Option<i64>,
 }
 
-struct Link {
-    owner: Owner,
-    upstream: String,
-    until: Instant,
-}
-
-enum Step {
-    /// The browser went to the gateway's AS to show who it is.
-    Identity { link: String, verifier: String },
-    /// Identity shown; waiting for the user's approval on the gateway's page.
-    Approval { link: String, owner: Owner },
-    /// Approved; the browser is at the upstream's AS.
-    Upstream {
-        link: String,
-        owner: Owner,
-        verifier: String,
-    },
-}
-
-struct InFlight {
-    step: Step,
-    /// Hash of the flow cookie: the browser that started it.
-    browser: String,
-    until: Instant,
-}
-
 pub struct Connect {
     backend: Backend,
     public: String,
@@ -109,8 +82,8 @@ pub struct Connect {
     http: reqwest::Client,
     fetcher: Fetcher,
     upstreams: HashMap<String, Arc<UpstreamOAuth>>,
-    links: Mutex<HashMap<String, Link>>,
-    flights: Mutex<HashMap<String, InFlight>>,
+    /// Links and steps between the browser's visits (this process, or Redis).
+    flows: Flows,
 }
 
 #[derive(Debug)]
@@ -159,8 +132,7 @@ impl Connect {
                     )
                 })
                 .collect(),
-            links: Mutex::default(),
-            flights: Mutex::default(),
+            flows: Flows::new(spec.shared),
         })
     }
 
@@ -267,19 +239,17 @@ impl Connect {
     }
 
     /// A new link for `owner` to connect `upstream`: the `data` of the -32042 error.
-    pub fn elicitation(&self, owner: &Owner, upstream: &str) -> serde_json::Value {
+    pub async fn elicitation(&self, owner: &Owner, upstream: &str) -> serde_json::Value {
         let id = random_token();
-        if let Ok(mut l) = self.links.lock() {
-            l.retain(|_, v| v.until > Instant::now());
-            l.insert(
-                id.clone(),
+        self.flows
+            .put_link(
+                &id,
                 Link {
                     owner: owner.clone(),
                     upstream: upstream.to_owned(),
-                    until: Instant::now() + TTL,
                 },
-            );
-        }
+            )
+            .await;
         serde_json::json!({
             "elicitations": [{
                 "mode": "url",
@@ -418,29 +388,21 @@ impl Connect {
 
     /// Takes a step (single use) that belongs to this browser and has not expired; another
     /// browser's attempt leaves it in place.
-    fn take(&self, key: &str, headers: &HeaderMap) -> Option<Step> {
+    async fn take(&self, key: &str, headers: &HeaderMap) -> Option<Step> {
         let browser = self.browser_of(headers)?;
-        let mut flights = self.flights.lock().ok()?;
-        let k = sha256_hex(key);
-        if flights.get(&k)?.browser != browser {
-            return None;
-        }
-        let f = flights.remove(&k)?;
-        (f.until > Instant::now()).then_some(f.step)
+        self.flows.take_step(key, &browser).await
     }
 
-    fn put(&self, key: &str, browser: String, step: Step) {
-        if let Ok(mut f) = self.flights.lock() {
-            f.retain(|_, v| v.until > Instant::now());
-            f.insert(
-                sha256_hex(key),
-                InFlight {
-                    step,
-                    browser,
-                    until: Instant::now() + TTL,
-                },
-            );
+    /// [`Self::take`] for an optional `state` parameter.
+    async fn take_state(&self, state: Option<&str>, headers: &HeaderMap) -> Option<Step> {
+        match state {
+            Some(s) => self.take(s, headers).await,
+            None => None,
         }
+    }
+
+    async fn put(&self, key: &str, browser: String, step: Step) {
+        self.flows.put_step(key, browser, step).await;
     }
 }
 
@@ -465,7 +427,7 @@ impl TokenResponse {
 
 /// The answer to a request that needs the user to connect first: a JSON-RPC error (HTTP
 /// 200) with one URL-mode elicitation.
-pub fn elicit_response(
+pub async fn elicit_response(
     c: &Connect,
     owner: &Owner,
     upstream: &str,
@@ -476,19 +438,13 @@ pub fn elicit_response(
         RpcCode::UrlElicitationRequired,
         &format!("{upstream} needs you to connect your account first"),
     );
-    body["error"]["data"] = c.elicitation(owner, upstream);
+    body["error"]["data"] = c.elicitation(owner, upstream).await;
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
 /// `GET /connect/{link}`: the browser shows who it is at the gateway's authorization server.
 async fn start(State(c): State<Arc<Connect>>, Path(link): Path<String>) -> Response {
-    let known = c
-        .links
-        .lock()
-        .ok()
-        .and_then(|l| l.get(&link).map(|v| v.until > Instant::now()))
-        .unwrap_or(false);
-    if !known {
+    if c.flows.link(&link, false).await.is_none() {
         return refuse(
             StatusCode::NOT_FOUND,
             "This link is unknown or has expired. Ask your MCP client to try again for a new one.",
@@ -519,7 +475,8 @@ async fn start(State(c): State<Arc<Connect>>, Path(link): Path<String>) -> Respo
             link,
             verifier: verifier.secret().to_owned(),
         },
-    );
+    )
+    .await;
     let cookie = format!(
         "{}={flow}; Path=/; HttpOnly; SameSite=Lax; Max-Age=600{}",
         c.flow_cookie(),
@@ -547,8 +504,7 @@ async fn identity_return(
     headers: HeaderMap,
     Query(q): Query<CodeReturn>,
 ) -> Response {
-    let Some(Step::Identity { link, verifier }) =
-        q.state.as_deref().and_then(|s| c.take(s, &headers))
+    let Some(Step::Identity { link, verifier }) = c.take_state(q.state.as_deref(), &headers).await
     else {
         return refuse(
             StatusCode::BAD_REQUEST,
@@ -596,12 +552,7 @@ async fn identity_return(
     let Some(who) = who else {
         return refuse(StatusCode::BAD_GATEWAY, "Sign-in could not be confirmed.");
     };
-    let Some((owner, upstream)) = c
-        .links
-        .lock()
-        .ok()
-        .and_then(|l| l.get(&link).map(|v| (v.owner.clone(), v.upstream.clone())))
-    else {
+    let Some(Link { owner, upstream }) = c.flows.link(&link, false).await else {
         return refuse(StatusCode::NOT_FOUND, "This link has expired.");
     };
     // GW-09: only the user who made the call may complete it.
@@ -627,7 +578,8 @@ async fn identity_return(
             link,
             owner: owner.clone(),
         },
-    );
+    )
+    .await;
     crate::pages::approval(&crate::pages::Approval {
         subject: owner.subject(),
         upstream: &upstream,
@@ -653,7 +605,7 @@ async fn approve(
     headers: HeaderMap,
     axum::Form(f): axum::Form<ApproveForm>,
 ) -> Response {
-    let Some(Step::Approval { link, owner }) = c.take(&f.approval, &headers) else {
+    let Some(Step::Approval { link, owner }) = c.take(&f.approval, &headers).await else {
         return refuse(
             StatusCode::BAD_REQUEST,
             "This approval is unknown, used or expired, or came from another browser.",
@@ -666,12 +618,7 @@ async fn approve(
             "<p>Nothing was connected. You can close this page.</p>",
         );
     }
-    let Some(upstream) = c
-        .links
-        .lock()
-        .ok()
-        .and_then(|l| l.get(&link).map(|v| v.upstream.clone()))
-    else {
+    let Some(Link { upstream, .. }) = c.flows.link(&link, false).await else {
         return refuse(StatusCode::NOT_FOUND, "This link has expired.");
     };
     let (u, meta) = match c.upstream_and_meta(&upstream).await {
@@ -706,7 +653,8 @@ async fn approve(
             owner,
             verifier: verifier.secret().to_owned(),
         },
-    );
+    )
+    .await;
     Redirect::to(to.as_str()).into_response()
 }
 
@@ -720,19 +668,14 @@ async fn upstream_callback(
         link,
         owner,
         verifier,
-    }) = q.state.as_deref().and_then(|s| c.take(s, &headers))
+    }) = c.take_state(q.state.as_deref(), &headers).await
     else {
         return refuse(
             StatusCode::BAD_REQUEST,
             "This authorization is unknown, used or expired, or was started in another browser.",
         );
     };
-    let Some(upstream) = c
-        .links
-        .lock()
-        .ok()
-        .and_then(|mut l| l.remove(&link).map(|v| v.upstream))
-    else {
+    let Some(Link { upstream, .. }) = c.flows.link(&link, true).await else {
         return refuse(StatusCode::NOT_FOUND, "This link has expired.");
     };
     let (u, meta) = match c.upstream_and_meta(&upstream).await {

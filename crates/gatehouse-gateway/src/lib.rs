@@ -26,6 +26,7 @@ pub mod audit;
 pub mod authorize;
 pub mod connect;
 pub mod error;
+mod flows;
 pub mod limits;
 mod pages;
 pub mod proxy;

@@ -488,7 +488,8 @@ impl Proxy {
                         permit.owner(),
                         self.inner.name.as_str(),
                         permit.first_id().clone(),
-                    ),
+                    )
+                    .await,
                 ),
             },
         };

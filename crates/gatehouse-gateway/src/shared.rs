@@ -49,6 +49,31 @@ impl SharedState {
 }
 
 impl SharedState {
+    /// One command.
+    pub(crate) async fn run<T: redis::FromRedisValue>(
+        &self,
+        cmd: &mut redis::Cmd,
+    ) -> Result<T, String> {
+        let mut c = self.conn().await.map_err(|e| e.to_string())?;
+        cmd.query_async(&mut c).await.map_err(|e| e.to_string())
+    }
+
+    /// A script over one key and one argument.
+    pub(crate) async fn script<T: redis::FromRedisValue>(
+        &self,
+        lua: &str,
+        key: &str,
+        arg: &str,
+    ) -> Result<T, String> {
+        let mut c = self.conn().await.map_err(|e| e.to_string())?;
+        redis::Script::new(lua)
+            .key(key)
+            .arg(arg)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Whether Redis answers (readiness).
     pub async fn ping(&self) -> Result<(), String> {
         let mut c = self.conn().await.map_err(|e| e.to_string())?;

@@ -143,6 +143,7 @@ fn build_inner(
                             identity_resource: resource.as_str().to_owned(),
                             identity_scope: cfg.guard.required_scopes.to_string(),
                             upstreams: user_oauth,
+                            shared: shared.clone(),
                         },
                         fetcher.clone(),
                     )
