@@ -377,6 +377,7 @@ impl AuthServer {
                         if let Err(e) = s.inner.keys.reload().await {
                             tracing::warn!(error = %e.description, "could not reload signing keys");
                         }
+                        list.keys_changed(s.inner.clock.now_unix());
                     }
                     gatehouse_store::Wake::Down(e) => {
                         tracing::warn!(error = %e, "change notices unavailable; polling");

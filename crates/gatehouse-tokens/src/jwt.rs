@@ -80,6 +80,9 @@ struct IssuerKeys {
     refresh: tokio::sync::Mutex<()>,
 }
 
+/// After a signing-key change, how long an unknown kid may force a JWKS fetch every time.
+const KEY_CHANGE_WINDOW_SECS: i64 = 10;
+
 /// Keys stay usable this long past their TTL when the JWKS cannot be refetched.
 const STALE_GRACE: Duration = Duration::from_secs(600);
 
@@ -335,10 +338,16 @@ impl JwtValidator {
             return Ok(());
         }
         if forced {
+            // Right after a key rotation (on any replica) a new kid is expected: fetch at once,
+            // even if a replica that had not reloaded yet answered the last fetch.
+            let rotated = self.cfg.revocations.as_ref().is_some_and(|r| {
+                r.keys_changed_within(self.clock.now_unix(), KEY_CHANGE_WINDOW_SECS)
+            });
             let mut st = ik.state.write().unwrap_or_else(|p| p.into_inner());
-            if st
-                .last_forced
-                .is_some_and(|t| t.elapsed() < self.cfg.jwks_min_refetch)
+            if !rotated
+                && st
+                    .last_forced
+                    .is_some_and(|t| t.elapsed() < self.cfg.jwks_min_refetch)
             {
                 return Err(TokenError::UnknownKey);
             }

@@ -25,6 +25,8 @@ pub struct Revocations {
     /// When a feed last read the store in full (unix seconds); `i64::MAX` while no feed keeps
     /// this list (it is then as complete as this process's own revocations).
     confirmed: AtomicI64,
+    /// When an issuer's signing keys last changed (a rotation on any replica), unix seconds.
+    keys_changed: AtomicI64,
 }
 
 impl Default for Revocations {
@@ -33,6 +35,7 @@ impl Default for Revocations {
             by_issuer: RwLock::default(),
             subjects: RwLock::default(),
             confirmed: AtomicI64::new(i64::MAX),
+            keys_changed: AtomicI64::new(0),
         }
     }
 }
@@ -40,6 +43,17 @@ impl Default for Revocations {
 impl Revocations {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An issuer's signing keys changed at `now`: validators may fetch its keys again at once
+    /// for a short while (an unknown `kid` is then a new key, not a probe).
+    pub fn keys_changed(&self, now: i64) {
+        self.keys_changed.store(now, Ordering::Relaxed);
+    }
+
+    /// Whether signing keys changed within the last `secs` seconds.
+    pub fn keys_changed_within(&self, now: i64, secs: i64) -> bool {
+        now - self.keys_changed.load(Ordering::Relaxed) <= secs
     }
 
     /// A feed read every revocation up to `now`.

@@ -353,6 +353,57 @@ async fn rp1_rp2_rp3_three_replicas_share_sessions_limits_and_revocations() {
     let (st, _, _) = rpc(&http, &endpoint, &token2, Some(&sid2), echo(70, "still")).await;
     assert!(st == 200 || st == 429, "another client keeps working: {st}");
 
+    // RP-2: a signing-key rotation (the admin CLI on the database) reaches every replica: within
+    // a second each live replica signs with the new key, and each accepts the others' tokens.
+    let kid = |t: &str| {
+        use base64::Engine as _;
+        let h = t.split('.').next().expect("header");
+        let v: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(h)
+                .expect("b64"),
+        )
+        .expect("json");
+        v["kid"].as_str().expect("kid").to_owned()
+    };
+    let (id3, secret3) = add_machine_client(&db_url, "rotation");
+    let old_kid = kid(&cc_token_for(&public, &id3, &secret3, &endpoint).await);
+    let out = gatehouse()
+        .args(["admin", "--db", &db_url, "keys", "rotate"])
+        .output()
+        .expect("admin keys rotate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rotated = Instant::now();
+    let mut fresh = Vec::new();
+    for p in &live {
+        loop {
+            let t = cc_token_for(&format!("http://127.0.0.1:{p}"), &id3, &secret3, &endpoint).await;
+            if kid(&t) != old_kid {
+                fresh.push(t);
+                break;
+            }
+            assert!(
+                rotated.elapsed() < Duration::from_secs(1),
+                "replica {p} still signs with the old key"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    for t in &fresh {
+        for p in &live {
+            let url = format!("http://127.0.0.1:{p}/servers/echo/mcp");
+            let (st, _, answer) = rpc(&http, &url, t, None, initialize()).await;
+            assert_eq!(
+                st, 200,
+                "replica {p} takes a token signed with the new key: {answer:?}"
+            );
+        }
+    }
+
     // RP-6: 100 concurrent refreshes of one refresh token, spread over the live replicas,
     // leave exactly one chain: at most the winner and its one grace twin get tokens, the rest
     // `invalid_grant` without revoking anything, and the winner's chain goes on.
