@@ -195,7 +195,15 @@ impl AuthServer {
         let client = match self.find_client_for_token(id).await {
             Ok(Some(c)) => c,
             Ok(None) => return Err(fail("unknown client")),
-            Err(e) if e.code == gatehouse_core::OAuthErrorCode::ServerError => return Err(e),
+            Err(e)
+                if matches!(
+                    e.code,
+                    gatehouse_core::OAuthErrorCode::ServerError
+                        | gatehouse_core::OAuthErrorCode::TemporarilyUnavailable
+                ) =>
+            {
+                return Err(e);
+            }
             Err(_) => return Err(fail("client metadata document could not be used")),
         };
         if let Some(a) = &p.assertion {

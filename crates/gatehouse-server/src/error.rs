@@ -47,6 +47,14 @@ impl OAuthError {
 
 impl From<gatehouse_store::StoreError> for OAuthError {
     fn from(e: gatehouse_store::StoreError) -> Self {
+        if e.is_unavailable() {
+            // Not the caller's fault, and over once the database is back (issue 16): 503.
+            tracing::warn!(error = %e, "database unavailable");
+            return Self::new(
+                OAuthErrorCode::TemporarilyUnavailable,
+                "the database is unavailable; retry shortly",
+            );
+        }
         Self::server_error(e)
     }
 }
@@ -61,6 +69,9 @@ impl IntoResponse for OAuthError {
         let h = resp.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
         if self.basic_challenge {
             h.insert(
                 header::WWW_AUTHENTICATE,

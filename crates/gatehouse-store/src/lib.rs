@@ -43,6 +43,22 @@ pub enum StoreError {
     Sqlite(String),
 }
 
+impl StoreError {
+    /// The database cannot be reached (down, restarting, out of connections): retry later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Db(
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
+    }
+}
+
 /// The store. Cheap to clone (pool handles).
 ///
 /// SQLite allows one writer at a time; writers that collide wait in SQLite's busy handler, which
@@ -140,6 +156,8 @@ impl Store {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()
                 .max_connections(16)
+                // A database that went away fails a request in seconds (503), not half a minute.
+                .acquire_timeout(Duration::from_secs(5))
                 .connect(url)
                 .await?;
             sqlx::migrate!("./migrations").run(&pool).await?;

@@ -612,3 +612,181 @@ async fn rp4_redis_down_is_503_and_not_ready_then_recovers_by_itself() {
     let _ = std::fs::remove_dir_all(&redis_dir);
     let _ = psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
 }
+
+/// A private PostgreSQL server (initdb as the `postgres` user) on `port`, to stop and start.
+struct PrivatePg {
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivatePg {
+    fn new(port: u16) -> PrivatePg {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL (scripts/setup installs it)")
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("bin"))
+            .find(|p| p.join("initdb").exists())
+            .expect("initdb");
+        let dir = std::env::temp_dir().join(format!("gatehouse-pg-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let _ = Command::new("chown").arg("postgres").arg(&dir).status();
+        let pg = PrivatePg { dir, bin, port };
+        pg.as_postgres(&format!(
+            "{} -D {}/data -U postgres --auth=trust -E UTF8 >/dev/null",
+            pg.bin.join("initdb").display(),
+            pg.dir.display()
+        ));
+        pg.start();
+        pg
+    }
+
+    fn as_postgres(&self, cmd: &str) {
+        let out = Command::new("su")
+            .args(["postgres", "-s", "/bin/sh", "-c", cmd])
+            .output()
+            .expect("su postgres");
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn start(&self) {
+        self.as_postgres(&format!(
+            "{} -D {d}/data -l {d}/log -w -o '-p {} -k {d} -c listen_addresses=127.0.0.1' start >/dev/null",
+            self.bin.join("pg_ctl").display(),
+            self.port,
+            d = self.dir.display()
+        ));
+    }
+
+    fn stop(&self) {
+        self.as_postgres(&format!(
+            "{} -D {}/data -m immediate -w stop >/dev/null",
+            self.bin.join("pg_ctl").display(),
+            self.dir.display()
+        ));
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let _ = Command::new("su")
+            .args(["postgres", "-s", "/bin/sh", "-c"])
+            .arg(format!(
+                "{} -D {}/data -m immediate stop",
+                self.bin.join("pg_ctl").display(),
+                self.dir.display()
+            ))
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// RP-4: PostgreSQL away → the token endpoint answers 503 with Retry-After, `/readyz` says not
+/// ready, and once the revocation list is 15 s old the guard refuses the issuer's tokens with
+/// 503 rather than serve what may have been revoked; PostgreSQL back → all of it recovers
+/// without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rp4_postgres_down_is_503_and_fails_closed_then_recovers_by_itself() {
+    let pg = PrivatePg::new(free_port());
+    let db_url = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let env = vec![
+        ("GATEHOUSE_DATABASE", db_url.clone()),
+        ("GATEHOUSE_REDIS_URL", "redis://127.0.0.1:6379".to_owned()),
+        ("GATEHOUSE_PUBLIC_URL", public.clone()),
+        (
+            "GATEHOUSE_UPSTREAM_URL",
+            "http://127.0.0.1:9/mcp".to_owned(),
+        ),
+    ];
+    let _replica = replica(&env, port);
+    let endpoint = format!("{public}/servers/echo/mcp");
+    let http = reqwest::Client::new();
+    let (id, secret) = add_machine_client(&db_url, "pg-down");
+    let token = cc_token_for(&public, &id, &secret, &endpoint).await;
+    // A bogus session id: 404 means the token passed the guard, 401/503 that it did not.
+    let guard_status = |t: String| {
+        let (http, endpoint) = (http.clone(), endpoint.clone());
+        async move {
+            http.post(&endpoint)
+                .bearer_auth(&t)
+                .header("mcp-session-id", "no-such-session")
+                .json(&echo(1, "x"))
+                .send()
+                .await
+                .expect("send")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(guard_status(token.clone()).await, 404);
+
+    pg.stop();
+    let r = http
+        .post(format!("{public}/token"))
+        .basic_auth(&id, Some(&secret))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "mcp:basic"),
+            ("resource", endpoint.as_str()),
+        ])
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(r.status(), 503, "no token without the database");
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"], "temporarily_unavailable");
+    let r = http
+        .get(format!("{public}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.expect("json");
+    assert_ne!(v["checks"]["database"], "ok", "{v}");
+    // Fail closed once the revocation list cannot be confirmed for 15 s.
+    let down = Instant::now();
+    loop {
+        let st = guard_status(token.clone()).await;
+        if st == 503 {
+            break;
+        }
+        assert_eq!(st, 404, "the token still passes while the list is fresh");
+        assert!(
+            down.elapsed() < Duration::from_secs(25),
+            "never failed closed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    pg.start();
+    let back = Instant::now();
+    loop {
+        let r = http
+            .get(format!("{public}/readyz"))
+            .send()
+            .await
+            .expect("readyz");
+        if r.status() == 200 && guard_status(token.clone()).await == 404 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "did not recover by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let fresh = cc_token_for(&public, &id, &secret, &endpoint).await;
+    assert_eq!(
+        guard_status(fresh).await,
+        404,
+        "tokens again after the database returned"
+    );
+}
