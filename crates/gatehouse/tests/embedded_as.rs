@@ -388,7 +388,7 @@ async fn full_flow_tokens_refresh_and_the_guarded_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn as29_t9_refresh_reuse_revokes_the_family_and_racing_refreshes_survive() {
+async fn as29_t9_rp6_refresh_reuse_revokes_the_family_and_racing_refreshes_survive() {
     let d = start();
     let f = d.public_client().await;
     let mut b = Browser::new();
@@ -398,11 +398,18 @@ async fn as29_t9_refresh_reuse_revokes_the_family_and_racing_refreshes_survive()
     // Two refreshes racing with the same token: both succeed (bounded grace).
     let (a, b2) = tokio::join!(d.refresh(&f, &rt1), d.refresh(&f, &rt1));
     assert_eq!((a.0, b2.0), (200, 200), "{} {}", a.1, b2.1);
-    // A third use is reuse: invalid_grant and the whole family is revoked.
+    // A third use within the grace window, before any successor was used, lost the race
+    // (RP-6): invalid_grant, and nothing is revoked.
     let (st, e) = d.refresh(&f, &rt1).await;
     assert_eq!((st, e["error"].as_str()), (400, Some("invalid_grant")));
     let rt2 = a.1["refresh_token"].as_str().expect("rt2");
-    let (st, e) = d.refresh(&f, rt2).await;
+    let (st, next) = d.refresh(&f, rt2).await;
+    assert_eq!(st, 200, "the winner's chain goes on: {next}");
+    // Once a successor was used, the old token again is a replay: the family is revoked.
+    let (st, e) = d.refresh(&f, &rt1).await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("invalid_grant")));
+    let rt3 = next["refresh_token"].as_str().expect("rt3");
+    let (st, e) = d.refresh(&f, rt3).await;
     assert_eq!(
         (st, e["error"].as_str()),
         (400, Some("invalid_grant")),
