@@ -22,6 +22,8 @@ pub enum OAuthErrorCode {
     InvalidRedirectUri,
     /// RFC 7591 §3.2.2: a software statement this server does not accept.
     UnapprovedSoftwareStatement,
+    /// RFC 9449 §5: the DPoP proof is missing, malformed or replayed.
+    InvalidDpopProof,
 }
 
 impl OAuthErrorCode {
@@ -43,6 +45,7 @@ impl OAuthErrorCode {
             Self::InvalidClientMetadata => "invalid_client_metadata",
             Self::InvalidRedirectUri => "invalid_redirect_uri",
             Self::UnapprovedSoftwareStatement => "unapproved_software_statement",
+            Self::InvalidDpopProof => "invalid_dpop_proof",
         }
     }
 
@@ -64,6 +67,7 @@ impl OAuthErrorCode {
             "invalid_client_metadata" => Self::InvalidClientMetadata,
             "invalid_redirect_uri" => Self::InvalidRedirectUri,
             "unapproved_software_statement" => Self::UnapprovedSoftwareStatement,
+            "invalid_dpop_proof" => Self::InvalidDpopProof,
             _ => return None,
         })
     }

@@ -14,6 +14,10 @@ pub enum GuardError {
     NoCredentials,
     /// RS-07: the token or API key is not valid for this resource.
     InvalidToken(String),
+    /// RFC 9449 §7.1: the DPoP proof is missing, malformed, replayed or for another request.
+    InvalidDpopProof(String),
+    /// The token sent with a valid DPoP proof is not valid (or not bound to its key).
+    DpopInvalidToken(String),
     /// RS-08/RS-09: valid, but the operation needs these scopes (all of them, not only the
     /// missing ones, so a client that replaces its token keeps what it had).
     InsufficientScope {
@@ -45,7 +49,10 @@ impl GuardError {
         match self {
             Self::AddressNotAllowed => StatusCode::FORBIDDEN,
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            Self::NoCredentials | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            Self::NoCredentials
+            | Self::InvalidToken(_)
+            | Self::InvalidDpopProof(_)
+            | Self::DpopInvalidToken(_) => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -66,6 +73,11 @@ impl GuardError {
         base_scope: &ScopeSet,
     ) -> http::Response<axum::body::Body> {
         let status = self.status();
+        let dpop_error = match &self {
+            Self::InvalidDpopProof(d) => Some(("invalid_dpop_proof", d.clone())),
+            Self::DpopInvalidToken(d) => Some(("invalid_token", d.clone())),
+            _ => None,
+        };
         let retry_after = match &self {
             Self::TooManySessions(
                 crate::SessionsFull::Subject { retry_after, .. }
@@ -111,6 +123,14 @@ impl GuardError {
                     Some(d.clone()),
                     base_scope,
                 )),
+                json_body(serde_json::json!({"error":"invalid_token","error_description":d})),
+            ),
+            Self::InvalidDpopProof(d) => (
+                Some(challenge(None, None, base_scope)),
+                json_body(serde_json::json!({"error":"invalid_dpop_proof","error_description":d})),
+            ),
+            Self::DpopInvalidToken(d) => (
+                Some(challenge(None, None, base_scope)),
                 json_body(serde_json::json!({"error":"invalid_token","error_description":d})),
             ),
             Self::InsufficientScope {
@@ -188,6 +208,21 @@ impl GuardError {
         }
         if let Some(v) = www.and_then(|w| HeaderValue::from_str(&w).ok()) {
             h.insert(header::WWW_AUTHENTICATE, v);
+        }
+        // RFC 9449 §7.1: a 401 also offers the DPoP scheme, with the error when it was a proof
+        // (or a token sent with one) that failed.
+        if status == StatusCode::UNAUTHORIZED {
+            let algs = gatehouse_tokens::dpop::DPOP_ALGS.join(" ");
+            let dpop = match &dpop_error {
+                Some((code, d)) => format!(
+                    "DPoP error=\"{code}\", error_description=\"{}\", algs=\"{algs}\"",
+                    d.replace(['"', '\\'], "'")
+                ),
+                None => format!("DPoP algs=\"{algs}\""),
+            };
+            if let Ok(v) = HeaderValue::from_str(&dpop) {
+                h.append(header::WWW_AUTHENTICATE, v);
+            }
         }
         resp
     }

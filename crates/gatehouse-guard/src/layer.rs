@@ -75,8 +75,15 @@ fn is_token68(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
 }
 
-/// RS-10/RS-14/RS-15: the bearer token from the one `Authorization` header, if any.
-fn bearer_token(req: &Request<Body>) -> Result<Option<String>, GuardError> {
+/// How the token came: `Authorization: Bearer` or `Authorization: DPoP` (RFC 9449 §7.1).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Bearer,
+    Dpop,
+}
+
+/// RS-10/RS-14/RS-15: the token from the one `Authorization` header, if any, and its scheme.
+fn bearer_token(req: &Request<Body>) -> Result<Option<(String, Scheme)>, GuardError> {
     let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
     let Some(v) = values.next() else {
         return Ok(None);
@@ -90,17 +97,32 @@ fn bearer_token(req: &Request<Body>) -> Result<Option<String>, GuardError> {
         .to_str()
         .map_err(|_| GuardError::InvalidRequest("Authorization header is not ASCII".into()))?;
     let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        // Another scheme is not a Bearer credential: challenge as if none was sent.
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
+        // Another scheme is no credential of ours: challenge as if none was sent.
         return Ok(None);
-    }
+    };
     let token = rest.trim_start_matches(' ');
     if !is_token68(token) {
-        return Err(GuardError::InvalidRequest(
-            "malformed Bearer credentials".into(),
-        ));
+        return Err(GuardError::InvalidRequest("malformed credentials".into()));
     }
-    Ok(Some(token.to_owned()))
+    Ok(Some((token.to_owned(), scheme)))
+}
+
+/// The one `DPoP` header's proof.
+fn dpop_header(req: &Request<Body>) -> Result<String, GuardError> {
+    let mut values = req.headers().get_all("dpop").iter();
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return Err(GuardError::InvalidDpopProof(
+            "send exactly one DPoP header with a DPoP token".into(),
+        ));
+    };
+    v.to_str()
+        .map(str::to_owned)
+        .map_err(|_| GuardError::InvalidDpopProof("DPoP header is not ASCII".into()))
 }
 
 fn form_has_access_token(req: &Request<Body>, body: &[u8]) -> bool {
@@ -120,6 +142,61 @@ fn header_str<'a>(req: &'a Request<Body>, name: &str) -> Option<&'a str> {
 }
 
 impl GuardInner {
+    /// RFC 9449 §7: the proof must be fresh, by the key the token is bound to, for this
+    /// method and this resource's URL, name this token (`ath`), and never have been seen
+    /// before (in this process, or by any replica sharing Redis).
+    async fn authenticate_dpop(
+        &self,
+        method: &str,
+        proof: Result<String, GuardError>,
+        token: &str,
+    ) -> Result<Principal, GuardError> {
+        if token.starts_with(API_KEY_PREFIX) {
+            return Err(GuardError::DpopInvalidToken(
+                "API keys are not DPoP-bound; send them as Bearer".into(),
+            ));
+        }
+        let proof = proof?;
+        let now = self.clock.now_unix();
+        let p = gatehouse_tokens::dpop::verify(
+            &proof,
+            &gatehouse_tokens::dpop::Expect {
+                method,
+                url: self.cfg.resource.as_str(),
+                now,
+                access_token: Some(token),
+            },
+        )
+        .map_err(|e| GuardError::InvalidDpopProof(e.0))?;
+        let fresh = match &self.cfg.shared_sessions {
+            Some(shared) => shared
+                .first_use(&p.replay_key(), p.remember_until() - now)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e.0, "DPoP replay cache unreachable");
+                    GuardError::SessionsUnavailable
+                })?,
+            None => self
+                .dpop_replay
+                .first_use(&p.replay_key(), p.remember_until(), now),
+        };
+        if !fresh {
+            return Err(GuardError::InvalidDpopProof(
+                "DPoP proof already used".into(),
+            ));
+        }
+        self.validator
+            .validate_bound(token, &p.jkt)
+            .await
+            .map_err(|e| match e {
+                TokenError::Unavailable(why) => {
+                    tracing::warn!(error = %why, "token validation unavailable");
+                    GuardError::Unavailable
+                }
+                other => GuardError::DpopInvalidToken(other.to_string()),
+            })
+    }
+
     async fn authenticate(&self, token: &str) -> Result<Principal, GuardError> {
         if token.starts_with(API_KEY_PREFIX) {
             let key = apikey::find(&self.cfg.api_keys, token)
@@ -187,10 +264,17 @@ impl GuardInner {
                 None,
             ));
         }
-        let Some(token) = token else {
+        let Some((token, scheme)) = token else {
             return Err((GuardError::NoCredentials, None));
         };
-        let principal = self.authenticate(&token).await.map_err(|e| (e, None))?;
+        let principal = match scheme {
+            Scheme::Bearer => self.authenticate(&token).await,
+            Scheme::Dpop => {
+                let (method, proof) = (req.method().as_str().to_owned(), dpop_header(&req));
+                self.authenticate_dpop(&method, proof, &token).await
+            }
+        }
+        .map_err(|e| (e, None))?;
         let mut who = Who {
             name: match &principal.source {
                 PrincipalSource::ApiKey { name } => format!("key:{name}"),

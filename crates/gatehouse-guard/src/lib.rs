@@ -100,6 +100,8 @@ pub(crate) struct GuardInner {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) prm_url: String,
     pub(crate) sessions: sessions::Sessions,
+    /// DPoP proofs seen, when no Redis is shared.
+    pub(crate) dpop_replay: gatehouse_tokens::dpop::ReplayCache,
 }
 
 /// A configured guard. Cheap to clone; hands out the layer and the metadata routes.
@@ -127,6 +129,7 @@ impl Guard {
                 clock,
                 prm_url,
                 sessions,
+                dpop_replay: Default::default(),
             }),
         }
     }

@@ -16,7 +16,11 @@ pub(crate) fn prm(cfg: &GuardConfig) -> ProtectedResourceMetadata {
         resource_name: cfg.resource_name.clone(),
         resource_documentation: cfg.resource_documentation.clone(),
         jwks_uri: None,
-        extra: Default::default(),
+        // RFC 9728 §2 / RFC 9449 §5.1: DPoP-bound tokens are accepted with proofs by these.
+        extra: serde_json::Map::from_iter([(
+            "dpop_signing_alg_values_supported".to_owned(),
+            serde_json::json!(gatehouse_tokens::dpop::DPOP_ALGS),
+        )]),
     }
 }
 

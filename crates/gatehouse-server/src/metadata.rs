@@ -38,6 +38,8 @@ pub(crate) fn document(s: &AuthServer) -> serde_json::Value {
         "scopes_supported": c.scopes_supported().to_vec(),
         "authorization_response_iss_parameter_supported": true,
         "client_id_metadata_document_supported": c.cimd_enabled,
+        // RFC 9449 §5.1: a proof with any of these at /token gets DPoP-bound tokens.
+        "dpop_signing_alg_values_supported": gatehouse_tokens::dpop::DPOP_ALGS,
     });
     if c.dcr_enabled {
         doc["registration_endpoint"] = c.endpoint("/register").into();

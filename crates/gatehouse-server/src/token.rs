@@ -112,7 +112,7 @@ impl AuthServer {
         scope: &ScopeSet,
         resource: &str,
         grant_id: &str,
-        extra: Option<&str>,
+        (extra, dpop_jkt): (Option<&str>, Option<&str>),
     ) -> Result<(String, i64), OAuthError> {
         let now = self.inner.clock.now_unix();
         let ttl = self.inner.cfg.access_token_ttl;
@@ -134,6 +134,10 @@ impl AuthServer {
             "gid": grant_id,
         });
         let mut claims = claims;
+        if let Some(jkt) = dpop_jkt {
+            // RFC 9449 §6: bound to the key that proved possession at this request.
+            claims["cnf"] = serde_json::json!({ "jkt": jkt });
+        }
         self.add_tenant(&mut claims);
         copy_identity_claims(
             extra.and_then(|e| serde_json::from_str(e).ok()).as_ref(),
@@ -155,10 +159,11 @@ impl AuthServer {
         access: (String, i64),
         scope: &ScopeSet,
         refresh: Option<String>,
+        dpop: bool,
     ) -> Response {
         let mut v = serde_json::json!({
             "access_token": access.0,
-            "token_type": "Bearer",
+            "token_type": if dpop { "DPoP" } else { "Bearer" },
             "expires_in": access.1,
             "scope": scope.to_string(),
         });
@@ -166,6 +171,45 @@ impl AuthServer {
             v["refresh_token"] = r.into();
         }
         no_store(v)
+    }
+}
+
+impl AuthServer {
+    /// RFC 9449 §5: the proof in the one `DPoP` header, if any, verified for this endpoint and
+    /// used once (in the store, so across replicas). A request without one gets Bearer tokens.
+    async fn dpop_proof(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<gatehouse_tokens::dpop::Proof>, OAuthError> {
+        let bad = |d: &str| OAuthError::new(OAuthErrorCode::InvalidDpopProof, d.to_owned());
+        let mut values = headers.get_all("dpop").iter();
+        let Some(v) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(bad("more than one DPoP header"));
+        }
+        let proof = v.to_str().map_err(|_| bad("DPoP header is not ASCII"))?;
+        let now = self.inner.clock.now_unix();
+        let p = gatehouse_tokens::dpop::verify(
+            proof,
+            &gatehouse_tokens::dpop::Expect {
+                method: "POST",
+                url: &self.inner.cfg.endpoint("/token"),
+                now,
+                access_token: None,
+            },
+        )
+        .map_err(|e| bad(&e.0))?;
+        if !self
+            .inner
+            .store
+            .use_assertion_jti(&p.replay_key(), p.remember_until())
+            .await?
+        {
+            return Err(bad("DPoP proof already used"));
+        }
+        Ok(Some(p))
     }
 }
 
@@ -178,11 +222,13 @@ pub(crate) async fn token(
         let form = parse_form(&body)?;
         let creds = presented(&headers, &form)?;
         let client = s.authenticate_client(&creds).await?;
+        let proof = s.dpop_proof(&headers).await?;
+        let jkt = proof.as_ref().map(|p| p.jkt.as_str());
         match require(&form, "grant_type")? {
-            "authorization_code" => code_grant(&s, &client, &form).await,
-            "refresh_token" => refresh_grant(&s, &client, &form).await,
-            "client_credentials" => client_credentials(&s, &client, &form).await,
-            TOKEN_EXCHANGE => token_exchange(&s, &client, &form).await,
+            "authorization_code" => code_grant(&s, &client, &form, jkt).await,
+            "refresh_token" => refresh_grant(&s, &client, &form, jkt).await,
+            "client_credentials" => client_credentials(&s, &client, &form, jkt).await,
+            TOKEN_EXCHANGE => token_exchange(&s, &client, &form, jkt).await,
             other => Err(OAuthError::new(
                 OAuthErrorCode::UnsupportedGrantType,
                 format!("grant_type {other} is not supported"),
@@ -214,6 +260,7 @@ fn refresh_record(
     scope: &str,
     resource: &str,
     expires_at: i64,
+    dpop_jkt: Option<String>,
 ) -> RefreshRecord {
     RefreshRecord {
         token_hash: sha256_hex(secret),
@@ -225,6 +272,7 @@ fn refresh_record(
         rotated_at: None,
         reuse_count: 0,
         parent_hash: None,
+        dpop_jkt,
     }
 }
 
@@ -268,6 +316,7 @@ async fn code_grant(
     s: &AuthServer,
     client: &ClientRecord,
     form: &Form,
+    dpop_jkt: Option<&str>,
 ) -> Result<Response, OAuthError> {
     client_allows(s, client, "authorization_code")?;
     let code = require(form, "code")?;
@@ -281,6 +330,11 @@ async fn code_grant(
     let refresh_ttl = s.inner.cfg.refresh_token_ttl;
     let client_id = client.client_id.clone();
     let issued_refresh = refresh_secret.clone();
+    // RFC 9449 §5: a public client's refresh token is bound to its DPoP key (a confidential
+    // client's is already bound to its credentials).
+    let refresh_jkt = dpop_jkt
+        .filter(|_| !is_confidential(client))
+        .map(str::to_owned);
     let outcome = s
         .inner
         .store
@@ -310,6 +364,7 @@ async fn code_grant(
                     &c.scope,
                     &c.resource,
                     now + refresh_ttl,
+                    refresh_jkt,
                 )
             }))
         })
@@ -336,15 +391,16 @@ async fn code_grant(
         &scope,
         &c.resource,
         &c.grant_id,
-        c.claims.as_deref(),
+        (c.claims.as_deref(), dpop_jkt),
     )?;
-    Ok(s.token_response(access, &scope, refresh_secret))
+    Ok(s.token_response(access, &scope, refresh_secret, dpop_jkt.is_some()))
 }
 
 async fn refresh_grant(
     s: &AuthServer,
     client: &ClientRecord,
     form: &Form,
+    dpop_jkt: Option<&str>,
 ) -> Result<Response, OAuthError> {
     client_allows(s, client, "refresh_token")?;
     let presented_token = require(form, "refresh_token")?;
@@ -363,6 +419,7 @@ async fn refresh_grant(
         requested_scope.clone(),
         cfg.refresh_token_ttl,
     );
+    let presented_jkt = dpop_jkt.map(str::to_owned);
     let outcome = s
         .inner
         .store
@@ -374,6 +431,12 @@ async fn refresh_grant(
                 if old.client_id != client_id {
                     return Err(OAuthError::invalid_grant(
                         "refresh token was issued to another client",
+                    ));
+                }
+                if old.dpop_jkt.is_some() && old.dpop_jkt != presented_jkt {
+                    return Err(OAuthError::new(
+                        OAuthErrorCode::InvalidDpopProof,
+                        "this refresh token is bound to a DPoP key: send a proof signed by it",
                     ));
                 }
                 same_resource(resource.as_deref(), &old.resource)?;
@@ -394,6 +457,7 @@ async fn refresh_grant(
                     &old.scope,
                     &old.resource,
                     now + refresh_ttl,
+                    old.dpop_jkt.clone(),
                 ))
             },
         )
@@ -429,15 +493,16 @@ async fn refresh_grant(
         &scope,
         &old.resource,
         &old.grant_id,
-        grant.claims.as_deref(),
+        (grant.claims.as_deref(), dpop_jkt),
     )?;
-    Ok(s.token_response(access, &scope, Some(new_secret)))
+    Ok(s.token_response(access, &scope, Some(new_secret), dpop_jkt.is_some()))
 }
 
 async fn client_credentials(
     s: &AuthServer,
     client: &ClientRecord,
     form: &Form,
+    dpop_jkt: Option<&str>,
 ) -> Result<Response, OAuthError> {
     client_allows(s, client, "client_credentials")?;
     if !is_confidential(client) {
@@ -489,9 +554,9 @@ async fn client_credentials(
         &scope,
         &grant.resource,
         &grant.grant_id,
-        None,
+        (None, dpop_jkt),
     )?;
-    Ok(s.token_response(access, &scope, None))
+    Ok(s.token_response(access, &scope, None, dpop_jkt.is_some()))
 }
 
 /// RFC 8693 token exchange, for gateways (AS-34): a confidential client presents a user's access
@@ -503,6 +568,7 @@ async fn token_exchange(
     s: &AuthServer,
     client: &ClientRecord,
     form: &Form,
+    dpop_jkt: Option<&str>,
 ) -> Result<Response, OAuthError> {
     client_allows(s, client, TOKEN_EXCHANGE)?;
     if !is_confidential(client) {
@@ -622,12 +688,15 @@ async fn token_exchange(
     if let Some(prior) = subject.get("act") {
         claims["act"]["act"] = prior.clone();
     }
+    if let Some(jkt) = dpop_jkt {
+        claims["cnf"] = serde_json::json!({ "jkt": jkt });
+    }
     let token = s.inner.keys.sign(&claims)?;
     tracing::info!(client_id = %client.client_id, subject = sub, target = %res.resource, "token exchanged");
     Ok(no_store(serde_json::json!({
         "access_token": token,
         "issued_token_type": ACCESS_TOKEN_TYPE,
-        "token_type": "Bearer",
+        "token_type": if dpop_jkt.is_some() { "DPoP" } else { "Bearer" },
         "expires_in": ttl,
         "scope": scope.to_string(),
     })))

@@ -427,8 +427,8 @@ impl Store {
                 return replayed(c.grant_id);
             }
             if let Some(r) = refresh {
-                sqlx::query("INSERT INTO refresh_tokens (token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash) VALUES ($1,$2,$3,$4,$5,$6,NULL,0,NULL)")
-                    .bind(&r.token_hash).bind(&r.grant_id).bind(&r.client_id).bind(&r.scope).bind(&r.resource).bind(r.expires_at)
+                sqlx::query("INSERT INTO refresh_tokens (token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash, dpop_jkt) VALUES ($1,$2,$3,$4,$5,$6,NULL,0,NULL,$7)")
+                    .bind(&r.token_hash).bind(&r.grant_id).bind(&r.client_id).bind(&r.scope).bind(&r.resource).bind(r.expires_at).bind(&r.dpop_jkt)
                     .execute(&mut *tx).await?;
             }
             Ok::<_, StoreError>(Ok(Redeemed::Fresh(Box::new(CodeRecord { used_at: Some(now), ..c }))))
@@ -456,7 +456,7 @@ impl Store {
                 .await;
         }
         with_tx!(self, tx => async {
-            let row: Option<RefreshRecord> = sqlx::query_as("SELECT token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash FROM refresh_tokens WHERE token_hash = $1")
+            let row: Option<RefreshRecord> = sqlx::query_as("SELECT token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash, dpop_jkt FROM refresh_tokens WHERE token_hash = $1")
                 .bind(token_hash).fetch_optional(&mut *tx).await?;
             let Some(r) = row else { return Ok(Ok(Rotated::Unknown)) };
             let grant: Option<GrantRecord> = sqlx::query_as("SELECT grant_id, subject, client_id, scope, resource, created_at, revoked_at, claims FROM grants WHERE grant_id = $1").bind(&r.grant_id).fetch_optional(&mut *tx).await?;
@@ -503,8 +503,8 @@ impl Store {
                 sqlx::query("UPDATE refresh_tokens SET rotated_at = $1, reuse_count = 1 WHERE token_hash IN (SELECT child_hash FROM refresh_tokens WHERE token_hash = $2 UNION ALL SELECT grace_child FROM refresh_tokens WHERE token_hash = $2) AND token_hash <> $3 AND rotated_at IS NULL")
                     .bind(now).bind(parent).bind(&r.token_hash).execute(&mut *tx).await?;
             }
-            sqlx::query("INSERT INTO refresh_tokens (token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash) VALUES ($1,$2,$3,$4,$5,$6,NULL,0,$7)")
-                .bind(&new.token_hash).bind(&new.grant_id).bind(&new.client_id).bind(&new.scope).bind(&new.resource).bind(new.expires_at).bind(&new.parent_hash)
+            sqlx::query("INSERT INTO refresh_tokens (token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash, dpop_jkt) VALUES ($1,$2,$3,$4,$5,$6,NULL,0,$7,$8)")
+                .bind(&new.token_hash).bind(&new.grant_id).bind(&new.client_id).bind(&new.scope).bind(&new.resource).bind(new.expires_at).bind(&new.parent_hash).bind(&new.dpop_jkt)
                 .execute(&mut *tx).await?;
             Ok::<_, StoreError>(Ok(Rotated::Ok { old: r, grant: Box::new(grant), grace: grace_use }))
         }.await)
@@ -513,7 +513,7 @@ impl Store {
     /// The refresh token's record, for revocation and introspection.
     pub async fn get_refresh(&self, token_hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
         Ok(
-            with_read!(self, p => sqlx::query_as("SELECT token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash FROM refresh_tokens WHERE token_hash = $1")
+            with_read!(self, p => sqlx::query_as("SELECT token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash, dpop_jkt FROM refresh_tokens WHERE token_hash = $1")
             .bind(token_hash).fetch_optional(p).await)?,
         )
     }

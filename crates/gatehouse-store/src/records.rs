@@ -123,6 +123,8 @@ pub struct RefreshRecord {
     pub reuse_count: i64,
     /// The token this one was rotated from (`None` for the first of a family). Set by the store.
     pub parent_hash: Option<String>,
+    /// The DPoP key (RFC 7638 thumbprint) a public client's token is bound to (RFC 9449 §5).
+    pub dpop_jkt: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 const REVOKE_GRANT: &str =
     "UPDATE grants SET revoked_at = ?1 WHERE grant_id = ?2 AND revoked_at IS NULL";
-const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens (token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash) VALUES (?1,?2,?3,?4,?5,?6,NULL,0,?7)";
+const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens (token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash, dpop_jkt) VALUES (?1,?2,?3,?4,?5,?6,NULL,0,?7,?8)";
 /// Using a token ends its parent's grace use and retires its siblings (other grace answers).
 /// Siblings exist only if the parent had its grace use, which already set `reuse_count`: when
 /// this update changes the row, there are none to retire.
@@ -26,7 +26,8 @@ fn insert_refresh(c: &Connection, r: &RefreshRecord) -> rusqlite::Result<()> {
         r.scope,
         r.resource,
         r.expires_at,
-        r.parent_hash
+        r.parent_hash,
+        r.dpop_jkt
     ])?;
     Ok(())
 }
@@ -120,7 +121,7 @@ pub(crate) fn rotate_refresh<E>(
     check: impl FnOnce(&RefreshRecord) -> Result<RefreshRecord, E>,
 ) -> rusqlite::Result<Result<Rotated, E>> {
     let row = c
-        .prepare_cached("SELECT token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash FROM refresh_tokens WHERE token_hash = ?1")?
+        .prepare_cached("SELECT token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash, dpop_jkt FROM refresh_tokens WHERE token_hash = ?1")?
         .query_row(params![token_hash], |r| {
             Ok(RefreshRecord {
                 token_hash: r.get(0)?,
@@ -132,6 +133,7 @@ pub(crate) fn rotate_refresh<E>(
                 rotated_at: r.get(6)?,
                 reuse_count: r.get(7)?,
                 parent_hash: r.get(8)?,
+                dpop_jkt: r.get(9)?,
             })
         })
         .optional()?;

@@ -62,7 +62,44 @@ fn refresh(hash: &str, grant_id: &str) -> RefreshRecord {
         rotated_at: None,
         reuse_count: 0,
         parent_hash: None,
+        dpop_jkt: None,
     }
+}
+
+/// RFC 9449 §5 (issue 17): a refresh token's DPoP binding is stored and read back, on both
+/// backends, and its successor keeps what the issuer gives it.
+async fn refresh_tokens_keep_their_dpop_binding(s: &Store) {
+    s.insert_grant_with_code(&grant("gd"), &code("hd", "gd", NOW + 60))
+        .await
+        .expect("insert");
+    s.redeem_code::<()>("hd", NOW, |c| {
+        Ok(Some(RefreshRecord {
+            dpop_jkt: Some("jkt-1".into()),
+            ..refresh("dp1", &c.grant_id)
+        }))
+    })
+    .await
+    .expect("db")
+    .expect("fresh");
+    let r = s.get_refresh("dp1").await.expect("get").expect("stored");
+    assert_eq!(r.dpop_jkt.as_deref(), Some("jkt-1"));
+    let rotated = s
+        .rotate_refresh::<()>("dp1", NOW + 1, 5, |o| {
+            assert_eq!(
+                o.dpop_jkt.as_deref(),
+                Some("jkt-1"),
+                "the check sees the binding"
+            );
+            Ok(RefreshRecord {
+                dpop_jkt: o.dpop_jkt.clone(),
+                ..refresh("dp2", &o.grant_id)
+            })
+        })
+        .await
+        .expect("db");
+    assert!(matches!(rotated, Ok(Rotated::Ok { .. })));
+    let r = s.get_refresh("dp2").await.expect("get").expect("stored");
+    assert_eq!(r.dpop_jkt.as_deref(), Some("jkt-1"));
 }
 
 async fn clients_and_users(s: &Store) {
@@ -802,6 +839,7 @@ async fn suite(s: Store) {
     concurrent_redemption_has_one_winner(&s).await;
     concurrent_writes_stand_alone(&s).await;
     refresh_rotation_with_grace_and_reuse_detection(&s).await;
+    refresh_tokens_keep_their_dpop_binding(&s).await;
     keys_sessions_pending(&s).await;
     deleting_revokes(&s).await;
 }

@@ -20,6 +20,8 @@ pub enum TokenError {
     Revoked,
     /// A sender-constrained token (`cnf`, e.g. DPoP-bound) presented as a plain bearer token.
     Unbound,
+    /// A DPoP proof and the token's binding do not match.
+    Binding(String),
     /// The authorization server or its keys could not be reached: not the caller's fault.
     Unavailable(String),
 }
@@ -42,6 +44,7 @@ impl fmt::Display for TokenError {
             Self::Unbound => {
                 f.write_str("token is bound to a key (cnf) and cannot be used as a bearer token")
             }
+            Self::Binding(m) => f.write_str(m),
             Self::Unavailable(m) => write!(f, "token validation unavailable: {m}"),
         }
     }

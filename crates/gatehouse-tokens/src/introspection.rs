@@ -56,6 +56,16 @@ impl IntrospectionValidator {
     }
 
     pub async fn introspect(&self, token: &str) -> Result<Principal, TokenError> {
+        self.introspect_bound(token, None).await
+    }
+
+    /// [`Self::introspect`] with the thumbprint of a verified DPoP proof's key, if any: the
+    /// answer's `cnf` must match (RFC 9449 §7).
+    pub async fn introspect_bound(
+        &self,
+        token: &str,
+        dpop_jkt: Option<&str>,
+    ) -> Result<Principal, TokenError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = self.clock.now_unix();
         let cached = self
@@ -66,6 +76,7 @@ impl IntrospectionValidator {
             .filter(|(_, until)| *until > now)
             .map(|(p, _)| p.clone());
         if let Some(p) = cached {
+            crate::jwt::check_binding(p.claims.get("cnf"), dpop_jkt)?;
             if self.revoked(&p) {
                 self.cache
                     .lock()
@@ -108,9 +119,7 @@ impl IntrospectionValidator {
             return Err(TokenError::Audience);
         }
         // A key-bound token (RFC 9449 `cnf`) is no bearer token (see the JWT validator).
-        if claims.contains_key("cnf") {
-            return Err(TokenError::Unbound);
-        }
+        crate::jwt::check_binding(claims.get("cnf"), dpop_jkt)?;
         let exp = claims.get("exp").and_then(Value::as_i64);
         if exp.is_some_and(|e| now >= e) {
             return Err(TokenError::Expired);

@@ -109,7 +109,7 @@ const VERIFIED_MAX: usize = 10_000;
 
 /// The algorithms a JWK may verify: fixed by its key type and curve (and its `alg`, when given),
 /// intersected with the allow-list. Symmetric keys get none.
-fn key_algorithms(jwk: &Jwk, allow: &[Algorithm]) -> Vec<Algorithm> {
+pub(crate) fn key_algorithms(jwk: &Jwk, allow: &[Algorithm]) -> Vec<Algorithm> {
     if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
         return Vec::new();
     }
@@ -218,6 +218,28 @@ impl KeySet {
             return Err(TokenError::UnknownKey);
         }
         verify_with(token, header.alg, candidates)
+    }
+}
+
+/// RFC 9449 §7.1 / RFC 8705: a key-bound token (`cnf`) is no bearer token. It passes only with
+/// a verified DPoP proof by the key it names (`cnf.jkt`); a token with no binding does not pass
+/// with a proof either (its presenter would claim a binding nobody made).
+pub(crate) fn check_binding(cnf: Option<&Value>, dpop_jkt: Option<&str>) -> Result<(), TokenError> {
+    match (cnf, dpop_jkt) {
+        (None, None) => Ok(()),
+        (Some(_), None) => Err(TokenError::Unbound),
+        (None, Some(_)) => Err(TokenError::Binding(
+            "the token is not bound to a DPoP key; send it as Bearer".into(),
+        )),
+        (Some(c), Some(jkt)) => {
+            if c.get("jkt").and_then(Value::as_str) == Some(jkt) {
+                Ok(())
+            } else {
+                Err(TokenError::Binding(
+                    "the DPoP proof's key is not the key the token is bound to".into(),
+                ))
+            }
+        }
     }
 }
 
@@ -441,8 +463,19 @@ impl JwtValidator {
         }
     }
 
-    /// Validates a compact JWS access token.
+    /// Validates a compact JWS access token presented as a bearer token.
     pub async fn validate_jwt(&self, token: &str) -> Result<Principal, TokenError> {
+        self.validate_jwt_bound(token, None).await
+    }
+
+    /// Validates an access token; `dpop_jkt` is the thumbprint of a verified DPoP proof's key
+    /// when the token came with one (RFC 9449 §7): the token must then be bound to that key,
+    /// and a bound token without one is refused.
+    pub async fn validate_jwt_bound(
+        &self,
+        token: &str,
+        dpop_jkt: Option<&str>,
+    ) -> Result<Principal, TokenError> {
         use sha2::Digest;
         let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
         let hit = self
@@ -454,10 +487,10 @@ impl JwtValidator {
             .map(|(_, v)| v.clone());
         if let Some(v) = hit {
             let (issuer, claims) = &*v;
-            return self.check_claims(issuer, claims.clone());
+            return self.check_claims(issuer, claims.clone(), dpop_jkt);
         }
         let (issuer, claims) = self.verify_signature(token).await?;
-        let principal = self.check_claims(&issuer, claims.clone())?;
+        let principal = self.check_claims(&issuer, claims.clone(), dpop_jkt)?;
         let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= VERIFIED_MAX {
             cache.retain(|_, (at, _)| at.elapsed() < VERIFIED_TTL);
@@ -510,6 +543,7 @@ impl JwtValidator {
         &self,
         issuer: &str,
         claims: Map<String, Value>,
+        dpop_jkt: Option<&str>,
     ) -> Result<Principal, TokenError> {
         if claims.get("iss").and_then(Value::as_str) != Some(issuer) {
             return Err(TokenError::Issuer(
@@ -556,11 +590,7 @@ impl JwtValidator {
         {
             return Err(TokenError::NotYetValid);
         }
-        // RFC 9449 §7.1 / RFC 8705: a key-bound token is no bearer token; this validator checks
-        // no proof of possession, so it refuses them rather than void the binding.
-        if claims.contains_key("cnf") {
-            return Err(TokenError::Unbound);
-        }
+        check_binding(claims.get("cnf"), dpop_jkt)?;
         if let (Some(r), Some(gid)) = (
             &self.cfg.revocations,
             claims.get("gid").and_then(Value::as_str),

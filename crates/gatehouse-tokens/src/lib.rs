@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod discovery;
+pub mod dpop;
 mod error;
 pub mod events;
 mod introspection;
@@ -36,6 +37,17 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Anything that turns a bearer token into a [`Principal`] or a reason to refuse it.
 pub trait TokenValidator: Send + Sync {
     fn validate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Principal, TokenError>>;
+
+    /// [`Self::validate`] for a token presented with a verified DPoP proof whose key has
+    /// thumbprint `jkt`. Validators that know no bindings refuse.
+    fn validate_bound<'a>(
+        &'a self,
+        token: &'a str,
+        jkt: &'a str,
+    ) -> BoxFuture<'a, Result<Principal, TokenError>> {
+        let _ = (token, jkt);
+        Box::pin(async { Err(TokenError::Binding("DPoP is not supported here".into())) })
+    }
 }
 
 /// JWTs by signature, other tokens by introspection, as configured. The JWT validator is shared
@@ -53,10 +65,28 @@ fn looks_like_jwt(token: &str) -> bool {
 
 impl TokenValidator for AccessTokenValidator {
     fn validate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Principal, TokenError>> {
+        self.validate_with(token, None)
+    }
+
+    fn validate_bound<'a>(
+        &'a self,
+        token: &'a str,
+        jkt: &'a str,
+    ) -> BoxFuture<'a, Result<Principal, TokenError>> {
+        self.validate_with(token, Some(jkt))
+    }
+}
+
+impl AccessTokenValidator {
+    fn validate_with<'a>(
+        &'a self,
+        token: &'a str,
+        jkt: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Principal, TokenError>> {
         Box::pin(async move {
             match (&self.jwt, &self.introspection) {
-                (Some(j), _) if looks_like_jwt(token) => j.validate_jwt(token).await,
-                (_, Some(i)) => i.introspect(token).await,
+                (Some(j), _) if looks_like_jwt(token) => j.validate_jwt_bound(token, jkt).await,
+                (_, Some(i)) => i.introspect_bound(token, jkt).await,
                 (Some(_), None) => Err(TokenError::Malformed("not a JWT".into())),
                 (None, None) => Err(TokenError::Unavailable(
                     "no token validator configured".into(),

@@ -50,6 +50,23 @@ impl SharedSessions {
     }
 }
 
+impl SharedSessions {
+    /// True the first time `key` is set within `secs` seconds, on any replica (DPoP proofs).
+    pub(crate) async fn first_use(&self, key: &str, secs: i64) -> Result<bool, StoreDown> {
+        let mut c = self.conn().await?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("gatehouse:{key}"))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(secs.max(1))
+            .query_async(&mut c)
+            .await
+            .map_err(down)?;
+        Ok(set.is_some())
+    }
+}
+
 /// Score = last use in milliseconds on the Redis server's clock; pending places are scored by
 /// when they lapse (an `initialize` that never answers gives its place back within a minute).
 /// KEYS: owner set, owner pending, all, all pending. ARGV: idle ms, reclaim ms, per subject,

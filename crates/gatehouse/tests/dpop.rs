@@ -1,0 +1,187 @@
+//! Issue 17, part 1 (RFC 9449): against `gatehouse dev`, a token request with a DPoP proof gets
+//! a DPoP-bound token; the guard takes it with a fresh proof by the same key and refuses it as
+//! Bearer, with a replayed proof, with a proof for another URL or method, or for another token.
+mod common;
+
+use common::*;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
+use serde_json::{Value, json};
+
+/// A P-256 key for this test only.
+const KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQggc50Ala2GbexSUkM
+5yWnGURJysKpP1gXbovu5RclY+yhRANCAASTMN5KhuJlydXYmcAwe7fvzRbf30aM
+nxNd3hY72Vao04AXp+s2T6N3ibl6Sibm7HTtRxdO8R5qJapT5anMfyiZ
+-----END PRIVATE KEY-----
+";
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+fn proof(method: &str, url: &str, token: Option<&str>) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let key = EncodingKey::from_ec_pem(KEY_PEM.as_bytes()).expect("key");
+    let mut h = Header::new(Algorithm::ES256);
+    h.typ = Some("dpop+jwt".into());
+    h.jwk = Some(Jwk::from_encoding_key(&key, Algorithm::ES256).expect("jwk"));
+    let mut claims =
+        json!({"jti": gatehouse_core::random_token(), "htm": method, "htu": url, "iat": now()});
+    if let Some(t) = token {
+        claims["ath"] = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(t.as_bytes()))
+            .into();
+    }
+    jsonwebtoken::encode(&h, &claims, &key).expect("sign")
+}
+
+async fn initialize(
+    endpoint: &str,
+    scheme: &str,
+    token: &str,
+    proof: Option<&str>,
+) -> (u16, String) {
+    let mut req = reqwest::Client::new()
+        .post(endpoint)
+        .header("authorization", format!("{scheme} {token}"))
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "dpop-test", "version": "1"}}}),
+        );
+    if let Some(p) = proof {
+        req = req.header("dpop", p);
+    }
+    let r = req.send().await.expect("send");
+    let status = r.status().as_u16();
+    let www: Vec<String> = r
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    (status, www.join(" | "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dp1_dpop_bound_tokens_from_dev_and_their_proofs_at_the_guard() {
+    let (_dev, port, data) = gatehouse_dev_embedded("dpop-user", "dpop-password-1");
+    let base = format!("http://127.0.0.1:{port}");
+    let endpoint = format!("{base}/mcp");
+    let http = reqwest::Client::new();
+    let meta: Value = http
+        .get(format!("{base}/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .expect("meta")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        meta["dpop_signing_alg_values_supported"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!("ES256"))),
+        "{meta}"
+    );
+    let db = format!("sqlite://{}", data.join("gatehouse.db").display());
+    let (id, secret) = add_machine_client(&db, "dpop");
+    let token_url = format!("{base}/token");
+    let request = |p: Option<String>| {
+        let (http, token_url, id, secret, endpoint) = (
+            http.clone(),
+            token_url.clone(),
+            id.clone(),
+            secret.clone(),
+            endpoint.clone(),
+        );
+        async move {
+            let mut r = http.post(&token_url).basic_auth(&id, Some(&secret)).form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", "mcp:basic"),
+                ("resource", endpoint.as_str()),
+            ]);
+            if let Some(p) = p {
+                r = r.header("dpop", p);
+            }
+            let r = r.send().await.expect("token");
+            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
+        }
+    };
+    // A bad proof at /token: invalid_dpop_proof, no token.
+    let (st, v) = request(Some(proof("GET", &token_url, None))).await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (400, Some("invalid_dpop_proof")),
+        "{v}"
+    );
+    // A good one: a DPoP token bound to the key.
+    let p = proof("POST", &token_url, None);
+    let (st, v) = request(Some(p.clone())).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["token_type"], "DPoP");
+    let token = v["access_token"].as_str().expect("token").to_owned();
+    assert!(
+        jwt_claims(&token)["cnf"]["jkt"].is_string(),
+        "bound: cnf.jkt"
+    );
+    // The same proof again at /token: replay.
+    let (st, v) = request(Some(p)).await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (400, Some("invalid_dpop_proof")),
+        "{v}"
+    );
+
+    // At the guard: a fresh proof for this URL, method and token works.
+    let good = proof("POST", &endpoint, Some(&token));
+    assert_eq!(
+        initialize(&endpoint, "DPoP", &token, Some(&good)).await.0,
+        200
+    );
+    // The same proof again: replay.
+    let (st, www) = initialize(&endpoint, "DPoP", &token, Some(&good)).await;
+    assert_eq!(st, 401);
+    assert!(www.contains("invalid_dpop_proof"), "{www}");
+    // As Bearer: refused (the binding would be void).
+    let (st, www) = initialize(&endpoint, "Bearer", &token, None).await;
+    assert_eq!(st, 401);
+    assert!(
+        www.contains("invalid_token") && www.contains("DPoP algs="),
+        "{www}"
+    );
+    // Another URL, another method, another token, no proof.
+    for (p, why) in [
+        (
+            proof("POST", &format!("{base}/other"), Some(&token)),
+            "another URL",
+        ),
+        (proof("GET", &endpoint, Some(&token)), "another method"),
+        (
+            proof("POST", &endpoint, Some("another-token")),
+            "another token",
+        ),
+    ] {
+        let (st, www) = initialize(&endpoint, "DPoP", &token, Some(&p)).await;
+        assert_eq!(st, 401, "{why}");
+        assert!(www.contains("invalid_dpop_proof"), "{why}: {www}");
+    }
+    assert_eq!(
+        initialize(&endpoint, "DPoP", &token, None).await.0,
+        401,
+        "no proof"
+    );
+    // A Bearer token presented with the DPoP scheme is refused too.
+    let (_, v) = request(None).await;
+    assert_eq!(v["token_type"], "Bearer");
+    let bearer = v["access_token"].as_str().expect("token").to_owned();
+    let p = proof("POST", &endpoint, Some(&bearer));
+    let (st, www) = initialize(&endpoint, "DPoP", &bearer, Some(&p)).await;
+    assert_eq!(st, 401);
+    assert!(www.contains("invalid_token"), "{www}");
+    assert_eq!(initialize(&endpoint, "Bearer", &bearer, None).await.0, 200);
+}
