@@ -168,6 +168,19 @@ impl GuardInner {
             },
         )
         .map_err(|e| GuardError::InvalidDpopProof(e.0))?;
+        // The token first: only a proof that comes with a valid token bound to its key is
+        // recorded, so a stranger's self-signed proofs cannot fill the replay cache.
+        let principal =
+            self.validator
+                .validate_bound(token, &p.jkt)
+                .await
+                .map_err(|e| match e {
+                    TokenError::Unavailable(why) => {
+                        tracing::warn!(error = %why, "token validation unavailable");
+                        GuardError::Unavailable
+                    }
+                    other => GuardError::DpopInvalidToken(other.to_string()),
+                })?;
         let fresh = match &self.cfg.shared_sessions {
             Some(shared) => shared
                 .first_use(&p.replay_key(), p.remember_until() - now)
@@ -185,16 +198,7 @@ impl GuardInner {
                 "DPoP proof already used".into(),
             ));
         }
-        self.validator
-            .validate_bound(token, &p.jkt)
-            .await
-            .map_err(|e| match e {
-                TokenError::Unavailable(why) => {
-                    tracing::warn!(error = %why, "token validation unavailable");
-                    GuardError::Unavailable
-                }
-                other => GuardError::DpopInvalidToken(other.to_string()),
-            })
+        Ok(principal)
     }
 
     async fn authenticate(&self, token: &str) -> Result<Principal, GuardError> {
