@@ -24,6 +24,10 @@ pub enum OAuthErrorCode {
     UnapprovedSoftwareStatement,
     /// RFC 9449 §5: the DPoP proof is missing, malformed or replayed.
     InvalidDpopProof,
+    /// RFC 8628 §3.5: the device request is not answered yet / poll less often / it expired.
+    AuthorizationPending,
+    SlowDown,
+    ExpiredToken,
 }
 
 impl OAuthErrorCode {
@@ -46,6 +50,9 @@ impl OAuthErrorCode {
             Self::InvalidRedirectUri => "invalid_redirect_uri",
             Self::UnapprovedSoftwareStatement => "unapproved_software_statement",
             Self::InvalidDpopProof => "invalid_dpop_proof",
+            Self::AuthorizationPending => "authorization_pending",
+            Self::SlowDown => "slow_down",
+            Self::ExpiredToken => "expired_token",
         }
     }
 
@@ -68,6 +75,9 @@ impl OAuthErrorCode {
             "invalid_redirect_uri" => Self::InvalidRedirectUri,
             "unapproved_software_statement" => Self::UnapprovedSoftwareStatement,
             "invalid_dpop_proof" => Self::InvalidDpopProof,
+            "authorization_pending" => Self::AuthorizationPending,
+            "slow_down" => Self::SlowDown,
+            "expired_token" => Self::ExpiredToken,
             _ => return None,
         })
     }

@@ -40,9 +40,33 @@ pub(crate) struct Pending {
     pub(crate) client_id: String,
     redirect_uri: String,
     code_challenge: String,
-    scope: String,
-    resource: String,
+    pub(crate) scope: String,
+    pub(crate) resource: String,
     state: Option<String>,
+    /// A device authorization (RFC 8628) this sign-in answers: the device code's hash. Such a
+    /// request has no redirect URI and no code; consent is never taken as remembered for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) device: Option<String>,
+}
+
+impl Pending {
+    /// The sign-in that answers a device authorization request.
+    pub(crate) fn for_device(
+        client_id: String,
+        scope: String,
+        resource: String,
+        device_hash: String,
+    ) -> Self {
+        Self {
+            client_id,
+            redirect_uri: String::new(),
+            code_challenge: String::new(),
+            scope,
+            resource,
+            state: None,
+            device: Some(device_hash),
+        }
+    }
 }
 
 impl AuthServer {
@@ -66,7 +90,7 @@ impl AuthServer {
         }
     }
 
-    fn cookie(&self, base: &str, value: String, max_age: i64) -> Cookie<'static> {
+    pub(crate) fn cookie(&self, base: &str, value: String, max_age: i64) -> Cookie<'static> {
         let mut c = Cookie::new(self.cookie_name(base), value);
         c.set_path("/");
         c.set_http_only(true);
@@ -179,7 +203,7 @@ impl AuthServer {
             .clone()
             .unwrap_or_else(|| client.client_id.clone());
         let action = self.inner.cfg.endpoint("/consent");
-        let target = redirect_origin(&p.redirect_uri);
+        let target = redirect_origin(&p.redirect_uri).filter(|_| p.device.is_none());
         page(
             StatusCode::OK,
             ConsentPage {
@@ -195,6 +219,7 @@ impl AuthServer {
                 action: &action,
                 pending: pending_id,
                 csrf,
+                device: p.device.is_some(),
             }
             .render(),
             target.as_deref(),
@@ -240,7 +265,10 @@ impl AuthServer {
         )
     }
 
-    async fn session_subject(&self, jar: &CookieJar) -> Result<Option<Session>, OAuthError> {
+    pub(crate) async fn session_subject(
+        &self,
+        jar: &CookieJar,
+    ) -> Result<Option<Session>, OAuthError> {
         let Some(c) = jar.get(&self.cookie_name("gh_session")) else {
             return Ok(None);
         };
@@ -298,7 +326,8 @@ impl AuthServer {
         }
         tracing::info!(subject = %session.subject, "signed in");
         let jar = jar.add(self.cookie("gh_session", sid, ttl));
-        if self.consented(&session.subject, p).await {
+        // A device request is always shown (RFC 8628 §5.4: the user must see who asks).
+        if p.device.is_none() && self.consented(&session.subject, p).await {
             if let Ok(true) = self.inner.store.take_pending(&sha256_hex(pending_id)).await {
                 let r = self
                     .issue_code(p, client, &session, true)
@@ -547,6 +576,7 @@ pub(crate) async fn authorize(
         scope: String::new(),
         resource: String::new(),
         state: get("state").map(str::to_owned),
+        device: None,
     };
     // From here on, errors go back to the (verified) redirect URI.
     if get("response_type") != Some("code") {
@@ -612,31 +642,50 @@ pub(crate) async fn authorize(
             .await
             .unwrap_or_else(IntoResponse::into_response);
     }
-    let bind_name = s.cookie_name("gh_bind");
-    let (jar, binding) = match jar.get(&bind_name) {
-        Some(c) => (jar.clone(), c.value().to_owned()),
-        None => {
-            let v = random_token();
-            (jar.add(s.cookie("gh_bind", v.clone(), PENDING_TTL * 6)), v)
+    s.begin_pending(jar, &p, &client, session.as_ref(), now)
+        .await
+}
+
+impl AuthServer {
+    /// Stores a validated request as pending, bound to this browser (a cookie) and a CSRF
+    /// token, and shows the next page: consent when signed in, else the login page.
+    pub(crate) async fn begin_pending(
+        &self,
+        jar: CookieJar,
+        p: &Pending,
+        client: &ClientRecord,
+        session: Option<&Session>,
+        now: i64,
+    ) -> Response {
+        let bind_name = self.cookie_name("gh_bind");
+        let (jar, binding) = match jar.get(&bind_name) {
+            Some(c) => (jar.clone(), c.value().to_owned()),
+            None => {
+                let v = random_token();
+                (
+                    jar.add(self.cookie("gh_bind", v.clone(), PENDING_TTL * 6)),
+                    v,
+                )
+            }
+        };
+        let pending_id = random_token();
+        let csrf = random_token();
+        let rec = PendingRecord {
+            id_hash: sha256_hex(&pending_id),
+            request: serde_json::to_string(p).unwrap_or_default(),
+            binding_hash: sha256_hex(&binding),
+            csrf_hash: sha256_hex(&csrf),
+            expires_at: now + PENDING_TTL,
+        };
+        if let Err(e) = self.inner.store.insert_pending(&rec).await {
+            return OAuthError::from(e).into_response();
         }
-    };
-    let pending_id = random_token();
-    let csrf = random_token();
-    let rec = PendingRecord {
-        id_hash: sha256_hex(&pending_id),
-        request: serde_json::to_string(&p).unwrap_or_default(),
-        binding_hash: sha256_hex(&binding),
-        csrf_hash: sha256_hex(&csrf),
-        expires_at: now + PENDING_TTL,
-    };
-    if let Err(e) = s.inner.store.insert_pending(&rec).await {
-        return OAuthError::from(e).into_response();
+        let body = match session {
+            Some(sess) => self.consent_page(p, client, &sess.subject, &pending_id, &csrf),
+            None => self.login_page(StatusCode::OK, p, client, &pending_id, &csrf, None),
+        };
+        (jar, body).into_response()
     }
-    let body = match &session {
-        Some(sess) => s.consent_page(&p, &client, &sess.subject, &pending_id, &csrf),
-        None => s.login_page(StatusCode::OK, &p, &client, &pending_id, &csrf, None),
-    };
-    (jar, body).into_response()
 }
 
 #[derive(Deserialize)]
@@ -870,6 +919,11 @@ pub(crate) async fn consent(
             );
         }
         Err(e) => return OAuthError::from(e).into_response(),
+    }
+    if let Some(device_hash) = &p.device {
+        return s
+            .device_decision(device_hash, &p, &client, &session, f.decision == "approve")
+            .await;
     }
     if f.decision != "approve" {
         tracing::info!(subject = %session.subject, client_id = %client.client_id, "consent denied");

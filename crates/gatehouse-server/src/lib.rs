@@ -12,12 +12,15 @@
 //!   started it (T1); every form carries a CSRF token; pages cannot be framed (T5, T12);
 //! - client metadata documents are fetched through the SSRF-safe fetcher (T6);
 //! - open registration is rate-limited and marked unverified on the consent screen (T11);
-//! - codes, refresh tokens, client secrets and session ids are stored only as hashes (T13).
+//! - codes, refresh tokens, client secrets and session ids are stored only as hashes (T13);
+//! - the device grant's user codes are throttled per source, its consent is never remembered
+//!   and warns against codes someone else sent (RFC 8628 §5; see `device.rs`).
 #![forbid(unsafe_code)]
 
 mod authorize;
 mod cimd;
 mod clients;
+mod device;
 mod error;
 mod keys;
 mod metadata;
@@ -52,7 +55,7 @@ pub struct ResourceEntry {
 #[derive(Debug, Clone)]
 pub struct RegistrationPolicy {
     /// Grant types a self-registered client may hold (`authorization_code`, `refresh_token`,
-    /// `client_credentials`).
+    /// `urn:ietf:params:oauth:grant-type:device_code`, `client_credentials`).
     pub grant_types: Vec<String>,
     /// Token endpoint authentication methods it may use (`none`, `client_secret_basic`,
     /// `client_secret_post`, `private_key_jwt`). A request for another one is refused.
@@ -73,7 +76,13 @@ pub struct RegistrationPolicy {
 impl Default for RegistrationPolicy {
     fn default() -> Self {
         Self {
-            grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+            // The device grant is a user's sign-in like the code flow: the user sees who asks
+            // (marked unverified) and a phishing warning, and always decides anew.
+            grant_types: vec![
+                "authorization_code".into(),
+                "refresh_token".into(),
+                device::DEVICE_CODE_GRANT.into(),
+            ],
             auth_methods: vec!["none".into()],
             machine_scopes: ScopeSet::new(),
             initial_access_token_hash: None,
@@ -407,6 +416,14 @@ impl AuthServer {
             .route(&p("/login/upstream"), post(upstream::start))
             .route(&p("/login/callback"), get(upstream::callback))
             .route(&p("/consent"), post(authorize::consent))
+            .route(
+                &p("/device_authorization"),
+                post(device::device_authorization),
+            )
+            .route(
+                &p("/device"),
+                get(device::verification_page).post(device::verify),
+            )
             .route(&p("/token"), post(token::token))
             .route(&p("/revoke"), post(token::revoke))
             .route(&p("/introspect"), post(token::introspect))

@@ -34,6 +34,8 @@ pub(crate) struct ConsentPage<'a> {
     pub(crate) action: &'a str,
     pub(crate) pending: &'a str,
     pub(crate) csrf: &'a str,
+    /// Answers a device authorization: no redirect; a phishing warning instead.
+    pub(crate) device: bool,
 }
 
 #[derive(Template)]
@@ -93,4 +95,22 @@ pub(crate) struct ClientErrorPage<'a> {
     pub(crate) message: &'a str,
     pub(crate) return_url: &'a str,
     pub(crate) return_host: &'a str,
+}
+
+/// The device verification page (RFC 8628 §3.3): one field for the user code.
+#[derive(Template)]
+#[template(path = "device.html")]
+pub(crate) struct DevicePage<'a> {
+    pub(crate) action: &'a str,
+    pub(crate) csrf: &'a str,
+    pub(crate) user_code: &'a str,
+    pub(crate) error: Option<&'a str>,
+}
+
+/// The end of a device sign-in: what was decided, and to go back to the device.
+#[derive(Template)]
+#[template(path = "device_done.html")]
+pub(crate) struct DeviceDonePage<'a> {
+    pub(crate) title: &'a str,
+    pub(crate) message: &'a str,
 }

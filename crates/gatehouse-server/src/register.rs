@@ -161,7 +161,10 @@ async fn register_inner(
     for g in &grant_types {
         if !matches!(
             g.as_str(),
-            "authorization_code" | "refresh_token" | "client_credentials"
+            "authorization_code"
+                | "refresh_token"
+                | "client_credentials"
+                | crate::device::DEVICE_CODE_GRANT
         ) {
             return Err(bad_metadata(format!("grant type {g:?} is not supported")));
         }

@@ -10,7 +10,7 @@ use gatehouse_store::{ClientRecord, GrantRecord, Redeemed, RefreshRecord, Rotate
 use http::HeaderMap;
 use std::collections::HashMap;
 
-type Form = HashMap<String, String>;
+pub(crate) type Form = HashMap<String, String>;
 
 pub(crate) const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -18,7 +18,7 @@ const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// Parses a form body, refusing repeated parameters (RFC 6749 §3.2: parameters MUST NOT be
 /// included more than once). That includes `resource`: RFC 8707 allows several, but a grant here
 /// is bound to exactly one resource, so a second one is an error rather than silently dropped.
-fn parse_form(body: &[u8]) -> Result<Form, OAuthError> {
+pub(crate) fn parse_form(body: &[u8]) -> Result<Form, OAuthError> {
     let mut out = HashMap::new();
     for (k, v) in url::form_urlencoded::parse(body) {
         if out.insert(k.to_string(), v.to_string()).is_some() {
@@ -30,7 +30,7 @@ fn parse_form(body: &[u8]) -> Result<Form, OAuthError> {
     Ok(out)
 }
 
-fn no_store(v: serde_json::Value) -> Response {
+pub(crate) fn no_store(v: serde_json::Value) -> Response {
     let mut r = axum::Json(v).into_response();
     let h = r.headers_mut();
     h.insert(
@@ -44,7 +44,7 @@ fn no_store(v: serde_json::Value) -> Response {
     r
 }
 
-fn require<'a>(f: &'a Form, name: &str) -> Result<&'a str, OAuthError> {
+pub(crate) fn require<'a>(f: &'a Form, name: &str) -> Result<&'a str, OAuthError> {
     f.get(name)
         .map(String::as_str)
         .filter(|v| !v.is_empty())
@@ -105,7 +105,7 @@ impl AuthServer {
         }
     }
 
-    fn access_token(
+    pub(crate) fn access_token(
         &self,
         subject: &str,
         client_id: &str,
@@ -154,7 +154,7 @@ impl AuthServer {
         }
     }
 
-    fn token_response(
+    pub(crate) fn token_response(
         &self,
         access: (String, i64),
         scope: &ScopeSet,
@@ -229,6 +229,9 @@ pub(crate) async fn token(
             "refresh_token" => refresh_grant(&s, &client, &form, jkt).await,
             "client_credentials" => client_credentials(&s, &client, &form, jkt).await,
             TOKEN_EXCHANGE => token_exchange(&s, &client, &form, jkt).await,
+            crate::device::DEVICE_CODE_GRANT => {
+                crate::device::device_grant(&s, &client, &form, jkt).await
+            }
             other => Err(OAuthError::new(
                 OAuthErrorCode::UnsupportedGrantType,
                 format!("grant_type {other} is not supported"),
@@ -253,7 +256,7 @@ fn copy_identity_claims(from: Option<&serde_json::Value>, to: &mut serde_json::V
 }
 
 /// A new refresh token of a grant's family, as stored (only the hash of `secret`).
-fn refresh_record(
+pub(crate) fn refresh_record(
     secret: &str,
     grant_id: &str,
     client_id: &str,
@@ -277,7 +280,7 @@ fn refresh_record(
 }
 
 /// RFC 8707: a token request may name the resource again, but only the one the grant is bound to.
-fn same_resource(requested: Option<&str>, bound: &str) -> Result<(), OAuthError> {
+pub(crate) fn same_resource(requested: Option<&str>, bound: &str) -> Result<(), OAuthError> {
     if requested.is_some_and(|r| r != bound) {
         return Err(OAuthError::new(
             OAuthErrorCode::InvalidTarget,
@@ -292,7 +295,11 @@ pub(crate) fn is_confidential(client: &ClientRecord) -> bool {
     client.auth_method != "none"
 }
 
-fn client_allows(s: &AuthServer, client: &ClientRecord, grant: &str) -> Result<(), OAuthError> {
+pub(crate) fn client_allows(
+    s: &AuthServer,
+    client: &ClientRecord,
+    grant: &str,
+) -> Result<(), OAuthError> {
     // A self-registered client holds only what the registration policy in force allows (T17),
     // whatever it was registered with before.
     let policy_ok = client.source == gatehouse_store::ClientSource::Preregistered

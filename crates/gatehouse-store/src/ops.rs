@@ -622,6 +622,119 @@ impl Store {
         }.await)
     }
 
+    /// Stores a new device authorization request. A user code already in use is a conflict
+    /// (the caller draws another).
+    pub async fn insert_device(&self, d: &DeviceRecord) -> Result<(), StoreError> {
+        let r = with_write!(self, p => sqlx::query("INSERT INTO device_codes (device_hash, user_code_hash, client_id, scope, resource, expires_at, interval_secs, last_poll_at, status, grant_id, subject, claims) VALUES ($1,$2,$3,$4,$5,$6,$7,NULL,'pending',NULL,NULL,NULL)")
+            .bind(&d.device_hash).bind(&d.user_code_hash).bind(&d.client_id).bind(&d.scope).bind(&d.resource).bind(d.expires_at).bind(d.interval_secs)
+            .execute(p).await.map(|r| r.rows_affected()));
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict("user code".into())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The pending, unexpired request a user code names.
+    pub async fn device_by_user_code(
+        &self,
+        user_code_hash: &str,
+        now: i64,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        Ok(
+            with_read!(self, p => sqlx::query_as("SELECT device_hash, user_code_hash, client_id, scope, resource, expires_at, interval_secs, last_poll_at, status, grant_id, subject, claims FROM device_codes WHERE user_code_hash = $1 AND status = 'pending' AND expires_at > $2")
+            .bind(user_code_hash).bind(now).fetch_optional(p).await)?,
+        )
+    }
+
+    /// The user's answer to a pending device request, once: with a grant (stored in the same
+    /// transaction) it is approved, without one denied. False when it was already answered or
+    /// has expired.
+    pub async fn decide_device(
+        &self,
+        device_hash: &str,
+        grant: Option<&GrantRecord>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        with_tx!(self, tx => async {
+            let n = sqlx::query("UPDATE device_codes SET status = $1, grant_id = $2, subject = $3, claims = $4 WHERE device_hash = $5 AND status = 'pending' AND expires_at > $6")
+                .bind(if grant.is_some() { "approved" } else { "denied" })
+                .bind(grant.map(|g| &g.grant_id)).bind(grant.map(|g| &g.subject)).bind(grant.and_then(|g| g.claims.as_ref()))
+                .bind(device_hash).bind(now)
+                .execute(&mut *tx).await?.rows_affected();
+            if n != 1 {
+                return Ok(false);
+            }
+            if let Some(g) = grant {
+                sqlx::query("INSERT INTO grants (grant_id, subject, client_id, scope, resource, created_at, revoked_at, claims) VALUES ($1,$2,$3,$4,$5,$6,NULL,$7)")
+                    .bind(&g.grant_id).bind(&g.subject).bind(&g.client_id).bind(&g.scope).bind(&g.resource).bind(g.created_at).bind(&g.claims)
+                    .execute(&mut *tx).await?;
+            }
+            Ok::<_, StoreError>(true)
+        }.await)
+    }
+
+    /// One poll of the token endpoint with a device code by `client_id` (RFC 8628 §3.4, §3.5).
+    /// Polls closer together than the interval (less a second for network jitter) get
+    /// `SlowDown` and raise it by 5 s. An approved request is marked used exactly once and the
+    /// refresh token `issue` builds from it stored with it; a second use revokes the grant.
+    pub async fn poll_device<E: Send>(
+        &self,
+        device_hash: &str,
+        client_id: &str,
+        now: i64,
+        issue: impl FnOnce(&DeviceRecord) -> Result<Option<RefreshRecord>, E> + Send,
+    ) -> Result<Result<DevicePoll, E>, StoreError> {
+        with_tx!(self, tx => async {
+            let row: Option<DeviceRecord> = sqlx::query_as("SELECT device_hash, user_code_hash, client_id, scope, resource, expires_at, interval_secs, last_poll_at, status, grant_id, subject, claims FROM device_codes WHERE device_hash = $1")
+                .bind(device_hash).fetch_optional(&mut *tx).await?;
+            let Some(d) = row.filter(|d| d.client_id == client_id) else {
+                return Ok(Ok(DevicePoll::Unknown));
+            };
+            if d.status == "used" {
+                let grant_id = d.grant_id.clone().unwrap_or_default();
+                sqlx::query("UPDATE grants SET revoked_at = $1 WHERE grant_id = $2 AND revoked_at IS NULL").bind(now).bind(&grant_id).execute(&mut *tx).await?;
+                return Ok(Ok(DevicePoll::Replayed { grant_id }));
+            }
+            if d.expires_at <= now {
+                return Ok(Ok(DevicePoll::Expired));
+            }
+            let too_soon = d.last_poll_at.is_some_and(|t| now - t < d.interval_secs - 1);
+            sqlx::query("UPDATE device_codes SET last_poll_at = $1, interval_secs = interval_secs + $2 WHERE device_hash = $3")
+                .bind(now).bind(if too_soon { 5i64 } else { 0 }).bind(device_hash).execute(&mut *tx).await?;
+            if too_soon {
+                return Ok(Ok(DevicePoll::SlowDown));
+            }
+            match d.status.as_str() {
+                "pending" => return Ok(Ok(DevicePoll::Pending)),
+                "approved" => {}
+                _ => return Ok(Ok(DevicePoll::Denied)),
+            }
+            let revoked: Option<Option<i64>> = sqlx::query_scalar("SELECT revoked_at FROM grants WHERE grant_id = $1")
+                .bind(&d.grant_id).fetch_optional(&mut *tx).await?;
+            if !matches!(revoked, Some(None)) {
+                return Ok(Ok(DevicePoll::Revoked));
+            }
+            // Checked before the code is spent: a wrong request (another resource) leaves it
+            // usable.
+            let refresh = match issue(&d) {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(e)),
+            };
+            let marked = sqlx::query("UPDATE device_codes SET status = 'used' WHERE device_hash = $1 AND status = 'approved'")
+                .bind(device_hash).execute(&mut *tx).await?.rows_affected();
+            if marked != 1 {
+                return Ok(Ok(DevicePoll::Unknown));
+            }
+            if let Some(r) = refresh {
+                sqlx::query("INSERT INTO refresh_tokens (token_hash, grant_id, client_id, scope, resource, expires_at, rotated_at, reuse_count, parent_hash, dpop_jkt) VALUES ($1,$2,$3,$4,$5,$6,NULL,0,NULL,$7)")
+                    .bind(&r.token_hash).bind(&r.grant_id).bind(&r.client_id).bind(&r.scope).bind(&r.resource).bind(r.expires_at).bind(&r.dpop_jkt)
+                    .execute(&mut *tx).await?;
+            }
+            Ok::<_, StoreError>(Ok(DevicePoll::Issued(Box::new(DeviceRecord { status: "used".into(), ..d }))))
+        }.await)
+    }
+
     /// Stores (or replaces) a user's sealed grant for an upstream (GW-09).
     pub async fn put_upstream_grant(
         &self,
@@ -739,6 +852,7 @@ impl Store {
             "DELETE FROM refresh_tokens WHERE expires_at < $1",
             "DELETE FROM assertion_jtis WHERE expires_at < $1",
             "DELETE FROM upstream_logins WHERE expires_at < $1",
+            "DELETE FROM device_codes WHERE expires_at < $1",
             "DELETE FROM throttles WHERE expires_at < $1",
         ] {
             n += with_write!(self, p => sqlx::query(q).bind(now).execute(p).await.map(|r| r.rows_affected()))?;

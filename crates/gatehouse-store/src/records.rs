@@ -211,3 +211,43 @@ pub enum Rotated {
     Expired,
     Unknown,
 }
+
+/// A device authorization request (RFC 8628), from the device endpoint to its one token.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeviceRecord {
+    pub device_hash: String,
+    pub user_code_hash: String,
+    pub client_id: String,
+    pub scope: String,
+    pub resource: String,
+    pub expires_at: i64,
+    /// The polling interval the client must keep (grows by 5 s on each `slow_down`).
+    pub interval_secs: i64,
+    pub last_poll_at: Option<i64>,
+    /// `pending`, `approved`, `denied` or `used`.
+    pub status: String,
+    /// Set at approval.
+    pub grant_id: Option<String>,
+    pub subject: Option<String>,
+    pub claims: Option<String>,
+}
+
+/// What a poll of the token endpoint with a device code finds (RFC 8628 §3.5).
+#[derive(Debug)]
+pub enum DevicePoll {
+    /// Approved, now used: the record, with the refresh token stored if one was asked for.
+    Issued(Box<DeviceRecord>),
+    Pending,
+    /// Polled sooner than the interval allows: the interval was raised by 5 s.
+    SlowDown,
+    Denied,
+    Expired,
+    /// Used before: the grant it issued has been revoked.
+    Replayed {
+        grant_id: String,
+    },
+    /// Its grant was revoked after approval (user or client deleted, `admin revoke`).
+    Revoked,
+    /// No such code, or another client's.
+    Unknown,
+}

@@ -829,6 +829,165 @@ async fn deleting_revokes(s: &Store) {
     assert!(!s.delete_user("alice", NOW).await.expect("delete"));
 }
 
+/// RFC 8628 (DG-3, DG-4): one answer per request, polls paced, one token per device code, a
+/// second use revokes, expiry and other clients' codes give nothing.
+async fn device_codes_answer_once_pace_polls_and_issue_once(s: &Store) {
+    let dev = |h: &str, u: &str, expires_at: i64| DeviceRecord {
+        device_hash: h.into(),
+        user_code_hash: u.into(),
+        client_id: "c1".into(),
+        scope: "mcp:basic".into(),
+        resource: "https://mcp.example.com/mcp".into(),
+        expires_at,
+        interval_secs: 5,
+        last_poll_at: None,
+        status: "pending".into(),
+        grant_id: None,
+        subject: None,
+        claims: None,
+    };
+    s.insert_device(&dev("d1", "u1", NOW + 600))
+        .await
+        .expect("insert");
+    assert!(
+        matches!(
+            s.insert_device(&dev("d2", "u1", NOW + 600)).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a live user code is unique"
+    );
+    s.insert_device(&dev("d2", "u2", NOW + 600))
+        .await
+        .expect("insert");
+    s.insert_device(&dev("d3", "u3", NOW + 10))
+        .await
+        .expect("insert");
+    let found = s
+        .device_by_user_code("u1", NOW)
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(found.device_hash, "d1");
+    assert!(
+        s.device_by_user_code("nope", NOW)
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(
+        s.device_by_user_code("u3", NOW + 10)
+            .await
+            .expect("get")
+            .is_none(),
+        "expired"
+    );
+    let none = |_: &DeviceRecord| Ok::<_, ()>(None);
+    let poll = |h: &'static str, c: &'static str, at: i64| async move {
+        s.poll_device(h, c, at, none)
+            .await
+            .expect("poll")
+            .expect("check")
+    };
+    assert!(matches!(poll("d1", "c1", NOW).await, DevicePoll::Pending));
+    assert!(matches!(
+        poll("d1", "c1", NOW + 1).await,
+        DevicePoll::SlowDown
+    ));
+    // The interval is now 10 s (less a second of jitter); too soon again: 15 s.
+    assert!(matches!(
+        poll("d1", "c1", NOW + 6).await,
+        DevicePoll::SlowDown
+    ));
+    assert!(matches!(
+        poll("d1", "c1", NOW + 20).await,
+        DevicePoll::Pending
+    ));
+    assert!(matches!(
+        poll("d1", "other", NOW + 40).await,
+        DevicePoll::Unknown
+    ));
+    // Approve d1 (the grant is stored with it), deny d2; each only once.
+    let mut g = grant("g-dev");
+    g.client_id = "c1".into();
+    assert!(
+        s.decide_device("d1", Some(&g), NOW + 30)
+            .await
+            .expect("decide")
+    );
+    assert!(
+        !s.decide_device("d1", None, NOW + 30).await.expect("decide"),
+        "answered once"
+    );
+    assert!(s.get_grant("g-dev").await.expect("grant").is_some());
+    assert!(s.decide_device("d2", None, NOW + 30).await.expect("decide"));
+    assert!(s.get_grant("nope").await.expect("grant").is_none());
+    // A check that fails leaves the code usable.
+    let r = s
+        .poll_device("d1", "c1", NOW + 60, |_| {
+            Err::<Option<RefreshRecord>, _>("wrong resource")
+        })
+        .await
+        .expect("poll");
+    assert!(matches!(r, Err("wrong resource")));
+    let issued = s
+        .poll_device("d1", "c1", NOW + 80, |d| {
+            Ok::<_, ()>(Some(RefreshRecord {
+                grant_id: d.grant_id.clone().unwrap_or_default(),
+                ..refresh("rt-dev", "")
+            }))
+        })
+        .await
+        .expect("poll")
+        .expect("check");
+    let DevicePoll::Issued(d) = issued else {
+        panic!("issued: {issued:?}")
+    };
+    assert_eq!(
+        (d.subject.as_deref(), d.grant_id.as_deref()),
+        (Some("alice"), Some("g-dev"))
+    );
+    assert_eq!(
+        s.get_refresh("rt-dev")
+            .await
+            .expect("rt")
+            .expect("stored")
+            .grant_id,
+        "g-dev"
+    );
+    // Used again: the grant is revoked.
+    assert!(matches!(
+        poll("d1", "c1", NOW + 100).await,
+        DevicePoll::Replayed { .. }
+    ));
+    assert!(
+        s.get_grant("g-dev")
+            .await
+            .expect("grant")
+            .expect("g")
+            .revoked_at
+            .is_some()
+    );
+    assert!(matches!(
+        poll("d2", "c1", NOW + 80).await,
+        DevicePoll::Denied
+    ));
+    assert!(matches!(
+        poll("d3", "c1", NOW + 80).await,
+        DevicePoll::Expired
+    ));
+    assert!(
+        !s.decide_device("d3", Some(&grant("g-late")), NOW + 80)
+            .await
+            .expect("decide"),
+        "expired"
+    );
+    assert!(s.purge_expired(NOW + 700).await.expect("purge") >= 3);
+    assert!(matches!(
+        poll("d1", "c1", NOW + 800).await,
+        DevicePoll::Unknown
+    ));
+}
+
 async fn suite(s: Store) {
     clients_and_users(&s).await;
     consent_is_per_client(&s).await;
@@ -842,6 +1001,7 @@ async fn suite(s: Store) {
     refresh_tokens_keep_their_dpop_binding(&s).await;
     keys_sessions_pending(&s).await;
     deleting_revokes(&s).await;
+    device_codes_answer_once_pace_polls_and_issue_once(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,10 @@ pub(crate) fn registration_policy(
         for x in g {
             if !matches!(
                 x.as_str(),
-                "authorization_code" | "refresh_token" | "client_credentials"
+                "authorization_code"
+                    | "refresh_token"
+                    | "client_credentials"
+                    | "urn:ietf:params:oauth:grant-type:device_code"
             ) {
                 return Err(format!(
                     "authorization_server.registration.grant_types: {x:?} cannot be opened to self-registered clients"

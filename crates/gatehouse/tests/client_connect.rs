@@ -466,7 +466,7 @@ async fn device_authorization_grant_with_oidc_provider() {
     );
     // oidc-provider offers DPoP (ES256), so the client bound the token to its key (RFC 9449).
     // Sent as a plain bearer token it is refused: a bound token is no bearer token (RS-H1,
-    // issue 14, row 13); the guard's DPoP support is issue 17.
+    // issue 14, row 13); with the client's proofs our guard takes it (DP-2, issue 17 part 5).
     assert!(
         claims["cnf"]["jkt"].as_str().is_some(),
         "DPoP-bound: {claims}"
@@ -487,6 +487,19 @@ async fn device_authorization_grant_with_oidc_provider() {
         "{challenge}"
     );
     assert!(!stderr.contains(&token));
+    let (v, _) = finish(env.host(&url));
+    assert_eq!(v["sum"], json!(r#"{"sum":42}"#), "{v}");
+    assert!(
+        v["whoami"]
+            .as_str()
+            .is_some_and(|w| w.contains(&format!("\"issuer\":\"{issuer}\""))),
+        "{v}"
+    );
+    assert_eq!(
+        env.launches(),
+        1,
+        "the cached DPoP-bound token served the host"
+    );
 }
 
 /// Tokens sealed with a key kept in the OS keyring: a real Secret Service (gnome-keyring on a
