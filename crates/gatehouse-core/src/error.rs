@@ -28,6 +28,8 @@ pub enum OAuthErrorCode {
     AuthorizationPending,
     SlowDown,
     ExpiredToken,
+    /// RFC 9449 §8, §9: the proof must carry the nonce sent in `DPoP-Nonce`.
+    UseDpopNonce,
 }
 
 impl OAuthErrorCode {
@@ -53,6 +55,7 @@ impl OAuthErrorCode {
             Self::AuthorizationPending => "authorization_pending",
             Self::SlowDown => "slow_down",
             Self::ExpiredToken => "expired_token",
+            Self::UseDpopNonce => "use_dpop_nonce",
         }
     }
 
@@ -78,6 +81,7 @@ impl OAuthErrorCode {
             "authorization_pending" => Self::AuthorizationPending,
             "slow_down" => Self::SlowDown,
             "expired_token" => Self::ExpiredToken,
+            "use_dpop_nonce" => Self::UseDpopNonce,
             _ => return None,
         })
     }

@@ -18,6 +18,8 @@ pub enum GuardError {
     InvalidDpopProof(String),
     /// The token sent with a valid DPoP proof is not valid (or not bound to its key).
     DpopInvalidToken(String),
+    /// RFC 9449 §9: the proof lacks a current server nonce; this one is to be used.
+    UseDpopNonce(String),
     /// RS-08/RS-09: valid, but the operation needs these scopes (all of them, not only the
     /// missing ones, so a client that replaces its token keeps what it had).
     InsufficientScope {
@@ -52,7 +54,8 @@ impl GuardError {
             Self::NoCredentials
             | Self::InvalidToken(_)
             | Self::InvalidDpopProof(_)
-            | Self::DpopInvalidToken(_) => StatusCode::UNAUTHORIZED,
+            | Self::DpopInvalidToken(_)
+            | Self::UseDpopNonce(_) => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -76,6 +79,14 @@ impl GuardError {
         let dpop_error = match &self {
             Self::InvalidDpopProof(d) => Some(("invalid_dpop_proof", d.clone())),
             Self::DpopInvalidToken(d) => Some(("invalid_token", d.clone())),
+            Self::UseDpopNonce(_) => Some((
+                "use_dpop_nonce",
+                "the DPoP proof must carry the nonce in the DPoP-Nonce header".into(),
+            )),
+            _ => None,
+        };
+        let nonce = match &self {
+            Self::UseDpopNonce(n) => HeaderValue::from_str(n).ok(),
             _ => None,
         };
         let retry_after = match &self {
@@ -132,6 +143,12 @@ impl GuardError {
             Self::DpopInvalidToken(d) => (
                 Some(challenge(None, None, base_scope)),
                 json_body(serde_json::json!({"error":"invalid_token","error_description":d})),
+            ),
+            Self::UseDpopNonce(_) => (
+                Some(challenge(None, None, base_scope)),
+                json_body(
+                    serde_json::json!({"error":"use_dpop_nonce","error_description":"the DPoP proof must carry the nonce in the DPoP-Nonce header"}),
+                ),
             ),
             Self::InsufficientScope {
                 needed,
@@ -203,6 +220,9 @@ impl GuardError {
             HeaderValue::from_static("application/json"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(n) = nonce {
+            h.insert("dpop-nonce", n);
+        }
         if let Some(secs) = retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

@@ -168,6 +168,11 @@ impl GuardInner {
             },
         )
         .map_err(|e| GuardError::InvalidDpopProof(e.0))?;
+        if let Some(n) = &self.cfg.dpop_nonces
+            && !p.nonce.as_deref().is_some_and(|x| n.valid(x, now))
+        {
+            return Err(GuardError::UseDpopNonce(n.issue(now)));
+        }
         // The token first: only a proof that comes with a valid token bound to its key is
         // recorded, so a stranger's self-signed proofs cannot fill the replay cache.
         let principal =

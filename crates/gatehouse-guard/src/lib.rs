@@ -59,6 +59,9 @@ pub struct GuardConfig {
     pub sessions: SessionLimits,
     /// Count sessions in Redis, shared by every replica, instead of in this process.
     pub shared_sessions: Option<SharedSessions>,
+    /// Require server-provided nonces in DPoP proofs (RFC 9449 §9); replicas must share the
+    /// secret.
+    pub dpop_nonces: Option<gatehouse_tokens::dpop::Nonces>,
 }
 
 impl std::fmt::Debug for SharedSessions {
@@ -82,6 +85,7 @@ impl GuardConfig {
             max_body_bytes: 4 * 1024 * 1024,
             sessions: SessionLimits::default(),
             shared_sessions: None,
+            dpop_nonces: None,
         }
     }
 

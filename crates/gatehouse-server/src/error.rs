@@ -11,6 +11,8 @@ pub struct OAuthError {
     pub status: StatusCode,
     /// `invalid_client` after HTTP Basic: answer with a Basic challenge (RFC 6749 §5.2).
     pub basic_challenge: bool,
+    /// A `DPoP-Nonce` to send with the answer (RFC 9449 §8).
+    pub dpop_nonce: Option<String>,
 }
 
 impl OAuthError {
@@ -26,6 +28,7 @@ impl OAuthError {
             description: description.into(),
             status,
             basic_challenge: false,
+            dpop_nonce: None,
         }
     }
 
@@ -71,6 +74,13 @@ impl IntoResponse for OAuthError {
         h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if let Some(v) = self
+            .dpop_nonce
+            .as_deref()
+            .and_then(|n| HeaderValue::from_str(n).ok())
+        {
+            h.insert("dpop-nonce", v);
         }
         if self.basic_challenge {
             h.insert(

@@ -161,6 +161,8 @@ pub struct AuthServerConfig {
     pub local_login: bool,
     /// Encrypt signing keys at rest under this key (strongly recommended in production).
     pub key_encryption_key: Option<KeyEncryptionKey>,
+    /// Require server-provided nonces in DPoP proofs at `/token` (RFC 9449 §8).
+    pub dpop_nonce: bool,
 }
 
 impl AuthServerConfig {
@@ -195,6 +197,7 @@ impl AuthServerConfig {
             upstream: None,
             local_login: true,
             key_encryption_key: None,
+            dpop_nonce: false,
         }
     }
 
@@ -233,6 +236,8 @@ pub(crate) struct Inner {
     pub(crate) revocations: Option<Arc<Revocations>>,
     /// Stored public clients, kept briefly (see `clients::PUBLIC_CLIENT_TTL`).
     pub(crate) public_clients: clients::PublicClients,
+    /// DPoP nonces, when required, under a secret shared through the store.
+    pub(crate) nonces: Option<gatehouse_tokens::dpop::Nonces>,
 }
 
 /// The authorization server. Cheap to clone.
@@ -274,8 +279,18 @@ impl AuthServer {
             cfg.key_encryption_key.clone(),
         )
         .await?;
+        let nonces = match cfg.dpop_nonce {
+            true => Some(gatehouse_tokens::dpop::Nonces::new(
+                store
+                    .server_secret("dpop_nonce", &secrets::random_token())
+                    .await?
+                    .as_bytes(),
+            )),
+            false => None,
+        };
         Ok(Self {
             inner: Arc::new(Inner {
+                nonces,
                 hashing: Arc::new(tokio::sync::Semaphore::new(
                     cfg.login_throttle.concurrent_hashes.max(1),
                 )),
@@ -302,6 +317,12 @@ impl AuthServer {
 
     pub fn keys(&self) -> &KeyManager {
         &self.inner.keys
+    }
+
+    /// The DPoP nonces of this server, when it requires them: a guard in the same deployment
+    /// shares them (one secret in the store for every replica).
+    pub fn dpop_nonces(&self) -> Option<gatehouse_tokens::dpop::Nonces> {
+        self.inner.nonces.clone()
     }
 
     /// One round of housekeeping: delete expired codes, sessions, pending requests, refresh

@@ -201,6 +201,17 @@ impl AuthServer {
             },
         )
         .map_err(|e| bad(&e.0))?;
+        // RFC 9449 §8: checked before the jti is spent; the client retries with the nonce.
+        if let Some(n) = &self.inner.nonces
+            && !p.nonce.as_deref().is_some_and(|x| n.valid(x, now))
+        {
+            let mut e = OAuthError::new(
+                OAuthErrorCode::UseDpopNonce,
+                "the DPoP proof must carry the nonce in the DPoP-Nonce header",
+            );
+            e.dpop_nonce = Some(n.issue(now));
+            return Err(e);
+        }
         if !self
             .inner
             .store
@@ -239,7 +250,14 @@ pub(crate) async fn token(
         }
     }
     .await;
-    r.unwrap_or_else(IntoResponse::into_response)
+    let mut r = r.unwrap_or_else(IntoResponse::into_response);
+    // The next nonce with every answer (RFC 9449 §8.2), so clients rarely need a retry.
+    if let Some(n) = &s.inner.nonces
+        && let Ok(v) = http::HeaderValue::from_str(&n.issue(s.inner.clock.now_unix()))
+    {
+        r.headers_mut().insert("dpop-nonce", v);
+    }
+    r
 }
 
 /// Claims an identity provider contributes to access tokens (for policies at resource servers

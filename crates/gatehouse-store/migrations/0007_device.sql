@@ -15,3 +15,10 @@ CREATE TABLE device_codes (
     subject        TEXT,
     claims         TEXT
 );
+
+-- Secrets every replica must share that are not keys (the DPoP nonce MAC secret): created once
+-- by whichever replica gets there first.
+CREATE TABLE server_secrets (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);

@@ -622,6 +622,15 @@ impl Store {
         }.await)
     }
 
+    /// The shared secret called `name`, created from `fresh` by the first replica that asks.
+    pub async fn server_secret(&self, name: &str, fresh: &str) -> Result<String, StoreError> {
+        with_write!(self, p => sqlx::query("INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name).bind(fresh).execute(p).await.map(|r| r.rows_affected()))?;
+        let v: (String,) = with_write!(self, p => sqlx::query_as("SELECT value FROM server_secrets WHERE name = $1")
+            .bind(name).fetch_one(p).await)?;
+        Ok(v.0)
+    }
+
     /// Stores a new device authorization request. A user code already in use is a conflict
     /// (the caller draws another).
     pub async fn insert_device(&self, d: &DeviceRecord) -> Result<(), StoreError> {

@@ -265,3 +265,94 @@ mod tests {
         assert!(c.first_use("b", 100, 0));
     }
 }
+
+/// Server-provided nonces (RFC 9449 §8 at the token endpoint, §9 at a resource): a proof must
+/// carry one this server issued lately, so proofs cannot be made ahead of time. Stateless: a
+/// nonce is a time step and an HMAC of it under a secret every replica shares; it is good in
+/// its step and the next (one to two minutes), and it is the same for every client in a step,
+/// so issuing one costs nothing and needs no store.
+#[derive(Clone)]
+pub struct Nonces {
+    key: aws_lc_rs::hmac::Key,
+}
+
+impl std::fmt::Debug for Nonces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Nonces(..)")
+    }
+}
+
+/// The length of a nonce's time step.
+pub const NONCE_STEP_SECS: i64 = 60;
+
+impl Nonces {
+    /// Nonces under `secret` (at least 16 bytes; replicas must share it).
+    pub fn new(secret: &[u8]) -> Self {
+        Self {
+            key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret),
+        }
+    }
+
+    /// Nonces under a secret of this process only (one replica).
+    pub fn random() -> Self {
+        let mut secret = [0u8; 32];
+        let _ = aws_lc_rs::rand::fill(&mut secret);
+        Self::new(&secret)
+    }
+
+    /// The nonce for the current step.
+    pub fn issue(&self, now: i64) -> String {
+        let step = now.div_euclid(NONCE_STEP_SECS).to_be_bytes();
+        let tag = aws_lc_rs::hmac::sign(&self.key, &step);
+        let mut raw = step.to_vec();
+        raw.extend_from_slice(&tag.as_ref()[..16]);
+        b64(&raw)
+    }
+
+    /// Whether `nonce` was issued in this step or the one before (MAC checked in constant time).
+    pub fn valid(&self, nonce: &str, now: i64) -> bool {
+        let Ok(raw) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(nonce) else {
+            return false;
+        };
+        if raw.len() != 24 {
+            return false;
+        }
+        let mut step = [0u8; 8];
+        step.copy_from_slice(&raw[..8]);
+        let current = now.div_euclid(NONCE_STEP_SECS);
+        if !(current - 1..=current).contains(&i64::from_be_bytes(step)) {
+            return false;
+        }
+        let tag = aws_lc_rs::hmac::sign(&self.key, &step);
+        aws_lc_rs::constant_time::verify_slices_are_equal(&tag.as_ref()[..16], &raw[8..]).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod nonce_tests {
+    use super::*;
+
+    #[test]
+    fn nonces_live_two_steps_under_one_secret() {
+        let n = Nonces::new(b"a secret shared by every replica");
+        let t = 1_800_000_000;
+        let nonce = n.issue(t);
+        assert!(n.valid(&nonce, t));
+        assert!(n.valid(&nonce, t + NONCE_STEP_SECS));
+        assert!(!n.valid(&nonce, t + 2 * NONCE_STEP_SECS), "expired");
+        assert!(!n.valid(&nonce, t - NONCE_STEP_SECS), "from the future");
+        assert_eq!(
+            Nonces::new(b"a secret shared by every replica").issue(t),
+            nonce,
+            "replicas agree"
+        );
+        assert!(!Nonces::new(b"another secret, another server").valid(&nonce, t));
+        assert!(!Nonces::random().valid(&nonce, t));
+        let mut forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&nonce)
+            .expect("b64");
+        forged[23] ^= 1;
+        assert!(!n.valid(&b64(&forged), t));
+        assert!(!n.valid("", t) && !n.valid("not base64!", t));
+    }
+}

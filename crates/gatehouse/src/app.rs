@@ -446,6 +446,22 @@ fn build_guard(
         .map(|s| gatehouse_guard::SharedSessions::open(&s.redis_url.0))
         .transpose()
         .map_err(|e| format!("shared_state.redis_url: {e}"))?;
+    gc.dpop_nonces = match (g.dpop_nonce, &g.dpop_nonce_secret, &cfg.shared_state) {
+        (false, _, _) => None,
+        (true, Some(secret), _) if secret.0.len() >= 16 => {
+            Some(gatehouse_tokens::dpop::Nonces::new(secret.0.as_bytes()))
+        }
+        (true, Some(_), _) => {
+            return Err("guard.dpop_nonce_secret: at least 16 characters".into());
+        }
+        (true, None, Some(_)) => {
+            return Err(
+                "guard.dpop_nonce with shared_state (replicas) needs guard.dpop_nonce_secret, the same on every replica"
+                    .into(),
+            );
+        }
+        (true, None, None) => Some(gatehouse_tokens::dpop::Nonces::random()),
+    };
     gc.api_keys = g
         .api_keys
         .iter()

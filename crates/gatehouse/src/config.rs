@@ -472,6 +472,10 @@ pub(crate) struct AuthServerSection {
     /// `${env:GATEHOUSE_KEY_ENCRYPTION_KEY}` (never in the file itself).
     #[serde(default)]
     pub(crate) key_encryption_key: Option<EnvString>,
+    /// Require server-provided nonces in DPoP proofs at `/token` (RFC 9449 §8); the secret is
+    /// kept in the database, so replicas agree.
+    #[serde(default)]
+    pub(crate) dpop_nonce: bool,
 }
 
 fn default_upstream_scopes() -> String {
@@ -653,6 +657,13 @@ pub(crate) struct GuardSection {
     /// Tokens (RFC 8935; CAEP `session-revoked`, `credential-change`).
     #[serde(default)]
     pub(crate) security_events: Option<SecurityEventsSection>,
+    /// Require server-provided nonces in DPoP proofs (RFC 9449 §9).
+    #[serde(default)]
+    pub(crate) dpop_nonce: bool,
+    /// The nonces' MAC secret (at least 16 characters; give it as `${env:…}`): replicas must
+    /// share it, so it is required with `shared_state`. Without it: a secret of this process.
+    #[serde(default)]
+    pub(crate) dpop_nonce_secret: Option<EnvString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -113,6 +113,7 @@ pub(crate) async fn build(
     ac.scope_descriptions
         .extend(section.scope_descriptions.clone());
     ac.local_login = section.local_login;
+    ac.dpop_nonce = section.dpop_nonce;
     ac.key_encryption_key = section
         .key_encryption_key
         .as_ref()

@@ -306,6 +306,8 @@ pub(crate) fn dev_config(listen: SocketAddr, issuer: Issuer) -> Result<Config, S
             api_keys: vec![],
             ip_allow: vec![],
             security_events: None,
+            dpop_nonce: false,
+            dpop_nonce_secret: None,
         },
         authorization_server: None,
         trusted_ca_file: None,

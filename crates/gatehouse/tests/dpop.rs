@@ -23,6 +23,10 @@ fn now() -> i64 {
 }
 
 fn proof(method: &str, url: &str, token: Option<&str>) -> String {
+    proof_with(method, url, token, None)
+}
+
+fn proof_with(method: &str, url: &str, token: Option<&str>, nonce: Option<&str>) -> String {
     use base64::Engine as _;
     use sha2::Digest as _;
     let key = EncodingKey::from_ec_pem(KEY_PEM.as_bytes()).expect("key");
@@ -35,6 +39,9 @@ fn proof(method: &str, url: &str, token: Option<&str>) -> String {
         claims["ath"] = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(sha2::Sha256::digest(t.as_bytes()))
             .into();
+    }
+    if let Some(n) = nonce {
+        claims["nonce"] = n.into();
     }
     jsonwebtoken::encode(&h, &claims, &key).expect("sign")
 }
@@ -184,4 +191,165 @@ async fn dp1_dpop_bound_tokens_from_dev_and_their_proofs_at_the_guard() {
     assert_eq!(st, 401);
     assert!(www.contains("invalid_token"), "{www}");
     assert_eq!(initialize(&endpoint, "Bearer", &bearer, None).await.0, 200);
+}
+
+/// DP-3 (RFC 9449 §8, §9): with `dpop_nonce` on at the authorization server and the guard, a
+/// proof without a current server nonce is refused with `use_dpop_nonce` and a `DPoP-Nonce`
+/// to use; a made-up nonce is refused; with the nonce it works. Our client, through a real MCP
+/// host, handles both retries by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dp3_server_nonces_at_the_token_endpoint_and_the_guard() {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let endpoint = format!("{base}/mcp");
+    let dir = std::env::temp_dir().join(format!("gatehouse-dpop-nonce-{port}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = format!("sqlite://{}", dir.join("as.db").display());
+    let cfg = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\n  dpop_nonce: true\n  dpop_nonce_secret: ${{env:GH_NONCE_SECRET}}\nauthorization_server:\n  database: {db}\n  dpop_nonce: true\n"
+        ),
+    )
+    .expect("config");
+    let out = gatehouse()
+        .env("GATEHOUSE_PASSWORD", "nonce-password-1")
+        .args(["admin", "--db", &db, "users", "add", "nonce-user"])
+        .output()
+        .expect("admin");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (id, secret) = add_machine_client(&db, "nonce");
+    let mut cmd = gatehouse();
+    cmd.env("GH_NONCE_SECRET", "a shared nonce secret for replicas")
+        .args(["serve", "--config"])
+        .arg(&cfg);
+    let _p = Proc::start(cmd, "ready");
+    let http = reqwest::Client::new();
+    let token_url = format!("{base}/token");
+    let request = |p: String| {
+        let (http, token_url, id, secret, endpoint) = (
+            http.clone(),
+            token_url.clone(),
+            id.clone(),
+            secret.clone(),
+            endpoint.clone(),
+        );
+        async move {
+            let r = http
+                .post(&token_url)
+                .basic_auth(&id, Some(&secret))
+                .header("dpop", p)
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("scope", "mcp:basic"),
+                    ("resource", endpoint.as_str()),
+                ])
+                .send()
+                .await
+                .expect("token");
+            let nonce = r
+                .headers()
+                .get("dpop-nonce")
+                .map(|v| v.to_str().expect("ascii").to_owned());
+            (
+                r.status().as_u16(),
+                nonce,
+                r.json::<Value>().await.expect("json"),
+            )
+        }
+    };
+    let (st, nonce, v) = request(proof("POST", &token_url, None)).await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (400, Some("use_dpop_nonce")),
+        "{v}"
+    );
+    let nonce = nonce.expect("a DPoP-Nonce to use");
+    let (st, _, v) = request(proof_with("POST", &token_url, None, Some("made-up"))).await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (400, Some("use_dpop_nonce")),
+        "{v}"
+    );
+    let (st, next, v) = request(proof_with("POST", &token_url, None, Some(&nonce))).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["token_type"], "DPoP");
+    assert!(next.is_some(), "the next nonce comes with every answer");
+    let token = v["access_token"].as_str().expect("token").to_owned();
+
+    // The guard: its own nonces (another secret than the AS's).
+    let p = proof("POST", &endpoint, Some(&token));
+    let r = http
+        .post(&endpoint)
+        .header("authorization", format!("DPoP {token}"))
+        .header("dpop", p)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 401);
+    let www: Vec<&str> = r
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    assert!(
+        www.iter()
+            .any(|w| w.starts_with("DPoP") && w.contains("error=\"use_dpop_nonce\"")),
+        "{www:?}"
+    );
+    let rs_nonce = r.headers()["dpop-nonce"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert_ne!(rs_nonce, nonce, "the guard's nonces are its own");
+    for (n, want) in [
+        (nonce.as_str(), 401),
+        ("made-up", 401),
+        (rs_nonce.as_str(), 200),
+    ] {
+        let p = proof_with("POST", &endpoint, Some(&token), Some(n));
+        let (st, www) = initialize(&endpoint, "DPoP", &token, Some(&p)).await;
+        assert_eq!(st, want, "nonce {n}: {www}");
+    }
+
+    // Our client: the code flow with a browser, then a real MCP host through `gatehouse
+    // connect`; each side asks for a nonce once and the client retries by itself.
+    let home = dir.join("home");
+    let env = |c: &mut std::process::Command| {
+        c.env("GATEHOUSE_HOME", &home)
+            .env(
+                "GATEHOUSE_BROWSER",
+                repo_root().join("interop/login-browser.mjs"),
+            )
+            .env("GH_USER", "nonce-user")
+            .env("GH_PASSWORD", "nonce-password-1")
+            .env_remove("GATEHOUSE_TOKEN_KEY");
+    };
+    let mut host = std::process::Command::new("node");
+    env(&mut host);
+    host.current_dir(repo_root().join("interop"))
+        .arg("sdk-stdio-host.mjs")
+        .arg(env!("CARGO_BIN_EXE_gatehouse"))
+        .arg(&endpoint);
+    let out = tokio::task::spawn_blocking(move || host.output().expect("host"))
+        .await
+        .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(r#"\"sum\":42"#),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
