@@ -5,8 +5,8 @@
 # server-everything (Streamable HTTP). Prints throughput and p50/p99 per target, paced runs at
 # about 1k requests/s for the added p99 (over server-everything, and over a constant nginx answer
 # that isolates the gateway's own latency: the last line's figure; and a bare axum+reqwest proxy
-# over that same upstream, the floor of the gateway's stack), the gateway's RSS idle and loaded,
-# and last:
+# over that same upstream, the floor of the gateway's stack), the cost of DPoP proof validation
+# per call (line "dpop: …"), the gateway's RSS idle and loaded, and last:
 #   gateway/direct=R gateway/nginx=R p99_added_ms=X
 #   DURATION=5 PACED_DURATION=10 CONNECTIONS=16 bench/gateway.sh
 set -euo pipefail
@@ -128,9 +128,17 @@ CONF
   G_ST_URL="http://127.0.0.1:$port/servers/static/mcp"
   G_ST_TOKEN=$(curl -fsS -u "$cid:$csec" -d grant_type=client_credentials -d scope=mcp:basic --data-urlencode "resource=$G_ST_URL" "http://127.0.0.1:$port/token" | python3 -c 'import json,sys;print(json.load(sys.stdin)["access_token"])')
   G_AUDIT="$dir/audit.jsonl"
+  G_CID=$cid; G_CSEC=$csec; G_PORT=$port
 }
 start_gateway "$bin" "$GW" current
 gwpid=$G_PID; gw_url=$G_URL; token=$G_TOKEN; st_url=$G_ST_URL; st_token=$G_ST_TOKEN; audit_log=$G_AUDIT
+# A DPoP-bound token for the constant upstream's route (issue 17): the proof at /token by a key
+# of this run; each call then carries a fresh proof by that key.
+dpop_key="$work/dpop.jwk"
+node bench/dpop-proofs.mjs key "$dpop_key"
+dpop_token=$(curl -fsS -u "$G_CID:$G_CSEC" -H "DPoP: $(node bench/dpop-proofs.mjs proof "$dpop_key" "http://127.0.0.1:$G_PORT/token")" \
+  -d grant_type=client_credentials -d scope=mcp:basic --data-urlencode "resource=$st_url" "http://127.0.0.1:$G_PORT/token" \
+  | python3 -c 'import json,sys;v=json.load(sys.stdin);assert v["token_type"]=="DPoP",v;print(v["access_token"])')
 if [ -n "${BASELINE_BIN:-}" ]; then
   GWB=$(free_port)
   start_gateway "$BASELINE_BIN" "$GWB" baseline
@@ -139,13 +147,16 @@ fi
 rss() { awk '/VmRSS/ {print $2}' "/proc/$gwpid/status"; }
 idle_rss=$(rss)
 
-session() { # URL [TOKEN] -> an initialized MCP session id
-  local auth=(); [ -n "${2:-}" ] && auth=(-H "Authorization: Bearer $2")
+session() { # URL [TOKEN [DPOP_KEY]] -> an initialized MCP session id
+  local auth=()
+  if [ -n "${3:-}" ]; then auth=(-H "Authorization: DPoP $2"); elif [ -n "${2:-}" ]; then auth=(-H "Authorization: Bearer $2"); fi
+  # With a key, each request carries a fresh proof (a harmless header otherwise).
+  proof_header() { if [ -n "${3:-}" ]; then printf 'DPoP: %s' "$(node bench/dpop-proofs.mjs proof "$3" "$1" "$2")"; else printf 'X-Bench: 1'; fi; }
   local sid
-  sid=$(curl -fsS -D - -o /dev/null "${auth[@]}" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+  sid=$(curl -fsS -D - -o /dev/null "${auth[@]}" -H "$(proof_header "$@")" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
     -d '{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}' "$1" \
     | tr -d '\r' | sed -n 's/^[Mm]cp-[Ss]ession-[Ii]d: //p')
-  curl -fsS -o /dev/null "${auth[@]}" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+  curl -fsS -o /dev/null "${auth[@]}" -H "$(proof_header "$@")" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
     -H "Mcp-Session-Id: $sid" -H 'MCP-Protocol-Version: 2025-11-25' -d '{"jsonrpc":"2.0","method":"notifications/initialized"}' "$1"
   echo "$sid"
 }
@@ -177,6 +188,51 @@ echo "{\"target\":\"static@1k\",\"result\":$static_paced}"
 echo "{\"target\":\"nginx-static@1k\",\"result\":$nginx_static_paced}"
 echo "{\"target\":\"gateway-static@1k\",\"result\":$gateway_static_paced}"
 echo "{\"target\":\"bare-proxy-static@1k\",\"result\":$bare_static_paced}"
+# DPoP (issue 17): the same calls over the constant upstream with a DPoP-bound token and a fresh
+# proof each (made ahead of the run by node, each used once), against the same token as Bearer;
+# ABBA rounds; the gateway's CPU time per call is the figure that isolates proof validation (a
+# signature check, a thumbprint, the replay cache). Short runs: the guard remembers every proof
+# for its 65 s window (at most 100,000 per process).
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_run() { # NAME URL TOKEN PROOFS RATE SECS -> the run's JSON with cpu_us_per_call added
+  local before after out sid
+  if [ -n "$4" ]; then sid=$(session "$2" "$3" "$dpop_key"); else sid=$(session "$2" "$3"); fi
+  before=$(ticks "$gwpid")
+  out=$(SESSION="$sid" TOKEN="$3" PROOFS="$4" RATE="$5" wrk -t1 -c"$([ "$5" -gt 0 ] && echo 10 || echo "$CONNECTIONS")" -d"${6}s" --timeout 10s -s bench/mcp-call.lua "$2" | tail -1)
+  after=$(ticks "$gwpid")
+  python3 -c 'import json,sys,os; r=json.loads(sys.argv[1]); t=int(sys.argv[3])-int(sys.argv[2]); hz=os.sysconf("SC_CLK_TCK"); r["cpu_us_per_call"]=t*1e6/hz/max(r["requests"],1); print(json.dumps(r))' "$out" "$before" "$after"
+}
+DPOP_SECS="${DPOP_SECS:-3}"
+dpop_runs=(); bearer_runs=()
+for i in 1 2; do
+  proofs="$work/proofs-$i.txt"
+  node bench/dpop-proofs.mjs many "$dpop_key" "$st_url" "$dpop_token" $((9000 * DPOP_SECS)) > "$proofs"
+  if [ "$i" -eq 1 ]; then
+    bearer_runs+=("$(cpu_run bearer "$st_url" "$st_token" "" 0 "$DPOP_SECS")")
+    dpop_runs+=("$(cpu_run dpop "$st_url" "$dpop_token" "$proofs" 0 "$DPOP_SECS")")
+  else
+    dpop_runs+=("$(cpu_run dpop "$st_url" "$dpop_token" "$proofs" 0 "$DPOP_SECS")")
+    bearer_runs+=("$(cpu_run bearer "$st_url" "$st_token" "" 0 "$DPOP_SECS")")
+  fi
+done
+node bench/dpop-proofs.mjs many "$dpop_key" "$st_url" "$dpop_token" 11000 > "$work/proofs-paced.txt"
+dpop_paced=$(cpu_run dpop-paced "$st_url" "$dpop_token" "$work/proofs-paced.txt" 1000 10)
+python3 - "${bearer_runs[*]}" "${dpop_runs[*]}" "$gateway_static_paced" "$dpop_paced" <<'PY'
+import json, statistics, sys
+runs = lambda a: [json.loads(x) for x in a.replace("} {", "}\n{").splitlines() if x.strip()]
+b, d = runs(sys.argv[1]), runs(sys.argv[2])
+bp, dp = json.loads(sys.argv[3]), json.loads(sys.argv[4])
+for name, rs in (("bearer", b), ("dpop", d), ("dpop@1k", [dp])):
+    bad = sum(r["non200"] for r in rs)
+    if bad:
+        print(f"{name}: {bad} answers were not 200", file=sys.stderr)
+    print(f"  {name}: " + ", ".join(f"{r['rps']:.0f} req/s p50 {r['p50_ms']:.3f} p99 {r['p99_ms']:.3f} cpu {r['cpu_us_per_call']:.0f} us" for r in rs))
+med = lambda rs, k: statistics.median(r[k] for r in rs)
+bc, dc = med(b, "cpu_us_per_call"), med(d, "cpu_us_per_call")
+print(f"dpop: gateway CPU per call {dc:.0f} us with a proof vs {bc:.0f} us as Bearer: proof validation costs {dc-bc:.0f} us per call "
+      f"(dpop/bearer={dc/bc:.2f}); throughput {med(d, 'rps'):.0f} vs {med(b, 'rps'):.0f} req/s; "
+      f"at 1k req/s p50 {dp['p50_ms']:.3f} vs {bp['p50_ms']:.3f} ms, p99 {dp['p99_ms']:.3f} vs {bp['p99_ms']:.3f} ms")
+PY
 echo "{\"gateway_rss_kib\":{\"idle\":$idle_rss,\"loaded\":$loaded_rss},\"audit_records\":$(wc -l <"$audit_log")}"
 if [ -n "${BASELINE_BIN:-}" ]; then
   # Current and baseline, alternately (ABBA: the order flips every round, so a drift of the

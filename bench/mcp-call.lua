@@ -13,10 +13,21 @@ local headers = {
 if os.getenv("TOKEN") and os.getenv("TOKEN") ~= "" then
   headers["Authorization"] = "Bearer " .. os.getenv("TOKEN")
 end
+-- With PROOFS (a file of DPoP proofs, one per line, each used once): the DPoP scheme.
+local proofs, next_proof = nil, 1
+if os.getenv("PROOFS") and os.getenv("PROOFS") ~= "" then
+  proofs = {}
+  for line in io.lines(os.getenv("PROOFS")) do table.insert(proofs, line) end
+  headers["Authorization"] = "DPoP " .. os.getenv("TOKEN")
+end
 local body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"bench"}}}'
 non200 = 0
 
 function request()
+  if proofs then
+    headers["DPoP"] = proofs[next_proof] or "exhausted"
+    next_proof = next_proof + 1
+  end
   return wrk.format("POST", nil, headers, body)
 end
 
