@@ -91,6 +91,11 @@ impl ScopeSet {
         Self(self.0.union(&other.0).cloned().collect())
     }
 
+    /// The scopes in both.
+    pub fn intersection(&self, other: &ScopeSet) -> ScopeSet {
+        Self(self.0.intersection(&other.0).cloned().collect())
+    }
+
     /// The scopes of `required` that `self` lacks.
     pub fn missing_from(&self, required: &ScopeSet) -> ScopeSet {
         Self(required.0.difference(&self.0).cloned().collect())

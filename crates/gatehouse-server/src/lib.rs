@@ -17,6 +17,7 @@
 //!   and warns against codes someone else sent (RFC 8628 §5; see `device.rs`).
 #![forbid(unsafe_code)]
 
+mod assertion;
 mod authorize;
 mod cimd;
 mod clients;
@@ -30,6 +31,7 @@ mod secrets;
 mod token;
 mod upstream;
 
+pub use assertion::{AssertionIssuer, AssertionKind, WorkloadRule};
 pub use error::OAuthError;
 pub use keys::{KeyEncryptionKey, KeyManager};
 pub use secrets::{hash_password, random_id, random_token, sha256_hex, verify_password};
@@ -163,6 +165,8 @@ pub struct AuthServerConfig {
     pub key_encryption_key: Option<KeyEncryptionKey>,
     /// Require server-provided nonces in DPoP proofs at `/token` (RFC 9449 §8).
     pub dpop_nonce: bool,
+    /// Issuers whose JWT assertions the JWT-bearer grant accepts (ID-JAG, workload identity).
+    pub jwt_bearer: Vec<AssertionIssuer>,
 }
 
 impl AuthServerConfig {
@@ -198,6 +202,7 @@ impl AuthServerConfig {
             local_login: true,
             key_encryption_key: None,
             dpop_nonce: false,
+            jwt_bearer: Vec::new(),
         }
     }
 
@@ -238,6 +243,8 @@ pub(crate) struct Inner {
     pub(crate) public_clients: clients::PublicClients,
     /// DPoP nonces, when required, under a secret shared through the store.
     pub(crate) nonces: Option<gatehouse_tokens::dpop::Nonces>,
+    /// Keys of the JWT-bearer grant's issuers.
+    pub(crate) issuer_keys: assertion::IssuerKeys,
 }
 
 /// The authorization server. Cheap to clone.
@@ -291,6 +298,7 @@ impl AuthServer {
         Ok(Self {
             inner: Arc::new(Inner {
                 nonces,
+                issuer_keys: Default::default(),
                 hashing: Arc::new(tokio::sync::Semaphore::new(
                     cfg.login_throttle.concurrent_hashes.max(1),
                 )),

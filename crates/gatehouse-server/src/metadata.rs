@@ -42,6 +42,18 @@ pub(crate) fn document(s: &AuthServer) -> serde_json::Value {
         // RFC 9449 §5.1: a proof with any of these at /token gets DPoP-bound tokens.
         "dpop_signing_alg_values_supported": gatehouse_tokens::dpop::DPOP_ALGS,
     });
+    if !c.jwt_bearer.is_empty()
+        && let Some(g) = doc["grant_types_supported"].as_array_mut()
+    {
+        g.push(crate::assertion::JWT_BEARER.into());
+    }
+    if c.jwt_bearer
+        .iter()
+        .any(|i| matches!(i.kind, crate::AssertionKind::IdJag { .. }))
+    {
+        doc["authorization_grant_profiles_supported"] =
+            serde_json::json!([crate::assertion::ID_JAG_PROFILE]);
+    }
     if c.dcr_enabled {
         doc["registration_endpoint"] = c.endpoint("/register").into();
     }

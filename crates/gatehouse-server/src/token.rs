@@ -231,6 +231,9 @@ pub(crate) async fn token(
 ) -> Response {
     let r = async {
         let form = parse_form(&body)?;
+        if form.get("grant_type").map(String::as_str) == Some(crate::assertion::JWT_BEARER) {
+            return jwt_bearer(&s, &headers, &form).await;
+        }
         let creds = presented(&headers, &form)?;
         let client = s.authenticate_client(&creds).await?;
         let proof = s.dpop_proof(&headers).await?;
@@ -258,6 +261,40 @@ pub(crate) async fn token(
         r.headers_mut().insert("dpop-nonce", v);
     }
     r
+}
+
+/// The JWT-bearer grant (RFC 7523 §2.1): an ID-JAG with client authentication, or a
+/// workload's platform token with none (see `assertion.rs`).
+async fn jwt_bearer(
+    s: &AuthServer,
+    headers: &HeaderMap,
+    form: &Form,
+) -> Result<Response, OAuthError> {
+    let (issuer, assertion) = crate::assertion::claimed_issuer(s, form)?;
+    let creds = presented(headers, form)?;
+    // A workload has no stored secret: a bare client_id only names the client its rule must
+    // map to; credentials, when sent, must authenticate.
+    let authenticates = creds.secret.is_some() || creds.assertion.is_some() || creds.basic;
+    let workload = matches!(issuer.kind, crate::AssertionKind::Workload { .. });
+    let client = if workload && !authenticates {
+        None
+    } else {
+        Some(s.authenticate_client(&creds).await?)
+    };
+    let proof = s.dpop_proof(headers).await?;
+    let jkt = proof.as_ref().map(|p| p.jkt.as_str());
+    match client {
+        Some(c) if !workload => {
+            crate::assertion::id_jag(s, &c, issuer, &assertion, form, jkt).await
+        }
+        c => {
+            let named = c
+                .as_ref()
+                .map(|c| c.client_id.as_str())
+                .or(creds.client_id.as_deref());
+            crate::assertion::workload(s, named, issuer, &assertion, form, jkt).await
+        }
+    }
 }
 
 /// Claims an identity provider contributes to access tokens (for policies at resource servers

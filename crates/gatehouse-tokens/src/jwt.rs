@@ -200,6 +200,11 @@ impl KeySet {
         self.keys.is_empty()
     }
 
+    /// Whether a key with this `kid` is among them.
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+
     /// Verifies a compact JWS signed by one of these keys and returns its claims. Only the
     /// signature is checked here; the caller checks the claims.
     pub fn verify(&self, token: &str) -> Result<Map<String, Value>, TokenError> {

@@ -476,6 +476,57 @@ pub(crate) struct AuthServerSection {
     /// kept in the database, so replicas agree.
     #[serde(default)]
     pub(crate) dpop_nonce: bool,
+    /// Issuers whose JWT assertions the JWT-bearer grant accepts: enterprise IdPs' ID-JAGs
+    /// (`id_jag:`) and workload platforms' tokens (`workload:`).
+    #[serde(default)]
+    pub(crate) jwt_bearer: Vec<JwtBearerIssuerSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JwtBearerIssuerSection {
+    /// A short name (logs; the default subject prefix `<name>:`).
+    pub(crate) name: String,
+    /// Exactly the assertions' `iss`.
+    pub(crate) issuer: String,
+    /// Default: from the issuer's discovery metadata.
+    #[serde(default, deserialize_with = "env_expanded_opt")]
+    pub(crate) jwks_uri: Option<String>,
+    #[serde(default)]
+    pub(crate) id_jag: Option<IdJagSection>,
+    #[serde(default)]
+    pub(crate) workload: Option<WorkloadSection>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IdJagSection {
+    /// The claim naming the user; default `sub`.
+    #[serde(default = "default_subject_claim")]
+    pub(crate) subject_claim: String,
+    /// Default `<name>:`; `""` maps onto local account names.
+    #[serde(default)]
+    pub(crate) subject_prefix: Option<String>,
+    /// The most this IdP's assertions may give; default what the resource knows.
+    #[serde(default)]
+    pub(crate) scopes: Option<ScopeSet>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WorkloadSection {
+    #[serde(default)]
+    pub(crate) subject_prefix: Option<String>,
+    pub(crate) rules: Vec<WorkloadRuleSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WorkloadRuleSection {
+    /// Claims that must all have these values (a trailing `*` matches any rest).
+    pub(crate) claims: std::collections::BTreeMap<String, String>,
+    pub(crate) client_id: String,
+    pub(crate) scopes: ScopeSet,
 }
 
 fn default_upstream_scopes() -> String {
@@ -949,6 +1000,7 @@ impl Config {
             // `config check` accepts exactly what `serve` does.
             crate::embedded::registration_policy(a)?;
             crate::embedded::access_token_ttl(a)?;
+            crate::embedded::jwt_bearer_issuers(a)?;
             if let Some(up) = &a.upstream {
                 if up.issuer.url().scheme() != "https"
                     && !self.loopback_fetch_allowed(up.issuer.url())

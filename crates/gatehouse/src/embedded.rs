@@ -114,6 +114,7 @@ pub(crate) async fn build(
         .extend(section.scope_descriptions.clone());
     ac.local_login = section.local_login;
     ac.dpop_nonce = section.dpop_nonce;
+    ac.jwt_bearer = jwt_bearer_issuers(section)?;
     ac.key_encryption_key = section
         .key_encryption_key
         .as_ref()
@@ -216,6 +217,60 @@ pub(crate) async fn build(
         revocations: revocations.clone(),
         stores,
     }))
+}
+
+/// `authorization_server.jwt_bearer`: each entry is exactly one of `id_jag` and `workload`;
+/// issuers are unique; rules name a client and at least one claim.
+pub(crate) fn jwt_bearer_issuers(
+    section: &crate::config::AuthServerSection,
+) -> Result<Vec<gatehouse_server::AssertionIssuer>, String> {
+    use gatehouse_server::{AssertionIssuer, AssertionKind, WorkloadRule};
+    let mut out: Vec<AssertionIssuer> = Vec::new();
+    for (n, e) in section.jwt_bearer.iter().enumerate() {
+        let at = format!("authorization_server.jwt_bearer[{n}]");
+        if out.iter().any(|i| i.issuer == e.issuer) {
+            return Err(format!("{at}: issuer {} is listed twice", e.issuer));
+        }
+        gatehouse_core::Issuer::parse(&e.issuer).map_err(|err| format!("{at}.issuer: {err}"))?;
+        let prefix = |p: &Option<String>| p.clone().unwrap_or_else(|| format!("{}:", e.name));
+        let kind = match (&e.id_jag, &e.workload) {
+            (Some(j), None) => AssertionKind::IdJag {
+                subject_claim: j.subject_claim.clone(),
+                subject_prefix: prefix(&j.subject_prefix),
+                scopes: j.scopes.clone(),
+            },
+            (None, Some(w)) => {
+                let mut rules = Vec::new();
+                for (k, r) in w.rules.iter().enumerate() {
+                    if r.claims.is_empty() {
+                        return Err(format!(
+                            "{at}.workload.rules[{k}]: name at least one claim to match (sub, repository, namespace …)"
+                        ));
+                    }
+                    if r.client_id.is_empty() {
+                        return Err(format!("{at}.workload.rules[{k}].client_id is empty"));
+                    }
+                    rules.push(WorkloadRule {
+                        claims: r.claims.clone().into_iter().collect(),
+                        client_id: r.client_id.clone(),
+                        scopes: r.scopes.clone(),
+                    });
+                }
+                AssertionKind::Workload {
+                    rules,
+                    subject_prefix: prefix(&w.subject_prefix),
+                }
+            }
+            _ => return Err(format!("{at}: give exactly one of id_jag and workload")),
+        };
+        out.push(AssertionIssuer {
+            name: e.name.clone(),
+            issuer: e.issuer.clone(),
+            jwks_uri: e.jwks_uri.clone(),
+            kind,
+        });
+    }
+    Ok(out)
 }
 
 async fn open_store(db: &str, what: &str) -> Result<Store, String> {
