@@ -54,6 +54,12 @@ impl ProtocolVersion {
     pub fn has_method_headers(self) -> bool {
         self >= Self::V2026_07_28
     }
+
+    /// `initialize` and `Mcp-Session-Id` sessions exist until 2025-11-25 (2026-07-28 is
+    /// stateless, with `server/discover`).
+    pub fn has_sessions(self) -> bool {
+        self < Self::V2026_07_28
+    }
 }
 
 /// What kind of JSON-RPC message one element of the body is.

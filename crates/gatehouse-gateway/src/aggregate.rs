@@ -354,6 +354,9 @@ impl Aggregate {
         if method == "initialize" {
             return self.initialize(&parts, &owner, &msg, &id).await;
         }
+        if method == "server/discover" {
+            return rpc_result(&id, Self::discover_result(), None);
+        }
         let Some(sess) = session else {
             return rpc_error(
                 StatusCode::BAD_REQUEST,
@@ -647,6 +650,27 @@ impl Aggregate {
         )
     }
 
+    /// MCP 2026-07-28 `server/discover` (GW-D1), answered here without a session: the aggregate
+    /// serves the session-based revisions (a 2026 client learns to fall back to `initialize`), with
+    /// tools, prompts and resources. The same for every caller, so cacheable by anyone for a
+    /// minute.
+    fn discover_result() -> Value {
+        let versions: Vec<&str> = gatehouse_core::ProtocolVersion::ALL
+            .iter()
+            .filter(|v| v.has_sessions())
+            .map(|v| v.as_str())
+            .collect();
+        json!({
+            "resultType": "complete",
+            "supportedVersions": versions,
+            "capabilities": {"tools": {}, "prompts": {}, "resources": {}},
+            "instructions": format!("Tools and prompts of several servers, named <server>{SEPARATOR}<name>."),
+            "ttlMs": 60_000,
+            "cacheScope": "public",
+            "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "gatehouse-aggregate", "version": env!("CARGO_PKG_VERSION")}},
+        })
+    }
+
     /// Lists from every upstream (every page), prefixed and merged into one page.
     async fn merge_list(
         &self,
@@ -715,7 +739,12 @@ impl Aggregate {
                 }
             }
         }
-        rpc_result(id, json!({ key: merged }), None)
+        // Each member's list was cut down for this caller (GW-C1).
+        rpc_result(
+            id,
+            json!({ key: merged, "resultType": "complete", "cacheScope": "private", "ttlMs": 0 }),
+            None,
+        )
     }
 }
 

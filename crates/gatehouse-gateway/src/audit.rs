@@ -82,6 +82,9 @@ pub struct CallRecord<'a> {
     // round-trip byte for byte.
     pub latency_us: u64,
     pub upstream_status: Option<u16>,
+    /// The W3C trace the call belongs to (GW-T1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
     /// What the decision adds (the refusing policies, the scopes needed, the limit hit).
     #[serde(flatten)]
     pub extra: Option<&'a serde_json::Map<String, serde_json::Value>>,

@@ -473,6 +473,7 @@ impl Permit {
         let Some(result) = msg.get_mut("result") else {
             return;
         };
+        let mut filtered = false;
         for (method, array, key) in shapes {
             if let Some(items) = result.get_mut(array).and_then(Value::as_array_mut) {
                 // An entry that cannot be put to the policies (no name) is left out.
@@ -481,7 +482,13 @@ impl Permit {
                         .as_str()
                         .is_some_and(|n| policies.lists(&who, server, method, n))
                 });
+                filtered = true;
             }
+        }
+        // MCP 2026-07-28 caching (GW-C1): a list cut down for this caller is theirs alone,
+        // whatever the upstream said; no shared cache may serve it to another token.
+        if filtered && let Some(r) = result.as_object_mut() {
+            r.insert("cacheScope".into(), Value::String("private".into()));
         }
     }
 

@@ -425,20 +425,40 @@ impl TokenResponse {
     }
 }
 
-/// The answer to a request that needs the user to connect first: a JSON-RPC error (HTTP
-/// 200) with one URL-mode elicitation.
+/// The answer to a request that needs the user to connect first, with one URL-mode
+/// elicitation (HTTP 200). To a client on MCP 2026-07-28 (`retry_with_input`): an
+/// `input_required` result (multi round-trip requests, GW-R1), whose retry, once the user has
+/// connected, goes through; to older clients: the `-32042` error.
 pub async fn elicit_response(
     c: &Connect,
     owner: &Owner,
     upstream: &str,
     id: serde_json::Value,
+    retry_with_input: bool,
 ) -> Response {
+    let data = c.elicitation(owner, upstream).await;
+    if retry_with_input {
+        let mut params = data["elicitations"][0].clone();
+        let key = format!("gatehouse/connect/{upstream}");
+        if let Some(p) = params.as_object_mut() {
+            // The elicitation request as the client would have received it from a server.
+            let body = serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": id,
+                "result": {
+                    "resultType": "input_required",
+                    "inputRequests": { key: { "method": "elicitation/create", "params": p } },
+                },
+            });
+            return (StatusCode::OK, axum::Json(body)).into_response();
+        }
+    }
     let mut body = rpc_error_body(
         &id,
         RpcCode::UrlElicitationRequired,
         &format!("{upstream} needs you to connect your account first"),
     );
-    body["error"]["data"] = c.elicitation(owner, upstream).await;
+    body["error"]["data"] = data;
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 

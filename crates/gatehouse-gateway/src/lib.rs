@@ -16,6 +16,8 @@
 //! - **GW-11, Streamable HTTP across the hop**: session ids mapped per hop, re-initialization,
 //!   SSE streamed unbuffered ([`sse`]).
 //! - **GW-14, stdio servers**: processes per user and in all are capped ([`StdioUpstream`]).
+//! - **GW-T1, tracing**: W3C trace context continues (or starts) across the hop and names the
+//!   trace in the audit log ([`trace`]).
 //!
 //! The pipeline's stages and their order are documented on [`proxy`].
 #![forbid(unsafe_code)]
@@ -35,6 +37,7 @@ pub mod shared;
 pub mod spec;
 pub mod sse;
 pub mod stdio;
+pub mod trace;
 pub mod upstream;
 pub mod vault;
 

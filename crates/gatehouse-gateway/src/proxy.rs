@@ -81,6 +81,7 @@ enum Target {
         url: url::Url,
         headers: Vec<(HeaderName, HeaderValue)>,
         token: TokenSource,
+        identity: Option<crate::spec::IdentitySpec>,
     },
     Stdio(StdioUpstream),
 }
@@ -224,6 +225,7 @@ impl Proxy {
             Transport::Http { url, credentials } => Target::Http {
                 url,
                 headers: credentials.headers,
+                identity: credentials.identity,
                 token: match credentials.token {
                     UpstreamToken::None => TokenSource::None,
                     UpstreamToken::Exchange(x) => TokenSource::Exchange(Exchanger::new(x)),
@@ -291,11 +293,14 @@ impl Proxy {
         // 1. Who asks (taken, not cloned: nothing after the proxy reads it), and the body.
         let caller = Caller::take(&mut parts.extensions);
         let given_peek = parts.extensions.remove::<McpPeek>();
+        let trace = crate::trace::Trace::from_headers(&parts.headers);
+        trace.apply(&mut parts.headers);
         let log = Log {
             proxy: self,
             caller: &caller,
             http_method: parts.method.as_str(),
             started,
+            trace_id: trace.trace_id(),
         };
         let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
             return GatewayError::TooLarge(MAX_BODY).into_response(&Value::Null);
@@ -471,8 +476,16 @@ impl Proxy {
                 url,
                 headers,
                 token,
+                identity,
             } => match self
-                .http_call(permit, parts, session, url, headers, token)
+                .http_call(
+                    permit,
+                    parts,
+                    session,
+                    url,
+                    (headers, identity.as_ref(), log.caller),
+                    token,
+                )
                 .await
             {
                 Ok((resp, status)) => (Outcome::Allow, status, resp),
@@ -488,6 +501,7 @@ impl Proxy {
                         permit.owner(),
                         self.inner.name.as_str(),
                         permit.first_id().clone(),
+                        speaks_2026(&parts.headers, session),
                     )
                     .await,
                 ),
@@ -536,11 +550,18 @@ impl Proxy {
         parts: &http::request::Parts,
         session: &Session,
         url: &url::Url,
-        headers: &[(HeaderName, HeaderValue)],
+        (headers, identity, caller): (
+            &[(HeaderName, HeaderValue)],
+            Option<&crate::spec::IdentitySpec>,
+            &Caller,
+        ),
         token: &TokenSource,
     ) -> Result<(Response, Option<u16>), Stop> {
         // 5. T3: only the configured credentials, and a token obtained here, go upstream.
-        let creds = Credentials::configured(permit, headers);
+        let mut creds = Credentials::configured(permit, headers);
+        if let (Some(spec), Some(p)) = (identity, caller.principal()) {
+            creds = creds.with_identity(spec, p)?;
+        }
         let creds = match token {
             TokenSource::None => creds,
             TokenSource::Exchange(x) => {
@@ -734,12 +755,24 @@ fn charged(m: &PeekedMessage) -> bool {
     )
 }
 
+/// Whether the caller speaks MCP 2026-07-28 or later (its header, else its session's
+/// version): it gets multi round-trip answers rather than the older error forms.
+fn speaks_2026(headers: &http::HeaderMap, session: &Session) -> bool {
+    headers
+        .get("mcp-protocol-version")
+        .or(session.version())
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| ProtocolVersion::parse(v).ok())
+        .is_some_and(|v| v >= ProtocolVersion::V2026_07_28)
+}
+
 /// Stage 8: audit and metrics for what became of each message.
 struct Log<'a> {
     proxy: &'a Proxy,
     caller: &'a Caller,
     http_method: &'a str,
     started: Instant,
+    trace_id: &'a str,
 }
 
 impl Log<'_> {
@@ -771,6 +804,7 @@ impl Log<'_> {
             decision: outcome.as_str(),
             latency_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             upstream_status,
+            trace_id: Some(self.trace_id),
             extra: extra.as_object(),
         });
     }

@@ -68,6 +68,20 @@ pub struct StdioSpec {
 pub struct CredentialSpec {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub token: UpstreamToken,
+    /// A signed statement of who is calling, and through whom, for upstreams that cannot
+    /// exchange tokens (GW-A2).
+    pub identity: Option<IdentitySpec>,
+}
+
+/// The `Gatehouse-Identity` header: an HS256 JWT under a secret shared with the upstream, with
+/// the caller (`sub`, its issuer as `user_iss`, `client_id`, `scope`), its verified delegation
+/// chain (`act`, as the token carried it), `aud` the upstream's URL, `iss` the gateway, and
+/// 60 s of life.
+#[derive(Debug, Clone)]
+pub struct IdentitySpec {
+    pub issuer: String,
+    pub audience: String,
+    pub secret: SecretString,
 }
 
 #[derive(Debug, Default)]

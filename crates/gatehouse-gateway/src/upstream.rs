@@ -13,13 +13,16 @@ use std::time::{Duration, Instant};
 
 /// Request headers that travel upstream (the session id is mapped per hop, GW-11).
 /// Everything else stays here: `Authorization` and cookies above all, and hop-by-hop headers.
-pub const FORWARDED: [&str; 6] = [
+pub const FORWARDED: [&str; 8] = [
     "content-type",
     "accept",
     "mcp-protocol-version",
     "last-event-id",
     "mcp-method",
     "mcp-name",
+    // Set by the proxy for this hop (`trace::Trace::apply`), never the caller's as sent.
+    "traceparent",
+    "tracestate",
 ];
 
 /// Response headers that travel back (the session id is mapped per hop).
@@ -51,6 +54,47 @@ impl Credentials {
         Self {
             headers: headers.to_vec(),
         }
+    }
+
+    /// Adds the signed `Gatehouse-Identity` header (GW-A2): who calls, and the verified chain
+    /// of actors they call through, for an upstream that cannot exchange tokens.
+    pub fn with_identity(
+        mut self,
+        spec: &crate::spec::IdentitySpec,
+        p: &gatehouse_tokens::Principal,
+    ) -> Result<Self, GatewayError> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut claims = serde_json::json!({
+            "iss": spec.issuer,
+            "aud": spec.audience,
+            "sub": p.subject,
+            "user_iss": p.issuer,
+            "client_id": p.client_id,
+            "scope": p.scopes.to_string(),
+            "iat": now,
+            "exp": now + 60,
+            "jti": gatehouse_core::random_id(),
+        });
+        if let Some(act) = p.claims.get("act") {
+            claims["act"] = act.clone();
+        }
+        if let Some(t) = &p.tenant {
+            claims["tenant"] = t.as_str().into();
+        }
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.typ = Some("gatehouse-identity+jwt".into());
+        let jwt = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(spec.secret.expose().as_bytes()),
+        )
+        .map_err(|e| GatewayError::CredentialRefused(format!("identity header: {e}")))?;
+        let mut v = HeaderValue::from_str(&jwt)
+            .map_err(|_| GatewayError::CredentialRefused("identity header".into()))?;
+        v.set_sensitive(true);
+        self.headers
+            .push((HeaderName::from_static("gatehouse-identity"), v));
+        Ok(self)
     }
 
     /// Adds a bearer token obtained for this upstream (exchange or the user's grant).

@@ -154,7 +154,11 @@ async fn setup(burst: Option<u32>, exchange: bool) -> Setup {
         name: UpstreamName::parse("up").unwrap(),
         transport: Transport::Http {
             url: url::Url::parse(&format!("{base}/mcp")).unwrap(),
-            credentials: CredentialSpec { headers, token },
+            credentials: CredentialSpec {
+                headers,
+                token,
+                identity: None,
+            },
         },
         resource: Resource::parse("http://127.0.0.1:1/servers/up/mcp").unwrap(),
         anonymous: false,

@@ -11,7 +11,9 @@
 //! The entity model (see [`SCHEMA`]):
 //! - principal `User::"<iss>\n<sub>"`, in `Group::"g"` for each `groups` claim entry and in
 //!   `Role::"r"` for each role (`roles`, Keycloak's `realm_access.roles`); attributes `sub`,
-//!   `iss`, `client`, `tenant` (empty when absent) and `scopes`; every other string, number or
+//!   `iss`, `client`, `tenant` (empty when absent) and `scopes`; the verified delegation chain
+//!   of an exchanged token (RFC 8693 `act`, nested) as `actors` (each actor's `sub`) and
+//!   `delegation_depth` (0 when the caller acts for itself); every other string, number or
 //!   boolean claim as a tag (`principal.getTag("department")`);
 //! - action `Action::"<MCP method>"` (`tools/call`, `prompts/get`, …);
 //! - resource `Tool::"<server>/<tool>"` (tags: the call's arguments, rendered as strings),
@@ -37,6 +39,8 @@ entity User in [Group, Role] {
   client: String,
   tenant: String,
   scopes: Set<String>,
+  actors: Set<String>,
+  delegation_depth: Long,
 } tags String;
 entity Server;
 entity Tool in [Server] { server: String, name: String } tags String;
@@ -756,6 +760,7 @@ fn principal_entities(caller: &Caller<'_>) -> Result<PrincipalEntities, String> 
             .get("realm_access")
             .and_then(|r| r.get("roles")),
     ));
+    let actors = actor_chain(caller.claims)?;
     let mut parents = Vec::new();
     let mut entities = Vec::new();
     for (kind, names) in [("Group", &groups), ("Role", &roles)] {
@@ -774,15 +779,29 @@ fn principal_entities(caller: &Caller<'_>) -> Result<PrincipalEntities, String> 
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), RestrictedExpression::new_string(v.to_owned())))
-    .chain([(
-        "scopes".to_owned(),
-        RestrictedExpression::new_set(
-            caller
-                .scopes
-                .iter()
-                .map(|s| RestrictedExpression::new_string(s.clone())),
+    .chain([
+        (
+            "scopes".to_owned(),
+            RestrictedExpression::new_set(
+                caller
+                    .scopes
+                    .iter()
+                    .map(|s| RestrictedExpression::new_string(s.clone())),
+            ),
         ),
-    )]);
+        (
+            "actors".to_owned(),
+            RestrictedExpression::new_set(
+                actors
+                    .iter()
+                    .map(|a| RestrictedExpression::new_string(a.clone())),
+            ),
+        ),
+        (
+            "delegation_depth".to_owned(),
+            RestrictedExpression::new_long(i64::try_from(actors.len()).unwrap_or(i64::MAX)),
+        ),
+    ]);
     let tags = caller
         .claims
         .iter()
@@ -793,6 +812,33 @@ fn principal_entities(caller: &Caller<'_>) -> Result<PrincipalEntities, String> 
             .map_err(|e| e.to_string())?,
     );
     Ok((principal, entities))
+}
+
+/// The longest delegation chain a token may carry; a longer one is refused (never truncated,
+/// which would hide an actor from the policies).
+pub const MAX_DELEGATION_DEPTH: usize = 8;
+
+/// The actors of a token's `act` claim (RFC 8693 §4.1), the current actor first: each one's
+/// `sub` (or `client_id`). A chain that is malformed or too deep cannot be put to the policies.
+pub fn actor_chain(claims: &Map<String, Value>) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut next = claims.get("act");
+    while let Some(act) = next {
+        let obj = act.as_object().ok_or("act claim is not an object")?;
+        let who = obj
+            .get("sub")
+            .or_else(|| obj.get("client_id"))
+            .and_then(Value::as_str)
+            .ok_or("an actor without sub")?;
+        out.push(who.to_owned());
+        if out.len() > MAX_DELEGATION_DEPTH {
+            return Err(format!(
+                "delegation chain longer than {MAX_DELEGATION_DEPTH}"
+            ));
+        }
+        next = obj.get("act");
+    }
+    Ok(out)
 }
 
 /// Where the policies come from, and the policies in force: reloaded when the file changes,

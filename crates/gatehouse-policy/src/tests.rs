@@ -484,3 +484,60 @@ fn t22_other_methods_pass_only_when_a_permit_names_them() {
         .permits_other_methods()
     );
 }
+
+/// Issue 17 part 4 (GW-A1): the verified delegation chain is in the policies' reach: a
+/// sub-agent acting through an exchange is seen with its actors and depth, and a policy can
+/// narrow what delegated callers may do; a malformed or too deep chain is denied.
+#[test]
+fn gw_a1_policies_see_the_actor_chain() {
+    let p = Policies::compile(
+        Some(
+            r#"
+permit(principal, action, resource);
+@id("no deep delegation for writes")
+forbid(principal, action == Action::"tools/call", resource == Tool::"notes/add")
+  when { principal.delegation_depth > 1 };
+@id("only the planner may delegate deletes")
+forbid(principal, action == Action::"tools/call", resource == Tool::"notes/delete")
+  when { principal.delegation_depth > 0 && !principal.actors.contains("planner") };
+"#,
+        ),
+        "actors.cedar",
+        &[],
+    )
+    .unwrap();
+    let direct = Who::new(&["mcp:basic"], json!({"sub": "alice"}));
+    let via_planner = Who::new(&[], json!({"sub": "alice", "act": {"sub": "planner"}}));
+    let via_sub_agent = Who::new(
+        &[],
+        json!({"sub": "alice", "act": {"sub": "sub-agent", "act": {"sub": "planner"}}}),
+    );
+    let via_other = Who::new(&[], json!({"sub": "alice", "act": {"sub": "stranger"}}));
+    let allowed = |w: &Who, tool: &str| {
+        matches!(
+            p.decide(&w.caller(), &call("notes", tool, None)),
+            Decision::Allow
+        )
+    };
+    assert!(allowed(&direct, "add") && allowed(&direct, "delete"));
+    assert!(allowed(&via_planner, "add") && allowed(&via_planner, "delete"));
+    assert!(!allowed(&via_sub_agent, "add"), "two hops may not write");
+    assert!(
+        allowed(&via_sub_agent, "delete"),
+        "the planner is in the chain"
+    );
+    assert!(!allowed(&via_other, "delete"));
+    assert_eq!(
+        actor_chain(&via_sub_agent.claims).unwrap(),
+        vec!["sub-agent".to_owned(), "planner".to_owned()]
+    );
+    // Malformed and over-deep chains are denied outright.
+    let broken = Who::new(&[], json!({"sub": "alice", "act": "planner"}));
+    assert!(!allowed(&broken, "echo"));
+    let mut deep = json!({"sub": "a0"});
+    for i in 1..=MAX_DELEGATION_DEPTH + 1 {
+        deep = json!({"sub": format!("a{i}"), "act": deep});
+    }
+    let too_deep = Who::new(&[], json!({"sub": "alice", "act": deep}));
+    assert!(!allowed(&too_deep, "echo"));
+}

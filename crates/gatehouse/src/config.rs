@@ -323,6 +323,18 @@ pub(crate) struct UpstreamEntry {
     /// encrypted).
     #[serde(default)]
     pub(crate) user_oauth: Option<UserOAuthConfig>,
+    /// GW-A2: send a signed `Gatehouse-Identity` header (HS256 under this secret, shared with
+    /// the upstream) naming the caller and its verified delegation chain, for upstreams that
+    /// cannot exchange tokens.
+    #[serde(default)]
+    pub(crate) identity_header: Option<IdentityHeaderConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IdentityHeaderConfig {
+    /// At least 32 characters; give it as `${env:…}`.
+    pub(crate) secret: EnvString,
 }
 
 #[derive(Debug, Clone, Deserialize)]

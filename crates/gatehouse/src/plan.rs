@@ -205,9 +205,27 @@ fn transport(cfg: &Config, u: &UpstreamEntry) -> Result<Transport, String> {
                 }),
                 (None, None) => UpstreamToken::None,
             };
+            let identity = match &u.identity_header {
+                Some(h) if h.secret.0.len() >= 32 => Some(gatehouse_gateway::spec::IdentitySpec {
+                    issuer: cfg.public_url(),
+                    audience: url.as_str().to_owned(),
+                    secret: SecretString::new(h.secret.0.clone()),
+                }),
+                Some(_) => {
+                    return Err(format!(
+                        "{}: at least 32 characters",
+                        at(".identity_header.secret")
+                    ));
+                }
+                None => None,
+            };
             Ok(Transport::Http {
                 url,
-                credentials: CredentialSpec { headers, token },
+                credentials: CredentialSpec {
+                    headers,
+                    token,
+                    identity,
+                },
             })
         }
         _ => Err(format!("{}: give either url or command", at(""))),

@@ -17,6 +17,8 @@ use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
 
 const UPSTREAM_SECRET: &str = "upstream-credential-7f3a";
+/// Shared by the gateway and the `echo` upstream for the signed identity header (GW-A2).
+const IDENTITY_SECRET: &str = "identity-secret-shared-with-echo-0123456789";
 
 /// An upstream that answers every JSON-RPC request with the `Authorization` header it received.
 async fn recording_upstream(seen: Arc<Mutex<Vec<Option<String>>>>) -> u16 {
@@ -26,17 +28,30 @@ async fn recording_upstream(seen: Arc<Mutex<Vec<Option<String>>>>) -> u16 {
     let port = listener.local_addr().expect("addr").port();
     let app = axum::Router::new().route(
         "/mcp",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::Json<Value>| {
-            let seen = seen.clone();
-            async move {
-                let auth = headers
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                seen.lock().expect("lock").push(auth.clone());
-                axum::Json(json!({"jsonrpc": "2.0", "id": body["id"], "result": {"authorization": auth}}))
-            }
-        }),
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::Json<Value>| {
+                let seen = seen.clone();
+                async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    seen.lock().expect("lock").push(auth.clone());
+                    let header = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                    };
+                    axum::Json(json!({"jsonrpc": "2.0", "id": body["id"], "result": {
+                        "authorization": auth,
+                        "traceparent": header("traceparent"),
+                    "identity": header("gatehouse-identity"),
+                        "tracestate": header("tracestate"),
+                    }}))
+                }
+            },
+        ),
     );
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -132,7 +147,7 @@ async fn gw01_gw07_gw12_gw13_gw14_guards_each_upstream_never_passes_tokens_binds
     std::fs::write(
         &cfg,
         format!(
-            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\n  tool_scopes: {{get-env: [mcp:admin]}}\nauthorization_server:\n  database: {db}\nmetrics_listen: 127.0.0.1:{metrics_port}\ngateway:\n  audit_log: {}\n  rate_limit: {{per_minute: 60, burst: 20}}\n  upstreams:\n    - name: everything\n      url: http://127.0.0.1:{everything_port}/mcp\n    - name: echo\n      url: http://127.0.0.1:{echo_port}/mcp\n      headers:\n        Authorization: \"Bearer ${{env:ECHO_UPSTREAM_TOKEN}}\"\n    - name: memory\n      command: node\n      args: ['{memory_js}']\n      env:\n        MEMORY_FILE_PATH: '{memory_file}'\n    - name: exchanged\n      url: {exchanged_audience}\n      token_exchange:\n        client_id: ${{env:GW_CLIENT_ID}}\n        client_secret: ${{env:GW_CLIENT_SECRET}}\n",
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\n  tool_scopes: {{get-env: [mcp:admin]}}\nauthorization_server:\n  database: {db}\nmetrics_listen: 127.0.0.1:{metrics_port}\ngateway:\n  audit_log: {}\n  rate_limit: {{per_minute: 60, burst: 20}}\n  upstreams:\n    - name: everything\n      url: http://127.0.0.1:{everything_port}/mcp\n    - name: echo\n      url: http://127.0.0.1:{echo_port}/mcp\n      headers:\n        Authorization: \"Bearer ${{env:ECHO_UPSTREAM_TOKEN}}\"\n      identity_header:\n        secret: ${{env:ECHO_IDENTITY_SECRET}}\n    - name: memory\n      command: node\n      args: ['{memory_js}']\n      env:\n        MEMORY_FILE_PATH: '{memory_file}'\n    - name: exchanged\n      url: {exchanged_audience}\n      token_exchange:\n        client_id: ${{env:GW_CLIENT_ID}}\n        client_secret: ${{env:GW_CLIENT_SECRET}}\n",
             audit.display()
         ),
     )
@@ -171,6 +186,7 @@ async fn gw01_gw07_gw12_gw13_gw14_guards_each_upstream_never_passes_tokens_binds
     );
     let mut cmd = gatehouse();
     cmd.env("ECHO_UPSTREAM_TOKEN", UPSTREAM_SECRET)
+        .env("ECHO_IDENTITY_SECRET", IDENTITY_SECRET)
         .env("GW_CLIENT_ID", &gw)
         .env("GW_CLIENT_SECRET", &gw_secret)
         .args(["serve", "--config"])
@@ -236,6 +252,137 @@ async fn gw01_gw07_gw12_gw13_gw14_guards_each_upstream_never_passes_tokens_binds
     );
     let seen_all = seen.lock().expect("lock").clone();
     assert!(!seen_all.iter().flatten().any(|a| a.contains(&echo_token)));
+    // GW-A2: the upstream that cannot exchange tokens learns who calls, and through whom, from
+    // a signed header: here a planner agent acting for Alice through a token exchange.
+    let (planner, planner_secret) = add(
+        "planner",
+        &[
+            "--grant",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+            "--exchange-target",
+            &echo,
+        ],
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{base}/token"))
+        .basic_auth(&planner, Some(&planner_secret))
+        .form(&[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", echo_token.as_str()),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+            ("resource", echo.as_str()),
+        ])
+        .send()
+        .await
+        .expect("exchange");
+    let ex: Value = r.json().await.expect("json");
+    let delegated = ex["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{ex}"))
+        .to_owned();
+    let identity = |v: &Value| {
+        let jwt = v["result"]["identity"].as_str().expect("identity header");
+        let mut val = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        val.set_audience(&[format!("http://127.0.0.1:{echo_port}/mcp")]);
+        val.set_issuer(&[base.as_str()]);
+        jsonwebtoken::decode::<Value>(
+            jwt,
+            &jsonwebtoken::DecodingKey::from_secret(IDENTITY_SECRET.as_bytes()),
+            &val,
+        )
+        .expect("signed by the shared secret, for this upstream, from this gateway")
+        .claims
+    };
+    let v: Value = post(
+        &echo,
+        Some(&delegated),
+        None,
+        json!({"jsonrpc": "2.0", "id": 10, "method": "ping"}),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
+    let who = identity(&v);
+    assert_eq!(who["sub"], json!(alice), "{who}");
+    assert_eq!(who["client_id"], json!(alice), "{who}");
+    assert_eq!(
+        who["act"]["sub"],
+        json!(planner),
+        "the verified chain: {who}"
+    );
+    assert_eq!(
+        who["exp"].as_i64().unwrap_or(0) - who["iat"].as_i64().unwrap_or(0),
+        60
+    );
+    assert!(
+        !v.to_string().contains(&delegated),
+        "still no token passthrough"
+    );
+    let v: Value = post(
+        &echo,
+        Some(&echo_token),
+        None,
+        json!({"jsonrpc": "2.0", "id": 11, "method": "ping"}),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
+    assert!(identity(&v).get("act").is_none(), "no delegation, no act");
+
+    // GW-T1: the caller's trace continues upstream in a span of the gateway's own, with its
+    // tracestate; a call without one starts a trace; both are named in the audit log.
+    const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    let traced = reqwest::Client::new()
+        .post(&echo)
+        .bearer_auth(&echo_token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("traceparent", format!("00-{TRACE}-b7ad6b7169203331-01"))
+        .header("tracestate", "congo=t61rcWkgMzE")
+        .json(&json!({"jsonrpc": "2.0", "id": 8, "method": "ping"}))
+        .send()
+        .await
+        .expect("post");
+    let v: Value = traced.json().await.expect("json");
+    let tp = v["result"]["traceparent"]
+        .as_str()
+        .expect("traceparent upstream");
+    assert!(
+        tp.starts_with(&format!("00-{TRACE}-")) && tp.ends_with("-01"),
+        "{tp}"
+    );
+    assert!(
+        !tp.contains("b7ad6b7169203331"),
+        "a span of the gateway's own: {tp}"
+    );
+    assert_eq!(v["result"]["tracestate"], json!("congo=t61rcWkgMzE"));
+    let untraced = post(
+        &echo,
+        Some(&echo_token),
+        None,
+        json!({"jsonrpc": "2.0", "id": 9, "method": "ping"}),
+    )
+    .await
+    .json::<Value>()
+    .await
+    .expect("json");
+    let started = untraced["result"]["traceparent"]
+        .as_str()
+        .expect("a new trace")
+        .to_owned();
+    assert!(
+        started.starts_with("00-") && started.len() == 55,
+        "{started}"
+    );
+    assert!(untraced["result"]["tracestate"].is_null());
 
     // A real MCP client through the gateway to server-everything.
     let alice_token = cc_token_for(&base, &alice, &alice_secret, &everything).await;
@@ -428,6 +575,10 @@ async fn gw01_gw07_gw12_gw13_gw14_guards_each_upstream_never_passes_tokens_binds
         n += 1;
     }
     assert!(n >= 4, "{log}");
+    assert!(
+        log.contains(&format!("\"trace_id\":\"{TRACE}\"")),
+        "the audit record names the caller's trace: {log}"
+    );
     assert!(
         log.contains("\"tool\":\"echo\"") && log.contains("\"server\":\"everything\""),
         "{log}"
@@ -1087,6 +1238,22 @@ async fn gw01_gw07_aggregate_endpoint_merges_upstreams_under_their_policies() {
     assert_eq!(r.status(), 401);
 
     let token = cc_token_for(&base, &alice, &alice_secret, &all).await;
+    // GW-D1: `server/discover` is answered by the aggregate itself, without a session.
+    let r = post(
+        &all,
+        Some(&token),
+        None,
+        json!({"jsonrpc": "2.0", "id": 2, "method": "server/discover", "params": {}}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["result"]["resultType"], json!("complete"), "{v}");
+    let versions = v["result"]["supportedVersions"]
+        .as_array()
+        .expect("versions");
+    assert!(versions.contains(&json!("2025-11-25")) && !versions.contains(&json!("2026-07-28")));
+    assert!(v["result"]["capabilities"]["tools"].is_object(), "{v}");
     let client = mcp_client(&all, &token).await;
     let info = client.peer_info().expect("server info");
     assert_eq!(

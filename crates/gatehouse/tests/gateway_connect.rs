@@ -65,11 +65,15 @@ async fn user_token(issuer: &str, resource: &str, user: &str, password: &str) ->
 }
 
 async fn call(url: &str, token: &str, body: Value) -> (u16, Value) {
+    call_at(url, token, body, "2025-11-25").await
+}
+
+async fn call_at(url: &str, token: &str, body: Value, version: &str) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(url)
         .bearer_auth(token)
         .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2025-11-25")
+        .header("mcp-protocol-version", version)
         .json(&body)
         .send()
         .await
@@ -302,6 +306,32 @@ async fn gw03_gw05_gw09_gw12_users_connect_their_own_upstream_accounts_through_u
     );
     let (_, v) = call(&notes, &bob, init.clone()).await;
     elicitation_url(&v);
+    // GW-R1: a client on MCP 2026-07-28 gets the same link as an input_required result (multi
+    // round-trip requests), and its retry with the input asks again until the user connected.
+    let list = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {"_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"url": {}}}}}});
+    let (status, v) = call_at(&notes, &bob, list.clone(), "2026-07-28").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["id"], json!(7), "{v}");
+    assert_eq!(v["result"]["resultType"], json!("input_required"), "{v}");
+    let ask = &v["result"]["inputRequests"]["gatehouse/connect/notes"];
+    assert_eq!(ask["method"], json!("elicitation/create"), "{v}");
+    assert_eq!(ask["params"]["mode"], json!("url"));
+    let link26 = ask["params"]["url"].as_str().expect("url").to_owned();
+    assert!(
+        link26.starts_with(&format!("{gateway}/connect/")),
+        "{link26}"
+    );
+    assert_eq!(b.get(&link26).await.status, 303, "a live connect link");
+    let mut retry = list.clone();
+    retry["params"]["inputResponses"] = json!({"gatehouse/connect/notes": {"action": "accept"}});
+    let (_, v) = call_at(&notes, &bob, retry, "2026-07-28").await;
+    assert_eq!(
+        v["result"]["resultType"],
+        json!("input_required"),
+        "not connected yet: {v}"
+    );
 
     // The upstream ends Alice's grant (her account there is deleted): her next call asks her to
     // connect again instead of failing.

@@ -200,3 +200,24 @@ when { resource.uri like "secret://*" };
     // An entry without a template cannot be put to the policies: it is left out.
     assert_eq!(kept, ["files"]);
 }
+
+#[test]
+fn gw_c1_filtered_lists_are_marked_private_whatever_the_upstream_said() {
+    let p = admin_rule();
+    let basic = principal("mcp:basic");
+    let body = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"method":"ping"}]"#;
+    let pk = peek(body);
+    let (permit, _) = screen(&p, &basic, "s", &pk, &MessageLimits::default())
+        .into_permit(&pk, &Bytes::from(body));
+    let answer = r#"[{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","tools":[{"name":"echo"}],"ttlMs":60000,"cacheScope":"public"}},{"jsonrpc":"2.0","id":2,"result":{}}]"#;
+    let out = permit
+        .expect("permit")
+        .filter_body(&p, &basic, "s", false, answer.as_bytes());
+    let v: Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(v[0]["result"]["cacheScope"], "private");
+    assert_eq!(
+        v[0]["result"]["ttlMs"], 60000,
+        "the upstream's freshness stays"
+    );
+    assert!(v[1]["result"].get("cacheScope").is_none(), "only lists");
+}

@@ -1,0 +1,155 @@
+//! W3C Trace Context across the hop (GW-T1): a valid inbound `traceparent` continues its trace
+//! with a span of the gateway's own (a new parent id, the same trace id and flags) and its
+//! `tracestate` passes on; an invalid or missing one starts a new trace. Either way the
+//! upstream gets a `traceparent` and the audit record names the trace id, so a call can be
+//! followed from client to gateway to upstream.
+use http::{HeaderMap, HeaderValue};
+
+/// The trace a request belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    trace_id: String,
+    flags: String,
+    /// The inbound `tracestate`, kept only with a valid `traceparent` (W3C §3.3).
+    state: Option<HeaderValue>,
+}
+
+fn hex_of(len: usize, s: &str) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut out = String::with_capacity(bytes * 2);
+    while out.len() < bytes * 2 {
+        let b: u8 = rand::random();
+        out.push_str(&format!("{b:02x}"));
+    }
+    if out.bytes().all(|b| b == b'0') {
+        // All zeros is invalid (vanishingly rare); any other value will do.
+        out.replace_range(out.len() - 1.., "1");
+    }
+    out
+}
+
+impl Trace {
+    /// The trace of an inbound request: continued when its (single) `traceparent` is a valid
+    /// version-00 header, else new.
+    pub fn from_headers(h: &HeaderMap) -> Self {
+        let mut values = h.get_all("traceparent").iter();
+        let parsed = match (values.next(), values.next()) {
+            (Some(v), None) => v.to_str().ok().and_then(Self::parse),
+            _ => None,
+        };
+        match parsed {
+            Some((trace_id, flags)) => Self {
+                trace_id,
+                flags,
+                state: h
+                    .get("tracestate")
+                    .filter(|v| v.len() <= 512 && h.get_all("tracestate").iter().count() == 1)
+                    .cloned(),
+            },
+            None => Self {
+                trace_id: random_hex(16),
+                flags: "00".into(),
+                state: None,
+            },
+        }
+    }
+
+    fn parse(v: &str) -> Option<(String, String)> {
+        let mut parts = v.trim().split('-');
+        let (version, trace, parent, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let ok = parts.next().is_none()
+            && version == "00"
+            && hex_of(32, trace)
+            && trace.bytes().any(|b| b != b'0')
+            && hex_of(16, parent)
+            && parent.bytes().any(|b| b != b'0')
+            && hex_of(2, flags);
+        ok.then(|| (trace.to_owned(), flags.to_owned()))
+    }
+
+    pub fn trace_id(&self) -> &str {
+        &self.trace_id
+    }
+
+    /// Puts this hop's `traceparent` (a new span of the trace) and the kept `tracestate` in
+    /// `h`, replacing what the caller sent.
+    pub fn apply(&self, h: &mut HeaderMap) {
+        let parent = format!("00-{}-{}-{}", self.trace_id, random_hex(8), self.flags);
+        h.remove("traceparent");
+        h.remove("tracestate");
+        if let Ok(v) = HeaderValue::from_str(&parent) {
+            h.insert("traceparent", v);
+        }
+        if let Some(s) = &self.state {
+            h.insert("tracestate", s.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).expect("ascii"));
+        }
+        h
+    }
+
+    #[test]
+    fn a_valid_traceparent_is_continued_with_a_new_span() {
+        let inbound = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let t = Trace::from_headers(&headers(&[("traceparent", inbound), ("tracestate", "v=1")]));
+        assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let mut out = headers(&[("traceparent", inbound)]);
+        t.apply(&mut out);
+        let p = out["traceparent"].to_str().expect("ascii");
+        assert!(p.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && p.ends_with("-01"));
+        assert_ne!(p, inbound, "the gateway's own span");
+        assert_eq!(out["tracestate"], "v=1");
+    }
+
+    #[test]
+    fn invalid_or_missing_traceparents_start_a_new_trace() {
+        for bad in [
+            "",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f35-00f067aa0ba902b7-01",
+        ] {
+            let t = Trace::from_headers(&headers(&[("traceparent", bad), ("tracestate", "v=1")]));
+            assert_ne!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736", "{bad}");
+            assert!(hex_of(32, t.trace_id()));
+            let mut out = HeaderMap::new();
+            t.apply(&mut out);
+            assert!(
+                out.get("tracestate").is_none(),
+                "no state without a valid parent: {bad}"
+            );
+            assert!(Trace::parse(out["traceparent"].to_str().expect("ascii")).is_some());
+        }
+        let two = headers(&[
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            (
+                "traceparent",
+                "00-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+        ]);
+        assert_ne!(
+            Trace::from_headers(&two).trace_id(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+    }
+}
