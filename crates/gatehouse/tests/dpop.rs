@@ -22,14 +22,32 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
+/// Another P-256 key: a thief's.
+const OTHER_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgNtiB/ZrTR1Nhu8qg
+ihlm0GjzDAj60T6Y64c4ihTZpqmhRANCAARD0pEEH60BbywQnUllt+aQHuVrCScK
+XzYvZADIbHETqoOi1FgGG7OVEWagW7UKDYQtgL9n8/u2j8i1P3BUowPk
+-----END PRIVATE KEY-----
+";
+
 fn proof(method: &str, url: &str, token: Option<&str>) -> String {
     proof_with(method, url, token, None)
 }
 
 fn proof_with(method: &str, url: &str, token: Option<&str>, nonce: Option<&str>) -> String {
+    proof_by(KEY_PEM, method, url, token, nonce)
+}
+
+fn proof_by(
+    pem: &str,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    nonce: Option<&str>,
+) -> String {
     use base64::Engine as _;
     use sha2::Digest as _;
-    let key = EncodingKey::from_ec_pem(KEY_PEM.as_bytes()).expect("key");
+    let key = EncodingKey::from_ec_pem(pem.as_bytes()).expect("key");
     let mut h = Header::new(Algorithm::ES256);
     h.typ = Some("dpop+jwt".into());
     h.jwk = Some(Jwk::from_encoding_key(&key, Algorithm::ES256).expect("jwk"));
@@ -352,4 +370,112 @@ async fn dp3_server_nonces_at_the_token_endpoint_and_the_guard() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// DP-1 for a public client (RFC 9449 §5, the issue's outside check): the code flow against
+/// `gatehouse dev` with a proof at `/token` gives a DPoP-bound access token and a refresh token
+/// bound to the same key; the refresh token is refused without a proof and with another key's,
+/// and refreshes with a proof by its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dp1_a_public_clients_tokens_and_refresh_token_are_bound_to_its_key() {
+    use common::browser::Browser;
+    let (_dev, port, _data) = gatehouse_dev_embedded("dpop-public", "dpop-public-pass-1");
+    let base = format!("http://127.0.0.1:{port}");
+    let endpoint = format!("{base}/mcp");
+    let token_url = format!("{base}/token");
+    let http = reqwest::Client::new();
+    let reg: Value = http
+        .post(format!("{base}/register"))
+        .json(
+            &json!({"client_name": "DPoP app", "redirect_uris": ["http://127.0.0.1:5111/cb"],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_method": "none", "application_type": "native"}),
+        )
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("json");
+    let client_id = reg["client_id"].as_str().expect("client_id").to_owned();
+    let v = gatehouse_core::PkceVerifier::generate();
+    let mut u = url::Url::parse(&format!("{base}/authorize")).expect("url");
+    u.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &client_id)
+        .append_pair("redirect_uri", "http://127.0.0.1:5111/cb")
+        .append_pair("code_challenge", v.challenge().as_str())
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("scope", "mcp:basic offline_access")
+        .append_pair("resource", &endpoint);
+    let mut b = Browser::new();
+    let done = b
+        .sign_in_and_approve(u.as_str(), &base, "dpop-public", "dpop-public-pass-1")
+        .await;
+    let code = done.redirect_params()["code"].clone();
+    let post = |form: Vec<(&'static str, String)>, p: Option<String>| {
+        let (http, token_url) = (http.clone(), token_url.clone());
+        async move {
+            let mut r = http.post(&token_url).form(&form);
+            if let Some(p) = p {
+                r = r.header("dpop", p);
+            }
+            let r = r.send().await.expect("token");
+            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
+        }
+    };
+    let (st, tok) = post(
+        vec![
+            ("grant_type", "authorization_code".into()),
+            ("code", code),
+            ("code_verifier", v.secret().to_owned()),
+            ("client_id", client_id.clone()),
+            ("redirect_uri", "http://127.0.0.1:5111/cb".into()),
+        ],
+        Some(proof("POST", &token_url, None)),
+    )
+    .await;
+    assert_eq!(st, 200, "{tok}");
+    assert_eq!(tok["token_type"], "DPoP");
+    let at = tok["access_token"].as_str().expect("at").to_owned();
+    assert!(jwt_claims(&at)["cnf"]["jkt"].is_string());
+    let rt = tok["refresh_token"]
+        .as_str()
+        .expect("refresh token")
+        .to_owned();
+    let refresh = |p: Option<String>| {
+        post(
+            vec![
+                ("grant_type", "refresh_token".into()),
+                ("refresh_token", rt.clone()),
+                ("client_id", client_id.clone()),
+            ],
+            p,
+        )
+    };
+    let (st, v) = refresh(None).await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (400, Some("invalid_dpop_proof")),
+        "no proof: {v}"
+    );
+    let (st, v) = refresh(Some(proof_by(
+        OTHER_KEY_PEM,
+        "POST",
+        &token_url,
+        None,
+        None,
+    )))
+    .await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (400, Some("invalid_dpop_proof")),
+        "a thief's key: {v}"
+    );
+    let (st, v) = refresh(Some(proof("POST", &token_url, None))).await;
+    assert_eq!(st, 200, "its own key: {v}");
+    assert_eq!(v["token_type"], "DPoP");
+    let fresh = v["access_token"].as_str().expect("at").to_owned();
+    let p = proof("POST", &endpoint, Some(&fresh));
+    assert_eq!(initialize(&endpoint, "DPoP", &fresh, Some(&p)).await.0, 200);
 }
