@@ -24,6 +24,8 @@ pub(crate) struct App {
     pub(crate) policy: Option<(Arc<gatehouse_policy::Engine>, Duration)>,
     /// The listener's bounds (T21).
     pub(crate) limits: crate::listener::ListenerLimits,
+    /// TLS on the listener (`tls:`).
+    pub(crate) tls: Option<crate::tls::Tls>,
 }
 
 /// What `gatehouse config check` runs: everything is built and validated (policies, keys,
@@ -536,6 +538,12 @@ fn finish(
         cancel,
         policy: None,
         limits: cfg.listener.limits(),
+        // `config check` reads the files too: a pair that would not load is an error there.
+        tls: cfg
+            .tls
+            .as_ref()
+            .map(|t| crate::tls::Tls::load(&t.cert_file, &t.key_file))
+            .transpose()?,
     })
 }
 
@@ -593,7 +601,10 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, app: App) -> std::i
     let router = app
         .router
         .layer(axum::middleware::map_response(baseline_headers));
-    let server = crate::listener::serve(listener, router, app.limits, app.cancel.clone());
+    if let Some(t) = &app.tls {
+        t.spawn_reloader(app.cancel.clone());
+    }
+    let server = crate::listener::serve(listener, router, app.limits, app.cancel.clone(), app.tls);
     let cancelled = app.cancel.clone();
     tokio::select! {
         r = server => r,

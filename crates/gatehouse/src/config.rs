@@ -96,6 +96,10 @@ pub(crate) struct Config {
     /// for identity providers or client metadata documents behind a private PKI.
     #[serde(default)]
     pub(crate) trusted_ca_file: Option<String>,
+    /// Serve https on `listen` with this certificate and key (PEM; re-read when they change
+    /// or on SIGHUP).
+    #[serde(default)]
+    pub(crate) tls: Option<TlsSection>,
     /// Bounds of the listener (T21); every key optional.
     #[serde(default)]
     pub(crate) listener: ListenerSection,
@@ -335,6 +339,15 @@ pub(crate) struct UpstreamEntry {
 pub(crate) struct IdentityHeaderConfig {
     /// At least 32 characters; give it as `${env:…}`.
     pub(crate) secret: EnvString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsSection {
+    #[serde(deserialize_with = "env_expanded")]
+    pub(crate) cert_file: String,
+    #[serde(deserialize_with = "env_expanded")]
+    pub(crate) key_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

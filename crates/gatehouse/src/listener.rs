@@ -218,6 +218,7 @@ pub(crate) async fn serve(
     router: axum::Router,
     limits: ListenerLimits,
     shutdown: CancellationToken,
+    tls: Option<crate::tls::Tls>,
 ) -> std::io::Result<()> {
     let table = Arc::new(Mutex::new(Table::default()));
     let live = Arc::new(());
@@ -269,7 +270,7 @@ pub(crate) async fn serve(
             // Answers are written in pieces: without TCP_NODELAY each waits ~40 ms.
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        let (table, router, http, shutdown, live, body_timeout, header_timeout) = (
+        let (table, router, http, shutdown, live, body_timeout, header_timeout, tls) = (
             table.clone(),
             router.clone(),
             http.clone(),
@@ -277,9 +278,34 @@ pub(crate) async fn serve(
             live.clone(),
             limits.body_timeout,
             limits.header_timeout,
+            tls.clone(),
         );
         tokio::spawn(async move {
             let _live = live;
+            // TLS first, within the header timeout: a client that never finishes the handshake
+            // holds its place no longer than one that never sends its headers.
+            let io = match &tls {
+                None => tokio_util::either::Either::Left(tcp),
+                Some(t) => {
+                    let handshake = tokio::time::timeout(header_timeout, t.acceptor().accept(tcp));
+                    let done = tokio::select! {
+                        r = handshake => r.ok().and_then(Result::ok),
+                        _ = conn.evict.cancelled() => None,
+                        _ = shutdown.cancelled() => None,
+                    };
+                    match done {
+                        Some(s) => tokio_util::either::Either::Right(s),
+                        None => {
+                            tracing::debug!(source = %peer.ip(), "TLS handshake not completed");
+                            table
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .remove(id);
+                            return;
+                        }
+                    }
+                }
+            };
             let svc_conn = conn.clone();
             let svc =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -307,8 +333,7 @@ pub(crate) async fn serve(
                         }))
                     }
                 });
-            let served =
-                http.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tcp), svc);
+            let served = http.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), svc);
             tokio::pin!(served);
             tokio::select! {
                 r = served.as_mut() => {

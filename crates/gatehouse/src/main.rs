@@ -11,6 +11,7 @@ mod embedded;
 mod health;
 mod listener;
 mod plan;
+mod tls;
 
 use clap::{Parser, Subcommand};
 use config::{Config, Dangerous, GuardSection, IssuerEntry, LogConfig, McpConfig};
@@ -313,6 +314,7 @@ pub(crate) fn dev_config(listen: SocketAddr, issuer: Issuer) -> Result<Config, S
         trusted_ca_file: None,
         gateway: None,
         metrics_listen: None,
+        tls: None,
         listener: Default::default(),
         // The session caps' defaults (issue 20) hold in development too.
         limits: Default::default(),
@@ -441,7 +443,7 @@ pub(crate) async fn serve_app(
             );
             let (limits, stop) = (cfg.listener.limits(), app.cancel.clone());
             tokio::spawn(async move {
-                if let Err(e) = listener::serve(l, router, limits, stop).await {
+                if let Err(e) = listener::serve(l, router, limits, stop, None).await {
                     tracing::error!(error = %e, "metrics listener stopped");
                 }
             });
