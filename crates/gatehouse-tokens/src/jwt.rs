@@ -328,6 +328,30 @@ impl JwtValidator {
         Ok(())
     }
 
+    /// Readiness (issue 18): per trusted issuer, whether its keys are at hand — cached (even
+    /// if due for a refetch), else fetched now.
+    pub async fn keys_ready(&self) -> Vec<(String, Result<(), String>)> {
+        let mut out = Vec::new();
+        for (iss, ik) in &self.issuers {
+            let cached = !ik
+                .state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys
+                .is_empty();
+            let r = if cached {
+                Ok(())
+            } else {
+                self.refresh(ik, false, None)
+                    .await
+                    .map_err(|e| format!("keys not available: {e}"))
+            };
+            out.push((iss.clone(), r));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     fn lookup(ik: &IssuerKeys, kid: Option<&str>, alg: Algorithm) -> Vec<CachedKey> {
         let st = ik.state.read().unwrap_or_else(|p| p.into_inner());
         st.keys

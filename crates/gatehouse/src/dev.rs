@@ -111,6 +111,7 @@ pub(crate) fn run_embedded(listen: SocketAddr, data_dir: &str) -> ExitCode {
                 connect: None,
                 revocations,
                 stores: vec![store.clone()],
+                servers: vec![server.clone()],
             }),
         )
         .await

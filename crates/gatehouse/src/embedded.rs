@@ -190,6 +190,7 @@ pub(crate) async fn build(
         servers.push((tac, open_store(&t.database.0, &what).await?));
     }
     let mut stores = Vec::new();
+    let mut running = Vec::new();
     for (c, store) in servers {
         stores.push(store.clone());
         let issuer = c.issuer.clone();
@@ -209,6 +210,7 @@ pub(crate) async fn build(
         server.spawn_revocation_feed(std::time::Duration::from_secs(1));
         banner.push(format!("  authorization server {issuer}"));
         router = router.merge(server.router());
+        running.push(server);
     }
     Ok(Some(Embedded {
         router,
@@ -216,6 +218,7 @@ pub(crate) async fn build(
         connect,
         revocations: revocations.clone(),
         stores,
+        servers: running,
     }))
 }
 

@@ -1,5 +1,5 @@
 //! `/healthz` (the process answers) and `/readyz` (it can serve: its database, Redis and
-//! revocation feed are live). A load balancer takes a replica that is not ready out of rotation
+//! revocation feed are live, its signing keys loaded, the trusted issuers' keys at hand). A load balancer takes a replica that is not ready out of rotation
 //! and puts it back by itself once `/readyz` answers 200 again (issue 16).
 use axum::Json;
 use axum::response::{IntoResponse, Response};
@@ -14,6 +14,10 @@ pub(crate) struct Readiness {
     pub(crate) stores: Vec<gatehouse_store::Store>,
     pub(crate) shared: Option<gatehouse_gateway::SharedState>,
     pub(crate) revocations: Option<Arc<gatehouse_tokens::Revocations>>,
+    /// The embedded authorization servers (their signing keys).
+    pub(crate) servers: Vec<gatehouse_server::AuthServer>,
+    /// The guard's validator (the trusted issuers' keys).
+    pub(crate) jwt: Option<Arc<gatehouse_tokens::JwtValidator>>,
 }
 
 pub(crate) fn router(r: Readiness) -> axum::Router {
@@ -73,6 +77,41 @@ async fn ready(r: &Readiness) -> Response {
                 Some(s) => Err(format!("not confirmed for {s} s")),
             },
         );
+    }
+    for (i, server) in r.servers.iter().enumerate() {
+        let name = if i == 0 {
+            "signing_keys".to_owned()
+        } else {
+            format!("signing_keys_{i}")
+        };
+        let active = server.keys().list().iter().any(|(_, retired)| !retired);
+        note(
+            &name,
+            if active {
+                Ok(())
+            } else {
+                Err("no active signing key loaded".into())
+            },
+        );
+    }
+    if let Some(jwt) = &r.jwt {
+        match tokio::time::timeout(WITHIN, jwt.keys_ready()).await {
+            Ok(list) => {
+                let mut bad = Map::new();
+                for (iss, result) in list {
+                    if let Err(e) = result {
+                        bad.insert(iss, json!(e));
+                    }
+                }
+                let result = if bad.is_empty() {
+                    Ok(())
+                } else {
+                    Err(Value::Object(bad).to_string())
+                };
+                note("issuer_keys", result);
+            }
+            Err(_) => note("issuer_keys", Err("no answer within 2 s".into())),
+        }
     }
     let status = if ok {
         StatusCode::OK

@@ -351,6 +351,8 @@ pub(crate) struct Embedded {
     pub(crate) revocations: std::sync::Arc<gatehouse_tokens::Revocations>,
     /// The authorization servers' databases, for readiness.
     pub(crate) stores: Vec<gatehouse_store::Store>,
+    /// The authorization servers (their signing keys), for readiness.
+    pub(crate) servers: Vec<gatehouse_server::AuthServer>,
 }
 
 fn run(cfg: Config, dev: bool, data_dir: Option<&str>, embedded: Option<Embedded>) -> ExitCode {
@@ -401,12 +403,14 @@ pub(crate) async fn serve_app(
         };
         let mut readiness = health::Readiness {
             shared,
+            jwt: app.jwt.clone(),
             ..Default::default()
         };
         if let Some(e) = embedded {
             app.router = app.router.merge(e.router);
             banner = e.banner;
             readiness.stores = e.stores;
+            readiness.servers = e.servers;
             readiness.revocations = Some(e.revocations);
         }
         app.router = app.router.merge(health::router(readiness));
