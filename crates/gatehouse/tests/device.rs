@@ -91,27 +91,7 @@ async fn dg1_dg2_gatehouse_login_device_against_dev_in_headless_chromium() {
     assert!(claims["cnf"]["jkt"].is_string(), "DPoP-bound: {claims}");
     // As a bearer token it is refused; through the client (proofs per request) it works.
     assert_eq!(mcp_initialize_status(&url, &token).await, 401);
-    let mut host = Command::new("node");
-    env(&mut host);
-    host.current_dir(interop())
-        .arg("sdk-stdio-host.mjs")
-        .arg(env!("CARGO_BIN_EXE_gatehouse"))
-        .arg(&url);
-    let out = tokio::task::spawn_blocking(move || host.output().expect("host"))
-        .await
-        .expect("join");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line: Value = serde_json::from_str(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default(),
-    )
-    .expect("json line");
+    let line = stdio_host(&url, env).await;
     assert_eq!(line["sum"], json!(r#"{"sum":42}"#), "{line}");
     assert!(
         line["whoami"]

@@ -351,25 +351,8 @@ async fn dp3_server_nonces_at_the_token_endpoint_and_the_guard() {
             .env("GH_PASSWORD", "nonce-password-1")
             .env_remove("GATEHOUSE_TOKEN_KEY");
     };
-    let mut host = std::process::Command::new("node");
-    env(&mut host);
-    host.current_dir(repo_root().join("interop"))
-        .arg("sdk-stdio-host.mjs")
-        .arg(env!("CARGO_BIN_EXE_gatehouse"))
-        .arg(&endpoint);
-    let out = tokio::task::spawn_blocking(move || host.output().expect("host"))
-        .await
-        .expect("join");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(r#"\"sum\":42"#),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let line = stdio_host(&endpoint, env).await;
+    assert_eq!(line["sum"], json!(r#"{"sum":42}"#), "{line}");
 }
 
 /// DP-1 for a public client (RFC 9449 §5, the issue's outside check): the code flow against

@@ -534,26 +534,17 @@ async fn jb2_jb3_workload_identity_rules_and_our_client() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut host = std::process::Command::new("node");
-    host.env("GATEHOUSE_HOME", &home)
-        .env_remove("GATEHOUSE_TOKEN_KEY")
-        .env("GATEHOUSE_BROWSER", "/bin/false")
-        .current_dir(repo_root().join("interop"))
-        .arg("sdk-stdio-host.mjs")
-        .arg(env!("CARGO_BIN_EXE_gatehouse"))
-        .arg(&s.mcp);
-    let out = tokio::task::spawn_blocking(move || host.output().expect("host"))
-        .await
-        .expect("join");
+    let line = stdio_host(&s.mcp, |c| {
+        c.env("GATEHOUSE_HOME", &home)
+            .env_remove("GATEHOUSE_TOKEN_KEY")
+            .env("GATEHOUSE_BROWSER", "/bin/false");
+    })
+    .await;
+    assert_eq!(line["sum"], json!(r#"{"sum":42}"#), "{line}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(r#"\"sum\":42"#), "{stdout}");
-    assert!(
-        stdout.contains("acme-deployer"),
-        "whoami names the workload's client: {stdout}"
+        line["whoami"]
+            .as_str()
+            .is_some_and(|w| w.contains("acme-deployer")),
+        "whoami names the workload's client: {line}"
     );
 }

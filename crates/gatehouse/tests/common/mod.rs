@@ -368,3 +368,30 @@ pub async fn cc_token_for(base: &str, id: &str, secret: &str, resource: &str) ->
         .unwrap_or_else(|| panic!("{v}"))
         .to_owned()
 }
+
+/// A real MCP host (the TypeScript SDK's stdio client, `interop/sdk-stdio-host.mjs`) that starts
+/// `gatehouse connect URL` and calls `add` and `whoami` through it, with the environment `env`
+/// sets up (GATEHOUSE_HOME and the like). Its JSON line: `{tools, sum, whoami}`.
+pub async fn stdio_host(url: &str, env: impl FnOnce(&mut Command)) -> serde_json::Value {
+    let mut host = Command::new("node");
+    env(&mut host);
+    host.current_dir(repo_root().join("interop"))
+        .arg("sdk-stdio-host.mjs")
+        .arg(env!("CARGO_BIN_EXE_gatehouse"))
+        .arg(url);
+    let out = tokio::task::spawn_blocking(move || host.output().expect("node"))
+        .await
+        .expect("join");
+    assert!(
+        out.status.success(),
+        "host failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default(),
+    )
+    .expect("json line")
+}
