@@ -60,6 +60,39 @@ pub(crate) fn expand_env(
     Ok(out)
 }
 
+impl schemars::JsonSchema for EnvString {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "EnvString".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A string; `${env:VAR}` is replaced by the variable's value"
+        })
+    }
+}
+
+/// Stand-ins for types of other crates, as the configuration file writes them.
+pub(crate) mod schema {
+    /// One space-delimited string of scopes, or a list of scopes.
+    #[allow(dead_code, reason = "only its schema is used")]
+    #[derive(schemars::JsonSchema)]
+    #[serde(untagged)]
+    pub(crate) enum ScopeList {
+        One(String),
+        Many(Vec<String>),
+    }
+
+    #[allow(dead_code, reason = "only its schema is used")]
+    #[derive(schemars::JsonSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub(crate) enum AudiencePolicyRepr {
+        Exact,
+        IgnoreTrailingSlash,
+    }
+}
+
 impl<'de> Deserialize<'de> for EnvString {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
@@ -69,7 +102,7 @@ impl<'de> Deserialize<'de> for EnvString {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Config {
     /// Address to bind, e.g. `127.0.0.1:8080`.
@@ -117,7 +150,7 @@ pub(crate) struct Config {
 /// Bounds on MCP sessions, per guarded endpoint. Defaults: 64 live sessions per subject (issuer
 /// and subject of the token), 10,000 in all, ended after 30 minutes unused; a caller at its cap
 /// loses its least recently used session once that one has had no request in flight for 60 s.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LimitsSection {
     #[serde(default)]
@@ -165,7 +198,7 @@ impl LimitsSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SharedStateSection {
     /// `redis://` or `rediss://`.
@@ -174,7 +207,7 @@ pub(crate) struct SharedStateSection {
 
 /// Limits of the listener; defaults: 3/4 of the process's open-file limit in all, a quarter of
 /// that per client address, 15 s for request headers (and idle keep-alive), 30 s for a body.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListenerSection {
     #[serde(default)]
@@ -210,7 +243,7 @@ impl ListenerSection {
 /// The gateway (issue 5, first part): each upstream is served at `/servers/<name>/mcp` with its
 /// own Protected Resource Metadata and the guard's validation; the inbound token never goes
 /// upstream, only the headers configured here.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct GatewaySection {
     pub(crate) upstreams: Vec<UpstreamEntry>,
@@ -236,13 +269,13 @@ pub(crate) struct GatewaySection {
     pub(crate) max_batch: Option<usize>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AggregateSection {
     pub(crate) name: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PolicySection {
     /// A Cedar policy file (relative to this config file), validated against the schema in
@@ -259,7 +292,7 @@ fn two() -> u64 {
     2
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LimitConfig {
     pub(crate) per_minute: u32,
@@ -268,7 +301,7 @@ pub(crate) struct LimitConfig {
     pub(crate) burst: Option<u32>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RateLimitConfig {
     /// Sustained rate.
@@ -289,7 +322,7 @@ pub(crate) struct RateLimitConfig {
     pub(crate) per_tool: std::collections::BTreeMap<String, LimitConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpstreamEntry {
     /// Lower-case letters, digits and `-`: the path segment.
@@ -315,6 +348,7 @@ pub(crate) struct UpstreamEntry {
     /// Scopes per tool of this upstream (in addition to `guard.tool_scopes`, which apply to
     /// every upstream); compiled into the Cedar policy set.
     #[serde(default)]
+    #[schemars(with = "HashMap<String, schema::ScopeList>")]
     pub(crate) tool_scopes: HashMap<String, ScopeSet>,
     /// Serve this upstream without authentication (policies and limits still apply, to the
     /// principal `anonymous`). For public servers and conformance runs only.
@@ -334,14 +368,14 @@ pub(crate) struct UpstreamEntry {
     pub(crate) identity_header: Option<IdentityHeaderConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct IdentityHeaderConfig {
     /// At least 32 characters; give it as `${env:…}`.
     pub(crate) secret: EnvString,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TlsSection {
     #[serde(deserialize_with = "env_expanded")]
@@ -350,7 +384,7 @@ pub(crate) struct TlsSection {
     pub(crate) key_file: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UserOAuthConfig {
     /// The gateway's client at the upstream's authorization server; its redirect URI there
@@ -360,14 +394,16 @@ pub(crate) struct UserOAuthConfig {
     #[serde(default)]
     pub(crate) client_secret: Option<EnvString>,
     #[serde(default)]
+    #[schemars(with = "schema::ScopeList")]
     pub(crate) scopes: ScopeSet,
     /// The upstream's authorization server; default: the first one its Protected Resource
     /// Metadata names.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub(crate) issuer: Option<Issuer>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TokenExchangeConfig {
     /// The authorization server's token endpoint (default: the embedded one).
@@ -454,11 +490,12 @@ fn ten() -> u32 {
 }
 
 /// The embedded authorization server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuthServerSection {
     /// The issuer, exactly as clients will compare it; default: `public_url`.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub(crate) issuer: Option<Issuer>,
     /// `sqlite://PATH` or `postgres://…` (use `${env:…}` for credentials).
     pub(crate) database: EnvString,
@@ -507,7 +544,7 @@ pub(crate) struct AuthServerSection {
     pub(crate) jwt_bearer: Vec<JwtBearerIssuerSection>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct JwtBearerIssuerSection {
     /// A short name (logs; the default subject prefix `<name>:`).
@@ -523,7 +560,7 @@ pub(crate) struct JwtBearerIssuerSection {
     pub(crate) workload: Option<WorkloadSection>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct IdJagSection {
     /// The claim naming the user; default `sub`.
@@ -534,10 +571,11 @@ pub(crate) struct IdJagSection {
     pub(crate) subject_prefix: Option<String>,
     /// The most this IdP's assertions may give; default what the resource knows.
     #[serde(default)]
+    #[schemars(with = "Option<schema::ScopeList>")]
     pub(crate) scopes: Option<ScopeSet>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct WorkloadSection {
     #[serde(default)]
@@ -545,12 +583,13 @@ pub(crate) struct WorkloadSection {
     pub(crate) rules: Vec<WorkloadRuleSection>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct WorkloadRuleSection {
     /// Claims that must all have these values (a trailing `*` matches any rest).
     pub(crate) claims: std::collections::BTreeMap<String, String>,
     pub(crate) client_id: String,
+    #[schemars(with = "schema::ScopeList")]
     pub(crate) scopes: ScopeSet,
 }
 
@@ -570,9 +609,10 @@ fn default_upstream_name() -> String {
     "single sign-on".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpstreamSection {
+    #[schemars(with = "String")]
     pub(crate) issuer: Issuer,
     pub(crate) client_id: EnvString,
     pub(crate) client_secret: EnvString,
@@ -590,7 +630,7 @@ pub(crate) struct UpstreamSection {
 }
 
 /// The registration policy for clients nobody vetted (T17).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RegistrationSection {
     /// Grant types they may hold; default `[authorization_code, refresh_token]`.
@@ -602,6 +642,7 @@ pub(crate) struct RegistrationSection {
     pub(crate) auth_methods: Option<Vec<String>>,
     /// Scopes their machine tokens may carry, where `client_credentials` is allowed above.
     #[serde(default)]
+    #[schemars(with = "Option<schema::ScopeList>")]
     pub(crate) machine_scopes: Option<ScopeSet>,
     /// RFC 7591 initial access token: registration needs `Authorization: Bearer <it>`. Give it
     /// as `${env:…}`.
@@ -616,7 +657,7 @@ pub(crate) struct RegistrationSection {
     pub(crate) unused_ttl_seconds: Option<i64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TenantSection {
     /// `[a-z0-9-]`, 1 to 32 characters.
@@ -624,21 +665,23 @@ pub(crate) struct TenantSection {
     pub(crate) database: EnvString,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ResourceSection {
+    #[schemars(with = "String")]
     pub(crate) resource: Resource,
+    #[schemars(with = "schema::ScopeList")]
     pub(crate) scopes: ScopeSet,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LogConfig {
     #[serde(default)]
     pub(crate) json: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct McpConfig {
     #[serde(default = "default_path")]
@@ -667,15 +710,16 @@ impl Default for McpConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct IssuerEntry {
+    #[schemars(with = "String")]
     pub(crate) issuer: Issuer,
     #[serde(default)]
     pub(crate) jwks_uri: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct IntrospectionSection {
     pub(crate) endpoint: EnvString,
@@ -689,13 +733,14 @@ fn default_cache_secs() -> u64 {
     60
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ApiKeyEntry {
     pub(crate) name: String,
     /// `sha256:<hex>` as printed by `gatehouse apikey new`.
     pub(crate) hash: EnvString,
     #[serde(default)]
+    #[schemars(with = "schema::ScopeList")]
     pub(crate) scopes: ScopeSet,
     /// RFC 3339 time after which the key stops working.
     #[serde(default)]
@@ -704,20 +749,24 @@ pub(crate) struct ApiKeyEntry {
     pub(crate) subject: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct GuardSection {
     #[serde(default)]
     pub(crate) authorization_servers: Vec<IssuerEntry>,
     #[serde(default)]
+    #[schemars(with = "schema::AudiencePolicyRepr")]
     pub(crate) audience_policy: AudiencePolicy,
     #[serde(default)]
     pub(crate) strict_typ: bool,
     #[serde(default)]
+    #[schemars(with = "Option<schema::ScopeList>")]
     pub(crate) scopes_supported: Option<ScopeSet>,
     #[serde(default)]
+    #[schemars(with = "schema::ScopeList")]
     pub(crate) required_scopes: ScopeSet,
     #[serde(default)]
+    #[schemars(with = "HashMap<String, schema::ScopeList>")]
     pub(crate) tool_scopes: HashMap<String, ScopeSet>,
     #[serde(default)]
     pub(crate) resource_name: Option<String>,
@@ -728,6 +777,7 @@ pub(crate) struct GuardSection {
     #[serde(default)]
     pub(crate) api_keys: Vec<ApiKeyEntry>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub(crate) ip_allow: Vec<ipnet::IpNet>,
     /// Receive revocations from external authorization servers as pushed Security Event
     /// Tokens (RFC 8935; CAEP `session-revoked`, `credential-change`).
@@ -742,7 +792,7 @@ pub(crate) struct GuardSection {
     pub(crate) dpop_nonce_secret: Option<EnvString>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SecurityEventsSection {
     /// Where transmitters POST their SETs; default `/security-events`.
@@ -765,7 +815,7 @@ fn default_events_path() -> String {
     "/security-events".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TransmitterEntry {
     /// The SETs' `iss`.
@@ -779,7 +829,7 @@ pub(crate) struct TransmitterEntry {
 }
 
 /// Options that weaken security, off by default and named so in the file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Dangerous {
     /// Allow fetching metadata/JWKS from these loopback `host:port` authorities over http (a

@@ -98,6 +98,9 @@ enum Command {
 enum ConfigCommand {
     /// Parse and validate a configuration file without starting anything.
     Check { file: String },
+    /// Print the JSON Schema (draft 2020-12) of the configuration file, generated from the
+    /// types `serve` reads.
+    Schema,
 }
 
 #[derive(Subcommand)]
@@ -138,6 +141,25 @@ fn init_logging(json: bool) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Config {
+            command: ConfigCommand::Schema,
+        } => {
+            let mut schema = schemars::schema_for!(Config);
+            schema.insert(
+                "title".into(),
+                "Gatehouse configuration (gatehouse serve --config)".into(),
+            );
+            match serde_json::to_string_pretty(&schema) {
+                Ok(s) => {
+                    println!("{s}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Config {
             command: ConfigCommand::Check { file },
         } => match Config::load(&file).and_then(|c| {
