@@ -47,6 +47,24 @@ fn json_body(v: serde_json::Value) -> axum::body::Body {
 }
 
 impl GuardError {
+    /// The refusal's name in metrics (`gatehouse_guard_requests_total{outcome}`).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::AddressNotAllowed => "address_not_allowed",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::NoCredentials => "no_credentials",
+            Self::InvalidToken(_) | Self::DpopInvalidToken(_) => "invalid_token",
+            Self::InvalidDpopProof(_) => "invalid_dpop_proof",
+            Self::UseDpopNonce(_) => "use_dpop_nonce",
+            Self::InsufficientScope { .. } => "insufficient_scope",
+            Self::Unavailable | Self::SessionsUnavailable => "unavailable",
+            Self::BodyTooLarge => "body_too_large",
+            Self::UnknownSession => "unknown_session",
+            Self::TooManySessions(_) => "too_many_sessions",
+            Self::BadMessage { .. } => "bad_message",
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::AddressNotAllowed => StatusCode::FORBIDDEN,

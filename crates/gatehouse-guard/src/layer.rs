@@ -514,13 +514,21 @@ where
                     {
                         guard.sessions.remove(&sid, &who.owner).await;
                     }
+                    metrics::counter!("gatehouse_guard_requests_total", "outcome" => "allowed")
+                        .increment(1);
                     (resp, Some(who))
                 }
-                Err((e, who)) => (
-                    e.into_response(&guard.prm_url, &guard.cfg.required_scopes),
-                    who,
-                ),
+                Err((e, who)) => {
+                    metrics::counter!("gatehouse_guard_requests_total", "outcome" => e.outcome())
+                        .increment(1);
+                    (
+                        e.into_response(&guard.prm_url, &guard.cfg.required_scopes),
+                        who,
+                    )
+                }
             };
+            metrics::histogram!("gatehouse_guard_request_seconds")
+                .record(started.elapsed().as_secs_f64());
             // One access-log line per request; names the key or subject, never a secret.
             tracing::info!(
                 target: "gatehouse::access",

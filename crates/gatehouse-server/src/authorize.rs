@@ -833,6 +833,7 @@ pub(crate) async fn login(
     let ok = match s.check_password(&keys, user.as_ref(), f.password).await {
         Ok(Ok(ok)) => ok,
         Ok(Err(Throttled::Wait(secs))) => {
+            metrics::counter!("gatehouse_as_logins_total", "outcome" => "throttled").increment(1);
             tracing::info!(wait = secs, "sign-in throttled");
             let mut r = page_with(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -851,6 +852,7 @@ pub(crate) async fn login(
             return r;
         }
         Ok(Err(Throttled::Busy)) => {
+            metrics::counter!("gatehouse_as_logins_total", "outcome" => "busy").increment(1);
             let mut r = page_with(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The server is busy. Try again in a moment.",
@@ -866,6 +868,7 @@ pub(crate) async fn login(
     let user = match user {
         Some(u) if ok => u,
         other => {
+            metrics::counter!("gatehouse_as_logins_total", "outcome" => "failed").increment(1);
             // The name is logged only when it is an account: a password typed into the name
             // field never reaches the log (issue 14, row 14).
             match &other {
@@ -878,6 +881,7 @@ pub(crate) async fn login(
     if let Err(e) = s.inner.store.clear_throttle(&keys.0).await {
         return OAuthError::from(e).into_response();
     }
+    metrics::counter!("gatehouse_as_logins_total", "outcome" => "success").increment(1);
     s.finish_login(jar, &p, &client, &f.pending, &f.csrf, user.subject, None)
         .await
 }

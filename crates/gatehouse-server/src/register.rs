@@ -88,10 +88,13 @@ pub(crate) async fn register(State(s): State<AuthServer>, req: axum::extract::Re
     let Ok(body) = axum::body::to_bytes(req.into_body(), MAX_BODY).await else {
         return bad_metadata("registration request too large").into_response();
     };
-    match register_inner(&s, ip, bearer.as_deref(), &body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
+    let r = register_inner(&s, ip, bearer.as_deref(), &body).await;
+    let outcome = match &r {
+        Ok(_) => "registered",
+        Err(e) => e.code.as_str(),
+    };
+    metrics::counter!("gatehouse_as_registrations_total", "outcome" => outcome).increment(1);
+    r.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn register_inner(

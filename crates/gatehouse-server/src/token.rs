@@ -253,6 +253,25 @@ pub(crate) async fn token(
         }
     }
     .await;
+    // Per grant type and outcome (labels from fixed lists: a caller cannot mint series).
+    let grant = url::form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "grant_type")
+        .map(|(_, v)| match v.as_ref() {
+            "authorization_code" => "authorization_code",
+            "refresh_token" => "refresh_token",
+            "client_credentials" => "client_credentials",
+            TOKEN_EXCHANGE => "token_exchange",
+            crate::device::DEVICE_CODE_GRANT => "device_code",
+            crate::assertion::JWT_BEARER => "jwt_bearer",
+            _ => "other",
+        })
+        .unwrap_or("none");
+    let outcome = match &r {
+        Ok(_) => "issued",
+        Err(e) => e.code.as_str(),
+    };
+    metrics::counter!("gatehouse_as_tokens_total", "grant_type" => grant, "outcome" => outcome)
+        .increment(1);
     let mut r = r.unwrap_or_else(IntoResponse::into_response);
     // The next nonce with every answer (RFC 9449 §8.2), so clients rarely need a retry.
     if let Some(n) = &s.inner.nonces

@@ -556,6 +556,16 @@ async fn gw01_gw07_gw12_gw13_gw14_guards_each_upstream_never_passes_tokens_binds
         "{m}"
     );
     assert!(m.contains("gatehouse_gateway_request_seconds"), "{m}");
+    // The authorization server and the guard too (issue 18, MT-1).
+    for series in [
+        "gatehouse_as_tokens_total{grant_type=\"client_credentials\",outcome=\"issued\"}",
+        "gatehouse_as_tokens_total{grant_type=\"token_exchange\",outcome=\"issued\"}",
+        "gatehouse_guard_requests_total{outcome=\"allowed\"}",
+        "gatehouse_guard_requests_total{outcome=\"no_credentials\"}",
+        "gatehouse_guard_request_seconds",
+    ] {
+        assert!(m.contains(series), "{series}: {m}");
+    }
 
     // The audit log: a record per request, chained, no token in it.
     let log = std::fs::read_to_string(&audit).expect("audit log");
