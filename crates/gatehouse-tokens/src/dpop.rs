@@ -194,28 +194,42 @@ pub fn verify(proof: &str, expect: &Expect<'_>) -> Result<Proof, DpopError> {
 }
 
 /// Proofs seen, in this process, until they leave the window. Bounded: when full, what has
-/// expired goes; if nothing has, new proofs are refused (fail closed) rather than forgotten.
+/// expired goes (at most once a second, so a full cache costs no scan per proof); if nothing
+/// has, new proofs are refused (fail closed) rather than forgotten. Keys are kept as SHA-256
+/// digests (40 bytes an entry with its deadline): the cap below is about 20 MiB at most, and
+/// only callers with valid bound tokens add to it (the guard records a proof after its token).
 #[derive(Debug, Default)]
 pub struct ReplayCache {
-    seen: Mutex<HashMap<String, i64>>,
+    seen: Mutex<ReplaySet>,
 }
 
-const REPLAY_MAX: usize = 100_000;
+#[derive(Debug, Default)]
+struct ReplaySet {
+    until: HashMap<[u8; 32], i64>,
+    pruned_at: i64,
+}
+
+/// About 7,500 proofs a second for the 65 s each is remembered.
+const REPLAY_MAX: usize = 500_000;
 
 impl ReplayCache {
     /// True the first time `key` is seen before `until`; false for a replay (or a full cache).
     pub fn first_use(&self, key: &str, until: i64, now: i64) -> bool {
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let mut m = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if m.get(key).is_some_and(|u| *u > now) {
+        if m.until.get(&digest).is_some_and(|u| *u > now) {
             return false;
         }
-        if m.len() >= REPLAY_MAX {
-            m.retain(|_, u| *u > now);
-            if m.len() >= REPLAY_MAX {
+        if m.until.len() >= REPLAY_MAX {
+            if m.pruned_at < now {
+                m.until.retain(|_, u| *u > now);
+                m.pruned_at = now;
+            }
+            if m.until.len() >= REPLAY_MAX {
                 return false;
             }
         }
-        m.insert(key.to_owned(), until);
+        m.until.insert(digest, until);
         true
     }
 }
@@ -254,6 +268,21 @@ mod tests {
             thumbprint(&jwk).expect("thumbprint"),
             "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
         );
+    }
+
+    #[test]
+    fn a_full_replay_cache_fails_closed_then_makes_room_as_proofs_expire() {
+        let c = ReplayCache::default();
+        for i in 0..REPLAY_MAX {
+            assert!(c.first_use(&i.to_string(), 10, 0));
+        }
+        assert!(
+            !c.first_use("one more", 10, 0),
+            "full, nothing expired: refused"
+        );
+        assert!(!c.first_use("one more", 10, 5));
+        assert!(c.first_use("one more", 20, 11), "expired ones pruned");
+        assert!(!c.first_use("one more", 20, 12), "and still single use");
     }
 
     #[test]
