@@ -9,6 +9,7 @@ mod demo;
 mod dev;
 mod embedded;
 mod health;
+mod init;
 mod listener;
 mod plan;
 mod tls;
@@ -64,6 +65,9 @@ enum Command {
         #[arg(long)]
         log_json: bool,
     },
+    /// Write a production configuration to start from (https, PostgreSQL, a new key-encryption
+    /// key in a separate 0600 environment file, a safe registration policy).
+    Init(init::InitArgs),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -141,6 +145,16 @@ fn init_logging(json: bool) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Init(a) => match init::run(&a) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Config {
             command: ConfigCommand::Schema,
         } => {

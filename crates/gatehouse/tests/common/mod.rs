@@ -395,3 +395,89 @@ pub async fn stdio_host(url: &str, env: impl FnOnce(&mut Command)) -> serde_json
     )
     .expect("json line")
 }
+
+/// Runs the openssl CLI in `dir`; it must succeed.
+pub fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (made once per `dir`), and a server certificate for 127.0.0.1 and localhost signed by it with `serial`.
+pub fn make_certs(dir: &std::path::Path, serial: &str) {
+    if !dir.join("ca.pem").exists() {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=Gatehouse test CA",
+            ],
+        );
+    }
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "new.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            serial,
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "new.pem",
+        ],
+    );
+    // Moved into place whole, as a certificate manager would.
+    std::fs::rename(dir.join("new.key"), dir.join("server.key")).expect("key");
+    std::fs::rename(dir.join("new.pem"), dir.join("server.pem")).expect("cert");
+}
