@@ -80,7 +80,10 @@ async fn in1_init_writes_a_config_that_serves_https_on_postgres_and_redis() {
     // private PKI adds it).
     std::fs::write(
         &cfg,
-        format!("{cfg_text}trusted_ca_file: {}\n", dir.join("ca.pem").display()),
+        format!(
+            "{cfg_text}trusted_ca_file: {}\n",
+            dir.join("ca.pem").display()
+        ),
     )
     .expect("ca");
     let check = gatehouse()
