@@ -18,17 +18,13 @@ fn hex_of(len: usize, s: &str) -> bool {
     s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut out = String::with_capacity(bytes * 2);
-    while out.len() < bytes * 2 {
-        let b: u8 = rand::random();
-        out.push_str(&format!("{b:02x}"));
-    }
-    if out.bytes().all(|b| b == b'0') {
-        // All zeros is invalid (vanishingly rare); any other value will do.
-        out.replace_range(out.len() - 1.., "1");
-    }
-    out
+/// A random, non-zero id: 16 bytes (a trace id) or 8 (a span id), as lower-case hex.
+fn random_trace_id() -> String {
+    format!("{:032x}", rand::random::<u128>().max(1))
+}
+
+fn random_span_id() -> String {
+    format!("{:016x}", rand::random::<u64>().max(1))
 }
 
 impl Trace {
@@ -50,7 +46,7 @@ impl Trace {
                     .cloned(),
             },
             None => Self {
-                trace_id: random_hex(16),
+                trace_id: random_trace_id(),
                 flags: "00".into(),
                 state: None,
             },
@@ -78,7 +74,7 @@ impl Trace {
     /// Puts this hop's `traceparent` (a new span of the trace) and the kept `tracestate` in
     /// `h`, replacing what the caller sent.
     pub fn apply(&self, h: &mut HeaderMap) {
-        let parent = format!("00-{}-{}-{}", self.trace_id, random_hex(8), self.flags);
+        let parent = format!("00-{}-{}-{}", self.trace_id, random_span_id(), self.flags);
         h.remove("traceparent");
         h.remove("tracestate");
         if let Ok(v) = HeaderValue::from_str(&parent) {

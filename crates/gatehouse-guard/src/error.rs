@@ -46,8 +46,25 @@ fn json_body(v: serde_json::Value) -> axum::body::Body {
     axum::body::Body::from(serde_json::to_vec(&v).unwrap_or_default())
 }
 
+/// Every value of `gatehouse_guard_requests_total{outcome}`: `allowed` and each refusal.
+pub(crate) const OUTCOMES: [&str; 13] = [
+    "allowed",
+    "address_not_allowed",
+    "invalid_request",
+    "no_credentials",
+    "invalid_token",
+    "invalid_dpop_proof",
+    "use_dpop_nonce",
+    "insufficient_scope",
+    "unavailable",
+    "body_too_large",
+    "unknown_session",
+    "too_many_sessions",
+    "bad_message",
+];
+
 impl GuardError {
-    /// The refusal's name in metrics (`gatehouse_guard_requests_total{outcome}`).
+    /// The refusal's name in metrics (one of [`OUTCOMES`]).
     pub fn outcome(&self) -> &'static str {
         match self {
             Self::AddressNotAllowed => "address_not_allowed",
@@ -263,5 +280,39 @@ impl GuardError {
             }
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_has_a_counted_outcome() {
+        let all = [
+            GuardError::AddressNotAllowed,
+            GuardError::InvalidRequest(String::new()),
+            GuardError::NoCredentials,
+            GuardError::InvalidToken(String::new()),
+            GuardError::InvalidDpopProof(String::new()),
+            GuardError::DpopInvalidToken(String::new()),
+            GuardError::UseDpopNonce(String::new()),
+            GuardError::InsufficientScope {
+                needed: ScopeSet::new(),
+                description: String::new(),
+            },
+            GuardError::Unavailable,
+            GuardError::BodyTooLarge,
+            GuardError::UnknownSession,
+            GuardError::TooManySessions(crate::SessionsFull::Total { retry_after: 1 }),
+            GuardError::SessionsUnavailable,
+            GuardError::BadMessage {
+                code: 0,
+                message: String::new(),
+            },
+        ];
+        for e in &all {
+            assert!(OUTCOMES.contains(&e.outcome()), "{e:?}");
+        }
     }
 }

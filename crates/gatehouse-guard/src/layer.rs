@@ -514,21 +514,17 @@ where
                     {
                         guard.sessions.remove(&sid, &who.owner).await;
                     }
-                    metrics::counter!("gatehouse_guard_requests_total", "outcome" => "allowed")
-                        .increment(1);
+                    guard.metrics.record("allowed", started.elapsed());
                     (resp, Some(who))
                 }
                 Err((e, who)) => {
-                    metrics::counter!("gatehouse_guard_requests_total", "outcome" => e.outcome())
-                        .increment(1);
+                    guard.metrics.record(e.outcome(), started.elapsed());
                     (
                         e.into_response(&guard.prm_url, &guard.cfg.required_scopes),
                         who,
                     )
                 }
             };
-            metrics::histogram!("gatehouse_guard_request_seconds")
-                .record(started.elapsed().as_secs_f64());
             // One access-log line per request; names the key or subject, never a secret.
             tracing::info!(
                 target: "gatehouse::access",

@@ -106,6 +106,31 @@ pub(crate) struct GuardInner {
     pub(crate) sessions: sessions::Sessions,
     /// DPoP proofs seen, when no Redis is shared.
     pub(crate) dpop_replay: gatehouse_tokens::dpop::ReplayCache,
+    pub(crate) metrics: GuardMetrics,
+}
+
+/// The guard's metric handles, registered on first use (after the recorder is installed):
+/// looking a labelled series up in the registry on every request costs more than counting.
+#[derive(Default)]
+pub(crate) struct GuardMetrics {
+    outcomes: [std::sync::OnceLock<metrics::Counter>; error::OUTCOMES.len()],
+    latency: std::sync::OnceLock<metrics::Histogram>,
+}
+
+impl GuardMetrics {
+    pub(crate) fn record(&self, outcome: &'static str, took: std::time::Duration) {
+        if let Some(i) = error::OUTCOMES.iter().position(|o| *o == outcome)
+            && let Some(c) = self.outcomes.get(i)
+        {
+            c.get_or_init(
+                || metrics::counter!("gatehouse_guard_requests_total", "outcome" => outcome),
+            )
+            .increment(1);
+        }
+        self.latency
+            .get_or_init(|| metrics::histogram!("gatehouse_guard_request_seconds"))
+            .record(took.as_secs_f64());
+    }
 }
 
 /// A configured guard. Cheap to clone; hands out the layer and the metadata routes.
@@ -134,6 +159,7 @@ impl Guard {
                 prm_url,
                 sessions,
                 dpop_replay: Default::default(),
+                metrics: Default::default(),
             }),
         }
     }

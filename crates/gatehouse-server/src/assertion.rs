@@ -82,6 +82,8 @@ pub struct WorkloadRule {
 #[derive(Default)]
 pub(crate) struct IssuerKeys {
     sets: Mutex<HashMap<String, (Arc<gatehouse_tokens::KeySet>, i64)>>,
+    /// Single-flight: 100 requests that find the keys stale make one fetch, not 100.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 fn bad(d: impl Into<String>) -> OAuthError {
@@ -130,21 +132,28 @@ impl AuthServer {
         i: &AssertionIssuer,
         kid: Option<&str>,
     ) -> Result<Arc<gatehouse_tokens::KeySet>, OAuthError> {
-        let now = self.inner.clock.now_unix();
-        let cached = self
-            .inner
-            .issuer_keys
-            .sets
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&i.issuer).cloned());
-        if let Some((set, at)) = &cached {
+        let usable = || {
+            let now = self.inner.clock.now_unix();
+            let (set, at) = self
+                .inner
+                .issuer_keys
+                .sets
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&i.issuer).cloned())?;
             let fresh = now - at < KEY_TTL_SECS;
             let knows_kid = kid.is_none_or(|k| set.has_kid(k));
-            if fresh && (knows_kid || now - at < KEY_REFRESH_SECS) {
-                return Ok(set.clone());
-            }
+            (fresh && (knows_kid || now - at < KEY_REFRESH_SECS)).then_some(set)
+        };
+        if let Some(set) = usable() {
+            return Ok(set);
         }
+        let _one = self.inner.issuer_keys.fetching.lock().await;
+        // Another request may have fetched while this one waited.
+        if let Some(set) = usable() {
+            return Ok(set);
+        }
+        let now = self.inner.clock.now_unix();
         let unavailable = |what: &str| {
             tracing::warn!(issuer = %i.issuer, what, "assertion issuer keys unavailable");
             OAuthError::new(
@@ -303,9 +312,9 @@ fn requested_scope(form: &Form) -> Result<Option<ScopeSet>, OAuthError> {
 pub(crate) fn claimed_issuer<'a>(
     s: &'a AuthServer,
     form: &Form,
-) -> Result<(&'a AssertionIssuer, String), OAuthError> {
+) -> Result<(&'a AssertionIssuer, Claimed), OAuthError> {
     let assertion = require(form, "assertion")?;
-    let (_, claims) = peek(assertion)?;
+    let (header, claims) = peek(assertion)?;
     let iss = claims
         .get("iss")
         .and_then(Value::as_str)
@@ -314,7 +323,19 @@ pub(crate) fn claimed_issuer<'a>(
         tracing::info!("jwt-bearer assertion from an issuer that is not trusted");
         bad("the assertion's issuer is not trusted")
     })?;
-    Ok((i, assertion.to_owned()))
+    Ok((
+        i,
+        Claimed {
+            jws: assertion.to_owned(),
+            header,
+        },
+    ))
+}
+
+/// An assertion as presented, with its (unverified) JOSE header, read once.
+pub(crate) struct Claimed {
+    jws: String,
+    header: Object,
 }
 
 /// `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer` with an ID-JAG (JB-1, AS-36).
@@ -323,10 +344,11 @@ pub(crate) async fn id_jag(
     s: &AuthServer,
     client: &ClientRecord,
     i: &AssertionIssuer,
-    assertion: &str,
+    a: &Claimed,
     form: &Form,
     dpop_jkt: Option<&str>,
 ) -> Result<Response, OAuthError> {
+    let (assertion, header) = (a.jws.as_str(), &a.header);
     let AssertionKind::IdJag {
         subject_claim,
         subject_prefix,
@@ -336,13 +358,12 @@ pub(crate) async fn id_jag(
         return Err(bad("the assertion's issuer is not an identity provider"));
     };
     client_allows(s, client, JWT_BEARER)?;
-    let (header, _) = peek(assertion)?;
     if header.get("typ").and_then(Value::as_str) != Some(ID_JAG_TYP) {
         return Err(bad("an ID-JAG must be typed oauth-id-jag+jwt"));
     }
     let audiences = [s.inner.cfg.issuer.as_str().to_owned()];
     let claims = s
-        .verified_assertion(i, assertion, &header, &audiences)
+        .verified_assertion(i, assertion, header, &audiences)
         .await?;
     let text = |k: &str| claims.get(k).and_then(Value::as_str);
     if text("client_id") != Some(client.client_id.as_str()) {
@@ -401,10 +422,11 @@ pub(crate) async fn workload(
     s: &AuthServer,
     client: Option<&str>,
     i: &AssertionIssuer,
-    assertion: &str,
+    a: &Claimed,
     form: &Form,
     dpop_jkt: Option<&str>,
 ) -> Result<Response, OAuthError> {
+    let (assertion, header) = (a.jws.as_str(), &a.header);
     let AssertionKind::Workload {
         rules,
         subject_prefix,
@@ -412,7 +434,6 @@ pub(crate) async fn workload(
     else {
         return Err(bad("the assertion's issuer is not a workload issuer"));
     };
-    let (header, _) = peek(assertion)?;
     if header.get("typ").and_then(Value::as_str) == Some(ID_JAG_TYP) {
         return Err(bad("an ID-JAG from a workload issuer"));
     }
@@ -421,7 +442,7 @@ pub(crate) async fn workload(
         s.inner.cfg.issuer.as_str().to_owned(),
     ];
     let claims = s
-        .verified_assertion(i, assertion, &header, &audiences)
+        .verified_assertion(i, assertion, header, &audiences)
         .await?;
     let sub = claims
         .get("sub")

@@ -329,7 +329,8 @@ impl JwtValidator {
     }
 
     /// Readiness (issue 18): per trusted issuer, whether its keys are at hand — cached (even
-    /// if due for a refetch), else fetched now.
+    /// if due for a refetch), else fetched now, at most once per `jwks_min_refetch` (a flood of
+    /// unauthenticated `/readyz` cannot make this server hammer an issuer that is down).
     pub async fn keys_ready(&self) -> Vec<(String, Result<(), String>)> {
         let mut out = Vec::new();
         for (iss, ik) in &self.issuers {
@@ -342,9 +343,12 @@ impl JwtValidator {
             let r = if cached {
                 Ok(())
             } else {
-                self.refresh(ik, false, None)
-                    .await
-                    .map_err(|e| format!("keys not available: {e}"))
+                self.refresh(ik, true, None).await.map_err(|e| match e {
+                    TokenError::UnknownKey => {
+                        "keys not available (fetched lately; retried soon)".into()
+                    }
+                    e => format!("keys not available: {e}"),
+                })
             };
             out.push((iss.clone(), r));
         }

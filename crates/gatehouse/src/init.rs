@@ -160,10 +160,9 @@ fn check_written(config: &str, env: &str) -> Result<(), String> {
     let mut text = config.to_owned();
     for line in env.lines().filter(|l| !l.starts_with('#')) {
         if let Some((k, v)) = line.split_once('=') {
-            text = text.replace(
-                &format!("${{env:{k}}}"),
-                &format!("'{}'", v.trim_matches('"')),
-            );
+            // A YAML single-quoted scalar: a quote inside is doubled.
+            let v = v.trim_matches('"').replace('\'', "''");
+            text = text.replace(&format!("${{env:{k}}}"), &format!("'{v}'"));
         }
     }
     crate::config::Config::parse("(written config)", &text)
