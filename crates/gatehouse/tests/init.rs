@@ -15,11 +15,7 @@ async fn in1_init_writes_a_config_that_serves_https_on_postgres_and_redis() {
     std::fs::create_dir_all(&dir).expect("dir");
     make_certs(&dir, "0x3003");
     let db = format!("gh_init_{port}");
-    let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
-        .arg(format!("CREATE DATABASE {db}"))
-        .output()
-        .expect("psql");
+    let out = psql(&format!("CREATE DATABASE {db}"));
     assert!(
         out.status.success(),
         "{}",
@@ -100,13 +96,7 @@ async fn in1_init_writes_a_config_that_serves_https_on_postgres_and_redis() {
     let mut cmd = gatehouse();
     cmd.envs(vars.clone()).args(["serve", "--config"]).arg(&cfg);
     let _p = Proc::start(cmd, "ready");
-    let http = reqwest::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(dir.join("ca.pem")).expect("ca"))
-                .expect("pem"),
-        )
-        .build()
-        .expect("client");
+    let http = https_client(&dir.join("ca.pem"));
     let base = format!("https://localhost:{port}");
     let r = http
         .get(format!("{base}/readyz"))

@@ -229,7 +229,7 @@ impl Setup {
 /// JB-1, JB-3 (AS-36): ID-JAGs from a trusted IdP for an authenticated client, and every bad
 /// one refused with `invalid_grant`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jb1_jb3_id_jag_grants_and_the_bad_assertion_battery() {
+async fn as36_jb1_jb3_id_jag_grants_and_the_bad_assertion_battery() {
     let s = start().await;
     let meta: Value = s
         .http

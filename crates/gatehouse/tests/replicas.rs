@@ -93,22 +93,6 @@ fn wait_port(port: u16) {
     panic!("port {port} did not open");
 }
 
-fn psql(sql: &str) -> std::process::Output {
-    Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("psql (scripts/setup installs PostgreSQL)")
-}
-
 fn replica(env: &[(&str, String)], port: u16) -> Proc {
     let mut cmd = gatehouse();
     cmd.args(["serve", "--config"])

@@ -102,21 +102,6 @@ async fn serve_embedded_authorization_server_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_embedded_authorization_server_postgres() {
     let db = format!("gatehouse_serve_{}", free_port());
-    let psql = |sql: &str| {
-        Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ])
-            .output()
-            .expect("psql (scripts/setup installs PostgreSQL)")
-    };
     let out = psql(&format!("CREATE DATABASE {db}"));
     assert!(
         out.status.success(),

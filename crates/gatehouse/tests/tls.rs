@@ -55,12 +55,7 @@ async fn tl1_https_on_the_listener_with_reload_and_modern_protocols_only() {
     let proc = Proc::start(cmd, "ready");
 
     // A real client trusting the CA: the discovery document and health over https.
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.join("ca.pem")).expect("ca"))
-        .expect("pem");
-    let http = reqwest::Client::builder()
-        .add_root_certificate(ca)
-        .build()
-        .expect("client");
+    let http = https_client(&dir.join("ca.pem"));
     let meta: Value = http
         .get(format!("{base}/.well-known/oauth-authorization-server"))
         .send()
@@ -113,14 +108,7 @@ async fn tl1_https_on_the_listener_with_reload_and_modern_protocols_only() {
     // seconds, while a connection opened before keeps working.
     let (_, before) = served(port, &[]);
     assert_eq!(before, "serial=1001");
-    let kept = reqwest::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(dir.join("ca.pem")).expect("ca"))
-                .expect("pem"),
-        )
-        .pool_idle_timeout(std::time::Duration::from_secs(60))
-        .build()
-        .expect("client");
+    let kept = https_client(&dir.join("ca.pem"));
     assert_eq!(
         kept.get(format!("{base}/healthz"))
             .send()

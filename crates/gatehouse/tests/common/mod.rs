@@ -481,3 +481,31 @@ pub fn make_certs(dir: &std::path::Path, serial: &str) {
     std::fs::rename(dir.join("new.key"), dir.join("server.key")).expect("key");
     std::fs::rename(dir.join("new.pem"), dir.join("server.pem")).expect("cert");
 }
+
+/// One SQL statement as `postgres` on the local PostgreSQL (`scripts/setup` starts it).
+pub fn psql(sql: &str) -> std::process::Output {
+    Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql (scripts/setup installs PostgreSQL)")
+}
+
+/// A client that trusts the CA in `ca_pem` (a test CA from [`make_certs`]).
+pub fn https_client(ca_pem: &std::path::Path) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(ca_pem).expect("ca")).expect("pem"),
+        )
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
