@@ -981,6 +981,27 @@ async fn device_codes_answer_once_pace_polls_and_issue_once(s: &Store) {
             .expect("decide"),
         "expired"
     );
+    // Approved, then its grant revoked (admin revoke, user deleted) before the device polled:
+    // nothing is issued, and the code is not spent.
+    s.insert_device(&dev("d4", "u4", NOW + 600))
+        .await
+        .expect("insert");
+    let mut g4 = grant("g-dev4");
+    g4.client_id = "c1".into();
+    assert!(
+        s.decide_device("d4", Some(&g4), NOW + 80)
+            .await
+            .expect("decide")
+    );
+    assert!(s.revoke_grant("g-dev4", NOW + 81).await.expect("revoke"));
+    let issue = |_: &DeviceRecord| Ok::<_, ()>(Some(refresh("rt-dev4", "g-dev4")));
+    let r = s
+        .poll_device("d4", "c1", NOW + 90, issue)
+        .await
+        .expect("poll")
+        .expect("check");
+    assert!(matches!(r, DevicePoll::Revoked), "{r:?}");
+    assert!(s.get_refresh("rt-dev4").await.expect("rt").is_none());
     assert!(s.purge_expired(NOW + 700).await.expect("purge") >= 3);
     assert!(matches!(
         poll("d1", "c1", NOW + 800).await,
