@@ -165,7 +165,7 @@ impl AuthServer {
         )
     }
 
-    fn describe_scopes(&self, scope: &str) -> Vec<(String, String)> {
+    pub(crate) fn describe_scopes(&self, scope: &str) -> Vec<(String, String)> {
         ScopeSet::parse(scope)
             .unwrap_or_default()
             .iter()
@@ -285,6 +285,35 @@ impl AuthServer {
             }))
     }
 
+    /// Starts a browser session for `subject` (a new id, stored hashed) and sets its cookie.
+    pub(crate) async fn start_session(
+        &self,
+        jar: CookieJar,
+        subject: String,
+        claims: Option<String>,
+    ) -> Result<(CookieJar, Session), OAuthError> {
+        let now = self.inner.clock.now_unix();
+        let sid = random_token();
+        let ttl = self.inner.cfg.session_ttl;
+        self.inner
+            .store
+            .insert_session(&SessionRecord {
+                id_hash: sha256_hex(&sid),
+                subject: subject.clone(),
+                auth_time: now,
+                expires_at: now + ttl,
+                claims: claims.clone(),
+            })
+            .await?;
+        tracing::info!(subject = %subject, "signed in");
+        let session = Session {
+            subject,
+            auth_time: now,
+            claims,
+        };
+        Ok((jar.add(self.cookie("gh_session", sid, ttl)), session))
+    }
+
     /// After a successful sign-in (local password or upstream identity provider): start the
     /// session, then issue a code at once if this user already consented to this client for
     /// these scopes, else show the consent page.
@@ -302,30 +331,10 @@ impl AuthServer {
         subject: String,
         claims: Option<String>,
     ) -> Response {
-        let now = self.inner.clock.now_unix();
-        let sid = random_token();
-        let ttl = self.inner.cfg.session_ttl;
-        let session = Session {
-            subject,
-            auth_time: now,
-            claims,
+        let (jar, session) = match self.start_session(jar, subject, claims).await {
+            Ok(x) => x,
+            Err(e) => return e.into_response(),
         };
-        if let Err(e) = self
-            .inner
-            .store
-            .insert_session(&SessionRecord {
-                id_hash: sha256_hex(&sid),
-                subject: session.subject.clone(),
-                auth_time: now,
-                expires_at: now + ttl,
-                claims: session.claims.clone(),
-            })
-            .await
-        {
-            return OAuthError::from(e).into_response();
-        }
-        tracing::info!(subject = %session.subject, "signed in");
-        let jar = jar.add(self.cookie("gh_session", sid, ttl));
         // A device request is always shown (RFC 8628 §5.4: the user must see who asks).
         if p.device.is_none() && self.consented(&session.subject, p).await {
             if let Ok(true) = self.inner.store.take_pending(&sha256_hex(pending_id)).await {
@@ -697,7 +706,7 @@ pub(crate) struct LoginForm {
 }
 
 /// Why a password check did not happen.
-enum Throttled {
+pub(crate) enum Throttled {
     /// The account or the source is locked, or must wait: for this many seconds.
     Wait(i64),
     /// Too many password checks are running: try again in a moment.
@@ -705,7 +714,10 @@ enum Throttled {
 }
 
 impl AuthServer {
-    fn login_keys(username: &str, ip: Option<std::net::IpAddr>) -> (String, Option<String>) {
+    pub(crate) fn login_keys(
+        username: &str,
+        ip: Option<std::net::IpAddr>,
+    ) -> (String, Option<String>) {
         // Keyed by the name as typed (lower-cased), existing or not, so throttling answers the
         // same for accounts that do not exist.
         let account = sha256_hex(&format!("login:acct:{}", username.to_lowercase()));
@@ -761,7 +773,7 @@ impl AuthServer {
     /// Checks a password under the throttle and the bound on concurrent hashing (T19), and
     /// counts a failure (a wrong password, no such account, a disabled one). The same argon2
     /// work is done whether or not the user exists.
-    async fn check_password(
+    pub(crate) async fn check_password(
         &self,
         keys: &(String, Option<String>),
         user: Option<&gatehouse_store::UserRecord>,

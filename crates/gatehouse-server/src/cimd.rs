@@ -177,6 +177,7 @@ pub(crate) fn validate_document(
             .map(str::to_owned),
         metadata: doc.clone(),
         created_at: now,
+        disabled: false,
     })
 }
 

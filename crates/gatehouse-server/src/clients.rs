@@ -157,7 +157,13 @@ impl AuthServer {
         if self.inner.cfg.cimd_enabled && crate::cimd::looks_like_cimd(client_id) {
             return self.cimd_client(client_id).await.map(Some);
         }
-        let found = self.inner.store.get_client(client_id).await?;
+        // A client an administrator disabled is, to everyone else, not there.
+        let found = self
+            .inner
+            .store
+            .get_client(client_id)
+            .await?
+            .filter(|c| !c.disabled);
         if let Some(c) = &found {
             self.inner.public_clients.put(c);
         }

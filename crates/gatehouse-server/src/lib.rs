@@ -21,6 +21,7 @@ mod assertion;
 mod authorize;
 mod cimd;
 mod clients;
+mod console;
 mod device;
 mod error;
 mod keys;
@@ -32,6 +33,7 @@ mod token;
 mod upstream;
 
 pub use assertion::{AssertionIssuer, AssertionKind, WorkloadRule};
+pub use console::{AuditEntry, AuditSnapshot, AuditTrail, ChainStatus, ConsoleConfig};
 pub use error::OAuthError;
 pub use keys::{KeyEncryptionKey, KeyManager};
 pub use secrets::{hash_password, random_id, random_token, sha256_hex, verify_password};
@@ -167,6 +169,8 @@ pub struct AuthServerConfig {
     pub dpop_nonce: bool,
     /// Issuers whose JWT assertions the JWT-bearer grant accepts (ID-JAG, workload identity).
     pub jwt_bearer: Vec<AssertionIssuer>,
+    /// Who may use the admin console, and the audit log it shows.
+    pub console: ConsoleConfig,
 }
 
 impl AuthServerConfig {
@@ -203,6 +207,7 @@ impl AuthServerConfig {
             key_encryption_key: None,
             dpop_nonce: false,
             jwt_bearer: Vec::new(),
+            console: ConsoleConfig::default(),
         }
     }
 
@@ -456,7 +461,21 @@ impl AuthServer {
             .route(&p("/token"), post(token::token))
             .route(&p("/revoke"), post(token::revoke))
             .route(&p("/introspect"), post(token::introspect))
-            .route(&p("/register"), post(register::register));
+            .route(&p("/register"), post(register::register))
+            .route(
+                &p("/account/signin"),
+                get(console::signin_form).post(console::signin),
+            )
+            .route(&p("/account/signout"), post(console::signout))
+            .route(
+                &p("/account"),
+                get(console::account).post(console::account_revoke),
+            )
+            .route(&p("/admin"), get(console::admin_home))
+            .route(
+                &p("/admin/{section}"),
+                get(console::admin_section).post(console::admin_action),
+            );
         for path in metadata::well_known_paths(&self.inner.cfg.issuer) {
             r = r.route(&path, get(metadata::metadata));
         }

@@ -307,6 +307,7 @@ async fn register_inner(
         application_type: Some(application_type.to_owned()),
         metadata: serde_json::Value::Object(kept),
         created_at: now,
+        disabled: false,
     };
     s.inner.store.insert_client(&record).await?;
     tracing::info!(client_id = %client_id, name = client_name.as_deref().unwrap_or("-"), "registered client (DCR)");

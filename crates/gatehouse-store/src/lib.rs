@@ -123,6 +123,7 @@ macro_rules! with_tx {
     };
 }
 
+mod console;
 mod ops;
 
 impl Store {

@@ -34,6 +34,7 @@ pub(crate) struct ClientRow {
     pub(crate) application_type: Option<String>,
     pub(crate) metadata: String,
     pub(crate) created_at: i64,
+    pub(crate) disabled_at: Option<i64>,
 }
 
 impl TryFrom<ClientRow> for ClientRecord {
@@ -61,6 +62,7 @@ impl TryFrom<ClientRow> for ClientRecord {
             scope: r.scope,
             application_type: r.application_type,
             created_at: r.created_at,
+            disabled: r.disabled_at.is_some(),
         })
     }
 }
@@ -96,7 +98,7 @@ struct ConsentRow {
     granted_at: i64,
 }
 
-pub(crate) const CLIENT_COLS: &str = "client_id, secret_hash, auth_method, redirect_uris, grant_types, client_name, scope, source, application_type, metadata, created_at";
+pub(crate) const CLIENT_COLS: &str = "client_id, secret_hash, auth_method, redirect_uris, grant_types, client_name, scope, source, application_type, metadata, created_at, disabled_at";
 
 /// Whether a presented refresh token may rotate: a fresh one always; a rotated one once more
 /// within `grace` seconds (racing refreshes), and only while neither that grace use nor its

@@ -44,6 +44,8 @@ pub struct ClientRecord {
     /// The full registration metadata as received.
     pub metadata: serde_json::Value,
     pub created_at: i64,
+    /// Disabled by an administrator: it gets no authorization and no token until enabled.
+    pub disabled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,4 +252,31 @@ pub enum DevicePoll {
     Revoked,
     /// No such code, or another client's.
     Unknown,
+}
+
+/// One app a user approved, as their account page and the console show it: a remembered consent
+/// or live grants (or both) of one client for one resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovedApp {
+    pub client_id: String,
+    pub resource: String,
+    /// The scopes consented to and held by live grants, space-separated.
+    pub scope: String,
+    pub granted_at: i64,
+    /// When a token was last issued for it (code redeemed or refresh token rotated).
+    pub last_used_at: Option<i64>,
+    /// Grants not revoked.
+    pub live_grants: i64,
+}
+
+/// A console action, for the audit trail (never a secret).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AdminEvent {
+    pub event_id: String,
+    pub at: i64,
+    /// The administrator (subject) who acted.
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
 }

@@ -230,6 +230,7 @@ pub(crate) fn get_client(c: &Connection, client_id: &str) -> rusqlite::Result<Op
             application_type: r.get(8)?,
             metadata: r.get(9)?,
             created_at: r.get(10)?,
+            disabled_at: r.get(11)?,
         })
     })
     .optional()

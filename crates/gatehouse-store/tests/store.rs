@@ -18,6 +18,7 @@ fn client(id: &str) -> ClientRecord {
         application_type: Some("native".into()),
         metadata: serde_json::json!({"client_name": "Test client"}),
         created_at: NOW,
+        disabled: false,
     }
 }
 
@@ -301,6 +302,7 @@ async fn unused_registrations_expire(s: &Store) {
         s.insert_client(&ClientRecord {
             source,
             created_at: NOW - 10,
+            disabled: false,
             ..client(id)
         })
         .await
@@ -1009,6 +1011,241 @@ async fn device_codes_answer_once_pace_polls_and_issue_once(s: &Store) {
     ));
 }
 
+/// Issue 18 (CO-3): what the console and the account page read and change, on both backends.
+async fn console_operations(s: &Store) {
+    // A disabled client is read as disabled; disabling revokes its grants and consents;
+    // enabling does not bring them back.
+    s.insert_client(&ClientRecord {
+        secret_hash: Some("old-hash".into()),
+        auth_method: "client_secret_basic".into(),
+        ..client("con-c")
+    })
+    .await
+    .expect("client");
+    s.insert_grant(&GrantRecord {
+        client_id: "con-c".into(),
+        subject: "con-u".into(),
+        ..grant("con-g1")
+    })
+    .await
+    .expect("grant");
+    s.put_consent(&ConsentRecord {
+        subject: "con-u".into(),
+        client_id: "con-c".into(),
+        resource: "https://mcp.example.com/mcp".into(),
+        scope: "mcp:basic".into(),
+        redirect_uris: vec![],
+        granted_at: NOW,
+    })
+    .await
+    .expect("consent");
+    assert_eq!(s.approved_apps("con-u").await.expect("apps").len(), 1);
+    assert!(
+        s.set_client_disabled("con-c", true, NOW + 1)
+            .await
+            .expect("disable")
+    );
+    assert!(
+        s.get_client("con-c")
+            .await
+            .expect("get")
+            .expect("kept")
+            .disabled
+    );
+    assert_eq!(
+        s.get_grant("con-g1")
+            .await
+            .expect("g")
+            .expect("g")
+            .revoked_at,
+        Some(NOW + 1)
+    );
+    assert!(s.approved_apps("con-u").await.expect("apps").is_empty());
+    assert!(
+        s.set_client_disabled("con-c", false, NOW + 2)
+            .await
+            .expect("enable")
+    );
+    assert!(
+        !s.get_client("con-c")
+            .await
+            .expect("get")
+            .expect("kept")
+            .disabled
+    );
+    assert!(
+        !s.set_client_disabled("no-such", true, NOW)
+            .await
+            .expect("db")
+    );
+    // A secret is replaced only where there is one.
+    assert!(
+        s.set_client_secret("con-c", "new-hash")
+            .await
+            .expect("rotate")
+    );
+    assert_eq!(
+        s.get_client("con-c")
+            .await
+            .expect("get")
+            .expect("c")
+            .secret_hash
+            .as_deref(),
+        Some("new-hash")
+    );
+    s.insert_client(&client("con-public"))
+        .await
+        .expect("client");
+    assert!(!s.set_client_secret("con-public", "x").await.expect("db"));
+    assert_eq!(
+        s.get_client("con-public")
+            .await
+            .expect("get")
+            .expect("c")
+            .secret_hash,
+        None
+    );
+
+    // Approved apps: a consent and live grants of one client and resource are one entry with
+    // the scopes of both; last use is the newest rotation of the grant's refresh tokens.
+    let res = "https://mcp.example.com/mcp";
+    s.put_consent(&ConsentRecord {
+        subject: "con-v".into(),
+        client_id: "con-public".into(),
+        resource: res.into(),
+        scope: "mcp:basic".into(),
+        redirect_uris: vec!["http://127.0.0.1/callback".into()],
+        granted_at: NOW,
+    })
+    .await
+    .expect("consent");
+    s.insert_grant_with_code(
+        &GrantRecord {
+            client_id: "con-public".into(),
+            subject: "con-v".into(),
+            scope: "mcp:basic offline_access".into(),
+            created_at: NOW + 5,
+            ..grant("con-g2")
+        },
+        &CodeRecord {
+            client_id: "con-public".into(),
+            subject: "con-v".into(),
+            ..code("con-h2", "con-g2", NOW + 60)
+        },
+    )
+    .await
+    .expect("grant");
+    s.redeem_code::<()>("con-h2", NOW + 6, |c| {
+        Ok(Some(refresh("con-r1", &c.grant_id)))
+    })
+    .await
+    .expect("db")
+    .expect("fresh");
+    s.rotate_refresh::<()>("con-r1", NOW + 100, 5, |o| {
+        Ok(refresh("con-r2", &o.grant_id))
+    })
+    .await
+    .expect("db")
+    .expect("rotated");
+    // Another resource of the same client is another entry.
+    s.insert_grant(&GrantRecord {
+        client_id: "con-public".into(),
+        subject: "con-v".into(),
+        resource: "https://other.example.com/mcp".into(),
+        created_at: NOW + 7,
+        ..grant("con-g3")
+    })
+    .await
+    .expect("grant");
+    let apps = s.approved_apps("con-v").await.expect("apps");
+    assert_eq!(apps.len(), 2, "{apps:?}");
+    assert_eq!(apps[0].resource, res, "most recently used first");
+    assert_eq!(apps[0].scope, "mcp:basic offline_access");
+    assert_eq!(apps[0].granted_at, NOW);
+    assert_eq!(apps[0].last_used_at, Some(NOW + 100));
+    assert_eq!(apps[0].live_grants, 1);
+    assert_eq!(apps[1].last_used_at, Some(NOW + 7));
+    // Revoking one app ends its consent and grants only.
+    assert_eq!(
+        s.revoke_approval("con-v", "con-public", res, NOW + 200)
+            .await
+            .expect("revoke"),
+        1
+    );
+    assert!(
+        s.get_consent("con-v", "con-public", res)
+            .await
+            .expect("db")
+            .is_none()
+    );
+    assert_eq!(
+        s.get_grant("con-g2")
+            .await
+            .expect("g")
+            .expect("g")
+            .revoked_at,
+        Some(NOW + 200)
+    );
+    assert_eq!(
+        s.get_grant("con-g3")
+            .await
+            .expect("g")
+            .expect("g")
+            .revoked_at,
+        None
+    );
+    let apps = s.approved_apps("con-v").await.expect("apps");
+    assert_eq!(apps.len(), 1);
+    assert_eq!(apps[0].resource, "https://other.example.com/mcp");
+    assert!(
+        s.list_consents()
+            .await
+            .expect("list")
+            .iter()
+            .all(|c| c.subject != "con-v")
+    );
+
+    // Sessions: expired ones are not listed.
+    for (id, exp) in [("con-s1", NOW + 3600), ("con-s2", NOW - 1)] {
+        s.insert_session(&SessionRecord {
+            id_hash: id.into(),
+            subject: "con-v".into(),
+            auth_time: NOW - 10,
+            expires_at: exp,
+            claims: None,
+        })
+        .await
+        .expect("session");
+    }
+    let live: Vec<String> = s
+        .list_sessions(NOW)
+        .await
+        .expect("sessions")
+        .into_iter()
+        .map(|x| x.id_hash)
+        .collect();
+    assert!(live.contains(&"con-s1".to_owned()) && !live.contains(&"con-s2".to_owned()));
+
+    // Console actions, newest first.
+    for (i, action) in ["client.add", "client.disable"].into_iter().enumerate() {
+        s.insert_admin_event(&AdminEvent {
+            event_id: format!("{i:020}-x"),
+            at: NOW,
+            actor: "admin".into(),
+            action: action.into(),
+            target: "con-c".into(),
+            detail: String::new(),
+        })
+        .await
+        .expect("event");
+    }
+    let ev = s.admin_events(10).await.expect("events");
+    assert_eq!(
+        ev.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        ["client.disable", "client.add"]
+    );
+}
+
 async fn suite(s: Store) {
     clients_and_users(&s).await;
     consent_is_per_client(&s).await;
@@ -1023,6 +1260,7 @@ async fn suite(s: Store) {
     keys_sessions_pending(&s).await;
     deleting_revokes(&s).await;
     device_codes_answer_once_pace_polls_and_issue_once(&s).await;
+    console_operations(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

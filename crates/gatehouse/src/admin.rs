@@ -313,6 +313,7 @@ async fn run_inner(args: AdminArgs) -> Result<(), String> {
                             m
                         },
                         created_at: now,
+                        disabled: false,
                     })
                     .await
                     .map_err(|e| e.to_string())?;
@@ -325,11 +326,12 @@ async fn run_inner(args: AdminArgs) -> Result<(), String> {
             ClientsCommand::List => {
                 for c in store.list_clients().await.map_err(|e| e.to_string())? {
                     println!(
-                        "{}\t{}\t{}\t{}",
+                        "{}\t{}\t{}\t{}{}",
                         c.client_id,
                         c.source.as_str(),
                         c.client_name.unwrap_or_default(),
-                        c.redirect_uris.join(" ")
+                        c.redirect_uris.join(" "),
+                        if c.disabled { "\tdisabled" } else { "" }
                     );
                 }
             }

@@ -542,6 +542,24 @@ pub(crate) struct AuthServerSection {
     /// (`id_jag:`) and workload platforms' tokens (`workload:`).
     #[serde(default)]
     pub(crate) jwt_bearer: Vec<JwtBearerIssuerSection>,
+    /// Who may use the admin console at `/admin` (everyone else gets 403).
+    #[serde(default)]
+    pub(crate) admin: AdminSection,
+}
+
+/// The admin console's administrators.
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdminSection {
+    /// Local user names (subjects) that are administrators.
+    #[serde(default)]
+    pub(crate) users: Vec<String>,
+    /// Groups from single sign-on (the `groups` claim) whose members are administrators.
+    #[serde(default)]
+    pub(crate) groups: Vec<String>,
+    /// An administrator must have signed in within this many seconds; default 3600.
+    #[serde(default)]
+    pub(crate) max_age_seconds: Option<i64>,
 }
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]

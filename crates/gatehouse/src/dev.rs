@@ -47,13 +47,16 @@ pub(crate) fn run_embedded(listen: SocketAddr, data_dir: &str) -> ExitCode {
             Ok(s) => s,
             Err(e) => return fail(e),
         };
-        let cfg = AuthServerConfig::new(
+        let username = std::env::var("GATEHOUSE_DEV_USER").unwrap_or_else(|_| "dev".into());
+        let mut cfg = AuthServerConfig::new(
             issuer.clone(),
             vec![ResourceEntry {
                 resource: resource.clone(),
                 scopes,
             }],
         );
+        // The dev user may try the admin console.
+        cfg.console.admin_users = vec![username.clone()];
         let fetcher = match Fetcher::new(FetchPolicy::default()) {
             Ok(f) => f,
             Err(e) => return fail(e),
@@ -65,7 +68,6 @@ pub(crate) fn run_embedded(listen: SocketAddr, data_dir: &str) -> ExitCode {
         };
         server.spawn_maintenance(std::time::Duration::from_secs(60));
         server.spawn_revocation_feed(std::time::Duration::from_secs(1));
-        let username = std::env::var("GATEHOUSE_DEV_USER").unwrap_or_else(|_| "dev".into());
         let (password, shown) = match std::env::var("GATEHOUSE_DEV_PASSWORD") {
             Ok(p) if !p.is_empty() => (p, "(from GATEHOUSE_DEV_PASSWORD)".to_owned()),
             _ => {
@@ -91,6 +93,7 @@ pub(crate) fn run_embedded(listen: SocketAddr, data_dir: &str) -> ExitCode {
         let banner = vec![
             format!("  authorization server {issuer} (embedded; SQLite {})", db.display()),
             format!("  sign in as          {username} / {shown}"),
+            format!("  admin console       {issuer_s}/admin   (your apps: {issuer_s}/account)"),
             "  registration        dynamic registration on; client ID metadata documents on; loopback redirects allowed".into(),
             String::new(),
             format!("  MCP Inspector:  npx @modelcontextprotocol/inspector   (Streamable HTTP, URL {resource})"),

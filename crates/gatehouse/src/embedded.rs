@@ -115,6 +115,16 @@ pub(crate) async fn build(
     ac.local_login = section.local_login;
     ac.dpop_nonce = section.dpop_nonce;
     ac.jwt_bearer = jwt_bearer_issuers(section)?;
+    ac.console = gatehouse_server::ConsoleConfig {
+        admin_users: section.admin.users.clone(),
+        admin_groups: section.admin.groups.clone(),
+        admin_max_age_secs: section.admin.max_age_seconds.unwrap_or(3600).max(60),
+        audit: cfg
+            .gateway
+            .as_ref()
+            .and_then(|g| g.audit_log.clone())
+            .map(|path| Arc::new(crate::audit_view::AuditFile { path }) as _),
+    };
     ac.key_encryption_key = section
         .key_encryption_key
         .as_ref()
@@ -168,6 +178,7 @@ pub(crate) async fn build(
                     application_type: Some("web".into()),
                     metadata: serde_json::json!({}),
                     created_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+                    disabled: false,
                 })
                 .await
                 .map_err(|e| format!("authorization_server.database: {e}"))?;

@@ -3,6 +3,7 @@
 
 mod admin;
 mod app;
+mod audit_view;
 mod client;
 mod config;
 mod demo;
