@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use subtle::ConstantTimeEq;
 
-const PENDING_TTL: i64 = 600;
+pub(crate) const PENDING_TTL: i64 = 600;
 /// Redirect URIs remembered per consent (native clients pick a new loopback port per login).
 const MAX_REMEMBERED_REDIRECTS: usize = 8;
 
@@ -434,6 +434,34 @@ impl AuthServer {
         pending_id: &str,
         csrf: &str,
     ) -> Result<(Pending, ClientRecord), Response> {
+        let rec = self.verified_pending_record(jar, pending_id, csrf).await?;
+        // A console sign-in's record is not an authorization request.
+        let p: Pending = serde_json::from_str(&rec.request).map_err(|_| {
+            error_page(
+                StatusCode::BAD_REQUEST,
+                "This is not an authorization request.",
+            )
+        })?;
+        let client = match self.find_client(&p.client_id).await {
+            Ok(Some(c)) => c,
+            _ => {
+                return Err(error_page(
+                    StatusCode::BAD_REQUEST,
+                    "The application is no longer registered.",
+                ));
+            }
+        };
+        Ok((p, client))
+    }
+
+    /// A pending sign-in (an authorization request or a console sign-in) posted by the browser
+    /// it is bound to, with its CSRF token.
+    pub(crate) async fn verified_pending_record(
+        &self,
+        jar: &CookieJar,
+        pending_id: &str,
+        csrf: &str,
+    ) -> Result<PendingRecord, Response> {
         let now = self.inner.clock.now_unix();
         let expired = || {
             error_page(
@@ -463,18 +491,24 @@ impl AuthServer {
         if !bound || !csrf_ok {
             return Err(expired());
         }
-        let p: Pending = serde_json::from_str(&rec.request)
-            .map_err(|e| OAuthError::server_error(e).into_response())?;
-        let client = match self.find_client(&p.client_id).await {
-            Ok(Some(c)) => c,
-            _ => {
-                return Err(error_page(
-                    StatusCode::BAD_REQUEST,
-                    "The application is no longer registered.",
-                ));
+        Ok(rec)
+    }
+
+    /// This browser's binding cookie (made if missing): pending sign-ins are bound to its hash.
+    pub(crate) fn browser_binding(&self, jar: CookieJar) -> (CookieJar, String) {
+        match jar.get(&self.cookie_name("gh_bind")) {
+            Some(c) => {
+                let v = c.value().to_owned();
+                (jar, v)
             }
-        };
-        Ok((p, client))
+            None => {
+                let v = random_token();
+                (
+                    jar.add(self.cookie("gh_bind", v.clone(), PENDING_TTL * 6)),
+                    v,
+                )
+            }
+        }
     }
 }
 
@@ -666,17 +700,7 @@ impl AuthServer {
         session: Option<&Session>,
         now: i64,
     ) -> Response {
-        let bind_name = self.cookie_name("gh_bind");
-        let (jar, binding) = match jar.get(&bind_name) {
-            Some(c) => (jar.clone(), c.value().to_owned()),
-            None => {
-                let v = random_token();
-                (
-                    jar.add(self.cookie("gh_bind", v.clone(), PENDING_TTL * 6)),
-                    v,
-                )
-            }
-        };
+        let (jar, binding) = self.browser_binding(jar);
         let pending_id = random_token();
         let csrf = random_token();
         let rec = PendingRecord {

@@ -19,7 +19,7 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::cookie::CookieJar;
 use gatehouse_core::{RedirectUri, ScopeSet};
-use gatehouse_store::{AdminEvent, ClientRecord, ClientSource, UserRecord};
+use gatehouse_store::{AdminEvent, ClientRecord, ClientSource, PendingRecord, UserRecord};
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -85,7 +85,7 @@ pub struct AuditEntry {
 }
 
 /// Where to go after signing in: only these (no open redirect).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Next {
     Account,
@@ -99,6 +99,14 @@ impl Next {
             Next::Admin => "admin",
         }
     }
+}
+
+/// What a pending record holds for a console sign-in through single sign-on (an authorization
+/// request holds a `Pending`, which has no `console` field).
+#[derive(Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConsoleSignin {
+    pub(crate) console: Next,
 }
 
 /// A signed-in browser with the CSRF token its forms carry.
@@ -246,6 +254,8 @@ struct SigninPage<'a> {
     error: Option<&'a str>,
     local: bool,
     issuer: &'a str,
+    /// Single sign-on: (button text, form action, pending id, its CSRF token).
+    sso: Option<(String, String, String, String)>,
 }
 
 #[derive(Deserialize)]
@@ -254,7 +264,7 @@ pub(crate) struct NextQuery {
 }
 
 impl AuthServer {
-    fn signin_page(
+    async fn signin_page(
         &self,
         jar: CookieJar,
         status: StatusCode,
@@ -264,6 +274,35 @@ impl AuthServer {
         // Login CSRF: the form is good only with the cookie set alongside it.
         let token = random_token();
         let jar = jar.add(self.cookie("gh_signin", token.clone(), 1800));
+        // Single sign-on goes through a pending sign-in bound to this browser, like an
+        // authorization request's (the identity provider's answer must come back here).
+        let (jar, sso) = match &self.inner.cfg.upstream {
+            None => (jar, None),
+            Some(idp) => {
+                let (jar, binding) = self.browser_binding(jar);
+                let (pending_id, csrf) = (random_token(), random_token());
+                let rec = PendingRecord {
+                    id_hash: sha256_hex(&pending_id),
+                    request: serde_json::to_string(&ConsoleSignin { console: next })
+                        .unwrap_or_default(),
+                    binding_hash: sha256_hex(&binding),
+                    csrf_hash: sha256_hex(&csrf),
+                    expires_at: self.inner.clock.now_unix() + crate::authorize::PENDING_TTL,
+                };
+                if let Err(e) = self.inner.store.insert_pending(&rec).await {
+                    return OAuthError::from(e).into_response();
+                }
+                (
+                    jar,
+                    Some((
+                        format!("Sign in with {}", idp.display_name),
+                        self.inner.cfg.endpoint("/login/upstream"),
+                        pending_id,
+                        csrf,
+                    )),
+                )
+            }
+        };
         let action = self.inner.cfg.endpoint("/account/signin");
         (
             jar,
@@ -276,12 +315,41 @@ impl AuthServer {
                     error,
                     local: self.inner.cfg.local_login,
                     issuer: self.inner.cfg.issuer.as_str(),
+                    sso,
                 }
                 .render(),
                 None,
             ),
         )
             .into_response()
+    }
+
+    /// After signing in (password or single sign-on): a new session, then where the user was
+    /// going. The old session, if any, ends (no fixation).
+    pub(crate) async fn finish_console_signin(
+        &self,
+        jar: CookieJar,
+        subject: String,
+        claims: Option<String>,
+        next: Next,
+    ) -> Response {
+        if let Some(old) = jar.get(&self.cookie_name("gh_session")) {
+            let _ = self
+                .inner
+                .store
+                .delete_session(&sha256_hex(old.value()))
+                .await;
+        }
+        let jar = jar.remove(self.cookie("gh_signin", String::new(), 0));
+        let (jar, _) = match self.start_session(jar, subject, claims).await {
+            Ok(x) => x,
+            Err(e) => return e.into_response(),
+        };
+        let to = self.inner.cfg.endpoint(match next {
+            Next::Account => "/account",
+            Next::Admin => "/admin",
+        });
+        (jar, Redirect::to(&to)).into_response()
     }
 }
 
@@ -292,6 +360,7 @@ pub(crate) async fn signin_form(
     Query(q): Query<NextQuery>,
 ) -> Response {
     s.signin_page(jar, StatusCode::OK, q.next.unwrap_or(Next::Account), None)
+        .await
 }
 
 #[derive(Deserialize)]
@@ -321,12 +390,14 @@ pub(crate) async fn signin(
         .get(&s.cookie_name("gh_signin"))
         .is_some_and(|c| ct_eq(c.value(), &f.csrf));
     if !bound {
-        return s.signin_page(
-            jar,
-            StatusCode::BAD_REQUEST,
-            f.next,
-            Some("This sign-in form expired. Try again."),
-        );
+        return s
+            .signin_page(
+                jar,
+                StatusCode::BAD_REQUEST,
+                f.next,
+                Some("This sign-in form expired. Try again."),
+            )
+            .await;
     }
     if !s.inner.cfg.local_login {
         return s.console_error(
@@ -347,15 +418,17 @@ pub(crate) async fn signin(
         Ok(Ok(ok)) => ok,
         Ok(Err(Throttled::Wait(secs))) => {
             metrics::counter!("gatehouse_as_logins_total", "outcome" => "throttled").increment(1);
-            let mut r = s.signin_page(
-                jar,
-                StatusCode::TOO_MANY_REQUESTS,
-                f.next,
-                Some(&format!(
-                    "Too many failed sign-ins. Try again in {} minutes.",
-                    (secs + 59) / 60
-                )),
-            );
+            let mut r = s
+                .signin_page(
+                    jar,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    f.next,
+                    Some(&format!(
+                        "Too many failed sign-ins. Try again in {} minutes.",
+                        (secs + 59) / 60
+                    )),
+                )
+                .await;
             if let Ok(v) = http::HeaderValue::from_str(&secs.to_string()) {
                 r.headers_mut().insert(http::header::RETRY_AFTER, v);
             }
@@ -363,12 +436,14 @@ pub(crate) async fn signin(
         }
         Ok(Err(Throttled::Busy)) => {
             metrics::counter!("gatehouse_as_logins_total", "outcome" => "busy").increment(1);
-            return s.signin_page(
-                jar,
-                StatusCode::SERVICE_UNAVAILABLE,
-                f.next,
-                Some("The server is busy. Try again in a moment."),
-            );
+            return s
+                .signin_page(
+                    jar,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    f.next,
+                    Some("The server is busy. Try again in a moment."),
+                )
+                .await;
         }
         Err(e) => return e.into_response(),
     };
@@ -380,32 +455,22 @@ pub(crate) async fn signin(
                 Some(u) => tracing::info!(username = %u.username, "failed console sign-in"),
                 None => tracing::info!("failed console sign-in (no such account)"),
             }
-            return s.signin_page(
-                jar,
-                StatusCode::UNAUTHORIZED,
-                f.next,
-                Some("Wrong user name or password."),
-            );
+            return s
+                .signin_page(
+                    jar,
+                    StatusCode::UNAUTHORIZED,
+                    f.next,
+                    Some("Wrong user name or password."),
+                )
+                .await;
         }
     };
     if let Err(e) = s.inner.store.clear_throttle(&keys.0).await {
         return OAuthError::from(e).into_response();
     }
     metrics::counter!("gatehouse_as_logins_total", "outcome" => "success").increment(1);
-    // A new session id on every sign-in (no fixation); the old session, if any, is ended.
-    if let Some(old) = jar.get(&s.cookie_name("gh_session")) {
-        let _ = s.inner.store.delete_session(&sha256_hex(old.value())).await;
-    }
-    let jar = jar.remove(s.cookie("gh_signin", String::new(), 0));
-    let (jar, _) = match s.start_session(jar, user.subject, None).await {
-        Ok(x) => x,
-        Err(e) => return e.into_response(),
-    };
-    let to = s.inner.cfg.endpoint(match f.next {
-        Next::Account => "/account",
-        Next::Admin => "/admin",
-    });
-    (jar, Redirect::to(&to)).into_response()
+    s.finish_console_signin(jar, user.subject, None, f.next)
+        .await
 }
 
 #[derive(Deserialize)]

@@ -57,7 +57,8 @@ pub(crate) async fn start(
     let Some(idp) = s.inner.cfg.upstream.clone() else {
         return error_page(StatusCode::NOT_FOUND, "Single sign-on is not configured.");
     };
-    if let Err(r) = s.verified_pending(&jar, &f.pending, &f.csrf).await {
+    // An authorization request's sign-in, or the console's.
+    if let Err(r) = s.verified_pending_record(&jar, &f.pending, &f.csrf).await {
         return r;
     }
     let meta = match gatehouse_tokens::discover(&s.inner.fetcher, &idp.issuer).await {
@@ -267,6 +268,23 @@ async fn callback_inner(
             extra.insert(k.into(), v.into());
         }
     }
+    let claims = (!extra.is_empty()).then(|| serde_json::Value::Object(extra.clone()).to_string());
+    // A sign-in to the console or the account page: a session, then where it was going.
+    if let Ok(c) = serde_json::from_str::<crate::console::ConsoleSignin>(&pending.request) {
+        if !s
+            .inner
+            .store
+            .take_pending(&login.pending_hash)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            return Err("This sign-in request was already used.".into());
+        }
+        tracing::info!(subject = %subject, idp = %idp.issuer, "signed in to the console through the identity provider");
+        return Ok(s
+            .finish_console_signin(jar, subject, claims, c.console)
+            .await);
+    }
     // The pending authorization continues under a fresh id and CSRF token.
     let p: Pending = serde_json::from_str(&pending.request).map_err(|e| e.to_string())?;
     let client = s
@@ -296,7 +314,6 @@ async fn callback_inner(
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(subject = %subject, idp = %idp.issuer, "signed in through the identity provider");
-    let claims = (!extra.is_empty()).then(|| serde_json::Value::Object(extra).to_string());
     Ok(
         s.finish_login(jar, &p, &client, &pending_id, &csrf, subject, claims)
             .await,

@@ -30,8 +30,10 @@ fn setup(local_login: bool) -> Setup {
     std::fs::write(
         &cfg,
         format!(
-            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: sqlite://{}/as.db\n  local_login: {local_login}\n  upstream:\n    issuer: '{idp_url}'\n    client_id: gatehouse-upstream\n    client_secret: ${{env:GH_TEST_IDP_SECRET}}\n    scopes: openid email groups\n    groups_claim: groups\n    name: Example Corp SSO\ndangerous:\n  allow_loopback_fetch: ['127.0.0.1:{as_port}']\n",
-            dir.display()
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: sqlite://{}/as.db\n  local_login: {local_login}\n  upstream:\n    issuer: '{idp_url}'\n    client_id: gatehouse-upstream\n    client_secret: ${{env:GH_TEST_IDP_SECRET}}\n    scopes: openid email groups\n    groups_claim: groups\n    name: Example Corp SSO\n  admin:\n    groups: [{admin_group}]\ndangerous:\n  allow_loopback_fetch: ['127.0.0.1:{as_port}']\n",
+            dir.display(),
+            // Every user of the test IdP is in `engineering` and `staff`.
+            admin_group = if local_login { "staff" } else { "auditors" },
         ),
     )
     .expect("config");
@@ -135,6 +137,70 @@ async fn through_idp(s: &Setup, b: &mut Browser, login: &Page, user: &str) -> St
         page = b.post_form(&target, &form).await;
     }
     panic!("never came back from the IdP");
+}
+
+/// CO-1 with single sign-on: the console's sign-in page offers the identity provider; a user in
+/// an administrators' group (`admin.groups`, from the IdP's groups claim) gets the console, one
+/// who is not gets 403; the callback is single use and bound to the browser, as for authorization.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn co1_console_sign_in_through_the_idp_admits_by_group() {
+    for (local, admitted) in [(true, true), (false, false)] {
+        let s = setup(local);
+        let mut b = Browser::new();
+        let r = b.get(&format!("{}/admin", s.base)).await;
+        assert_eq!(r.status, 303);
+        let page = b.get(&r.location().expect("to sign-in")).await;
+        assert_eq!(page.status, 200);
+        assert!(
+            page.body.contains("Sign in with Example Corp SSO"),
+            "{}",
+            page.body
+        );
+        assert_eq!(page.body.contains("type=\"password\""), local);
+        let callback = through_idp(&s, &mut b, &page, "dana").await;
+        let back = b.get(&callback).await;
+        assert_eq!(back.status, 303, "{}", back.body);
+        assert_eq!(back.location(), Some(format!("{}/admin", s.base)));
+        let admin = b.get(&format!("{}/admin", s.base)).await;
+        if admitted {
+            assert_eq!(admin.status, 200, "{}", admin.body);
+            assert!(admin.body.contains("sso:dana"), "{}", admin.body);
+        } else {
+            assert_eq!(admin.status, 403, "not in auditors: {}", admin.body);
+        }
+        let account = b.get(&format!("{}/account", s.base)).await;
+        assert_eq!(account.status, 200);
+        assert!(
+            account
+                .body
+                .contains("Signed in as <strong>sso:dana</strong>")
+        );
+        assert_eq!(b.get(&callback).await.status, 400, "single use");
+        let stolen = Browser::new().get(&callback).await;
+        assert_eq!(stolen.status, 400, "{}", stolen.body);
+        // A console sign-in's pending record is not an authorization request: posting it to
+        // the login form does nothing.
+        let mut b2 = Browser::new();
+        let page = b2
+            .get(&format!("{}/account/signin?next=admin", s.base))
+            .await;
+        let (p, c) = (
+            page.field("pending").expect("p"),
+            page.field("csrf").expect("c"),
+        );
+        let r = b2
+            .post_form(
+                &format!("{}/consent", s.base),
+                &[("pending", &p), ("csrf", &c), ("decision", "approve")],
+            )
+            .await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(
+            r.body.contains("not an authorization request"),
+            "{}",
+            r.body
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
