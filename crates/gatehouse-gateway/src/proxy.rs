@@ -328,13 +328,23 @@ impl Proxy {
         };
         // 3. Every message screened on its own.
         let policies = self.inner.policy.current();
-        let mut screened = authorize::screen(
-            &policies,
-            &caller,
-            self.inner.name.as_str(),
-            &peek,
-            &self.inner.messages,
+        let span = tracing::debug_span!(
+            "policy.evaluate",
+            otel.kind = "internal",
+            messages = peek.messages.len(),
+            cleared = tracing::field::Empty,
         );
+        let mut screened = span.in_scope(|| {
+            authorize::screen(
+                &policies,
+                &caller,
+                self.inner.name.as_str(),
+                &peek,
+                &self.inner.messages,
+            )
+        });
+        span.record("cleared", screened.cleared().len());
+        drop(span);
         if let Some(needs) = screened.needs_scopes() {
             let extra = serde_json::json!({ "needs": needs });
             for m in &peek.messages {
@@ -588,20 +598,39 @@ impl Proxy {
             Session::Http(s) => Some(s),
             _ => None,
         };
+        let span = tracing::debug_span!(
+            "upstream.call",
+            otel.kind = "client",
+            upstream = self.inner.name.as_str(),
+            server.address = url.host_str().unwrap_or_default(),
+            http.request.method = parts.method.as_str(),
+            http.response.status_code = tracing::field::Empty,
+        );
+        // With exported traces the upstream's parent is this span (GW-T1 otherwise).
+        let traced = crate::trace::otel_traceparent(&span).map(|tp| {
+            let mut h = parts.headers.clone();
+            h.insert("traceparent", tp);
+            h
+        });
         let request = UpstreamRequest::new(
             permit,
             &parts.method,
             url,
-            &parts.headers,
+            traced.as_ref().unwrap_or(&parts.headers),
             &creds,
             session.version(),
         );
-        let mut result = request
-            .send(
+        let mut result = tracing::Instrument::instrument(
+            request.send(
                 &self.inner.http,
                 http_session.map(|s| s.upstream()).as_deref(),
-            )
-            .await;
+            ),
+            span.clone(),
+        )
+        .await;
+        if let Ok(r) = &result {
+            span.record("http.response.status_code", r.status().as_u16());
+        }
         // The upstream forgot the session (restart, expiry): open a new one with the caller's
         // original initialize, then retry once. The caller keeps its session id.
         if let (Ok(r), Some(s)) = (&result, http_session)

@@ -3,7 +3,32 @@
 //! `tracestate` passes on; an invalid or missing one starts a new trace. Either way the
 //! upstream gets a `traceparent` and the audit record names the trace id, so a call can be
 //! followed from client to gateway to upstream.
+//!
+//! When traces are exported (OpenTelemetry), the request's span already continues the caller's
+//! trace: its trace id is the one audited, and the upstream's `traceparent` names the span of
+//! the upstream call, so the exported spans and the upstream's join up.
 use http::{HeaderMap, HeaderValue};
+use opentelemetry::trace::TraceContextExt;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The OpenTelemetry ids of `span` (trace id, span id, flags) when traces are exported.
+fn otel_ids(span: &tracing::Span) -> Option<(String, String, String)> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| {
+        (
+            sc.trace_id().to_string(),
+            sc.span_id().to_string(),
+            format!("{:02x}", sc.trace_flags().to_u8()),
+        )
+    })
+}
+
+/// The `traceparent` naming `span`, when traces are exported.
+pub fn otel_traceparent(span: &tracing::Span) -> Option<HeaderValue> {
+    let (trace, id, flags) = otel_ids(span)?;
+    HeaderValue::from_str(&format!("00-{trace}-{id}-{flags}")).ok()
+}
 
 /// The trace a request belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,14 +61,25 @@ impl Trace {
             (Some(v), None) => v.to_str().ok().and_then(Self::parse),
             _ => None,
         };
+        let state = || {
+            h.get("tracestate")
+                .filter(|v| v.len() <= 512 && h.get_all("tracestate").iter().count() == 1)
+                .cloned()
+        };
+        // The request's exported span continued (or began) the trace already.
+        if let Some((trace_id, _, flags)) = otel_ids(&tracing::Span::current()) {
+            let state = parsed.filter(|(t, _)| *t == trace_id).and_then(|_| state());
+            return Self {
+                trace_id,
+                flags,
+                state,
+            };
+        }
         match parsed {
             Some((trace_id, flags)) => Self {
                 trace_id,
                 flags,
-                state: h
-                    .get("tracestate")
-                    .filter(|v| v.len() <= 512 && h.get_all("tracestate").iter().count() == 1)
-                    .cloned(),
+                state: state(),
             },
             None => Self {
                 trace_id: random_trace_id(),

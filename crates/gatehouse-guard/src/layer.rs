@@ -276,14 +276,38 @@ impl GuardInner {
         let Some((token, scheme)) = token else {
             return Err((GuardError::NoCredentials, None));
         };
+        // A span for the trace exporter (DEBUG: not in the default log); never the token.
+        let span = tracing::debug_span!(
+            "token.validate",
+            otel.kind = "internal",
+            auth.scheme = match scheme {
+                Scheme::Bearer => "Bearer",
+                Scheme::Dpop => "DPoP",
+            },
+            outcome = tracing::field::Empty,
+        );
         let principal = match scheme {
-            Scheme::Bearer => self.authenticate(&token).await,
+            Scheme::Bearer => {
+                tracing::Instrument::instrument(self.authenticate(&token), span.clone()).await
+            }
             Scheme::Dpop => {
                 let (method, proof) = (req.method().as_str().to_owned(), dpop_header(&req));
-                self.authenticate_dpop(&method, proof, &token).await
+                tracing::Instrument::instrument(
+                    self.authenticate_dpop(&method, proof, &token),
+                    span.clone(),
+                )
+                .await
             }
-        }
-        .map_err(|e| (e, None))?;
+        };
+        span.record(
+            "outcome",
+            if principal.is_ok() {
+                "valid"
+            } else {
+                "refused"
+            },
+        );
+        let principal = principal.map_err(|e| (e, None))?;
         let mut who = Who {
             name: match &principal.source {
                 PrincipalSource::ApiKey { name } => format!("key:{name}"),

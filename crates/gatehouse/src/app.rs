@@ -32,6 +32,9 @@ pub(crate) struct App {
 /// limits), but no file is created and nothing the embedded authorization server lends is
 /// needed. Performs no network I/O.
 pub(crate) fn check(cfg: &Config) -> Result<(), String> {
+    if let Some(t) = &cfg.traces {
+        crate::telemetry::check(t)?;
+    }
     build_inner(cfg, false, None, None, true).map(|_| ())
 }
 

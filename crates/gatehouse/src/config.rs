@@ -113,6 +113,10 @@ pub(crate) struct Config {
     pub(crate) public_url: Option<String>,
     #[serde(default)]
     pub(crate) log: LogConfig,
+    /// Export traces (spans for each request, token validation, policy and upstream calls)
+    /// over OTLP.
+    #[serde(default)]
+    pub(crate) traces: Option<TracesSection>,
     #[serde(default)]
     pub(crate) mcp: McpConfig,
     pub(crate) guard: GuardSection,
@@ -695,8 +699,48 @@ pub(crate) struct ResourceSection {
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LogConfig {
+    /// One JSON object per line (never a secret) instead of text.
     #[serde(default)]
     pub(crate) json: bool,
+    /// `json` or `text` (the same as `json: true|false`).
+    #[serde(default)]
+    pub(crate) format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    Json,
+    Text,
+}
+
+impl LogConfig {
+    pub(crate) fn is_json(&self) -> bool {
+        match self.format {
+            Some(f) => f == LogFormat::Json,
+            None => self.json,
+        }
+    }
+}
+
+/// OpenTelemetry traces over OTLP/HTTP (protobuf).
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TracesSection {
+    /// The collector's OTLP/HTTP base URL (e.g. `http://127.0.0.1:4318`); spans go to
+    /// `<it>/v1/traces` unless it already ends so.
+    #[serde(deserialize_with = "env_expanded")]
+    pub(crate) otlp_endpoint: String,
+    /// `service.name` of the spans; default `gatehouse`.
+    #[serde(default)]
+    pub(crate) service_name: Option<String>,
+    /// The share of new traces recorded, 0.0 … 1.0 (default 1.0); a caller's sampled flag is
+    /// followed.
+    #[serde(default)]
+    pub(crate) sample_ratio: Option<f64>,
+    /// Extra headers for the collector (e.g. an API key through `${env:…}`).
+    #[serde(default)]
+    pub(crate) headers: HashMap<String, EnvString>,
 }
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]

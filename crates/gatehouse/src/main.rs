@@ -13,6 +13,7 @@ mod health;
 mod init;
 mod listener;
 mod plan;
+mod telemetry;
 mod tls;
 
 use clap::{Parser, Subcommand};
@@ -130,16 +131,8 @@ enum ApiKeyCommand {
 }
 
 fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
+    if let Err(e) = telemetry::init(json, None) {
+        eprintln!("warning: {e}");
     }
 }
 
@@ -253,11 +246,17 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_logging(cfg.log.json);
+            let traces = match telemetry::init(cfg.log.is_json(), cfg.traces.as_ref()) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let Some(rt) = runtime() else {
                 return ExitCode::FAILURE;
             };
-            rt.block_on(async move {
+            let code = rt.block_on(async move {
                 let revocations = std::sync::Arc::new(gatehouse_tokens::Revocations::new());
                 let embedded = match embedded::build(&cfg, &revocations).await {
                     Ok(e) => e,
@@ -267,7 +266,13 @@ fn main() -> ExitCode {
                     }
                 };
                 serve_app(cfg, false, None, embedded).await
-            })
+            });
+            // Outside the runtime: the exporter's blocking client flushes what is buffered.
+            drop(rt);
+            if let Some(t) = traces {
+                t.shutdown();
+            }
+            code
         }
         Command::Admin(args) => admin::run(args),
         Command::Login(args) => client::login(&args),
@@ -327,6 +332,7 @@ pub(crate) fn dev_config(listen: SocketAddr, issuer: Issuer) -> Result<Config, S
         listen,
         public_url: None,
         log: LogConfig::default(),
+        traces: None,
         mcp: McpConfig::default(),
         guard: GuardSection {
             authorization_servers: vec![IssuerEntry {
@@ -451,6 +457,11 @@ pub(crate) async fn serve_app(
             readiness.revocations = Some(e.revocations);
         }
         app.router = app.router.merge(health::router(readiness));
+        if cfg.traces.is_some() {
+            app.router = app
+                .router
+                .layer(axum::middleware::from_fn(telemetry::request_span));
+        }
         let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
             Ok(l) => l,
             Err(e) => {
