@@ -4,6 +4,7 @@
 mod admin;
 mod app;
 mod audit_view;
+mod check;
 mod client;
 mod config;
 mod demo;
@@ -80,6 +81,8 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Audit a deployed MCP server's authorization from outside and grade it.
+    Check(check::CheckArgs),
     /// Static API keys.
     Apikey {
         #[command(subcommand)]
@@ -275,6 +278,7 @@ fn main() -> ExitCode {
             code
         }
         Command::Admin(args) => admin::run(args),
+        Command::Check(args) => check::run(args),
         Command::Login(args) => client::login(&args),
         Command::Logout(args) => client::logout(&args),
         Command::Token(args) => client::token(&args),

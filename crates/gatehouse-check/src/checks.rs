@@ -1,0 +1,809 @@
+//! The checks. Each has a stable id (`DEFS`); a run reports every one of them: pass, fail, or
+//! skip with the reason (what it needs that was not given).
+use crate::probe::{Answer, Probe};
+use crate::{CheckError, Finding, Options, Severity, Status};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use gatehouse_core::challenge::Challenge;
+use serde_json::{Value, json};
+
+const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"gatehouse-check","version":"1"}}}"#;
+const LIST: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+/// An origin no deployment allows (`.invalid` never resolves, RFC 6761).
+const HOSTILE_ORIGIN: &str = "https://attacker.gatehouse-check.invalid";
+
+struct Def {
+    id: &'static str,
+    group: &'static str,
+    title: &'static str,
+    severity: Severity,
+    reference: &'static str,
+    hint: &'static str,
+}
+
+const DEFS: &[Def] = &[
+    Def {
+        id: "HTTPS",
+        group: "Transport",
+        title: "The endpoint is served over https",
+        severity: Severity::High,
+        reference: "OAuth 2.1 §1.5; MCP 2025-11-25 Authorization §Communication Security",
+        hint: "Serve the endpoint over TLS (plain http only on loopback for development).",
+    },
+    Def {
+        id: "ORIGIN",
+        group: "Transport",
+        title: "A request from a hostile Origin is refused",
+        severity: Severity::High,
+        reference: "MCP 2025-11-25 Transports §Security Warning (Origin validation, DNS rebinding)",
+        hint: "Validate the Origin header and answer 403 to origins you do not serve.",
+    },
+    Def {
+        id: "CORS",
+        group: "Transport",
+        title: "CORS does not reflect arbitrary origins",
+        severity: Severity::Medium,
+        reference: "Fetch Standard §CORS protocol; MCP 2025-11-25 Transports §Security Warning",
+        hint: "Allow only the browser origins you serve; never echo the request's Origin.",
+    },
+    Def {
+        id: "MCP-METHOD",
+        group: "Transport",
+        title: "An Mcp-Method header that contradicts the body is refused (2026-07-28)",
+        severity: Severity::Medium,
+        reference: "MCP 2026-07-28 Transports §Request Headers",
+        hint: "Compare Mcp-Method/Mcp-Name with the JSON-RPC body and answer 400 when they differ.",
+    },
+    Def {
+        id: "AUTH-REQUIRED",
+        group: "Challenge",
+        title: "A request without credentials is refused",
+        severity: Severity::Critical,
+        reference: "MCP 2025-11-25 Authorization §Access Token Usage; RFC 6750 §3",
+        hint: "Require a valid access token on every request to the MCP endpoint.",
+    },
+    Def {
+        id: "CHALLENGE",
+        group: "Challenge",
+        title: "401 with a Bearer challenge naming resource_metadata",
+        severity: Severity::High,
+        reference: "RFC 9728 §5.1; MCP 2025-11-25 Authorization §Protected Resource Metadata Discovery",
+        hint: "Answer 401 with `WWW-Authenticate: Bearer resource_metadata=\"<PRM URL>\"`.",
+    },
+    Def {
+        id: "CHALLENGE-NO-ERROR",
+        group: "Challenge",
+        title: "No error code in the challenge to a request without credentials",
+        severity: Severity::Low,
+        reference: "RFC 6750 §3.1",
+        hint: "Leave out `error=` when the request carried no token.",
+    },
+    Def {
+        id: "CHALLENGE-SCOPE",
+        group: "Challenge",
+        title: "The challenge names the scope needed",
+        severity: Severity::Low,
+        reference: "MCP 2025-11-25 Authorization §Scope Selection Strategy; RFC 6750 §3",
+        hint: "Add `scope=\"…\"` to the 401 challenge so clients ask for the right scopes.",
+    },
+    Def {
+        id: "PRM-WELLKNOWN",
+        group: "Protected resource metadata",
+        title: "Metadata at the well-known location for the endpoint's path",
+        severity: Severity::Medium,
+        reference: "RFC 9728 §3.1; MCP 2025-11-25 Authorization §Protected Resource Metadata Discovery",
+        hint: "Serve the metadata at /.well-known/oauth-protected-resource<path of the endpoint>.",
+    },
+    Def {
+        id: "PRM-RESOURCE",
+        group: "Protected resource metadata",
+        title: "The metadata's `resource` is exactly the endpoint URL",
+        severity: Severity::High,
+        reference: "RFC 9728 §3.3",
+        hint: "Set `resource` to the exact URL clients use (scheme, host, port, path).",
+    },
+    Def {
+        id: "PRM-AS",
+        group: "Protected resource metadata",
+        title: "The metadata names an https authorization server",
+        severity: Severity::High,
+        reference: "RFC 9728 §2; MCP 2025-11-25 Authorization §Authorization Server Location",
+        hint: "List the issuer in `authorization_servers` (https).",
+    },
+    Def {
+        id: "AS-METADATA",
+        group: "Authorization server",
+        title: "Authorization server metadata found, `issuer` exact",
+        severity: Severity::High,
+        reference: "RFC 8414 §3, §3.3; MCP 2025-11-25 Authorization §Authorization Server Metadata Discovery",
+        hint: "Serve RFC 8414 metadata whose `issuer` is byte-for-byte the listed issuer.",
+    },
+    Def {
+        id: "AS-PKCE",
+        group: "Authorization server",
+        title: "PKCE with S256 advertised",
+        severity: Severity::High,
+        reference: "OAuth 2.1 §4.1.1, §7.5.2; MCP 2025-11-25 Authorization §Authorization Code Protection",
+        hint: "Support S256 and list it in `code_challenge_methods_supported` (not `plain`).",
+    },
+    Def {
+        id: "AS-ISS",
+        group: "Authorization server",
+        title: "The `iss` authorization response parameter is supported",
+        severity: Severity::Medium,
+        reference: "RFC 9207 §3",
+        hint: "Send `iss` with every authorization response and advertise it (mix-up defence).",
+    },
+    Def {
+        id: "AS-ENDPOINTS-HTTPS",
+        group: "Authorization server",
+        title: "The authorization server's endpoints are https URLs",
+        severity: Severity::High,
+        reference: "OAuth 2.1 §1.5; RFC 8414 §2",
+        hint: "Publish only https endpoints (clients open authorization_endpoint in a browser).",
+    },
+    Def {
+        id: "ALG-NONE",
+        group: "Tokens",
+        title: "An unsigned token (`alg: none`) is refused",
+        severity: Severity::Critical,
+        reference: "RFC 8725 §2.1, §3.1; RFC 9068 §4",
+        hint: "Verify every token's signature with the issuer's keys; never accept `alg: none`.",
+    },
+    Def {
+        id: "TOKEN-VALID",
+        group: "Tokens",
+        title: "The given valid token is accepted",
+        severity: Severity::Info,
+        reference: "MCP 2025-11-25 Authorization §Token Handling",
+        hint: "Check the token is for this endpoint (audience) and not expired.",
+    },
+    Def {
+        id: "TAMPERED",
+        group: "Tokens",
+        title: "A token with altered claims is refused",
+        severity: Severity::Critical,
+        reference: "RFC 7515 §5.2; RFC 9068 §4",
+        hint: "Verify the signature over the whole token before reading any claim.",
+    },
+    Def {
+        id: "AUDIENCE",
+        group: "Tokens",
+        title: "A token for another resource is refused",
+        severity: Severity::Critical,
+        reference: "RFC 8707 §2; RFC 9068 §4; MCP 2025-11-25 Authorization §Token Audience Binding",
+        hint: "Accept only tokens whose `aud` is this endpoint (no token passthrough, no confused deputy).",
+    },
+    Def {
+        id: "EXPIRED",
+        group: "Tokens",
+        title: "An expired token is refused",
+        severity: Severity::High,
+        reference: "RFC 7519 §4.1.4; RFC 9068 §4",
+        hint: "Check `exp` (with at most a minute of leeway).",
+    },
+    Def {
+        id: "QUERY-TOKEN",
+        group: "Tokens",
+        title: "A token in the URL query is refused",
+        severity: Severity::High,
+        reference: "OAuth 2.1 §5.2; MCP 2025-11-25 Authorization §Token Requirements",
+        hint: "Read the token from the Authorization header only.",
+    },
+    Def {
+        id: "SESSION-AUTH",
+        group: "Sessions",
+        title: "A session id alone does not authenticate",
+        severity: Severity::Critical,
+        reference: "MCP 2025-11-25 Security Best Practices §Session Hijacking",
+        hint: "Require the token on every request and bind sessions to the user who opened them.",
+    },
+];
+
+fn finding(id: &'static str, status: Status, detail: impl Into<String>) -> Finding {
+    let d = DEFS.iter().find(|d| d.id == id);
+    let (title, severity, reference, hint, group) = match d {
+        Some(d) => (d.title, d.severity, d.reference, d.hint, d.group),
+        None => ("", Severity::Info, "", "", ""),
+    };
+    Finding {
+        id,
+        title,
+        severity,
+        status,
+        detail: detail.into(),
+        reference,
+        hint,
+        group,
+    }
+}
+
+fn pass(id: &'static str, detail: impl Into<String>) -> Finding {
+    finding(id, Status::Pass, detail)
+}
+fn fail(id: &'static str, detail: impl Into<String>) -> Finding {
+    finding(id, Status::Fail, detail)
+}
+fn skip(id: &'static str, detail: impl Into<String>) -> Finding {
+    finding(id, Status::Skip, detail)
+}
+
+/// The claims of a JWT (unverified), when it is one.
+fn claims_of(token: &str) -> Option<Value> {
+    let payload = token.split('.').nth(1)?;
+    serde_json::from_slice(&B64.decode(payload).ok()?).ok()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// Whether an answer let the request in (any 2xx).
+fn accepted(a: &Answer) -> bool {
+    (200..300).contains(&a.status)
+}
+
+fn is_loopback(u: &url::Url) -> bool {
+    gatehouse_core::url::is_loopback_host(u)
+}
+
+/// https, or http on loopback when private targets are allowed (development).
+fn secure_url(u: &url::Url, allow_private: bool) -> bool {
+    u.scheme() == "https" || (allow_private && u.scheme() == "http" && is_loopback(u))
+}
+
+/// RFC 8414 §3.1 / RFC 9728 §3.1: `/.well-known/<name>` inserted before the path.
+fn well_known(u: &url::Url, name: &str) -> Option<url::Url> {
+    let path = u.path().trim_end_matches('/');
+    let mut w = u.clone();
+    w.set_query(None);
+    w.set_fragment(None);
+    w.set_path(&format!("/.well-known/{name}{path}"));
+    Some(w)
+}
+
+struct Discovered {
+    prm: Option<Value>,
+    issuer: Option<String>,
+    scope: Option<String>,
+}
+
+pub(crate) async fn run_all(p: &Probe, opts: &Options) -> Result<Vec<Finding>, CheckError> {
+    let mut out = Vec::new();
+    let target = p.target.clone();
+    out.push(if target.scheme() == "https" {
+        pass("HTTPS", "https")
+    } else if is_loopback(&target) {
+        pass("HTTPS", "plain http on loopback (development only)")
+    } else {
+        fail("HTTPS", "the endpoint is plain http")
+    });
+
+    // Without credentials: the challenge.
+    let unauth = p.post(INIT, &[], None).await.map_err(CheckError::Connect)?;
+    let challenges: Vec<Challenge> = Challenge::parse_all(
+        unauth
+            .headers
+            .get_all("www-authenticate")
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
+    .unwrap_or_default();
+    let bearer_ch = challenges.iter().find(|c| c.is_scheme("Bearer"));
+    out.push(if accepted(&unauth) {
+        fail(
+            "AUTH-REQUIRED",
+            format!("initialize without a token answered {}", unauth.status),
+        )
+    } else {
+        pass("AUTH-REQUIRED", format!("answered {}", unauth.status))
+    });
+    let metadata_url = bearer_ch.and_then(|c| c.param("resource_metadata"));
+    out.push(match (unauth.status, bearer_ch, metadata_url) {
+        (401, Some(_), Some(m)) => pass("CHALLENGE", format!("resource_metadata={m}")),
+        (401, Some(_), None) => fail("CHALLENGE", "the Bearer challenge has no resource_metadata"),
+        (401, None, _) => fail("CHALLENGE", "401 without a Bearer challenge"),
+        (s, _, _) => fail("CHALLENGE", format!("answered {s}, not 401")),
+    });
+    out.push(match bearer_ch {
+        None => skip("CHALLENGE-NO-ERROR", "no Bearer challenge"),
+        Some(c) => match c.param("error") {
+            Some(e) => fail(
+                "CHALLENGE-NO-ERROR",
+                format!("error=\"{e}\" without any token sent"),
+            ),
+            None => pass("CHALLENGE-NO-ERROR", "no error code"),
+        },
+    });
+    let scope = bearer_ch.and_then(|c| c.param("scope")).map(str::to_owned);
+    out.push(match (bearer_ch, &scope) {
+        (None, _) => skip("CHALLENGE-SCOPE", "no Bearer challenge"),
+        (Some(_), Some(s)) => pass("CHALLENGE-SCOPE", format!("scope=\"{s}\"")),
+        (Some(_), None) => fail("CHALLENGE-SCOPE", "no scope in the challenge"),
+    });
+
+    // Protected resource metadata.
+    let d = discover(p, opts, metadata_url, scope, &mut out).await;
+
+    // Tokens: refusals mean something only where a request without credentials is refused.
+    if accepted(&unauth) {
+        for id in [
+            "ALG-NONE",
+            "TOKEN-VALID",
+            "TAMPERED",
+            "AUDIENCE",
+            "EXPIRED",
+            "QUERY-TOKEN",
+            "SESSION-AUTH",
+        ] {
+            out.push(skip(
+                id,
+                "the endpoint accepts requests without credentials (AUTH-REQUIRED)",
+            ));
+        }
+    } else {
+        token_checks(p, opts, &d, &mut out).await;
+    }
+
+    // Transport rules that need the request to get past authentication.
+    transport_checks(p, opts, &unauth, &mut out).await;
+
+    // Report in the order of DEFS.
+    out.sort_by_key(|f| DEFS.iter().position(|d| d.id == f.id).unwrap_or(usize::MAX));
+    Ok(out)
+}
+
+async fn fetch_json(p: &Probe, u: &url::Url) -> Result<Value, String> {
+    let a = p.get(u).await?;
+    if a.status != 200 {
+        return Err(format!("{u} answered {}", a.status));
+    }
+    serde_json::from_str(&a.body).map_err(|e| format!("{u}: not JSON ({e})"))
+}
+
+async fn discover(
+    p: &Probe,
+    opts: &Options,
+    metadata_url: Option<&str>,
+    scope: Option<String>,
+    out: &mut Vec<Finding>,
+) -> Discovered {
+    let target = &p.target;
+    let path_form = well_known(target, "oauth-protected-resource");
+    let mut root = target.clone();
+    root.set_path("/.well-known/oauth-protected-resource");
+    root.set_query(None);
+    let mut prm = None;
+    let mut wk_ok = None;
+    for u in path_form.iter().chain(std::iter::once(&root)) {
+        if let Ok(v) = fetch_json(p, u).await
+            && v.is_object()
+        {
+            wk_ok = Some(u.to_string());
+            prm = Some(v);
+            break;
+        }
+    }
+    out.push(match &wk_ok {
+        Some(u) => pass("PRM-WELLKNOWN", u.clone()),
+        None => fail(
+            "PRM-WELLKNOWN",
+            format!(
+                "nothing at {}",
+                path_form
+                    .as_ref()
+                    .map_or(root.to_string(), url::Url::to_string)
+            ),
+        ),
+    });
+    // The challenge's URL is what clients follow first.
+    if let Some(m) = metadata_url {
+        match url::Url::parse(m) {
+            Ok(u) => match fetch_json(p, &u).await {
+                Ok(v) if v.is_object() => prm = Some(v),
+                Ok(_) => {}
+                Err(e) => {
+                    if prm.is_none() {
+                        out.push(fail("PRM-RESOURCE", format!("resource_metadata: {e}")));
+                    }
+                }
+            },
+            Err(e) => out.push(fail(
+                "PRM-RESOURCE",
+                format!("resource_metadata is not a URL: {e}"),
+            )),
+        }
+    }
+    let Some(prm) = prm else {
+        if !out.iter().any(|f| f.id == "PRM-RESOURCE") {
+            out.push(fail("PRM-RESOURCE", "no protected resource metadata found"));
+        }
+        out.push(fail("PRM-AS", "no protected resource metadata found"));
+        for id in ["AS-METADATA", "AS-PKCE", "AS-ISS", "AS-ENDPOINTS-HTTPS"] {
+            out.push(skip(
+                id,
+                "no protected resource metadata to find the authorization server",
+            ));
+        }
+        return Discovered {
+            prm: None,
+            issuer: None,
+            scope,
+        };
+    };
+    if !out.iter().any(|f| f.id == "PRM-RESOURCE") {
+        out.push(match prm.get("resource").and_then(Value::as_str) {
+            Some(r) if r == opts.target => pass("PRM-RESOURCE", r.to_owned()),
+            Some(r) => fail(
+                "PRM-RESOURCE",
+                format!("resource is {r}, the endpoint is {}", opts.target),
+            ),
+            None => fail("PRM-RESOURCE", "no `resource` in the metadata"),
+        });
+    }
+    let servers: Vec<String> = prm
+        .get("authorization_servers")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let issuer = servers.first().cloned();
+    out.push(match &issuer {
+        None => fail("PRM-AS", "no authorization_servers"),
+        Some(i) => match url::Url::parse(i) {
+            Ok(u) if secure_url(&u, opts.allow_private) => pass("PRM-AS", i.clone()),
+            Ok(_) => fail("PRM-AS", format!("{i} is not https")),
+            Err(e) => fail("PRM-AS", format!("{i}: {e}")),
+        },
+    });
+    let scope = scope.or_else(|| {
+        prm.get("scopes_supported")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+    });
+    match &issuer {
+        Some(i) => as_checks(p, opts, i, out).await,
+        None => {
+            for id in ["AS-METADATA", "AS-PKCE", "AS-ISS", "AS-ENDPOINTS-HTTPS"] {
+                out.push(skip(id, "no authorization server named"));
+            }
+        }
+    }
+    Discovered {
+        prm: Some(prm),
+        issuer,
+        scope,
+    }
+}
+
+async fn as_checks(p: &Probe, opts: &Options, issuer: &str, out: &mut Vec<Finding>) {
+    let Ok(iu) = url::Url::parse(issuer) else {
+        for id in ["AS-METADATA", "AS-PKCE", "AS-ISS", "AS-ENDPOINTS-HTTPS"] {
+            out.push(skip(id, "the issuer is not a URL"));
+        }
+        return;
+    };
+    // RFC 8414 path insertion, then the OpenID forms (MCP 2025-11-25 lists all three).
+    let mut candidates: Vec<url::Url> = Vec::new();
+    candidates.extend(well_known(&iu, "oauth-authorization-server"));
+    candidates.extend(well_known(&iu, "openid-configuration"));
+    let mut appended = iu.clone();
+    appended.set_path(&format!(
+        "{}/.well-known/openid-configuration",
+        iu.path().trim_end_matches('/')
+    ));
+    candidates.push(appended);
+    let mut meta = None;
+    let mut errors = Vec::new();
+    for u in &candidates {
+        match fetch_json(p, u).await {
+            Ok(v) if v.is_object() => {
+                meta = Some(v);
+                break;
+            }
+            Ok(_) => errors.push(format!("{u}: not an object")),
+            Err(e) => errors.push(e),
+        }
+    }
+    let Some(meta) = meta else {
+        out.push(fail("AS-METADATA", errors.join("; ")));
+        for id in ["AS-PKCE", "AS-ISS", "AS-ENDPOINTS-HTTPS"] {
+            out.push(skip(id, "no authorization server metadata"));
+        }
+        return;
+    };
+    out.push(match meta.get("issuer").and_then(Value::as_str) {
+        Some(i) if i == issuer => pass("AS-METADATA", format!("issuer {i}")),
+        Some(i) => fail("AS-METADATA", format!("issuer is {i}, listed as {issuer}")),
+        None => fail("AS-METADATA", "no issuer in the metadata"),
+    });
+    let methods: Vec<&str> = meta
+        .get("code_challenge_methods_supported")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    out.push(if methods.contains(&"S256") {
+        pass(
+            "AS-PKCE",
+            if methods.contains(&"plain") {
+                "S256 (plain listed too: clients must not use it)".to_owned()
+            } else {
+                "S256".to_owned()
+            },
+        )
+    } else if methods.is_empty() {
+        fail(
+            "AS-PKCE",
+            "code_challenge_methods_supported is missing (MCP clients must refuse)",
+        )
+    } else {
+        fail("AS-PKCE", format!("only {}", methods.join(", ")))
+    });
+    out.push(
+        match meta
+            .get("authorization_response_iss_parameter_supported")
+            .and_then(Value::as_bool)
+        {
+            Some(true) => pass("AS-ISS", "advertised"),
+            _ => fail(
+                "AS-ISS",
+                "authorization_response_iss_parameter_supported is not true",
+            ),
+        },
+    );
+    let mut bad = Vec::new();
+    for k in [
+        "authorization_endpoint",
+        "token_endpoint",
+        "registration_endpoint",
+        "revocation_endpoint",
+        "introspection_endpoint",
+        "device_authorization_endpoint",
+    ] {
+        if let Some(v) = meta.get(k).and_then(Value::as_str) {
+            match url::Url::parse(v) {
+                Ok(u) if secure_url(&u, opts.allow_private) => {}
+                _ => bad.push(format!("{k} {v}")),
+            }
+        }
+    }
+    out.push(if bad.is_empty() {
+        pass("AS-ENDPOINTS-HTTPS", "every endpoint https")
+    } else {
+        fail("AS-ENDPOINTS-HTTPS", bad.join("; "))
+    });
+}
+
+async fn token_checks(p: &Probe, opts: &Options, d: &Discovered, out: &mut Vec<Finding>) {
+    // ALG-NONE needs no token: unsigned claims that would otherwise fit this endpoint.
+    let claims = opts
+        .token
+        .as_deref()
+        .and_then(claims_of)
+        .unwrap_or_else(|| {
+            let t = now();
+            json!({
+                "iss": d.issuer.clone().unwrap_or_else(|| p.target.origin().ascii_serialization()),
+                "sub": "gatehouse-check", "aud": p.target.as_str(), "client_id": "gatehouse-check",
+                "scope": d.scope.clone().unwrap_or_default(), "iat": t, "exp": t + 300,
+                "jti": format!("gatehouse-check-{t}"),
+            })
+        });
+    let header = B64.encode(br#"{"alg":"none","typ":"at+jwt"}"#);
+    let unsigned = format!("{header}.{}.", B64.encode(claims.to_string()));
+    out.push(
+        match p
+            .post(INIT, &[("authorization", &bearer(&unsigned))], None)
+            .await
+        {
+            Ok(a) if accepted(&a) => fail("ALG-NONE", format!("accepted ({})", a.status)),
+            Ok(a) => pass("ALG-NONE", format!("refused ({})", a.status)),
+            Err(e) => skip("ALG-NONE", e),
+        },
+    );
+    let _ = &d.prm;
+
+    let Some(token) = opts.token.as_deref() else {
+        for id in ["TOKEN-VALID", "TAMPERED", "QUERY-TOKEN", "SESSION-AUTH"] {
+            out.push(skip(id, "needs --token"));
+        }
+        foreign_and_expired(p, opts, false, out).await;
+        return;
+    };
+    let valid = match p
+        .post(INIT, &[("authorization", &bearer(token))], None)
+        .await
+    {
+        Ok(a) if accepted(&a) => {
+            out.push(pass("TOKEN-VALID", format!("accepted ({})", a.status)));
+            Some(a)
+        }
+        Ok(a) => {
+            out.push(fail(
+                "TOKEN-VALID",
+                format!(
+                    "the given token was refused ({}): token checks are skipped",
+                    a.status
+                ),
+            ));
+            None
+        }
+        Err(e) => {
+            out.push(skip("TOKEN-VALID", e));
+            None
+        }
+    };
+    let Some(valid) = valid else {
+        for id in ["TAMPERED", "QUERY-TOKEN", "SESSION-AUTH"] {
+            out.push(skip(id, "the given token is not accepted"));
+        }
+        foreign_and_expired(p, opts, false, out).await;
+        return;
+    };
+    // TAMPERED: the same signature over other claims.
+    out.push(
+        match (
+            token.split('.').collect::<Vec<_>>().as_slice(),
+            claims_of(token),
+        ) {
+            ([h, _, s], Some(mut c)) => {
+                let sub = c
+                    .get("sub")
+                    .and_then(Value::as_str)
+                    .unwrap_or("user")
+                    .to_owned();
+                c["sub"] = Value::String(format!("{sub}-admin"));
+                let forged = format!("{h}.{}.{s}", B64.encode(c.to_string()));
+                match p
+                    .post(INIT, &[("authorization", &bearer(&forged))], None)
+                    .await
+                {
+                    Ok(a) if accepted(&a) => fail(
+                        "TAMPERED",
+                        format!("a changed `sub` was accepted ({})", a.status),
+                    ),
+                    Ok(a) => pass("TAMPERED", format!("refused ({})", a.status)),
+                    Err(e) => skip("TAMPERED", e),
+                }
+            }
+            _ => skip(
+                "TAMPERED",
+                "the token is not a JWT (opaque tokens cannot be altered this way)",
+            ),
+        },
+    );
+    // QUERY-TOKEN: the same valid token, in the URL only.
+    let q = format!(
+        "access_token={}",
+        url::form_urlencoded::byte_serialize(token.as_bytes()).collect::<String>()
+    );
+    out.push(match p.post(INIT, &[], Some(&q)).await {
+        Ok(a) if accepted(&a) => fail("QUERY-TOKEN", format!("accepted ({})", a.status)),
+        Ok(a) => pass("QUERY-TOKEN", format!("refused ({})", a.status)),
+        Err(e) => skip("QUERY-TOKEN", e),
+    });
+    // SESSION-AUTH: the session the valid token opened, without the token.
+    out.push(match valid.header("mcp-session-id") {
+        None => skip("SESSION-AUTH", "the server opened no session (stateless)"),
+        Some(sid) => {
+            let version = valid
+                .json()
+                .and_then(|v| v["result"]["protocolVersion"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "2025-11-25".into());
+            let h = [
+                ("mcp-session-id", sid),
+                ("mcp-protocol-version", version.as_str()),
+            ];
+            match p.post(LIST, &h, None).await {
+                Ok(a) if accepted(&a) => fail(
+                    "SESSION-AUTH",
+                    format!("tools/list with the session id alone answered {}", a.status),
+                ),
+                Ok(a) => pass("SESSION-AUTH", format!("refused ({})", a.status)),
+                Err(e) => skip("SESSION-AUTH", e),
+            }
+        }
+    });
+    foreign_and_expired(p, opts, true, out).await;
+}
+
+async fn foreign_and_expired(p: &Probe, opts: &Options, _have_valid: bool, out: &mut Vec<Finding>) {
+    out.push(match opts.foreign_token.as_deref() {
+        None => skip(
+            "AUDIENCE",
+            "needs --foreign-token (a token of the same issuer for another resource)",
+        ),
+        Some(t) => match p.post(INIT, &[("authorization", &bearer(t))], None).await {
+            Ok(a) if accepted(&a) => fail(
+                "AUDIENCE",
+                format!("a token for another resource was accepted ({})", a.status),
+            ),
+            Ok(a) => pass("AUDIENCE", format!("refused ({})", a.status)),
+            Err(e) => skip("AUDIENCE", e),
+        },
+    });
+    out.push(match opts.expired_token.as_deref() {
+        None => skip("EXPIRED", "needs --expired-token"),
+        Some(t) => match claims_of(t).and_then(|c| c.get("exp").and_then(Value::as_i64)) {
+            Some(exp) if exp > now() => {
+                skip("EXPIRED", "the given --expired-token has not expired")
+            }
+            _ => match p.post(INIT, &[("authorization", &bearer(t))], None).await {
+                Ok(a) if accepted(&a) => fail("EXPIRED", format!("accepted ({})", a.status)),
+                Ok(a) => pass("EXPIRED", format!("refused ({})", a.status)),
+                Err(e) => skip("EXPIRED", e),
+            },
+        },
+    });
+}
+
+async fn transport_checks(p: &Probe, opts: &Options, unauth: &Answer, out: &mut Vec<Finding>) {
+    let auth = opts.token.as_deref().map(bearer);
+    let mut h: Vec<(&str, &str)> = vec![("origin", HOSTILE_ORIGIN)];
+    if let Some(a) = &auth {
+        h.push(("authorization", a));
+    }
+    out.push(match p.post(INIT, &h, None).await {
+        Ok(a) if accepted(&a) => fail(
+            "ORIGIN",
+            format!("Origin {HOSTILE_ORIGIN} accepted ({})", a.status),
+        ),
+        Ok(a) if a.status == 401 && auth.is_none() => skip(
+            "ORIGIN",
+            "the server asks for credentials before it checks Origin: needs --token",
+        ),
+        Ok(a) if a.status == 401 => skip("ORIGIN", "the token was refused with the Origin header"),
+        Ok(a) => pass("ORIGIN", format!("refused ({})", a.status)),
+        Err(e) => skip("ORIGIN", e),
+    });
+    out.push(match p.preflight(HOSTILE_ORIGIN).await {
+        Ok(a) => match a.header("access-control-allow-origin") {
+            Some(o) if o == HOSTILE_ORIGIN => {
+                fail("CORS", "the preflight echoes an arbitrary Origin")
+            }
+            Some("*") if a.header("access-control-allow-credentials") == Some("true") => {
+                fail("CORS", "`*` with credentials")
+            }
+            Some(o) => pass("CORS", format!("Access-Control-Allow-Origin: {o}")),
+            None => pass("CORS", "no CORS for a foreign origin"),
+        },
+        Err(e) => skip("CORS", e),
+    });
+    let _ = unauth;
+    out.push(match &auth {
+        None => skip("MCP-METHOD", "needs --token"),
+        Some(a) => {
+            let h = [
+                ("authorization", a.as_str()),
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "initialize"),
+            ];
+            match p.post(LIST, &h, None).await {
+                Ok(r) if accepted(&r) => fail(
+                    "MCP-METHOD",
+                    format!(
+                        "Mcp-Method: initialize on a tools/list body answered {}",
+                        r.status
+                    ),
+                ),
+                Ok(r) => pass("MCP-METHOD", format!("refused ({})", r.status)),
+                Err(e) => skip("MCP-METHOD", e),
+            }
+        }
+    });
+}

@@ -1,0 +1,162 @@
+//! The requests the checks send: to the target and to the metadata it names. Without
+//! `--allow-private`, loopback, private and link-local addresses are refused (the checker must
+//! not become a way to reach an internal network), for the target and for every URL its
+//! metadata points at.
+use crate::CheckError;
+use std::time::Duration;
+
+/// Most of a response body read (metadata, JSON-RPC answers).
+const MAX_BODY: usize = 256 * 1024;
+
+pub(crate) struct Probe {
+    client: reqwest::Client,
+    pub(crate) target: url::Url,
+    allow_private: bool,
+}
+
+/// An answer, read whole (up to `MAX_BODY`).
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: String,
+}
+
+impl Answer {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub(crate) fn json(&self) -> Option<serde_json::Value> {
+        // A Streamable HTTP answer may come as one SSE event.
+        let text = self.body.trim();
+        if let Some(data) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("data:").map(str::trim))
+        {
+            return serde_json::from_str(data).ok();
+        }
+        serde_json::from_str(text).ok()
+    }
+}
+
+impl Probe {
+    pub(crate) async fn new(target: &url::Url, allow_private: bool) -> Result<Self, CheckError> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("gatehouse-check/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| CheckError::Connect(e.to_string()))?;
+        let p = Self {
+            client,
+            target: target.clone(),
+            allow_private,
+        };
+        p.allowed(target).await.map_err(CheckError::Usage)?;
+        Ok(p)
+    }
+
+    /// Whether `u` may be requested: public addresses, or any with `--allow-private`.
+    pub(crate) async fn allowed(&self, u: &url::Url) -> Result<(), String> {
+        if self.allow_private {
+            return Ok(());
+        }
+        let host = u.host_str().unwrap_or_default();
+        let port = u.port_or_known_default().unwrap_or(443);
+        let addrs: Vec<std::net::IpAddr> = match u.host() {
+            Some(url::Host::Ipv4(ip)) => vec![ip.into()],
+            Some(url::Host::Ipv6(ip)) => vec![ip.into()],
+            _ => tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| format!("{host}: {e}"))?
+                .map(|a| a.ip())
+                .collect(),
+        };
+        for ip in addrs {
+            if let Some(why) = gatehouse_fetch::forbidden_reason(ip) {
+                return Err(format!(
+                    "{host} is {why} ({ip}); pass --allow-private to check it"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn read(resp: reqwest::Response) -> Answer {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let mut body = Vec::new();
+        let mut resp = resp;
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            body.extend_from_slice(&chunk);
+            if body.len() >= MAX_BODY {
+                body.truncate(MAX_BODY);
+                break;
+            }
+        }
+        Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    /// GET `u` (after the address check).
+    pub(crate) async fn get(&self, u: &url::Url) -> Result<Answer, String> {
+        self.allowed(u).await?;
+        let r = self
+            .client
+            .get(u.clone())
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| format!("{u}: {e}"))?;
+        Ok(Self::read(r).await)
+    }
+
+    /// POST a JSON-RPC body to the target (or the target with `query`), with `headers`.
+    pub(crate) async fn post(
+        &self,
+        body: &str,
+        headers: &[(&str, &str)],
+        query: Option<&str>,
+    ) -> Result<Answer, String> {
+        let mut u = self.target.clone();
+        if let Some(q) = query {
+            u.set_query(Some(q));
+        }
+        let mut r = self
+            .client
+            .post(u)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let resp = r
+            .body(body.to_owned())
+            .send()
+            .await
+            .map_err(|e| format!("{}: {e}", self.target))?;
+        Ok(Self::read(resp).await)
+    }
+
+    /// An OPTIONS request (CORS preflight) to the target.
+    pub(crate) async fn preflight(&self, origin: &str) -> Result<Answer, String> {
+        let resp = self
+            .client
+            .request(reqwest::Method::OPTIONS, self.target.clone())
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type, mcp-session-id",
+            )
+            .send()
+            .await
+            .map_err(|e| format!("{}: {e}", self.target))?;
+        Ok(Self::read(resp).await)
+    }
+}

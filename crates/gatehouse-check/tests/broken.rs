@@ -1,0 +1,423 @@
+//! Issue 19: every check against a correct MCP server (it passes) and against a server broken in
+//! exactly one way (that check, and only what follows from it, fails). The servers are real
+//! HTTP servers on loopback validating real ES256 tokens; each flaw is one switch.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use gatehouse_check::{Options, Status};
+use gatehouse_testkit::TestKey;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Value, json};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flaw {
+    None,
+    NoAuth,
+    AnyAudience,
+    AlgNone,
+    QueryToken,
+    NoPrm,
+    WrongResource,
+    NoOriginCheck,
+    SessionAlone,
+    NoResourceMetadata,
+    AcceptExpired,
+    NoSignatureCheck,
+    ReflectCors,
+    ErrorWithoutToken,
+    NoScopeInChallenge,
+    IgnoreMcpMethod,
+    AsNoPkce,
+    AsWrongIssuer,
+    AsNoIss,
+    AsHttpEndpoint,
+}
+
+struct Srv {
+    flaw: Flaw,
+    origin: String,
+    resource: String,
+    issuer: String,
+    key: DecodingKey,
+    sessions: Mutex<HashMap<String, String>>,
+}
+
+fn challenge(s: &Srv, error: Option<&str>) -> Response {
+    let mut v = String::from("Bearer");
+    let mut params = Vec::new();
+    if let Some(e) = error {
+        params.push(format!("error=\"{e}\""));
+    } else if s.flaw == Flaw::ErrorWithoutToken {
+        params.push("error=\"invalid_token\"".to_owned());
+    }
+    if s.flaw != Flaw::NoResourceMetadata {
+        params.push(format!(
+            "resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
+            s.origin
+        ));
+    }
+    if s.flaw != Flaw::NoScopeInChallenge {
+        params.push("scope=\"mcp:basic\"".to_owned());
+    }
+    if !params.is_empty() {
+        v = format!("{v} {}", params.join(", "));
+    }
+    (StatusCode::UNAUTHORIZED, [("www-authenticate", v)]).into_response()
+}
+
+/// The subject of a token this server accepts (with its flaw), or why not.
+fn validate(s: &Srv, token: &str) -> Option<String> {
+    let header = token.split('.').next()?;
+    let alg_none = base64_json(header).is_some_and(|h| h["alg"] == "none");
+    if alg_none {
+        if s.flaw != Flaw::AlgNone {
+            return None;
+        }
+        let claims = base64_json(token.split('.').nth(1)?)?;
+        return claims["sub"].as_str().map(str::to_owned);
+    }
+    let mut v = Validation::new(Algorithm::ES256);
+    v.set_issuer(&[&s.issuer]);
+    if s.flaw == Flaw::AnyAudience {
+        v.validate_aud = false;
+    } else {
+        v.set_audience(&[&s.resource]);
+    }
+    if s.flaw == Flaw::AcceptExpired {
+        v.validate_exp = false;
+        v.required_spec_claims.remove("exp");
+    }
+    if s.flaw == Flaw::NoSignatureCheck {
+        // Reads the claims and checks them, but never the signature.
+        let c = base64_json(token.split('.').nth(1)?)?;
+        let ok = c["iss"] == s.issuer.as_str()
+            && c["aud"] == s.resource.as_str()
+            && c["exp"].as_i64().is_some_and(|e| e > now());
+        return ok.then(|| c["sub"].as_str().map(str::to_owned)).flatten();
+    }
+    let data = jsonwebtoken::decode::<Value>(token, &s.key, &v).ok()?;
+    data.claims["sub"].as_str().map(str::to_owned)
+}
+
+fn base64_json(part: &str) -> Option<Value> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+async fn mcp(
+    State(s): State<Arc<Srv>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    if let Some(o) = h("origin")
+        && o != s.origin
+        && s.flaw != Flaw::NoOriginCheck
+    {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let msg: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let method = msg["method"].as_str().unwrap_or_default().to_owned();
+    let mut token = h("authorization")
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    if s.flaw == Flaw::QueryToken && token.is_none() {
+        token = q.get("access_token").cloned();
+    }
+    let sid = h("mcp-session-id").map(str::to_owned);
+    let subject = match (&token, &sid) {
+        (None, Some(id)) if s.flaw == Flaw::SessionAlone => {
+            s.sessions.lock().unwrap().get(id).cloned()
+        }
+        (None, _) if s.flaw == Flaw::NoAuth => Some("anonymous".to_owned()),
+        (None, _) => return challenge(&s, None),
+        (Some(t), _) => match validate(&s, t) {
+            Some(sub) => Some(sub),
+            None => return challenge(&s, Some("invalid_token")),
+        },
+    };
+    let Some(subject) = subject else {
+        return challenge(&s, None);
+    };
+    if let Some(m) = h("mcp-method")
+        && m != method
+        && s.flaw != Flaw::IgnoreMcpMethod
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            "Mcp-Method does not match the body",
+        )
+            .into_response();
+    }
+    if method == "initialize" {
+        let id = format!("s{}", rand_id());
+        s.sessions.lock().unwrap().insert(id.clone(), subject);
+        return (
+            [("mcp-session-id", id)],
+            axum::Json(json!({"jsonrpc": "2.0", "id": msg["id"], "result": {
+                "protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "broken", "version": "1"}}})),
+        )
+            .into_response();
+    }
+    if let Some(id) = sid {
+        let owner = s.sessions.lock().unwrap().get(&id).cloned();
+        if owner.as_deref() != Some(subject.as_str()) {
+            return StatusCode::NOT_FOUND.into_response();
+        }
+    }
+    axum::Json(json!({"jsonrpc": "2.0", "id": msg["id"], "result": {"tools": []}})).into_response()
+}
+
+fn rand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+async fn preflight(State(s): State<Arc<Srv>>, headers: HeaderMap) -> Response {
+    let origin = headers
+        .get("origin")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    if s.flaw == Flaw::ReflectCors {
+        return (
+            StatusCode::NO_CONTENT,
+            [
+                ("access-control-allow-origin", origin),
+                ("access-control-allow-methods", "POST".to_owned()),
+            ],
+        )
+            .into_response();
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+struct Running {
+    url: String,
+    key: TestKey,
+    issuer: String,
+}
+
+async fn start(flaw: Flaw) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let origin = format!("http://127.0.0.1:{port}");
+    let resource = format!("{origin}/mcp");
+    let issuer = format!("{origin}/as");
+    let key = TestKey::es256("k1");
+    let decoding = DecodingKey::from_jwk(&key.jwk).expect("jwk");
+    let srv = Arc::new(Srv {
+        flaw,
+        origin: origin.clone(),
+        resource: resource.clone(),
+        issuer: issuer.clone(),
+        key: decoding,
+        sessions: Mutex::default(),
+    });
+    let prm = json!({
+        "resource": if flaw == Flaw::WrongResource { format!("{resource}/") } else { resource.clone() },
+        "authorization_servers": [issuer],
+        "scopes_supported": ["mcp:basic"],
+        "bearer_methods_supported": ["header"],
+    });
+    let mut meta = json!({
+        "issuer": if flaw == Flaw::AsWrongIssuer { format!("{issuer}/") } else { issuer.clone() },
+        "authorization_endpoint": if flaw == Flaw::AsHttpEndpoint { "http://auth.example.com/authorize".to_owned() } else { format!("{issuer}/authorize") },
+        "token_endpoint": format!("{issuer}/token"),
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
+    });
+    if flaw == Flaw::AsNoPkce {
+        meta.as_object_mut()
+            .expect("object")
+            .remove("code_challenge_methods_supported");
+    }
+    if flaw == Flaw::AsNoIss {
+        meta.as_object_mut()
+            .expect("object")
+            .remove("authorization_response_iss_parameter_supported");
+    }
+    let mut app = axum::Router::new()
+        .route("/mcp", axum::routing::post(mcp).options(preflight))
+        .route(
+            "/.well-known/oauth-authorization-server/as",
+            axum::routing::get(move || {
+                let m = meta.clone();
+                async move { axum::Json(m) }
+            }),
+        );
+    if flaw != Flaw::NoPrm {
+        app = app.route(
+            "/.well-known/oauth-protected-resource/mcp",
+            axum::routing::get(move || {
+                let p = prm.clone();
+                async move { axum::Json(p) }
+            }),
+        );
+    }
+    let app = app.with_state(srv);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Running {
+        url: resource,
+        key,
+        issuer,
+    }
+}
+
+fn now() -> i64 {
+    gatehouse_testkit::now()
+}
+
+fn claims(r: &Running, aud: &str, exp: i64) -> Value {
+    json!({"iss": r.issuer, "sub": "alice", "aud": aud, "scope": "mcp:basic",
+        "client_id": "c", "iat": now() - 10, "exp": exp, "jti": format!("j{}", rand_id())})
+}
+
+async fn check(flaw: Flaw) -> (BTreeSet<&'static str>, gatehouse_check::Report) {
+    let r = start(flaw).await;
+    let opts = Options {
+        target: r.url.clone(),
+        allow_private: true,
+        token: Some(r.key.sign(&claims(&r, &r.url, now() + 300))),
+        foreign_token: Some(
+            r.key
+                .sign(&claims(&r, "https://other.example.com/mcp", now() + 300)),
+        ),
+        expired_token: Some(r.key.sign(&claims(&r, &r.url, now() - 600))),
+    };
+    let report = gatehouse_check::run(&opts).await.expect("report");
+    let failed = report
+        .checks
+        .iter()
+        .filter(|c| c.status == Status::Fail)
+        .map(|c| c.id)
+        .collect();
+    (failed, report)
+}
+
+/// A correct server passes every check (nothing skipped: every token was given).
+#[tokio::test]
+async fn a_correct_server_passes_everything() {
+    let (failed, report) = check(Flaw::None).await;
+    assert!(
+        failed.is_empty(),
+        "{}",
+        gatehouse_check::render_human(&report)
+    );
+    let skipped: Vec<_> = report
+        .checks
+        .iter()
+        .filter(|c| c.status == Status::Skip)
+        .map(|c| c.id)
+        .collect();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(report.grade, "A");
+    for id in [
+        "PRM-RESOURCE",
+        "CHALLENGE",
+        "AUDIENCE",
+        "ALG-NONE",
+        "QUERY-TOKEN",
+        "SESSION-AUTH",
+        "ORIGIN",
+        "EXPIRED",
+    ] {
+        assert!(report.checks.iter().any(|c| c.id == id), "{id} exists");
+    }
+    // No token ever appears in any output.
+    let r = start(Flaw::None).await;
+    let token = r.key.sign(&claims(&r, &r.url, now() + 300));
+    let report = gatehouse_check::run(&Options {
+        target: r.url.clone(),
+        allow_private: true,
+        token: Some(token.clone()),
+        ..Default::default()
+    })
+    .await
+    .expect("report");
+    for text in [
+        gatehouse_check::render_human(&report),
+        gatehouse_check::render_json(&report),
+        gatehouse_check::render_sarif(&report),
+    ] {
+        assert!(!text.contains(&token), "a token in the report");
+        assert!(!text.contains(token.split('.').nth(2).expect("sig")));
+    }
+}
+
+/// Each flaw is flagged by its check, and nothing else fails.
+#[tokio::test]
+async fn each_broken_server_is_flagged_for_its_flaw_and_nothing_else() {
+    let cases: &[(Flaw, &[&str])] = &[
+        (Flaw::NoAuth, &["AUTH-REQUIRED", "CHALLENGE"]),
+        (Flaw::AnyAudience, &["AUDIENCE"]),
+        (Flaw::AlgNone, &["ALG-NONE"]),
+        (Flaw::QueryToken, &["QUERY-TOKEN"]),
+        (Flaw::NoPrm, &["PRM-WELLKNOWN", "PRM-RESOURCE", "PRM-AS"]),
+        (Flaw::WrongResource, &["PRM-RESOURCE"]),
+        (Flaw::NoOriginCheck, &["ORIGIN"]),
+        (Flaw::SessionAlone, &["SESSION-AUTH"]),
+        (Flaw::NoResourceMetadata, &["CHALLENGE"]),
+        (Flaw::AcceptExpired, &["EXPIRED"]),
+        (Flaw::NoSignatureCheck, &["TAMPERED"]),
+        (Flaw::ReflectCors, &["CORS"]),
+        (Flaw::ErrorWithoutToken, &["CHALLENGE-NO-ERROR"]),
+        (Flaw::NoScopeInChallenge, &["CHALLENGE-SCOPE"]),
+        (Flaw::IgnoreMcpMethod, &["MCP-METHOD"]),
+        (Flaw::AsNoPkce, &["AS-PKCE"]),
+        (Flaw::AsWrongIssuer, &["AS-METADATA"]),
+        (Flaw::AsNoIss, &["AS-ISS"]),
+        (Flaw::AsHttpEndpoint, &["AS-ENDPOINTS-HTTPS"]),
+    ];
+    let mut wrong = Vec::new();
+    for (flaw, expected) in cases {
+        let (failed, report) = check(*flaw).await;
+        let expected: BTreeSet<&str> = expected.iter().copied().collect();
+        if failed != expected {
+            wrong.push(format!(
+                "{flaw:?}: expected {expected:?}, failed {failed:?}\n{}",
+                gatehouse_check::render_human(&report)
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Grades and `--fail-on`: the worst failure decides.
+#[tokio::test]
+async fn grades_follow_the_worst_failure() {
+    assert_eq!(check(Flaw::AlgNone).await.1.grade, "F");
+    assert_eq!(check(Flaw::QueryToken).await.1.grade, "D");
+    let (_, r) = check(Flaw::AsNoIss).await;
+    assert_eq!(r.grade, "C");
+    assert!(!r.fails_at(gatehouse_check::Severity::High));
+    assert!(r.fails_at(gatehouse_check::Severity::Medium));
+    assert_eq!(check(Flaw::NoScopeInChallenge).await.1.grade, "B");
+}
+
+/// Loopback targets need --allow-private.
+#[tokio::test]
+async fn private_targets_need_allow_private() {
+    let r = start(Flaw::None).await;
+    let e = gatehouse_check::run(&Options {
+        target: r.url.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect_err("refused");
+    assert!(e.to_string().contains("--allow-private"), "{e}");
+}

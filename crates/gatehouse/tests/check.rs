@@ -1,0 +1,163 @@
+//! Issue 19: `gatehouse check URL` against real Gatehouse deployments, which it must pass
+//! without a false alarm: `gatehouse dev` (passive checks) and `gatehouse serve` with the
+//! embedded authorization server and real tokens (token checks, AUDIENCE with a token for a
+//! second resource). The broken servers, one per rule, are in `gatehouse-check/tests/broken.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn run_check(args: &[&str]) -> (i32, String, String) {
+    let out = gatehouse().arg("check").args(args).output().expect("check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn failed(report: &Value) -> Vec<String> {
+    report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["status"] == "fail")
+        .map(|c| format!("{}: {}", c["id"], c["detail"]))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ck1_gatehouse_dev_passes_the_passive_checks() {
+    let (_dev, port, _data) = gatehouse_dev_embedded("check-user", "check-password-1");
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    // Loopback needs --allow-private: a usage error (2) otherwise.
+    let (code, _, err) = run_check(&[&url]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--allow-private"), "{err}");
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || run_check(&["--allow-private", "--format", "json", &url])
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).expect("JSON report");
+    assert_eq!(report["target"], url);
+    assert!(failed(&report).is_empty(), "{:?}", failed(&report));
+    assert_eq!(report["grade"], "A");
+    for c in report["checks"].as_array().expect("checks") {
+        for k in ["id", "title", "severity", "status", "detail", "reference"] {
+            assert!(c[k].is_string(), "{k} in {c}");
+        }
+    }
+    let status = |id: &str| {
+        report["checks"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["id"] == id))
+            .map(|c| c["status"].as_str().unwrap_or("").to_owned())
+    };
+    for id in ["PRM-RESOURCE", "CHALLENGE", "ALG-NONE"] {
+        assert_eq!(status(id).as_deref(), Some("pass"), "{id}");
+    }
+    for id in ["AUDIENCE", "EXPIRED", "QUERY-TOKEN", "SESSION-AUTH"] {
+        assert_eq!(status(id).as_deref(), Some("skip"), "{id} needs a token");
+    }
+    // Unreachable: a connection error is 2.
+    let (code, _, _) = run_check(&[
+        "--allow-private",
+        &format!("http://127.0.0.1:{}/mcp", free_port()),
+    ]);
+    assert_eq!(code, 2);
+    let (code, _, _) = run_check(&["--fail-on", "severe", &url]);
+    assert_eq!(code, 2, "a usage error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ck2_gatehouse_serve_passes_the_token_checks_and_reports_sarif() {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let endpoint = format!("{base}/mcp");
+    let other = format!("{base}/other/mcp");
+    let dir = std::env::temp_dir().join(format!("gatehouse-check-{port}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = format!("sqlite://{}/as.db", dir.display());
+    let cfg = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: {db}\n  resources:\n    - resource: {endpoint}\n      scopes: [mcp:basic]\n    - resource: {other}\n      scopes: [mcp:basic]\n"
+        ),
+    )
+    .expect("config");
+    let (id, secret) = add_machine_client(&db, "checker");
+    let _server = serve(&cfg);
+    let token = cc_token_for(&base, &id, &secret, &endpoint).await;
+    let foreign = cc_token_for(&base, &id, &secret, &other).await;
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let (endpoint, token, foreign) = (endpoint.clone(), token.clone(), foreign.clone());
+        move || {
+            run_check(&[
+                "--allow-private",
+                "--format",
+                "json",
+                "--token",
+                &token,
+                "--foreign-token",
+                &foreign,
+                &endpoint,
+            ])
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !out.contains(&token) && !err.contains(&token),
+        "never print a token"
+    );
+    let report: Value = serde_json::from_str(&out).expect("JSON");
+    assert!(failed(&report).is_empty(), "{:?}", failed(&report));
+    let skipped: Vec<&str> = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["status"] == "skip")
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    assert_eq!(skipped, ["EXPIRED"], "everything else ran");
+    // The same through the environment, as SARIF.
+    let out = gatehouse()
+        .args(["check", "--allow-private", "--format", "sarif", &endpoint])
+        .env("GATEHOUSE_CHECK_TOKEN", &token)
+        .output()
+        .expect("check");
+    assert!(out.status.success());
+    let sarif: Value = serde_json::from_slice(&out.stdout).expect("SARIF JSON");
+    assert_eq!(sarif["version"], "2.1.0");
+    assert_eq!(
+        sarif["runs"][0]["tool"]["driver"]["name"],
+        "gatehouse-check"
+    );
+    assert_eq!(sarif["runs"][0]["results"], serde_json::json!([]));
+    // The foreign token used as the token: refused, so the token checks are skipped and the
+    // run reports TOKEN-VALID failing (info): exit 0 at the default level, 1 with --fail-on info.
+    let (code, out, _) = tokio::task::spawn_blocking({
+        let (endpoint, foreign) = (endpoint.clone(), foreign.clone());
+        move || {
+            run_check(&[
+                "--allow-private",
+                "--fail-on",
+                "info",
+                "--token",
+                &foreign,
+                &endpoint,
+            ])
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL  info     TOKEN-VALID"), "{out}");
+}
