@@ -161,3 +161,51 @@ async fn ck2_gatehouse_serve_passes_the_token_checks_and_reports_sarif() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAIL  info     TOKEN-VALID"), "{out}");
 }
+
+/// The guard in front of a real external authorization server (oidc-provider): no false alarm
+/// with a valid token and a token of the same AS for another resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ck3_gatehouse_guarding_with_oidc_provider_passes() {
+    let as_port = free_port();
+    let _idp = oidc_provider(as_port);
+    let issuer = format!("http://127.0.0.1:{as_port}");
+    let (_dev, endpoint) = gatehouse_dev(&issuer);
+    let token = cc_token(&issuer, &endpoint, "mcp:basic").await;
+    let foreign = cc_token(&issuer, "http://127.0.0.1:1/other-mcp", "mcp:basic").await;
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let endpoint = endpoint.clone();
+        move || {
+            run_check(&[
+                "--allow-private",
+                "--format",
+                "json",
+                "--token",
+                &token,
+                "--foreign-token",
+                &foreign,
+                &endpoint,
+            ])
+        }
+    })
+    .await
+    .expect("join");
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert!(failed(&report).is_empty(), "{:?}", failed(&report));
+    assert_eq!(code, 0);
+    let pass = |id: &str| {
+        report["checks"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["id"] == id))
+            .is_some_and(|c| c["status"] == "pass")
+    };
+    for id in [
+        "AS-METADATA",
+        "AS-PKCE",
+        "TOKEN-VALID",
+        "AUDIENCE",
+        "TAMPERED",
+        "ALG-NONE",
+    ] {
+        assert!(pass(id), "{id}: {report:#}");
+    }
+}
