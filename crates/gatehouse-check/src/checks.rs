@@ -47,6 +47,14 @@ const DEFS: &[Def] = &[
         hint: "Allow only the browser origins you serve; never echo the request's Origin.",
     },
     Def {
+        id: "HOST",
+        group: "Transport",
+        title: "A loopback server refuses a foreign Host (DNS rebinding)",
+        severity: Severity::Medium,
+        reference: "MCP 2025-11-25 Transports §Security Warning (DNS rebinding)",
+        hint: "On loopback, accept only the Host names you serve (localhost, 127.0.0.1:PORT).",
+    },
+    Def {
         id: "MCP-METHOD",
         group: "Transport",
         title: "An Mcp-Method header that contradicts the body is refused (2026-07-28)",
@@ -149,6 +157,14 @@ const DEFS: &[Def] = &[
         severity: Severity::Critical,
         reference: "RFC 8725 §2.1, §3.1; RFC 9068 §4",
         hint: "Verify every token's signature with the issuer's keys; never accept `alg: none`.",
+    },
+    Def {
+        id: "ALG-CONFUSION",
+        group: "Tokens",
+        title: "A token MACed with the issuer's public key (HS256) is refused",
+        severity: Severity::Critical,
+        reference: "RFC 8725 §2.1, §3.1 (algorithm confusion)",
+        hint: "Pin the algorithms each key may verify; never verify HMAC with a public key.",
     },
     Def {
         id: "TOKEN-VALID",
@@ -273,6 +289,8 @@ struct Discovered {
     prm: Option<Value>,
     issuer: Option<String>,
     scope: Option<String>,
+    /// The issuer's public keys (its JWKS), when found.
+    jwks: Vec<Value>,
 }
 
 pub(crate) async fn run_all(p: &Probe, opts: &Options) -> Result<Vec<Finding>, CheckError> {
@@ -436,6 +454,7 @@ async fn discover(
             prm: None,
             issuer: None,
             scope,
+            jwks: Vec::new(),
         };
     };
     if !out.iter().any(|f| f.id == "PRM-RESOURCE") {
@@ -476,27 +495,30 @@ async fn discover(
                     .join(" ")
             })
     });
-    match &issuer {
+    let jwks = match &issuer {
         Some(i) => as_checks(p, opts, i, out).await,
         None => {
             for id in ["AS-METADATA", "AS-PKCE", "AS-ISS", "AS-ENDPOINTS-HTTPS"] {
                 out.push(skip(id, "no authorization server named"));
             }
+            Vec::new()
         }
-    }
+    };
     Discovered {
         prm: Some(prm),
         issuer,
         scope,
+        jwks,
     }
 }
 
-async fn as_checks(p: &Probe, opts: &Options, issuer: &str, out: &mut Vec<Finding>) {
+/// The authorization server's checks; returns its public keys (for ALG-CONFUSION).
+async fn as_checks(p: &Probe, opts: &Options, issuer: &str, out: &mut Vec<Finding>) -> Vec<Value> {
     let Ok(iu) = url::Url::parse(issuer) else {
         for id in ["AS-METADATA", "AS-PKCE", "AS-ISS", "AS-ENDPOINTS-HTTPS"] {
             out.push(skip(id, "the issuer is not a URL"));
         }
-        return;
+        return Vec::new();
     };
     // RFC 8414 path insertion, then the OpenID forms (MCP 2025-11-25 lists all three).
     let mut candidates: Vec<url::Url> = Vec::new();
@@ -525,7 +547,7 @@ async fn as_checks(p: &Probe, opts: &Options, issuer: &str, out: &mut Vec<Findin
         for id in ["AS-PKCE", "AS-ISS", "AS-ENDPOINTS-HTTPS"] {
             out.push(skip(id, "no authorization server metadata"));
         }
-        return;
+        return Vec::new();
     };
     out.push(match meta.get("issuer").and_then(Value::as_str) {
         Some(i) if i == issuer => pass("AS-METADATA", format!("issuer {i}")),
@@ -587,6 +609,17 @@ async fn as_checks(p: &Probe, opts: &Options, issuer: &str, out: &mut Vec<Findin
     } else {
         fail("AS-ENDPOINTS-HTTPS", bad.join("; "))
     });
+    let Some(jwks_uri) = meta
+        .get("jwks_uri")
+        .and_then(Value::as_str)
+        .and_then(|u| url::Url::parse(u).ok())
+    else {
+        return Vec::new();
+    };
+    match fetch_json(p, &jwks_uri).await {
+        Ok(v) => v["keys"].as_array().cloned().unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
 }
 
 async fn token_checks(p: &Probe, opts: &Options, d: &Discovered, out: &mut Vec<Finding>) {
@@ -617,6 +650,7 @@ async fn token_checks(p: &Probe, opts: &Options, d: &Discovered, out: &mut Vec<F
         },
     );
     let _ = &d.prm;
+    out.push(alg_confusion(p, &claims, &d.jwks).await);
 
     let Some(token) = opts.token.as_deref() else {
         for id in ["TOKEN-VALID", "TAMPERED", "QUERY-TOKEN", "SESSION-AUTH"] {
@@ -722,6 +756,59 @@ async fn token_checks(p: &Probe, opts: &Options, d: &Discovered, out: &mut Vec<F
     foreign_and_expired(p, opts, true, out).await;
 }
 
+/// HS256 over the claims, keyed with each public key as a server that confuses algorithms
+/// would take it: its PEM (with and without the final newline) and its JWK as JSON.
+async fn alg_confusion(p: &Probe, claims: &Value, jwks: &[Value]) -> Finding {
+    let keys: Vec<&Value> = jwks
+        .iter()
+        .filter(|k| matches!(k["kty"].as_str(), Some("EC" | "RSA")))
+        .collect();
+    if keys.is_empty() {
+        return skip(
+            "ALG-CONFUSION",
+            "no public EC or RSA key found in the issuer's JWKS",
+        );
+    }
+    let payload = B64.encode(claims.to_string());
+    for k in keys {
+        let mut secrets: Vec<Vec<u8>> = vec![k.to_string().into_bytes()];
+        if let Some(pem) = crate::pem::public_key_pem(k) {
+            secrets.push(pem.trim_end().as_bytes().to_vec());
+            secrets.push(pem.into_bytes());
+        }
+        let mut header = json!({"alg": "HS256", "typ": "at+jwt"});
+        if let Some(kid) = k["kid"].as_str() {
+            header["kid"] = Value::String(kid.to_owned());
+        }
+        let signing_input = format!("{}.{payload}", B64.encode(header.to_string()));
+        for secret in secrets {
+            let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret);
+            let tag = aws_lc_rs::hmac::sign(&key, signing_input.as_bytes());
+            let forged = format!("{signing_input}.{}", B64.encode(tag.as_ref()));
+            match p
+                .post(INIT, &[("authorization", &bearer(&forged))], None)
+                .await
+            {
+                Ok(a) if accepted(&a) => {
+                    return fail(
+                        "ALG-CONFUSION",
+                        format!(
+                            "an HS256 token keyed with a public key was accepted ({})",
+                            a.status
+                        ),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => return skip("ALG-CONFUSION", e),
+            }
+        }
+    }
+    pass(
+        "ALG-CONFUSION",
+        "refused with every public key as an HMAC key",
+    )
+}
+
 async fn foreign_and_expired(p: &Probe, opts: &Options, _have_valid: bool, out: &mut Vec<Finding>) {
     out.push(match opts.foreign_token.as_deref() {
         None => skip(
@@ -785,6 +872,30 @@ async fn transport_checks(p: &Probe, opts: &Options, unauth: &Answer, out: &mut 
         Err(e) => skip("CORS", e),
     });
     let _ = unauth;
+    out.push(match (&auth, is_loopback(&p.target)) {
+        (_, false) => skip("HOST", "only for loopback servers"),
+        (None, true) => skip("HOST", "needs --token"),
+        (Some(a), true) => {
+            let host = format!(
+                "rebind.gatehouse-check.invalid:{}",
+                p.target.port_or_known_default().unwrap_or(80)
+            );
+            match p
+                .post(
+                    INIT,
+                    &[("authorization", a.as_str()), ("host", &host)],
+                    None,
+                )
+                .await
+            {
+                Ok(r) if accepted(&r) => {
+                    fail("HOST", format!("Host {host} accepted ({})", r.status))
+                }
+                Ok(r) => pass("HOST", format!("refused ({})", r.status)),
+                Err(e) => skip("HOST", e),
+            }
+        }
+    });
     out.push(match &auth {
         None => skip("MCP-METHOD", "needs --token"),
         Some(a) => {

@@ -10,6 +10,7 @@
 
 mod checks;
 mod output;
+mod pem;
 mod probe;
 
 pub use output::{render_human, render_json, render_sarif};

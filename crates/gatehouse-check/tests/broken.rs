@@ -35,6 +35,8 @@ enum Flaw {
     AsWrongIssuer,
     AsNoIss,
     AsHttpEndpoint,
+    AlgConfusion,
+    NoHostCheck,
 }
 
 struct Srv {
@@ -43,6 +45,8 @@ struct Srv {
     resource: String,
     issuer: String,
     key: DecodingKey,
+    /// The public key as PEM (what a confused verifier uses as an HMAC secret).
+    pem: String,
     sessions: Mutex<HashMap<String, String>>,
 }
 
@@ -72,7 +76,19 @@ fn challenge(s: &Srv, error: Option<&str>) -> Response {
 /// The subject of a token this server accepts (with its flaw), or why not.
 fn validate(s: &Srv, token: &str) -> Option<String> {
     let header = token.split('.').next()?;
-    let alg_none = base64_json(header).is_some_and(|h| h["alg"] == "none");
+    let alg = base64_json(header).and_then(|h| h["alg"].as_str().map(str::to_owned));
+    if alg.as_deref() == Some("HS256") {
+        if s.flaw != Flaw::AlgConfusion {
+            return None;
+        }
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_issuer(&[&s.issuer]);
+        v.set_audience(&[&s.resource]);
+        let key = DecodingKey::from_secret(s.pem.as_bytes());
+        let data = jsonwebtoken::decode::<Value>(token, &key, &v).ok()?;
+        return data.claims["sub"].as_str().map(str::to_owned);
+    }
+    let alg_none = alg.as_deref() == Some("none");
     if alg_none {
         if s.flaw != Flaw::AlgNone {
             return None;
@@ -118,6 +134,10 @@ async fn mcp(
     body: String,
 ) -> Response {
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    // DNS rebinding: only our own Host.
+    if s.flaw != Flaw::NoHostCheck && h("host") != s.origin.strip_prefix("http://") {
+        return (StatusCode::MISDIRECTED_REQUEST, "unknown host").into_response();
+    }
     if let Some(o) = h("origin")
         && o != s.origin
         && s.flaw != Flaw::NoOriginCheck
@@ -217,12 +237,36 @@ async fn start(flaw: Flaw) -> Running {
     let issuer = format!("{origin}/as");
     let key = TestKey::es256("k1");
     let decoding = DecodingKey::from_jwk(&key.jwk).expect("jwk");
+    let pem = {
+        use base64::Engine;
+        let j = serde_json::to_value(&key.jwk).expect("jwk json");
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        // SubjectPublicKeyInfo of a P-256 key: the fixed prefix, then the point.
+        let mut der = vec![
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00, 0x04,
+        ];
+        der.extend(b.decode(j["x"].as_str().expect("x")).expect("x"));
+        der.extend(b.decode(j["y"].as_str().expect("y")).expect("y"));
+        let body = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = body
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).expect("ascii"))
+            .collect();
+        format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            lines.join("\n")
+        )
+    };
+    let jwks = json!({"keys": [serde_json::to_value(&key.jwk).expect("jwk")]});
     let srv = Arc::new(Srv {
         flaw,
         origin: origin.clone(),
         resource: resource.clone(),
         issuer: issuer.clone(),
         key: decoding,
+        pem,
         sessions: Mutex::default(),
     });
     let prm = json!({
@@ -235,6 +279,7 @@ async fn start(flaw: Flaw) -> Running {
         "issuer": if flaw == Flaw::AsWrongIssuer { format!("{issuer}/") } else { issuer.clone() },
         "authorization_endpoint": if flaw == Flaw::AsHttpEndpoint { "http://auth.example.com/authorize".to_owned() } else { format!("{issuer}/authorize") },
         "token_endpoint": format!("{issuer}/token"),
+        "jwks_uri": format!("{origin}/as/jwks"),
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": true,
@@ -251,6 +296,13 @@ async fn start(flaw: Flaw) -> Running {
     }
     let mut app = axum::Router::new()
         .route("/mcp", axum::routing::post(mcp).options(preflight))
+        .route(
+            "/as/jwks",
+            axum::routing::get(move || {
+                let k = jwks.clone();
+                async move { axum::Json(k) }
+            }),
+        )
         .route(
             "/.well-known/oauth-authorization-server/as",
             axum::routing::get(move || {
@@ -382,6 +434,8 @@ async fn each_broken_server_is_flagged_for_its_flaw_and_nothing_else() {
         (Flaw::AsWrongIssuer, &["AS-METADATA"]),
         (Flaw::AsNoIss, &["AS-ISS"]),
         (Flaw::AsHttpEndpoint, &["AS-ENDPOINTS-HTTPS"]),
+        (Flaw::AlgConfusion, &["ALG-CONFUSION"]),
+        (Flaw::NoHostCheck, &["HOST"]),
     ];
     let mut wrong = Vec::new();
     for (flaw, expected) in cases {
