@@ -214,6 +214,46 @@ const DEFS: &[Def] = &[
         reference: "MCP 2025-11-25 Security Best Practices §Session Hijacking",
         hint: "Require the token on every request and bind sessions to the user who opened them.",
     },
+    Def {
+        id: "AS-PKCE-REQUIRED",
+        group: "Authorization server (active)",
+        title: "An authorization request without PKCE is refused",
+        severity: Severity::High,
+        reference: "OAuth 2.1 §4.1.1; MCP 2025-11-25 Authorization §Authorization Code Protection",
+        hint: "Refuse authorization requests without code_challenge (invalid_request).",
+    },
+    Def {
+        id: "AS-PKCE-PLAIN",
+        group: "Authorization server (active)",
+        title: "PKCE `plain` is refused",
+        severity: Severity::High,
+        reference: "OAuth 2.1 §4.1.1, §7.5.2",
+        hint: "Accept only code_challenge_method=S256.",
+    },
+    Def {
+        id: "AS-REDIRECT-EXACT",
+        group: "Authorization server (active)",
+        title: "A redirect URI one character off is never redirected to",
+        severity: Severity::Critical,
+        reference: "OAuth 2.1 §2.3.1, §4.1.2.1; RFC 9700 §4.1",
+        hint: "Compare redirect URIs exactly (only the port of a loopback IP literal may vary).",
+    },
+    Def {
+        id: "AS-ERROR-REDIRECT",
+        group: "Authorization server (active)",
+        title: "Errors are not redirected to a self-registered client before the user saw a page",
+        severity: Severity::Low,
+        reference: "RFC 9700 §4.11.2 (open redirection); MCP 2025-11-25 Security Best Practices",
+        hint: "For unverified (self-registered) clients show errors on a page instead of redirecting.",
+    },
+    Def {
+        id: "AS-DCR-MACHINE",
+        group: "Authorization server (active)",
+        title: "Open registration cannot mint client_credentials tokens",
+        severity: Severity::High,
+        reference: "RFC 7591 §5; MCP 2025-11-25 Security Best Practices",
+        hint: "Limit what self-registered clients may be: public authorization_code clients only.",
+    },
 ];
 
 fn finding(id: &'static str, status: Status, detail: impl Into<String>) -> Finding {
@@ -234,13 +274,13 @@ fn finding(id: &'static str, status: Status, detail: impl Into<String>) -> Findi
     }
 }
 
-fn pass(id: &'static str, detail: impl Into<String>) -> Finding {
+pub(crate) fn pass(id: &'static str, detail: impl Into<String>) -> Finding {
     finding(id, Status::Pass, detail)
 }
-fn fail(id: &'static str, detail: impl Into<String>) -> Finding {
+pub(crate) fn fail(id: &'static str, detail: impl Into<String>) -> Finding {
     finding(id, Status::Fail, detail)
 }
-fn skip(id: &'static str, detail: impl Into<String>) -> Finding {
+pub(crate) fn skip(id: &'static str, detail: impl Into<String>) -> Finding {
     finding(id, Status::Skip, detail)
 }
 
@@ -373,6 +413,19 @@ pub(crate) async fn run_all(p: &Probe, opts: &Options) -> Result<Vec<Finding>, C
     // Transport rules that need the request to get past authentication.
     transport_checks(p, opts, &unauth, &mut out).await;
 
+    // Every check is reported: what did not run says why.
+    for d in DEFS {
+        if !out.iter().any(|f| f.id == d.id) {
+            out.push(skip(
+                d.id,
+                if d.group == "Authorization server (active)" && !opts.authorization_server {
+                    "needs --authorization-server (registers a client at the authorization server)"
+                } else {
+                    "not reached (see the checks before it)"
+                },
+            ));
+        }
+    }
     // Report in the order of DEFS.
     out.sort_by_key(|f| DEFS.iter().position(|d| d.id == f.id).unwrap_or(usize::MAX));
     Ok(out)
@@ -609,6 +662,9 @@ async fn as_checks(p: &Probe, opts: &Options, issuer: &str, out: &mut Vec<Findin
     } else {
         fail("AS-ENDPOINTS-HTTPS", bad.join("; "))
     });
+    if opts.authorization_server {
+        crate::active::run(p, &meta, out).await;
+    }
     let Some(jwks_uri) = meta
         .get("jwks_uri")
         .and_then(Value::as_str)

@@ -8,6 +8,7 @@
 //! report grades the target by the worst failure.
 #![forbid(unsafe_code)]
 
+mod active;
 mod checks;
 mod output;
 mod pem;
@@ -29,6 +30,9 @@ pub struct Options {
     pub foreign_token: Option<String>,
     /// A token of the same authorization server whose `exp` has passed.
     pub expired_token: Option<String>,
+    /// Active checks of the authorization server: registers a client (and may get a token for
+    /// it), sends authorization requests that must be refused.
+    pub authorization_server: bool,
 }
 
 impl std::fmt::Debug for Options {
@@ -40,6 +44,7 @@ impl std::fmt::Debug for Options {
             .field("token", &self.token.is_some())
             .field("foreign_token", &self.foreign_token.is_some())
             .field("expired_token", &self.expired_token.is_some())
+            .field("authorization_server", &self.authorization_server)
             .finish()
     }
 }

@@ -116,6 +116,39 @@ impl Probe {
         Ok(Self::read(r).await)
     }
 
+    /// POST a JSON document to `u` (dynamic client registration).
+    pub(crate) async fn post_json(
+        &self,
+        u: &url::Url,
+        body: &serde_json::Value,
+    ) -> Result<Answer, String> {
+        self.allowed(u).await?;
+        let r = self
+            .client
+            .post(u.clone())
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| format!("{u}: {e}"))?;
+        Ok(Self::read(r).await)
+    }
+
+    /// POST a form to `u`, with HTTP Basic client authentication when given.
+    pub(crate) async fn post_form(
+        &self,
+        u: &url::Url,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+    ) -> Result<Answer, String> {
+        self.allowed(u).await?;
+        let mut r = self.client.post(u.clone()).form(form);
+        if let Some((id, secret)) = basic {
+            r = r.basic_auth(id, Some(secret));
+        }
+        let r = r.send().await.map_err(|e| format!("{u}: {e}"))?;
+        Ok(Self::read(r).await)
+    }
+
     /// POST a JSON-RPC body to the target (or the target with `query`), with `headers`.
     pub(crate) async fn post(
         &self,

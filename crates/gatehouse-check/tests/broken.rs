@@ -37,6 +37,11 @@ enum Flaw {
     AsHttpEndpoint,
     AlgConfusion,
     NoHostCheck,
+    AsNoPkceRequired,
+    AsPlainAccepted,
+    AsRedirectPrefix,
+    AsErrorRedirect,
+    AsDcrMachine,
 }
 
 struct Srv {
@@ -48,6 +53,118 @@ struct Srv {
     /// The public key as PEM (what a confused verifier uses as an HMAC secret).
     pem: String,
     sessions: Mutex<HashMap<String, String>>,
+    /// Registered clients: id → (redirect URIs, secret for machine clients).
+    clients: Mutex<HashMap<String, (Vec<String>, Option<String>)>>,
+}
+
+async fn register(State(s): State<Arc<Srv>>, axum::Json(m): axum::Json<Value>) -> Response {
+    let grants: Vec<&str> = m["grant_types"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let id = format!("c{}", rand_id());
+    if grants.contains(&"client_credentials") {
+        if s.flaw != Flaw::AsDcrMachine {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": "invalid_client_metadata"})),
+            )
+                .into_response();
+        }
+        let secret = format!("secret{}", rand_id());
+        s.clients
+            .lock()
+            .unwrap()
+            .insert(id.clone(), (vec![], Some(secret.clone())));
+        return (
+            StatusCode::CREATED,
+            axum::Json(json!({"client_id": id, "client_secret": secret, "grant_types": grants})),
+        )
+            .into_response();
+    }
+    let uris: Vec<String> = m["redirect_uris"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| u.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    s.clients.lock().unwrap().insert(id.clone(), (uris, None));
+    (
+        StatusCode::CREATED,
+        axum::Json(json!({"client_id": id, "token_endpoint_auth_method": "none"})),
+    )
+        .into_response()
+}
+
+async fn authorize(
+    State(s): State<Arc<Srv>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let page = |msg: &str| (StatusCode::BAD_REQUEST, msg.to_owned()).into_response();
+    let Some((uris, _)) = q
+        .get("client_id")
+        .and_then(|c| s.clients.lock().unwrap().get(c).cloned())
+    else {
+        return page("unknown client");
+    };
+    let redirect = q.get("redirect_uri").cloned().unwrap_or_default();
+    let known = if s.flaw == Flaw::AsRedirectPrefix {
+        uris.iter().any(|u| redirect.starts_with(u.as_str()))
+    } else {
+        uris.contains(&redirect)
+    };
+    if !known {
+        return page("redirect_uri is not registered");
+    }
+    let error = |e: &str| {
+        if s.flaw == Flaw::AsErrorRedirect {
+            axum::response::Redirect::to(&format!("{redirect}?error={e}&state=x")).into_response()
+        } else {
+            page(e)
+        }
+    };
+    if q.get("response_type").map(String::as_str) != Some("code") {
+        return error("unsupported_response_type");
+    }
+    match (
+        q.get("code_challenge"),
+        q.get("code_challenge_method").map(String::as_str),
+    ) {
+        (None, _) if s.flaw != Flaw::AsNoPkceRequired => return error("invalid_request"),
+        (Some(_), Some("plain")) if s.flaw != Flaw::AsPlainAccepted => {
+            return error("invalid_request");
+        }
+        _ => {}
+    }
+    axum::response::Html("<form>sign in</form>").into_response()
+}
+
+async fn token(State(s): State<Arc<Srv>>, headers: HeaderMap) -> Response {
+    use base64::Engine;
+    let basic = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok());
+    let ok = basic.and_then(|b| {
+        let (id, secret) = b.split_once(':')?;
+        let clients = s.clients.lock().unwrap();
+        let (_, stored) = clients.get(id)?;
+        (stored.as_deref() == Some(secret)).then_some(())
+    });
+    match ok {
+        Some(()) => {
+            axum::Json(json!({"access_token": "machine", "token_type": "Bearer"})).into_response()
+        }
+        None => (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "invalid_client"})),
+        )
+            .into_response(),
+    }
 }
 
 fn challenge(s: &Srv, error: Option<&str>) -> Response {
@@ -268,6 +385,7 @@ async fn start(flaw: Flaw) -> Running {
         key: decoding,
         pem,
         sessions: Mutex::default(),
+        clients: Mutex::default(),
     });
     let prm = json!({
         "resource": if flaw == Flaw::WrongResource { format!("{resource}/") } else { resource.clone() },
@@ -279,6 +397,7 @@ async fn start(flaw: Flaw) -> Running {
         "issuer": if flaw == Flaw::AsWrongIssuer { format!("{issuer}/") } else { issuer.clone() },
         "authorization_endpoint": if flaw == Flaw::AsHttpEndpoint { "http://auth.example.com/authorize".to_owned() } else { format!("{issuer}/authorize") },
         "token_endpoint": format!("{issuer}/token"),
+        "registration_endpoint": format!("{issuer}/register"),
         "jwks_uri": format!("{origin}/as/jwks"),
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
@@ -296,6 +415,9 @@ async fn start(flaw: Flaw) -> Running {
     }
     let mut app = axum::Router::new()
         .route("/mcp", axum::routing::post(mcp).options(preflight))
+        .route("/as/register", axum::routing::post(register))
+        .route("/as/authorize", axum::routing::get(authorize))
+        .route("/as/token", axum::routing::post(token))
         .route(
             "/as/jwks",
             axum::routing::get(move || {
@@ -350,6 +472,7 @@ async fn check(flaw: Flaw) -> (BTreeSet<&'static str>, gatehouse_check::Report) 
                 .sign(&claims(&r, "https://other.example.com/mcp", now() + 300)),
         ),
         expired_token: Some(r.key.sign(&claims(&r, &r.url, now() - 600))),
+        authorization_server: true,
     };
     let report = gatehouse_check::run(&opts).await.expect("report");
     let failed = report
@@ -436,6 +559,11 @@ async fn each_broken_server_is_flagged_for_its_flaw_and_nothing_else() {
         (Flaw::AsHttpEndpoint, &["AS-ENDPOINTS-HTTPS"]),
         (Flaw::AlgConfusion, &["ALG-CONFUSION"]),
         (Flaw::NoHostCheck, &["HOST"]),
+        (Flaw::AsNoPkceRequired, &["AS-PKCE-REQUIRED"]),
+        (Flaw::AsPlainAccepted, &["AS-PKCE-PLAIN"]),
+        (Flaw::AsRedirectPrefix, &["AS-REDIRECT-EXACT"]),
+        (Flaw::AsErrorRedirect, &["AS-ERROR-REDIRECT"]),
+        (Flaw::AsDcrMachine, &["AS-DCR-MACHINE"]),
     ];
     let mut wrong = Vec::new();
     for (flaw, expected) in cases {

@@ -26,8 +26,8 @@ pub(crate) struct CheckArgs {
     /// low or info.
     #[arg(long, default_value = "high")]
     fail_on: String,
-    /// Active checks of the authorization server (may register a client). Not built yet:
-    /// refused rather than silently ignored.
+    /// Active checks of the authorization server: registers a client through dynamic
+    /// registration and sends authorization requests that must be refused (nobody signs in).
     #[arg(long)]
     authorization_server: bool,
 }
@@ -41,12 +41,6 @@ pub(crate) fn run(a: CheckArgs) -> ExitCode {
         eprintln!("error: --format: human, json or sarif");
         return ExitCode::from(2);
     }
-    if a.authorization_server {
-        eprintln!(
-            "error: --authorization-server (active checks of the authorization server) is not available yet"
-        );
-        return ExitCode::from(2);
-    }
     let Some(rt) = crate::runtime() else {
         return ExitCode::from(2);
     };
@@ -56,6 +50,7 @@ pub(crate) fn run(a: CheckArgs) -> ExitCode {
         token: a.token,
         foreign_token: a.foreign_token,
         expired_token: a.expired_token,
+        authorization_server: a.authorization_server,
     };
     let report = match rt.block_on(gatehouse_check::run(&opts)) {
         Ok(r) => r,

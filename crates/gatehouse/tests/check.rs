@@ -63,6 +63,37 @@ async fn ck1_gatehouse_dev_passes_the_passive_checks() {
     for id in ["AUDIENCE", "EXPIRED", "QUERY-TOKEN", "SESSION-AUTH"] {
         assert_eq!(status(id).as_deref(), Some("skip"), "{id} needs a token");
     }
+    // The active checks of the authorization server (a client is registered).
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            run_check(&[
+                "--allow-private",
+                "--authorization-server",
+                "--format",
+                "json",
+                &url,
+            ])
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).expect("JSON report");
+    for id in [
+        "AS-PKCE-REQUIRED",
+        "AS-PKCE-PLAIN",
+        "AS-REDIRECT-EXACT",
+        "AS-ERROR-REDIRECT",
+        "AS-DCR-MACHINE",
+    ] {
+        let c = report["checks"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["id"] == id))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(c["status"], "pass", "{c}");
+    }
     // Unreachable: a connection error is 2.
     let (code, _, _) = run_check(&[
         "--allow-private",
@@ -100,6 +131,7 @@ async fn ck2_gatehouse_serve_passes_the_token_checks_and_reports_sarif() {
         move || {
             run_check(&[
                 "--allow-private",
+                "--authorization-server",
                 "--format",
                 "json",
                 "--token",
