@@ -44,6 +44,9 @@ enum Flaw {
     AsDcrMachine,
 }
 
+/// A registered client: its redirect URIs, and the secret of a machine client.
+type Client = (Vec<String>, Option<String>);
+
 struct Srv {
     flaw: Flaw,
     origin: String,
@@ -54,7 +57,7 @@ struct Srv {
     pem: String,
     sessions: Mutex<HashMap<String, String>>,
     /// Registered clients: id → (redirect URIs, secret for machine clients).
-    clients: Mutex<HashMap<String, (Vec<String>, Option<String>)>>,
+    clients: Mutex<HashMap<String, Client>>,
 }
 
 async fn register(State(s): State<Arc<Srv>>, axum::Json(m): axum::Json<Value>) -> Response {
