@@ -253,6 +253,15 @@ async fn ot1_spans_reach_a_real_otlp_receiver_and_join_the_callers_and_the_upstr
         "{log}"
     );
     // The sign-in's request span carries no form field, and no span holds a secret.
+    for _ in 0..100 {
+        if std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("POST /account/signin")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let text = std::fs::read_to_string(&out).expect("spans");
     for secret_text in [token.as_str(), secret.as_str(), password] {
         assert!(
