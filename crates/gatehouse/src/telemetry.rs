@@ -127,6 +127,25 @@ pub(crate) fn init(json: bool, traces: Option<&TracesSection>) -> Result<Option<
     Ok(provider.map(Traces))
 }
 
+/// A path with every segment that looks like a random identifier (16 or more URL-safe
+/// characters with a digit or a capital among them; words like `oauth-protected-resource`
+/// have neither) replaced by `{id}`.
+fn redact_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            let random = seg.len() >= 16
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && seg
+                    .bytes()
+                    .any(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
+            if random { "{id}" } else { seg }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 struct Headers<'a>(&'a http::HeaderMap);
 
 impl Extractor for Headers<'_> {
@@ -145,8 +164,9 @@ pub(crate) async fn request_span(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    // The path only: a query string can hold codes and states.
-    let route = req.uri().path().to_owned();
+    // The path only (a query string can hold codes and states), with long random segments
+    // (the gateway's connect links are capabilities) replaced by `{id}`.
+    let route = redact_path(req.uri().path());
     let method = req.method().as_str().to_owned();
     let span = tracing::debug_span!(
         target: "gatehouse::request",
@@ -168,4 +188,24 @@ pub(crate) async fn request_span(
         span.record("otel.status_code", "ERROR");
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn random_path_segments_are_not_exported() {
+        assert_eq!(
+            super::redact_path("/connect/Xk3v_9QmZp2LrT8wYb4N"),
+            "/connect/{id}"
+        );
+        assert_eq!(
+            super::redact_path("/servers/everything/mcp"),
+            "/servers/everything/mcp"
+        );
+        assert_eq!(
+            super::redact_path("/.well-known/oauth-protected-resource/mcp"),
+            "/.well-known/oauth-protected-resource/mcp"
+        );
+        assert_eq!(super::redact_path("/admin/sessions"), "/admin/sessions");
+    }
 }
