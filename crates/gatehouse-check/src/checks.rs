@@ -97,7 +97,7 @@ const DEFS: &[Def] = &[
     Def {
         id: "PRM-WELLKNOWN",
         group: "Protected resource metadata",
-        title: "Metadata at the well-known location for the endpoint's path",
+        title: "Metadata at the well-known location (or through the challenge)",
         severity: Severity::Medium,
         reference: "RFC 9728 §3.1; MCP 2025-11-25 Authorization §Protected Resource Metadata Discovery",
         hint: "Serve the metadata at /.well-known/oauth-protected-resource<path of the endpoint>.",
@@ -462,17 +462,25 @@ async fn discover(
             break;
         }
     }
+    let nothing = format!(
+        "nothing at {}",
+        path_form
+            .as_ref()
+            .map_or(root.to_string(), url::Url::to_string)
+    );
+    // MCP 2025-11-25 lets a server publish its metadata either way: through the challenge's
+    // `resource_metadata` or at the well-known URI. Only neither is a failure.
+    let through_challenge = match (&wk_ok, metadata_url.and_then(|m| url::Url::parse(m).ok())) {
+        (None, Some(u)) => fetch_json(p, &u).await.is_ok_and(|v| v.is_object()),
+        _ => false,
+    };
     out.push(match &wk_ok {
         Some(u) => pass("PRM-WELLKNOWN", u.clone()),
-        None => fail(
+        None if through_challenge => pass(
             "PRM-WELLKNOWN",
-            format!(
-                "nothing at {}",
-                path_form
-                    .as_ref()
-                    .map_or(root.to_string(), url::Url::to_string)
-            ),
+            format!("{nothing}; found through the challenge's resource_metadata (allowed)"),
         ),
+        None => fail("PRM-WELLKNOWN", nothing),
     });
     // The challenge's URL is what clients follow first.
     if let Some(m) = metadata_url {

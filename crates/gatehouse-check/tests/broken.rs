@@ -42,6 +42,8 @@ enum Flaw {
     AsRedirectPrefix,
     AsErrorRedirect,
     AsDcrMachine,
+    /// Not a flaw: the metadata only at the challenge's URL (MCP 2025-11-25 allows it).
+    PrmOnlyInChallenge,
 }
 
 /// A registered client: its redirect URIs, and the secret of a machine client.
@@ -180,8 +182,13 @@ fn challenge(s: &Srv, error: Option<&str>) -> Response {
     }
     if s.flaw != Flaw::NoResourceMetadata {
         params.push(format!(
-            "resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
-            s.origin
+            "resource_metadata=\"{}{}\"",
+            s.origin,
+            if s.flaw == Flaw::PrmOnlyInChallenge {
+                "/meta/prm"
+            } else {
+                "/.well-known/oauth-protected-resource/mcp"
+            }
         ));
     }
     if s.flaw != Flaw::NoScopeInChallenge {
@@ -437,7 +444,11 @@ async fn start(flaw: Flaw) -> Running {
         );
     if flaw != Flaw::NoPrm {
         app = app.route(
-            "/.well-known/oauth-protected-resource/mcp",
+            if flaw == Flaw::PrmOnlyInChallenge {
+                "/meta/prm"
+            } else {
+                "/.well-known/oauth-protected-resource/mcp"
+            },
             axum::routing::get(move || {
                 let p = prm.clone();
                 async move { axum::Json(p) }
@@ -567,6 +578,7 @@ async fn each_broken_server_is_flagged_for_its_flaw_and_nothing_else() {
         (Flaw::AsRedirectPrefix, &["AS-REDIRECT-EXACT"]),
         (Flaw::AsErrorRedirect, &["AS-ERROR-REDIRECT"]),
         (Flaw::AsDcrMachine, &["AS-DCR-MACHINE"]),
+        (Flaw::PrmOnlyInChallenge, &[]),
     ];
     let mut wrong = Vec::new();
     for (flaw, expected) in cases {
