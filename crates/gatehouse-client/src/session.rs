@@ -32,6 +32,9 @@ pub struct ClientConfig {
     pub client_credentials: bool,
     /// Machine client with an identity assertion: the RFC 7523 JWT-bearer grant.
     pub assertion: Option<AssertionSource>,
+    /// Bind tokens to a DPoP key when the authorization server offers it (RFC 9449). Off only
+    /// for tools that need plain Bearer tokens (`gatehouse check --login`).
+    pub dpop: bool,
 }
 
 /// Where a JWT-bearer assertion comes from.
@@ -78,6 +81,7 @@ impl Default for ClientConfig {
             interactive: true,
             client_credentials: false,
             assertion: None,
+            dpop: true,
         }
     }
 }
@@ -101,8 +105,9 @@ struct State {
 }
 
 /// A fresh DPoP key when the authorization server binds tokens with ES256 (RFC 9449).
-fn new_dpop_key(d: &Discovered) -> Result<Option<Arc<DpopKey>>, ClientError> {
-    let offered = d
+fn new_dpop_key(d: &Discovered, enabled: bool) -> Result<Option<Arc<DpopKey>>, ClientError> {
+    let offered = enabled
+        && d
         .metadata
         .extra
         .get("dpop_signing_alg_values_supported")
@@ -434,7 +439,7 @@ impl Session {
         d: &Discovered,
         scope: Option<&ScopeSet>,
     ) -> Result<TokenSet, ClientError> {
-        let dpop = new_dpop_key(d)?;
+        let dpop = new_dpop_key(d, self.cfg.dpop)?;
         if self.cfg.registration.client_id.is_none() {
             return Err(ClientError::Registration("client_credentials needs a pre-registered client (--client-id with a secret or key)".into()));
         }
@@ -483,7 +488,7 @@ impl Session {
         src: &AssertionSource,
         scope: Option<&ScopeSet>,
     ) -> Result<TokenSet, ClientError> {
-        let dpop = new_dpop_key(d)?;
+        let dpop = new_dpop_key(d, self.cfg.dpop)?;
         let assertion = match src {
             AssertionSource::Jwt(j) => j.clone(),
             AssertionSource::JwtFile(p) => std::fs::read_to_string(p)
@@ -587,7 +592,7 @@ impl Session {
                 r
             }
         };
-        let dpop = new_dpop_key(d)?;
+        let dpop = new_dpop_key(d, self.cfg.dpop)?;
         login::device(
             &self.http,
             d,
@@ -637,7 +642,7 @@ impl Session {
                 (l, r)
             }
         };
-        let dpop = new_dpop_key(d)?;
+        let dpop = new_dpop_key(d, self.cfg.dpop)?;
         let res = login::authorize(
             &self.http,
             d,

@@ -19,6 +19,16 @@ pub(crate) struct CheckArgs {
     /// A token of the same authorization server whose `exp` has passed (EXPIRED).
     #[arg(long, env = "GATEHOUSE_CHECK_EXPIRED_TOKEN", hide_env_values = true)]
     expired_token: Option<String>,
+    /// Get the token by signing in (as `gatehouse login`: browser, or `--device`) instead of
+    /// giving --token.
+    #[arg(long, conflicts_with = "token")]
+    login: bool,
+    /// With --login: the device authorization grant (a code to enter on any device).
+    #[arg(long, requires = "login")]
+    device: bool,
+    /// With --login: print the URL to open instead of starting a browser.
+    #[arg(long, requires = "login")]
+    no_browser: bool,
     /// `human` (default), `json` or `sarif`.
     #[arg(long, default_value = "human")]
     format: String,
@@ -44,10 +54,21 @@ pub(crate) fn run(a: CheckArgs) -> ExitCode {
     let Some(rt) = crate::runtime() else {
         return ExitCode::from(2);
     };
+    let token = if a.login {
+        match rt.block_on(crate::client::login_token(&a.url, a.device, a.no_browser)) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("error: --login: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        a.token
+    };
     let opts = Options {
         target: a.url,
         allow_private: a.allow_private,
-        token: a.token,
+        token,
         foreign_token: a.foreign_token,
         expired_token: a.expired_token,
         authorization_server: a.authorization_server,

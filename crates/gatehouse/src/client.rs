@@ -338,3 +338,35 @@ pub(crate) fn conformance(url: &str) -> ExitCode {
         Err(e) => fail(e),
     }
 }
+
+/// Logs in to `url` as `gatehouse login` does (browser, or the device grant) and returns the
+/// access token, for `gatehouse check --login`. Tokens are cached as for `login`.
+pub(crate) async fn login_token(
+    url: &str,
+    device: bool,
+    no_browser: bool,
+) -> Result<String, String> {
+    let cache = TokenCache::open(std::env::var_os("GATEHOUSE_HOME").map(Into::into))
+        .map_err(|e| e.to_string())?;
+    // Bearer tokens: the checks send the token as Bearer (a DPoP-bound one would be refused).
+    let mut cfg = ClientConfig {
+        interactive: true,
+        dpop: false,
+        ..ClientConfig::default()
+    };
+    cfg.registration.device = device;
+    if no_browser {
+        cfg.opener = Opener::PrintOnly;
+    }
+    let session = Session::new(url, cfg, cache).map_err(|e| e.to_string())?;
+    let challenge = probe(url).await.map_err(|e| e.to_string())?;
+    session
+        .login(challenge.as_ref(), false)
+        .await
+        .map_err(|e| e.to_string())?;
+    session
+        .current_token()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "the login gave no token".to_owned())
+}

@@ -241,3 +241,61 @@ async fn ck3_gatehouse_guarding_with_oidc_provider_passes() {
         assert!(pass(id), "{id}: {report:#}");
     }
 }
+
+/// `--login`: the checker signs in as `gatehouse login` does (a scripted browser here) and runs
+/// the token checks with what it got; the token is never printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ck4_login_gets_the_token_itself() {
+    let (_dev, port, data) = gatehouse_dev_embedded("check-login", "check-login-pass-1");
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let home = data.join("client-home");
+    let out = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            gatehouse()
+                .args([
+                    "check",
+                    "--allow-private",
+                    "--login",
+                    "--format",
+                    "json",
+                    &url,
+                ])
+                .env("GATEHOUSE_HOME", &home)
+                .env(
+                    "GATEHOUSE_BROWSER",
+                    repo_root().join("interop/login-browser.mjs"),
+                )
+                .env("GH_USER", "check-login")
+                .env("GH_PASSWORD", "check-login-pass-1")
+                .env_remove("GATEHOUSE_TOKEN_KEY")
+                .output()
+                .expect("check")
+        }
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).expect("JSON");
+    assert!(failed(&report).is_empty(), "{:?}", failed(&report));
+    for id in [
+        "TOKEN-VALID",
+        "TAMPERED",
+        "QUERY-TOKEN",
+        "SESSION-AUTH",
+        "ORIGIN",
+        "HOST",
+    ] {
+        let c = report["checks"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["id"] == id))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(c["status"], "pass", "{c}");
+    }
+}
