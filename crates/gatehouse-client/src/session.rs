@@ -107,12 +107,11 @@ struct State {
 /// A fresh DPoP key when the authorization server binds tokens with ES256 (RFC 9449).
 fn new_dpop_key(d: &Discovered, enabled: bool) -> Result<Option<Arc<DpopKey>>, ClientError> {
     let offered = enabled
-        && d
-        .metadata
-        .extra
-        .get("dpop_signing_alg_values_supported")
-        .and_then(|v| v.as_array())
-        .is_some_and(|a| a.iter().any(|x| x == "ES256"));
+        && d.metadata
+            .extra
+            .get("dpop_signing_alg_values_supported")
+            .and_then(|v| v.as_array())
+            .is_some_and(|a| a.iter().any(|x| x == "ES256"));
     Ok(if offered {
         Some(Arc::new(DpopKey::generate()?))
     } else {
