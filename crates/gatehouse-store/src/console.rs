@@ -11,31 +11,6 @@ struct LiveGrantRow {
     last_rotated: Option<i64>,
 }
 
-#[derive(sqlx::FromRow)]
-struct ConsentListRow {
-    subject: String,
-    client_id: String,
-    resource: String,
-    scope: String,
-    redirect_uris: String,
-    granted_at: i64,
-}
-
-impl TryFrom<ConsentListRow> for ConsentRecord {
-    type Error = StoreError;
-    fn try_from(r: ConsentListRow) -> Result<Self, StoreError> {
-        Ok(ConsentRecord {
-            redirect_uris: serde_json::from_str(&r.redirect_uris)
-                .map_err(|e| StoreError::Corrupt(format!("consent redirect_uris: {e}")))?,
-            subject: r.subject,
-            client_id: r.client_id,
-            resource: r.resource,
-            scope: r.scope,
-            granted_at: r.granted_at,
-        })
-    }
-}
-
 type Apps = BTreeMap<(String, String), (BTreeSet<String>, ApprovedApp)>;
 
 fn app_entry<'a>(
@@ -94,7 +69,7 @@ impl Store {
 
     /// Every remembered consent, newest first.
     pub async fn list_consents(&self) -> Result<Vec<ConsentRecord>, StoreError> {
-        let rows: Vec<ConsentListRow> = with_read!(self, p => sqlx::query_as("SELECT subject, client_id, resource, scope, redirect_uris, granted_at FROM consents ORDER BY granted_at DESC, subject, client_id, resource")
+        let rows: Vec<crate::ops::ConsentRow> = with_read!(self, p => sqlx::query_as("SELECT subject, client_id, resource, scope, redirect_uris, granted_at FROM consents ORDER BY granted_at DESC, subject, client_id, resource")
             .fetch_all(p).await)?;
         rows.into_iter().map(ConsentRecord::try_from).collect()
     }
@@ -128,8 +103,12 @@ impl Store {
     /// The apps a user approved: remembered consents and live grants, one entry per client and
     /// resource, most recently used first.
     pub async fn approved_apps(&self, subject: &str) -> Result<Vec<ApprovedApp>, StoreError> {
-        let consents: Vec<ConsentListRow> = with_read!(self, p => sqlx::query_as("SELECT subject, client_id, resource, scope, redirect_uris, granted_at FROM consents WHERE subject = $1")
+        let rows: Vec<crate::ops::ConsentRow> = with_read!(self, p => sqlx::query_as("SELECT subject, client_id, resource, scope, redirect_uris, granted_at FROM consents WHERE subject = $1")
             .bind(subject).fetch_all(p).await)?;
+        let consents = rows
+            .into_iter()
+            .map(ConsentRecord::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
         // Last use: the newest rotation of any of the grant's refresh tokens (each rotation
         // issued tokens), else when the grant was made. Read, never written on the hot path.
         let grants: Vec<LiveGrantRow> = with_read!(self, p => sqlx::query_as("SELECT g.client_id, g.resource, g.scope, g.created_at, (SELECT MAX(r.rotated_at) FROM refresh_tokens r WHERE r.grant_id = g.grant_id) AS last_rotated FROM grants g WHERE g.subject = $1 AND g.revoked_at IS NULL")

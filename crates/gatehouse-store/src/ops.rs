@@ -89,13 +89,28 @@ impl From<UserRow> for UserRecord {
 }
 
 #[derive(sqlx::FromRow)]
-struct ConsentRow {
+pub(crate) struct ConsentRow {
     subject: String,
     client_id: String,
     resource: String,
     scope: String,
     redirect_uris: String,
     granted_at: i64,
+}
+
+impl TryFrom<ConsentRow> for ConsentRecord {
+    type Error = StoreError;
+    fn try_from(r: ConsentRow) -> Result<Self, StoreError> {
+        Ok(ConsentRecord {
+            redirect_uris: serde_json::from_str(&r.redirect_uris)
+                .map_err(|e| StoreError::Corrupt(format!("consent redirect_uris: {e}")))?,
+            subject: r.subject,
+            client_id: r.client_id,
+            resource: r.resource,
+            scope: r.scope,
+            granted_at: r.granted_at,
+        })
+    }
 }
 
 pub(crate) const CLIENT_COLS: &str = "client_id, secret_hash, auth_method, redirect_uris, grant_types, client_name, scope, source, application_type, metadata, created_at, disabled_at";
@@ -274,18 +289,7 @@ impl Store {
     ) -> Result<Option<ConsentRecord>, StoreError> {
         let row: Option<ConsentRow> = with_read!(self, p => sqlx::query_as("SELECT subject, client_id, resource, scope, redirect_uris, granted_at FROM consents WHERE subject = $1 AND client_id = $2 AND resource = $3")
             .bind(subject).bind(client_id).bind(resource).fetch_optional(p).await)?;
-        row.map(|r| {
-            Ok(ConsentRecord {
-                redirect_uris: serde_json::from_str(&r.redirect_uris)
-                    .map_err(|e| StoreError::Corrupt(format!("consent redirect_uris: {e}")))?,
-                subject: r.subject,
-                client_id: r.client_id,
-                resource: r.resource,
-                scope: r.scope,
-                granted_at: r.granted_at,
-            })
-        })
-        .transpose()
+        row.map(ConsentRecord::try_from).transpose()
     }
 
     pub async fn put_consent(&self, c: &ConsentRecord) -> Result<(), StoreError> {

@@ -17,6 +17,23 @@ fn run_check(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// The check `id` of a JSON report (`null` when missing).
+fn check_of(report: &Value, id: &str) -> Value {
+    report["checks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["id"] == id))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Asserts every one of `ids` has `status` in the report.
+fn assert_status(report: &Value, status: &str, ids: &[&str]) {
+    for id in ids {
+        let c = check_of(report, id);
+        assert_eq!(c["status"], status, "{id}: {c}");
+    }
+}
+
 fn failed(report: &Value) -> Vec<String> {
     report["checks"]
         .as_array()
@@ -51,18 +68,13 @@ async fn ck1_gatehouse_dev_passes_the_passive_checks() {
             assert!(c[k].is_string(), "{k} in {c}");
         }
     }
-    let status = |id: &str| {
-        report["checks"]
-            .as_array()
-            .and_then(|a| a.iter().find(|c| c["id"] == id))
-            .map(|c| c["status"].as_str().unwrap_or("").to_owned())
-    };
-    for id in ["PRM-RESOURCE", "CHALLENGE", "ALG-NONE"] {
-        assert_eq!(status(id).as_deref(), Some("pass"), "{id}");
-    }
-    for id in ["AUDIENCE", "EXPIRED", "QUERY-TOKEN", "SESSION-AUTH"] {
-        assert_eq!(status(id).as_deref(), Some("skip"), "{id} needs a token");
-    }
+    assert_status(&report, "pass", &["PRM-RESOURCE", "CHALLENGE", "ALG-NONE"]);
+    // Each needs a token.
+    assert_status(
+        &report,
+        "skip",
+        &["AUDIENCE", "EXPIRED", "QUERY-TOKEN", "SESSION-AUTH"],
+    );
     // The active checks of the authorization server (a client is registered).
     let (code, out, err) = tokio::task::spawn_blocking({
         let url = url.clone();
@@ -80,20 +92,17 @@ async fn ck1_gatehouse_dev_passes_the_passive_checks() {
     .expect("join");
     assert_eq!(code, 0, "{out}{err}");
     let report: Value = serde_json::from_str(&out).expect("JSON report");
-    for id in [
-        "AS-PKCE-REQUIRED",
-        "AS-PKCE-PLAIN",
-        "AS-REDIRECT-EXACT",
-        "AS-ERROR-REDIRECT",
-        "AS-DCR-MACHINE",
-    ] {
-        let c = report["checks"]
-            .as_array()
-            .and_then(|a| a.iter().find(|c| c["id"] == id))
-            .cloned()
-            .unwrap_or_default();
-        assert_eq!(c["status"], "pass", "{c}");
-    }
+    assert_status(
+        &report,
+        "pass",
+        &[
+            "AS-PKCE-REQUIRED",
+            "AS-PKCE-PLAIN",
+            "AS-REDIRECT-EXACT",
+            "AS-ERROR-REDIRECT",
+            "AS-DCR-MACHINE",
+        ],
+    );
     // Unreachable: a connection error is 2.
     let (code, _, _) = run_check(&[
         "--allow-private",
@@ -224,22 +233,18 @@ async fn ck3_gatehouse_guarding_with_oidc_provider_passes() {
     let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
     assert!(failed(&report).is_empty(), "{:?}", failed(&report));
     assert_eq!(code, 0);
-    let pass = |id: &str| {
-        report["checks"]
-            .as_array()
-            .and_then(|a| a.iter().find(|c| c["id"] == id))
-            .is_some_and(|c| c["status"] == "pass")
-    };
-    for id in [
-        "AS-METADATA",
-        "AS-PKCE",
-        "TOKEN-VALID",
-        "AUDIENCE",
-        "TAMPERED",
-        "ALG-NONE",
-    ] {
-        assert!(pass(id), "{id}: {report:#}");
-    }
+    assert_status(
+        &report,
+        "pass",
+        &[
+            "AS-METADATA",
+            "AS-PKCE",
+            "TOKEN-VALID",
+            "AUDIENCE",
+            "TAMPERED",
+            "ALG-NONE",
+        ],
+    );
 }
 
 /// `--login`: the checker signs in as `gatehouse login` does (a scripted browser here) and runs
@@ -283,19 +288,16 @@ async fn ck4_login_gets_the_token_itself() {
     );
     let report: Value = serde_json::from_str(&stdout).expect("JSON");
     assert!(failed(&report).is_empty(), "{:?}", failed(&report));
-    for id in [
-        "TOKEN-VALID",
-        "TAMPERED",
-        "QUERY-TOKEN",
-        "SESSION-AUTH",
-        "ORIGIN",
-        "HOST",
-    ] {
-        let c = report["checks"]
-            .as_array()
-            .and_then(|a| a.iter().find(|c| c["id"] == id))
-            .cloned()
-            .unwrap_or_default();
-        assert_eq!(c["status"], "pass", "{c}");
-    }
+    assert_status(
+        &report,
+        "pass",
+        &[
+            "TOKEN-VALID",
+            "TAMPERED",
+            "QUERY-TOKEN",
+            "SESSION-AUTH",
+            "ORIGIN",
+            "HOST",
+        ],
+    );
 }
