@@ -1170,6 +1170,11 @@ impl AuthServer {
                 if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
                     return Ok(Outcome::err("Give a user name (at most 128 characters)."));
                 }
+                // Subjects from single sign-on and assertions are `<prefix>:<id>`: a local name
+                // with a colon could take over such a user's consents and grants.
+                if name.contains(':') {
+                    return Ok(Outcome::err("A local user name cannot contain `:`."));
+                }
                 if f.password.chars().count() < 8 {
                     return Ok(Outcome::err("The password needs at least 8 characters."));
                 }

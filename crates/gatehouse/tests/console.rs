@@ -293,6 +293,20 @@ async fn co1_console_and_account_page_in_headless_chromium() {
         !String::from_utf8_lossy(&users.stdout).contains("mallory"),
         "no refused post changed anything"
     );
+    // A local name that could be another identity's subject (`sso:…`) is refused.
+    let r = alice
+        .post_form(
+            &format!("{base}/admin/users"),
+            &[
+                ("csrf", &csrf),
+                ("op", "add"),
+                ("username", "sso:bob"),
+                ("password", "mallory-pass-1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("cannot contain"), "{}", r.body);
     // The pages carry the login pages' headers.
     let r = alice.get(&format!("{base}/admin/clients")).await;
     assert_eq!(r.headers["x-frame-options"], "DENY");
