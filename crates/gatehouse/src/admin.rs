@@ -166,6 +166,12 @@ async fn run_inner(args: AdminArgs) -> Result<(), String> {
     match args.command {
         AdminCommand::Users { command } => match command {
             UsersCommand::Add { name, password_env } => {
+                // Subjects from single sign-on and assertions are `<prefix>:<id>`.
+                if name.contains(':') {
+                    return Err(format!(
+                        "{name}: a local user name cannot contain ':' (it could be another identity's subject)"
+                    ));
+                }
                 let hash = hash_password(&password_from(&password_env)?)?;
                 store
                     .insert_user(&UserRecord {
