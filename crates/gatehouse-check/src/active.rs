@@ -15,6 +15,24 @@ const IDS: [&str; 5] = [
     "AS-ERROR-REDIRECT",
     "AS-DCR-MACHINE",
 ];
+/// The checks of a real sign-in (`--login`).
+const LOGIN_IDS: [&str; 4] = [
+    "AS-TOKEN-AUDIENCE",
+    "AS-REFRESH-ROTATION",
+    "AS-REFRESH-REUSE",
+    "AS-CODE-REUSE",
+];
+
+/// What a sign-in gave: the access token for the other checks, and what the reuse checks replay
+/// once everything else has run.
+pub(crate) struct LoggedIn {
+    pub(crate) access_token: String,
+    token_url: url::Url,
+    /// The code exchange, to send again.
+    code_form: Vec<(String, String)>,
+    /// A refresh token whose successor has been used, with the request that uses it.
+    stale_refresh: Option<Vec<(String, String)>>,
+}
 
 fn random(n: usize) -> String {
     let mut b = vec![0u8; n];
@@ -47,7 +65,44 @@ fn refused(a: &Answer, redirect: &str) -> Result<String, String> {
     }
 }
 
-pub(crate) async fn run(p: &Probe, meta: &Value, out: &mut Vec<Finding>) {
+pub(crate) async fn run(
+    p: &Probe,
+    meta: &Value,
+    opts: &crate::Options,
+    scope_hint: Option<&str>,
+    out: &mut Vec<Finding>,
+) -> Option<LoggedIn> {
+    let login = opts.login;
+    let browser = opts
+        .browser
+        .clone()
+        .unwrap_or_else(gatehouse_client::opener::Opener::from_env);
+    let logged = run_inner(p, meta, login, &browser, scope_hint, out).await;
+    if logged.is_none() {
+        for id in LOGIN_IDS {
+            if !out.iter().any(|f| f.id == id) {
+                out.push(skip(
+                    id,
+                    if login {
+                        "the sign-in did not happen (see the checks before it)"
+                    } else {
+                        "needs --login (a sign-in through a browser)"
+                    },
+                ));
+            }
+        }
+    }
+    logged
+}
+
+async fn run_inner(
+    p: &Probe,
+    meta: &Value,
+    login: bool,
+    browser: &gatehouse_client::opener::Opener,
+    scope_hint: Option<&str>,
+    out: &mut Vec<Finding>,
+) -> Option<LoggedIn> {
     let url_of = |k: &str| {
         meta.get(k)
             .and_then(Value::as_str)
@@ -63,20 +118,40 @@ pub(crate) async fn run(p: &Probe, meta: &Value, out: &mut Vec<Finding>) {
                 "no authorization_endpoint or registration_endpoint to check",
             ));
         }
-        return;
+        return None;
     };
-    // A loopback redirect on a port nobody listens on: nothing is ever followed.
-    let mut b = [0u8; 2];
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    let redirect = format!(
-        "http://127.0.0.1:{}/gatehouse-check/callback",
-        49152 + u16::from_le_bytes(b) % 16000
-    );
+    // The redirect: our loopback listener with --login, else a port nobody listens on (nothing
+    // is ever followed).
+    let listener = if login {
+        match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                out.push(skip(
+                    "AS-TOKEN-AUDIENCE",
+                    format!("no loopback listener: {e}"),
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let redirect = match listener.as_ref().and_then(|l| l.local_addr().ok()) {
+        Some(a) => format!("http://127.0.0.1:{}/callback", a.port()),
+        None => {
+            let mut b = [0u8; 2];
+            let _ = aws_lc_rs::rand::fill(&mut b);
+            format!(
+                "http://127.0.0.1:{}/gatehouse-check/callback",
+                49152 + u16::from_le_bytes(b) % 16000
+            )
+        }
+    };
     let reg = p
         .post_json(
             &register,
             &json!({"client_name": "gatehouse-check", "redirect_uris": [redirect],
-                "grant_types": ["authorization_code"], "response_types": ["code"],
+                "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
                 "token_endpoint_auth_method": "none", "application_type": "native"}),
         )
         .await;
@@ -93,7 +168,7 @@ pub(crate) async fn run(p: &Probe, meta: &Value, out: &mut Vec<Finding>) {
                 out.push(skip(id, format!("could not register a client: {why}")));
             }
             out.push(dcr_machine(p, meta, &register).await);
-            return;
+            return None;
         }
     };
     let verifier = random(32);
@@ -101,12 +176,24 @@ pub(crate) async fn run(p: &Probe, meta: &Value, out: &mut Vec<Finding>) {
         &aws_lc_rs::digest::SHA256,
         verifier.as_bytes(),
     ));
-    let scope = meta
+    let supported: Vec<&str> = meta
         .get("scopes_supported")
         .and_then(Value::as_array)
-        .and_then(|a| a.iter().filter_map(Value::as_str).find(|s| *s != "openid"))
-        .unwrap_or("")
-        .to_owned();
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    // What the resource asks for; with --login also a refresh token, when the server has one.
+    let mut scope = scope_hint
+        .map(str::to_owned)
+        .or_else(|| {
+            supported
+                .iter()
+                .find(|s| **s != "openid")
+                .map(|s| (*s).to_owned())
+        })
+        .unwrap_or_default();
+    if login && supported.contains(&"offline_access") && !scope.contains("offline_access") {
+        scope = format!("{scope} offline_access").trim().to_owned();
+    }
     let request = |changes: &[(&str, Option<&str>)]| {
         let mut params: Vec<(String, String)> = vec![
             ("response_type".into(), "code".into()),
@@ -142,14 +229,14 @@ pub(crate) async fn run(p: &Probe, meta: &Value, out: &mut Vec<Finding>) {
                 ));
             }
             out.push(dcr_machine(p, meta, &register).await);
-            return;
+            return None;
         }
         Err(e) => {
             for id in &IDS[..4] {
                 out.push(skip(id, e.clone()));
             }
             out.push(dcr_machine(p, meta, &register).await);
-            return;
+            return None;
         }
     }
     let judge = |id: &'static str, a: Result<Answer, String>| match a {
@@ -206,6 +293,253 @@ pub(crate) async fn run(p: &Probe, meta: &Value, out: &mut Vec<Finding>) {
         },
     );
     out.push(dcr_machine(p, meta, &register).await);
+    let listener = listener?;
+    let token_url = meta
+        .get("token_endpoint")
+        .and_then(Value::as_str)
+        .and_then(|u| url::Url::parse(u).ok())?;
+    // The sign-in, with a fresh verifier and state.
+    let verifier = random(32);
+    let challenge = B64.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        verifier.as_bytes(),
+    ));
+    let state = random(16);
+    let url = request(&[
+        ("code_challenge", Some(&challenge)),
+        ("state", Some(&state)),
+    ]);
+    match sign_in(listener, browser, url.as_str(), &redirect).await {
+        Err(e) => {
+            out.push(skip("AS-TOKEN-AUDIENCE", format!("sign-in: {e}")));
+            None
+        }
+        Ok(q) if q.get("state") != Some(&state) => {
+            out.push(skip(
+                "AS-TOKEN-AUDIENCE",
+                "the answer did not carry our state",
+            ));
+            None
+        }
+        Ok(q) => match q.get("code") {
+            None => {
+                out.push(skip(
+                    "AS-TOKEN-AUDIENCE",
+                    format!("no code: {}", q.get("error").map_or("", String::as_str)),
+                ));
+                None
+            }
+            Some(code) => {
+                let form: Vec<(String, String)> = vec![
+                    ("grant_type".into(), "authorization_code".into()),
+                    ("code".into(), code.clone()),
+                    ("redirect_uri".into(), redirect.clone()),
+                    ("client_id".into(), client_id.clone()),
+                    ("code_verifier".into(), verifier.clone()),
+                    ("resource".into(), p.target.to_string()),
+                ];
+                tokens(p, token_url, form, &client_id, out).await
+            }
+        },
+    }
+}
+
+/// Waits (5 minutes at most) for the browser to come back to our listener, after sending it to
+/// `url` as `gatehouse login` would (never through a shell).
+async fn sign_in(
+    listener: tokio::net::TcpListener,
+    browser: &gatehouse_client::opener::Opener,
+    url: &str,
+    redirect: &str,
+) -> Result<std::collections::HashMap<String, String>, String> {
+    use std::collections::HashMap;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<HashMap<String, String>>(1);
+    let app = axum::Router::new().route(
+        "/callback",
+        axum::routing::get(
+            move |axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(q).await;
+                    axum::response::Html(
+                        "<!doctype html><meta charset=utf-8><title>gatehouse check</title><p>Signed in for gatehouse check. You can close this window.</p>",
+                    )
+                }
+            },
+        ),
+    );
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    browser
+        .open(url, redirect)
+        .await
+        .map_err(|e| e.to_string())?;
+    let got = tokio::time::timeout(std::time::Duration::from_secs(300), rx.recv()).await;
+    server.abort();
+    match got {
+        Ok(Some(q)) => Ok(q),
+        _ => Err("no answer from the browser within 5 minutes".into()),
+    }
+}
+
+fn form_refs(form: &[(String, String)]) -> Vec<(&str, &str)> {
+    form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// The code exchange, the token's audience, and refresh rotation (R0 → R1 → R2); the replays
+/// wait for `reuse_checks`.
+async fn tokens(
+    p: &Probe,
+    token_url: url::Url,
+    code_form: Vec<(String, String)>,
+    client_id: &str,
+    out: &mut Vec<Finding>,
+) -> Option<LoggedIn> {
+    let first = match p.post_form(&token_url, &form_refs(&code_form), None).await {
+        Ok(a) => a,
+        Err(e) => {
+            out.push(skip("AS-TOKEN-AUDIENCE", e));
+            return None;
+        }
+    };
+    let tok = first.json().filter(|v| v["access_token"].is_string());
+    let Some(tok) = tok else {
+        out.push(skip(
+            "AS-TOKEN-AUDIENCE",
+            format!("the code exchange answered {}", first.status),
+        ));
+        return None;
+    };
+    let mut access = tok["access_token"].as_str().unwrap_or_default().to_owned();
+    let target = p.target.as_str();
+    out.push(match crate::checks::claims_of(&access) {
+        None => skip(
+            "AS-TOKEN-AUDIENCE",
+            "an opaque token: its audience cannot be read",
+        ),
+        Some(c) => {
+            let aud: Vec<&str> = match &c["aud"] {
+                Value::String(a) => vec![a.as_str()],
+                Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+                _ => vec![],
+            };
+            if aud == [target] {
+                pass("AS-TOKEN-AUDIENCE", format!("aud {target}"))
+            } else if aud.contains(&target) {
+                fail(
+                    "AS-TOKEN-AUDIENCE",
+                    format!("aud also names others: {}", aud.join(", ")),
+                )
+            } else {
+                fail(
+                    "AS-TOKEN-AUDIENCE",
+                    format!("aud is {:?}, not the endpoint", aud),
+                )
+            }
+        }
+    });
+    let mut stale_refresh = None;
+    match tok["refresh_token"].as_str() {
+        None => {
+            out.push(skip("AS-REFRESH-ROTATION", "no refresh token was issued"));
+            out.push(skip("AS-REFRESH-REUSE", "no refresh token was issued"));
+        }
+        Some(r0) => {
+            let refresh = |r: &str| -> Vec<(String, String)> {
+                vec![
+                    ("grant_type".into(), "refresh_token".into()),
+                    ("refresh_token".into(), r.to_owned()),
+                    ("client_id".into(), client_id.to_owned()),
+                    ("resource".into(), target.to_owned()),
+                ]
+            };
+            let r1 = match p
+                .post_form(&token_url, &form_refs(&refresh(r0)), None)
+                .await
+            {
+                Ok(a) if a.status == 200 => a.json(),
+                _ => None,
+            };
+            match r1.as_ref().map(|v| v["refresh_token"].as_str()) {
+                None => {
+                    out.push(skip("AS-REFRESH-ROTATION", "the refresh was refused"));
+                    out.push(skip("AS-REFRESH-REUSE", "the refresh was refused"));
+                }
+                Some(None) => {
+                    out.push(fail(
+                        "AS-REFRESH-ROTATION",
+                        "no new refresh token: the old one stays valid",
+                    ));
+                    out.push(skip("AS-REFRESH-REUSE", "the refresh token is not rotated"));
+                }
+                Some(Some(r)) if r == r0 => {
+                    out.push(fail(
+                        "AS-REFRESH-ROTATION",
+                        "the same refresh token came back",
+                    ));
+                    out.push(skip("AS-REFRESH-REUSE", "the refresh token is not rotated"));
+                }
+                Some(Some(r1_token)) => {
+                    out.push(pass(
+                        "AS-REFRESH-ROTATION",
+                        "a new refresh token on each use",
+                    ));
+                    // Use the successor, so that any grace window for racing refreshes is over.
+                    if let Ok(a) = p
+                        .post_form(&token_url, &form_refs(&refresh(r1_token)), None)
+                        .await
+                        && let Some(v) = a.json()
+                        && let Some(at) = v["access_token"].as_str()
+                    {
+                        access = at.to_owned();
+                        stale_refresh = Some(refresh(r0));
+                    } else {
+                        out.push(skip("AS-REFRESH-REUSE", "the second refresh was refused"));
+                    }
+                    if let Some(at) = r1.as_ref().and_then(|v| v["access_token"].as_str())
+                        && stale_refresh.is_none()
+                    {
+                        access = at.to_owned();
+                    }
+                }
+            }
+        }
+    }
+    Some(LoggedIn {
+        access_token: access,
+        token_url,
+        code_form,
+        stale_refresh,
+    })
+}
+
+/// The replays, once every other check has used the sign-in's token: a refresh token whose
+/// successor was used, and the authorization code.
+pub(crate) async fn reuse_checks(p: &Probe, l: LoggedIn, out: &mut Vec<Finding>) {
+    if let Some(form) = &l.stale_refresh {
+        out.push(
+            match p.post_form(&l.token_url, &form_refs(form), None).await {
+                Ok(a) if a.status == 200 => {
+                    fail("AS-REFRESH-REUSE", "a used refresh token worked again")
+                }
+                Ok(a) => pass("AS-REFRESH-REUSE", format!("refused ({})", a.status)),
+                Err(e) => skip("AS-REFRESH-REUSE", e),
+            },
+        );
+    }
+    out.push(
+        match p
+            .post_form(&l.token_url, &form_refs(&l.code_form), None)
+            .await
+        {
+            Ok(a) if a.status == 200 => {
+                fail("AS-CODE-REUSE", "the code was exchanged a second time")
+            }
+            Ok(a) => pass("AS-CODE-REUSE", format!("refused ({})", a.status)),
+            Err(e) => skip("AS-CODE-REUSE", e),
+        },
+    );
 }
 
 /// Registers a confidential client_credentials client and asks for a token for the target.

@@ -254,6 +254,38 @@ const DEFS: &[Def] = &[
         reference: "RFC 7591 §5; MCP 2025-11-25 Security Best Practices",
         hint: "Limit what self-registered clients may be: public authorization_code clients only.",
     },
+    Def {
+        id: "AS-TOKEN-AUDIENCE",
+        group: "Authorization server (active)",
+        title: "The token issued for the endpoint names it as its audience",
+        severity: Severity::Critical,
+        reference: "RFC 8707 §2.2; MCP 2025-11-25 Authorization §Resource Parameter Implementation",
+        hint: "Honour `resource`: put it in the token's `aud` (and nothing broader).",
+    },
+    Def {
+        id: "AS-REFRESH-ROTATION",
+        group: "Authorization server (active)",
+        title: "A public client's refresh token is rotated on use",
+        severity: Severity::Medium,
+        reference: "OAuth 2.1 §4.3.1; RFC 9700 §4.14.2",
+        hint: "Issue a new refresh token on every refresh (or bind it to the client with DPoP).",
+    },
+    Def {
+        id: "AS-REFRESH-REUSE",
+        group: "Authorization server (active)",
+        title: "A rotated refresh token used again is refused",
+        severity: Severity::High,
+        reference: "RFC 9700 §4.14.2 (refresh token reuse detection)",
+        hint: "Refuse a refresh token once its successor was used, and revoke the family.",
+    },
+    Def {
+        id: "AS-CODE-REUSE",
+        group: "Authorization server (active)",
+        title: "An authorization code is accepted once only",
+        severity: Severity::High,
+        reference: "OAuth 2.1 §4.1.3; RFC 9700 §4.5",
+        hint: "Mark codes used at the first exchange and refuse (and revoke on) any replay.",
+    },
 ];
 
 fn finding(id: &'static str, status: Status, detail: impl Into<String>) -> Finding {
@@ -285,7 +317,7 @@ pub(crate) fn skip(id: &'static str, detail: impl Into<String>) -> Finding {
 }
 
 /// The claims of a JWT (unverified), when it is one.
-fn claims_of(token: &str) -> Option<Value> {
+pub(crate) fn claims_of(token: &str) -> Option<Value> {
     let payload = token.split('.').nth(1)?;
     serde_json::from_slice(&B64.decode(payload).ok()?).ok()
 }
@@ -331,6 +363,9 @@ struct Discovered {
     scope: Option<String>,
     /// The issuer's public keys (its JWKS), when found.
     jwks: Vec<Value>,
+    /// What `--login` with `--authorization-server` signed in to: its access token, and the
+    /// reuse checks to run last (a replay revokes what the sign-in issued).
+    login: Option<crate::active::LoggedIn>,
 }
 
 pub(crate) async fn run_all(p: &Probe, opts: &Options) -> Result<Vec<Finding>, CheckError> {
@@ -390,6 +425,11 @@ pub(crate) async fn run_all(p: &Probe, opts: &Options) -> Result<Vec<Finding>, C
     // Protected resource metadata.
     let d = discover(p, opts, metadata_url, scope, &mut out).await;
 
+    // A token from --login (with --authorization-server) serves like one given.
+    let mut effective = opts.clone();
+    if effective.token.is_none() {
+        effective.token = d.login.as_ref().map(|l| l.access_token.clone());
+    }
     // Tokens: refusals mean something only where a request without credentials is refused.
     if accepted(&unauth) {
         for id in [
@@ -407,11 +447,15 @@ pub(crate) async fn run_all(p: &Probe, opts: &Options) -> Result<Vec<Finding>, C
             ));
         }
     } else {
-        token_checks(p, opts, &d, &mut out).await;
+        token_checks(p, &effective, &d, &mut out).await;
     }
 
     // Transport rules that need the request to get past authentication.
-    transport_checks(p, opts, &unauth, &mut out).await;
+    transport_checks(p, &effective, &unauth, &mut out).await;
+    // Last: replays that revoke what the sign-in issued.
+    if let Some(l) = d.login {
+        crate::active::reuse_checks(p, l, &mut out).await;
+    }
 
     // Every check is reported: what did not run says why.
     for d in DEFS {
@@ -516,6 +560,7 @@ async fn discover(
             issuer: None,
             scope,
             jwks: Vec::new(),
+            login: None,
         };
     };
     if !out.iter().any(|f| f.id == "PRM-RESOURCE") {
@@ -556,13 +601,13 @@ async fn discover(
                     .join(" ")
             })
     });
-    let jwks = match &issuer {
-        Some(i) => as_checks(p, opts, i, out).await,
+    let (jwks, login) = match &issuer {
+        Some(i) => as_checks(p, opts, i, scope.as_deref(), out).await,
         None => {
             for id in ["AS-METADATA", "AS-PKCE", "AS-ISS", "AS-ENDPOINTS-HTTPS"] {
                 out.push(skip(id, "no authorization server named"));
             }
-            Vec::new()
+            (Vec::new(), None)
         }
     };
     Discovered {
@@ -570,16 +615,23 @@ async fn discover(
         issuer,
         scope,
         jwks,
+        login,
     }
 }
 
 /// The authorization server's checks; returns its public keys (for ALG-CONFUSION).
-async fn as_checks(p: &Probe, opts: &Options, issuer: &str, out: &mut Vec<Finding>) -> Vec<Value> {
+async fn as_checks(
+    p: &Probe,
+    opts: &Options,
+    issuer: &str,
+    scope: Option<&str>,
+    out: &mut Vec<Finding>,
+) -> (Vec<Value>, Option<crate::active::LoggedIn>) {
     let Ok(iu) = url::Url::parse(issuer) else {
         for id in ["AS-METADATA", "AS-PKCE", "AS-ISS", "AS-ENDPOINTS-HTTPS"] {
             out.push(skip(id, "the issuer is not a URL"));
         }
-        return Vec::new();
+        return (Vec::new(), None);
     };
     // RFC 8414 path insertion, then the OpenID forms (MCP 2025-11-25 lists all three).
     let mut candidates: Vec<url::Url> = Vec::new();
@@ -608,7 +660,7 @@ async fn as_checks(p: &Probe, opts: &Options, issuer: &str, out: &mut Vec<Findin
         for id in ["AS-PKCE", "AS-ISS", "AS-ENDPOINTS-HTTPS"] {
             out.push(skip(id, "no authorization server metadata"));
         }
-        return Vec::new();
+        return (Vec::new(), None);
     };
     out.push(match meta.get("issuer").and_then(Value::as_str) {
         Some(i) if i == issuer => pass("AS-METADATA", format!("issuer {i}")),
@@ -670,20 +722,23 @@ async fn as_checks(p: &Probe, opts: &Options, issuer: &str, out: &mut Vec<Findin
     } else {
         fail("AS-ENDPOINTS-HTTPS", bad.join("; "))
     });
-    if opts.authorization_server {
-        crate::active::run(p, &meta, out).await;
-    }
+    let login = if opts.authorization_server {
+        crate::active::run(p, &meta, opts, scope, out).await
+    } else {
+        None
+    };
     let Some(jwks_uri) = meta
         .get("jwks_uri")
         .and_then(Value::as_str)
         .and_then(|u| url::Url::parse(u).ok())
     else {
-        return Vec::new();
+        return (Vec::new(), login);
     };
-    match fetch_json(p, &jwks_uri).await {
+    let keys = match fetch_json(p, &jwks_uri).await {
         Ok(v) => v["keys"].as_array().cloned().unwrap_or_default(),
         Err(_) => Vec::new(),
-    }
+    };
+    (keys, login)
 }
 
 async fn token_checks(p: &Probe, opts: &Options, d: &Discovered, out: &mut Vec<Finding>) {

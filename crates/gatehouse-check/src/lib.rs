@@ -33,6 +33,13 @@ pub struct Options {
     /// Active checks of the authorization server: registers a client (and may get a token for
     /// it), sends authorization requests that must be refused.
     pub authorization_server: bool,
+    /// With `authorization_server`: sign in once through a browser (the code flow, done by the
+    /// checker itself) to check code reuse, refresh rotation and reuse, and the token's audience;
+    /// the token then serves the token checks too.
+    pub login: bool,
+    /// How the `login` sign-in reaches a browser; default as `gatehouse login`
+    /// (`GATEHOUSE_BROWSER`, else the desktop's).
+    pub browser: Option<gatehouse_client::opener::Opener>,
 }
 
 impl std::fmt::Debug for Options {
@@ -45,6 +52,7 @@ impl std::fmt::Debug for Options {
             .field("foreign_token", &self.foreign_token.is_some())
             .field("expired_token", &self.expired_token.is_some())
             .field("authorization_server", &self.authorization_server)
+            .field("login", &self.login)
             .finish()
     }
 }

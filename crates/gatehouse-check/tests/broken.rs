@@ -42,6 +42,10 @@ enum Flaw {
     AsRedirectPrefix,
     AsErrorRedirect,
     AsDcrMachine,
+    AsCodeReusable,
+    AsRefreshNoRotation,
+    AsRefreshReuseAccepted,
+    AsTokenWrongAudience,
     /// Not a flaw: the metadata only at the challenge's URL (MCP 2025-11-25 allows it).
     PrmOnlyInChallenge,
 }
@@ -60,6 +64,11 @@ struct Srv {
     sessions: Mutex<HashMap<String, String>>,
     /// Registered clients: id → (redirect URIs, secret for machine clients).
     clients: Mutex<HashMap<String, Client>>,
+    signer: TestKey,
+    /// Codes: code → (client, redirect, challenge, used).
+    codes: Mutex<HashMap<String, (String, String, String, bool)>>,
+    /// Refresh tokens: token → (used, its family revoked).
+    refresh: Mutex<HashMap<String, bool>>,
 }
 
 async fn register(State(s): State<Arc<Srv>>, axum::Json(m): axum::Json<Value>) -> Response {
@@ -143,11 +152,103 @@ async fn authorize(
         }
         _ => {}
     }
-    axum::response::Html("<form>sign in</form>").into_response()
+    // Pre-approved: the code at once (as for a user who consented before).
+    let code = format!("code{}", rand_id());
+    s.codes.lock().unwrap().insert(
+        code.clone(),
+        (
+            q.get("client_id").cloned().unwrap_or_default(),
+            redirect.clone(),
+            q.get("code_challenge").cloned().unwrap_or_default(),
+            false,
+        ),
+    );
+    axum::response::Redirect::to(&format!(
+        "{redirect}?code={code}&state={}&iss={}",
+        q.get("state").map(String::as_str).unwrap_or_default(),
+        s.issuer
+    ))
+    .into_response()
 }
 
-async fn token(State(s): State<Arc<Srv>>, headers: HeaderMap) -> Response {
+fn issue(s: &Srv) -> Response {
+    let aud = if s.flaw == Flaw::AsTokenWrongAudience {
+        "https://api.example.com/".to_owned()
+    } else {
+        s.resource.clone()
+    };
+    let now = gatehouse_testkit::now();
+    let at = s.signer.sign(&json!({"iss": s.issuer, "sub": "alice", "aud": aud,
+        "scope": "mcp:basic", "client_id": "c", "iat": now, "exp": now + 300, "jti": format!("j{}", rand_id())}));
+    let rt = format!("rt{}", rand_id());
+    s.refresh.lock().unwrap().insert(rt.clone(), false);
+    axum::Json(
+        json!({"access_token": at, "token_type": "Bearer", "expires_in": 300, "refresh_token": rt}),
+    )
+    .into_response()
+}
+
+fn grant_error() -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({"error": "invalid_grant"})),
+    )
+        .into_response()
+}
+
+async fn token(
+    State(s): State<Arc<Srv>>,
+    headers: HeaderMap,
+    axum::Form(f): axum::Form<HashMap<String, String>>,
+) -> Response {
     use base64::Engine;
+    match f.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => {
+            let code = f.get("code").cloned().unwrap_or_default();
+            let mut codes = s.codes.lock().unwrap();
+            let Some(entry) = codes.get_mut(&code) else {
+                return grant_error();
+            };
+            let verifier = f.get("code_verifier").cloned().unwrap_or_default();
+            let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()),
+            );
+            if entry.3 && s.flaw != Flaw::AsCodeReusable
+                || f.get("redirect_uri") != Some(&entry.1)
+                || computed != entry.2
+            {
+                return grant_error();
+            }
+            entry.3 = true;
+            drop(codes);
+            return issue(&s);
+        }
+        Some("refresh_token") => {
+            let rt = f.get("refresh_token").cloned().unwrap_or_default();
+            {
+                let mut map = s.refresh.lock().unwrap();
+                match map.get(&rt).copied() {
+                    None => return grant_error(),
+                    Some(true) if s.flaw != Flaw::AsRefreshReuseAccepted => return grant_error(),
+                    Some(_) => {}
+                }
+                if s.flaw == Flaw::AsRefreshNoRotation {
+                    let now = gatehouse_testkit::now();
+                    let at = s
+                        .signer
+                        .sign(&json!({"iss": s.issuer, "sub": "alice", "aud": s.resource,
+                        "scope": "mcp:basic", "client_id": "c", "iat": now, "exp": now + 300}));
+                    return axum::Json(
+                        json!({"access_token": at, "token_type": "Bearer", "refresh_token": rt}),
+                    )
+                    .into_response();
+                }
+                map.insert(rt, true);
+            }
+            return issue(&s);
+        }
+        _ => {}
+    }
     let basic = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -396,6 +497,9 @@ async fn start(flaw: Flaw) -> Running {
         pem,
         sessions: Mutex::default(),
         clients: Mutex::default(),
+        signer: key.clone(),
+        codes: Mutex::default(),
+        refresh: Mutex::default(),
     });
     let prm = json!({
         "resource": if flaw == Flaw::WrongResource { format!("{resource}/") } else { resource.clone() },
@@ -487,6 +591,8 @@ async fn check(flaw: Flaw) -> (BTreeSet<&'static str>, gatehouse_check::Report) 
         ),
         expired_token: Some(r.key.sign(&claims(&r, &r.url, now() - 600))),
         authorization_server: true,
+        login: true,
+        browser: Some(gatehouse_client::opener::Opener::Headless),
     };
     let report = gatehouse_check::run(&opts).await.expect("report");
     let failed = report
@@ -579,6 +685,10 @@ async fn each_broken_server_is_flagged_for_its_flaw_and_nothing_else() {
         (Flaw::AsErrorRedirect, &["AS-ERROR-REDIRECT"]),
         (Flaw::AsDcrMachine, &["AS-DCR-MACHINE"]),
         (Flaw::PrmOnlyInChallenge, &[]),
+        (Flaw::AsCodeReusable, &["AS-CODE-REUSE"]),
+        (Flaw::AsRefreshNoRotation, &["AS-REFRESH-ROTATION"]),
+        (Flaw::AsRefreshReuseAccepted, &["AS-REFRESH-REUSE"]),
+        (Flaw::AsTokenWrongAudience, &["AS-TOKEN-AUDIENCE"]),
     ];
     let mut wrong = Vec::new();
     for (flaw, expected) in cases {

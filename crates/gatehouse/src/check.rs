@@ -51,10 +51,18 @@ pub(crate) fn run(a: CheckArgs) -> ExitCode {
         eprintln!("error: --format: human, json or sarif");
         return ExitCode::from(2);
     }
+    if a.device && a.authorization_server {
+        eprintln!(
+            "error: --device with --authorization-server: the checks of the sign-in need the code flow (a browser)"
+        );
+        return ExitCode::from(2);
+    }
     let Some(rt) = crate::runtime() else {
         return ExitCode::from(2);
     };
-    let token = if a.login {
+    // With --authorization-server the checker signs in itself (it needs the code and the
+    // refresh token); else `gatehouse login` gets the token.
+    let token = if a.login && !a.authorization_server {
         match rt.block_on(crate::client::login_token(&a.url, a.device, a.no_browser)) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -72,6 +80,10 @@ pub(crate) fn run(a: CheckArgs) -> ExitCode {
         foreign_token: a.foreign_token,
         expired_token: a.expired_token,
         authorization_server: a.authorization_server,
+        login: a.login && a.authorization_server,
+        browser: a
+            .no_browser
+            .then_some(gatehouse_client::opener::Opener::PrintOnly),
     };
     let report = match rt.block_on(gatehouse_check::run(&opts)) {
         Ok(r) => r,

@@ -167,7 +167,17 @@ async fn ck2_gatehouse_serve_passes_the_token_checks_and_reports_sarif() {
         .filter(|c| c["status"] == "skip")
         .filter_map(|c| c["id"].as_str())
         .collect();
-    assert_eq!(skipped, ["EXPIRED"], "everything else ran");
+    // Everything else ran (the sign-in checks need --login: ck5).
+    assert_eq!(
+        skipped,
+        [
+            "EXPIRED",
+            "AS-TOKEN-AUDIENCE",
+            "AS-REFRESH-ROTATION",
+            "AS-REFRESH-REUSE",
+            "AS-CODE-REUSE"
+        ]
+    );
     // The same through the environment, as SARIF.
     let out = gatehouse()
         .args(["check", "--allow-private", "--format", "sarif", &endpoint])
@@ -298,6 +308,62 @@ async fn ck4_login_gets_the_token_itself() {
             "SESSION-AUTH",
             "ORIGIN",
             "HOST",
+        ],
+    );
+}
+
+/// `--authorization-server --login`: the checker's own sign-in (a scripted browser through
+/// Gatehouse's login and consent pages) checks the token's audience, refresh rotation and reuse
+/// and code reuse, and its token serves the token checks: no false alarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ck5_the_checkers_own_sign_in_checks_codes_and_refresh_tokens() {
+    let (_dev, port, data) = gatehouse_dev_embedded("check-as", "check-as-pass-1");
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let out = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            gatehouse()
+                .args([
+                    "check",
+                    "--allow-private",
+                    "--authorization-server",
+                    "--login",
+                    "--format",
+                    "json",
+                    &url,
+                ])
+                .env("GATEHOUSE_HOME", data.join("client-home"))
+                .env(
+                    "GATEHOUSE_BROWSER",
+                    repo_root().join("interop/login-browser.mjs"),
+                )
+                .env("GH_USER", "check-as")
+                .env("GH_PASSWORD", "check-as-pass-1")
+                .output()
+                .expect("check")
+        }
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).expect("JSON");
+    assert!(failed(&report).is_empty(), "{:?}", failed(&report));
+    assert_status(
+        &report,
+        "pass",
+        &[
+            "AS-TOKEN-AUDIENCE",
+            "AS-REFRESH-ROTATION",
+            "AS-REFRESH-REUSE",
+            "AS-CODE-REUSE",
+            "TOKEN-VALID",
+            "TAMPERED",
+            "SESSION-AUTH",
         ],
     );
 }
