@@ -231,10 +231,17 @@ async fn ot1_spans_reach_a_real_otlp_receiver_and_join_the_callers_and_the_upstr
     let parts: Vec<&str> = fresh_seen.split('-').collect();
     assert_eq!(parts.len(), 4);
     assert_ne!(parts[1], trace);
-    for _ in 0..50 {
-        if spans(&out).iter().any(|s| {
+    // Both spans of that call: the upstream call, and the request span (which ends after it,
+    // so it may come in a later export).
+    for _ in 0..100 {
+        let all = spans(&out);
+        let upstream_seen = all.iter().any(|s| {
             s["trace_id"] == parts[1] && s["name"] == "upstream.call" && s["span_id"] == parts[2]
-        }) {
+        });
+        let request_seen = all
+            .iter()
+            .any(|s| s["trace_id"] == parts[1] && s["kind"] == "server");
+        if upstream_seen && request_seen {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
