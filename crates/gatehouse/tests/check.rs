@@ -34,6 +34,36 @@ fn assert_status(report: &Value, status: &str, ids: &[&str]) {
     }
 }
 
+/// `gatehouse check ARGS` with the scripted browser signing in as `user` (the tests of
+/// `--login`); its standard output, once it succeeded.
+async fn check_signed_in(
+    args: &[&str],
+    (user, password): (&str, &str),
+    home: std::path::PathBuf,
+) -> String {
+    let mut c = gatehouse();
+    c.arg("check")
+        .args(args)
+        .env("GATEHOUSE_HOME", home)
+        .env(
+            "GATEHOUSE_BROWSER",
+            repo_root().join("interop/login-browser.mjs"),
+        )
+        .env("GH_USER", user)
+        .env("GH_PASSWORD", password)
+        .env_remove("GATEHOUSE_TOKEN_KEY");
+    let out = tokio::task::spawn_blocking(move || c.output().expect("check"))
+        .await
+        .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 fn failed(report: &Value) -> Vec<String> {
     report["checks"]
         .as_array()
@@ -263,39 +293,12 @@ async fn ck3_gatehouse_guarding_with_oidc_provider_passes() {
 async fn ck4_login_gets_the_token_itself() {
     let (_dev, port, data) = gatehouse_dev_embedded("check-login", "check-login-pass-1");
     let url = format!("http://127.0.0.1:{port}/mcp");
-    let home = data.join("client-home");
-    let out = tokio::task::spawn_blocking({
-        let url = url.clone();
-        move || {
-            gatehouse()
-                .args([
-                    "check",
-                    "--allow-private",
-                    "--login",
-                    "--format",
-                    "json",
-                    &url,
-                ])
-                .env("GATEHOUSE_HOME", &home)
-                .env(
-                    "GATEHOUSE_BROWSER",
-                    repo_root().join("interop/login-browser.mjs"),
-                )
-                .env("GH_USER", "check-login")
-                .env("GH_PASSWORD", "check-login-pass-1")
-                .env_remove("GATEHOUSE_TOKEN_KEY")
-                .output()
-                .expect("check")
-        }
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = check_signed_in(
+        &["--allow-private", "--login", "--format", "json", &url],
+        ("check-login", "check-login-pass-1"),
+        data.join("client-home"),
+    )
+    .await;
     let report: Value = serde_json::from_str(&stdout).expect("JSON");
     assert!(failed(&report).is_empty(), "{:?}", failed(&report));
     assert_status(
@@ -319,38 +322,19 @@ async fn ck4_login_gets_the_token_itself() {
 async fn ck5_the_checkers_own_sign_in_checks_codes_and_refresh_tokens() {
     let (_dev, port, data) = gatehouse_dev_embedded("check-as", "check-as-pass-1");
     let url = format!("http://127.0.0.1:{port}/mcp");
-    let out = tokio::task::spawn_blocking({
-        let url = url.clone();
-        move || {
-            gatehouse()
-                .args([
-                    "check",
-                    "--allow-private",
-                    "--authorization-server",
-                    "--login",
-                    "--format",
-                    "json",
-                    &url,
-                ])
-                .env("GATEHOUSE_HOME", data.join("client-home"))
-                .env(
-                    "GATEHOUSE_BROWSER",
-                    repo_root().join("interop/login-browser.mjs"),
-                )
-                .env("GH_USER", "check-as")
-                .env("GH_PASSWORD", "check-as-pass-1")
-                .output()
-                .expect("check")
-        }
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = check_signed_in(
+        &[
+            "--allow-private",
+            "--authorization-server",
+            "--login",
+            "--format",
+            "json",
+            &url,
+        ],
+        ("check-as", "check-as-pass-1"),
+        data.join("client-home"),
+    )
+    .await;
     let report: Value = serde_json::from_str(&stdout).expect("JSON");
     assert!(failed(&report).is_empty(), "{:?}", failed(&report));
     assert_status(
