@@ -41,12 +41,20 @@ impl Answer {
 
 impl Probe {
     pub(crate) async fn new(target: &url::Url, allow_private: bool) -> Result<Self, CheckError> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!("gatehouse-check/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("gatehouse-check/", env!("CARGO_PKG_VERSION")));
+        if !allow_private {
+            // Names are checked where they are resolved for the connection (the fetcher's
+            // resolver): a name that answers differently the second time gains nothing.
+            builder = builder.dns_resolver(gatehouse_fetch::public_only_resolver(
+                Duration::from_secs(5),
+            ));
+        }
+        let client = builder
             .build()
             .map_err(|e| CheckError::Connect(e.to_string()))?;
         let p = Self {
@@ -54,34 +62,34 @@ impl Probe {
             target: target.clone(),
             allow_private,
         };
-        p.allowed(target).await.map_err(CheckError::Usage)?;
+        p.allowed(target).map_err(CheckError::Usage)?;
         Ok(p)
     }
 
-    /// Whether `u` may be requested: public addresses, or any with `--allow-private`.
-    pub(crate) async fn allowed(&self, u: &url::Url) -> Result<(), String> {
+    /// What can be refused before connecting: IP literals that are not public and loopback
+    /// names (names that resolve to such addresses are refused by the resolver).
+    pub(crate) fn allowed(&self, u: &url::Url) -> Result<(), String> {
         if self.allow_private {
             return Ok(());
         }
-        let host = u.host_str().unwrap_or_default();
-        let port = u.port_or_known_default().unwrap_or(443);
-        let addrs: Vec<std::net::IpAddr> = match u.host() {
-            Some(url::Host::Ipv4(ip)) => vec![ip.into()],
-            Some(url::Host::Ipv6(ip)) => vec![ip.into()],
-            _ => tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|e| format!("{host}: {e}"))?
-                .map(|a| a.ip())
-                .collect(),
-        };
-        for ip in addrs {
-            if let Some(why) = gatehouse_fetch::forbidden_reason(ip) {
-                return Err(format!(
-                    "{host} is {why} ({ip}); pass --allow-private to check it"
-                ));
+        let ip: std::net::IpAddr = match u.host() {
+            Some(url::Host::Ipv4(ip)) => ip.into(),
+            Some(url::Host::Ipv6(ip)) => ip.into(),
+            Some(url::Host::Domain(d)) => {
+                let d = d.trim_end_matches('.').to_ascii_lowercase();
+                if d == "localhost" || d.ends_with(".localhost") {
+                    return Err(format!(
+                        "{d} is a loopback name; pass --allow-private to check it"
+                    ));
+                }
+                return Ok(());
             }
+            None => return Err("no host".into()),
+        };
+        match gatehouse_fetch::forbidden_reason(ip) {
+            Some(why) => Err(format!("{ip} is {why}; pass --allow-private to check it")),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn read(resp: reqwest::Response) -> Answer {
@@ -105,7 +113,7 @@ impl Probe {
 
     /// GET `u` (after the address check).
     pub(crate) async fn get(&self, u: &url::Url) -> Result<Answer, String> {
-        self.allowed(u).await?;
+        self.allowed(u)?;
         let r = self
             .client
             .get(u.clone())
@@ -122,7 +130,7 @@ impl Probe {
         u: &url::Url,
         body: &serde_json::Value,
     ) -> Result<Answer, String> {
-        self.allowed(u).await?;
+        self.allowed(u)?;
         let r = self
             .client
             .post(u.clone())
@@ -140,7 +148,7 @@ impl Probe {
         form: &[(&str, &str)],
         basic: Option<(&str, &str)>,
     ) -> Result<Answer, String> {
-        self.allowed(u).await?;
+        self.allowed(u)?;
         let mut r = self.client.post(u.clone()).form(form);
         if let Some((id, secret)) = basic {
             r = r.basic_auth(id, Some(secret));

@@ -223,6 +223,17 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
+/// The resolver the fetcher connects through, with no loopback exceptions: every name that
+/// resolves to a loopback, private, link-local or otherwise non-public address is refused at
+/// connect time (no window between a check and the connection). For other clients that must
+/// reach only public addresses (`gatehouse check`).
+pub fn public_only_resolver(timeout: Duration) -> Arc<dyn reqwest::dns::Resolve> {
+    Arc::new(GuardedResolver {
+        loopback_names: Arc::new(HashSet::new()),
+        timeout,
+    })
+}
+
 /// A fetched response body with what HTTP caching says about it.
 #[derive(Debug, Clone)]
 pub struct Fetched {
