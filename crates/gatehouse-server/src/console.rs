@@ -116,6 +116,10 @@ struct Signed {
     csrf: String,
 }
 
+/// A signed-in browser's post that carried its session's CSRF token and came from our own
+/// origin: what every state-changing console action takes (made only by `check_post`).
+struct Posted(Signed);
+
 /// UTC time of a Unix timestamp, to the minute.
 fn when(ts: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp(ts) {
@@ -205,6 +209,24 @@ impl AuthServer {
             .render(),
             None,
         )
+    }
+
+    /// The one check of every console post: our origin, and this session's CSRF token.
+    fn check_post(
+        &self,
+        me: Signed,
+        headers: &HeaderMap,
+        csrf: &str,
+    ) -> Result<Posted, Box<Response>> {
+        if self.same_origin(headers) && ct_eq(&me.csrf, csrf) {
+            return Ok(Posted(me));
+        }
+        tracing::warn!(subject = %me.session.subject, "console post without this page's CSRF token or from another origin");
+        Err(Box::new(self.console_error(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "This form was not sent from this page. Reload the page and try again.",
+        )))
     }
 
     async fn audit_admin(&self, actor: &str, action: &str, target: &str, detail: &str) {
@@ -490,13 +512,10 @@ pub(crate) async fn signout(
         Err(e) => return e.into_response(),
     };
     if let Some(me) = signed {
-        if !s.same_origin(&headers) || !ct_eq(&me.csrf, &f.csrf) {
-            return s.console_error(
-                StatusCode::FORBIDDEN,
-                "Refused",
-                "This form was not sent from this page. Reload the page and try again.",
-            );
-        }
+        let Posted(me) = match s.check_post(me, &headers, &f.csrf) {
+            Ok(p) => p,
+            Err(r) => return *r,
+        };
         if let Err(e) = s.inner.store.delete_session(&me.id_hash).await {
             return OAuthError::from(e).into_response();
         }
@@ -611,13 +630,10 @@ pub(crate) async fn account_revoke(
         Ok(None) => return s.signin_redirect(Next::Account),
         Err(e) => return e.into_response(),
     };
-    if !s.same_origin(&headers) || !ct_eq(&me.csrf, &f.csrf) {
-        return s.console_error(
-            StatusCode::FORBIDDEN,
-            "Refused",
-            "This form was not sent from this page. Reload the page and try again.",
-        );
-    }
+    let Posted(me) = match s.check_post(me, &headers, &f.csrf) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
     let now = s.inner.clock.now_unix();
     let n = match s
         .inner
@@ -1085,29 +1101,25 @@ pub(crate) async fn admin_action(
         Ok(me) => me,
         Err(r) => return r,
     };
-    if !s.same_origin(&headers) || !ct_eq(&me.csrf, &f.csrf) {
-        tracing::warn!(subject = %me.session.subject, "console post without this page's CSRF token");
-        return s.console_error(
-            StatusCode::FORBIDDEN,
-            "Refused",
-            "This form was not sent from this page. Reload the page and try again.",
-        );
-    }
+    let posted = match s.check_post(me, &headers, &f.csrf) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
     let Some(section) = Section::parse(&section).filter(|x| *x != Section::Home) else {
         return s.console_error(StatusCode::NOT_FOUND, "Not found", "No such page.");
     };
-    let out = match s.act(section, &me, f).await {
+    let out = match s.act(section, &posted, f).await {
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
-    s.admin_page(section, &me, out).await
+    s.admin_page(section, &posted.0, out).await
 }
 
 impl AuthServer {
     async fn act(
         &self,
         section: Section,
-        me: &Signed,
+        Posted(me): &Posted,
         f: AdminForm,
     ) -> Result<Outcome, OAuthError> {
         let st = &self.inner.store;
