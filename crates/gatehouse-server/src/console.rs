@@ -657,6 +657,10 @@ pub(crate) async fn account_revoke(
 
 // ---- the admin console ------------------------------------------------------------------------
 
+/// Rows a console list shows at most (the newest): self-registration lets strangers add
+/// clients, so no page loads a whole table.
+const CONSOLE_ROWS: i64 = 500;
+
 /// The console's sections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Section {
@@ -777,10 +781,10 @@ pub(crate) struct GatewayAudit {
 
 pub(crate) enum AdminView {
     Home {
-        clients: usize,
-        users: usize,
-        consents: usize,
-        sessions: usize,
+        clients: i64,
+        users: i64,
+        consents: i64,
+        sessions: i64,
     },
     Clients(Vec<ClientView>),
     Users(Vec<UserView>),
@@ -805,6 +809,8 @@ struct AdminPage<'a> {
     account: String,
     message: Option<String>,
     error: Option<String>,
+    /// A list shows only its newest rows.
+    note: Option<String>,
     /// A secret shown once: (client id, secret).
     secret: Option<(String, String)>,
     view: AdminView,
@@ -859,18 +865,34 @@ impl AuthServer {
         Ok(me)
     }
 
-    async fn admin_view(&self, section: Section, me: &Signed) -> Result<AdminView, OAuthError> {
+    /// The section's view, and a note when a list shows only the newest `CONSOLE_ROWS`.
+    async fn admin_view(
+        &self,
+        section: Section,
+        me: &Signed,
+    ) -> Result<(AdminView, Option<String>), OAuthError> {
         let st = &self.inner.store;
         let now = self.inner.clock.now_unix();
-        Ok(match section {
+        let counts = st.console_counts(now).await?;
+        let cut = |total: i64, what: &str| {
+            (total > CONSOLE_ROWS)
+                .then(|| format!("Showing the newest {CONSOLE_ROWS} of {total} {what}."))
+        };
+        let note = match section {
+            Section::Clients => cut(counts.clients, "clients"),
+            Section::Consents => cut(counts.consents, "consents"),
+            Section::Sessions => cut(counts.sessions, "sessions"),
+            _ => None,
+        };
+        let view = match section {
             Section::Home => AdminView::Home {
-                clients: st.list_clients().await?.len(),
-                users: st.list_users().await?.len(),
-                consents: st.list_consents().await?.len(),
-                sessions: st.list_sessions(now).await?.len(),
+                clients: counts.clients,
+                users: counts.users,
+                consents: counts.consents,
+                sessions: counts.sessions,
             },
             Section::Clients => AdminView::Clients(
-                st.list_clients()
+                st.list_clients_newest(CONSOLE_ROWS)
                     .await?
                     .into_iter()
                     .map(|c| ClientView {
@@ -904,32 +926,31 @@ impl AuthServer {
                     .collect(),
             ),
             Section::Consents => {
-                let clients: std::collections::HashMap<String, String> = st
-                    .list_clients()
-                    .await?
-                    .into_iter()
-                    .map(|c| (c.client_id.clone(), c.client_name.unwrap_or(c.client_id)))
-                    .collect();
-                AdminView::Consents(
-                    st.list_consents()
-                        .await?
-                        .into_iter()
-                        .map(|c| ConsentView {
-                            client_name: clients
-                                .get(&c.client_id)
-                                .cloned()
-                                .unwrap_or_else(|| c.client_id.clone()),
-                            granted: when(c.granted_at),
-                            subject: c.subject,
-                            client_id: c.client_id,
-                            resource: c.resource,
-                            scope: c.scope,
-                        })
-                        .collect(),
-                )
+                // The names of just the clients listed (each looked up once).
+                let mut names: std::collections::HashMap<String, String> = Default::default();
+                let mut rows = Vec::new();
+                for c in st.list_consents(CONSOLE_ROWS).await? {
+                    if !names.contains_key(&c.client_id) {
+                        let name = st
+                            .get_client(&c.client_id)
+                            .await?
+                            .and_then(|r| r.client_name)
+                            .unwrap_or_else(|| c.client_id.clone());
+                        names.insert(c.client_id.clone(), name);
+                    }
+                    rows.push(ConsentView {
+                        client_name: names.get(&c.client_id).cloned().unwrap_or_default(),
+                        granted: when(c.granted_at),
+                        subject: c.subject,
+                        client_id: c.client_id,
+                        resource: c.resource,
+                        scope: c.scope,
+                    });
+                }
+                AdminView::Consents(rows)
             }
             Section::Sessions => AdminView::Sessions(
-                st.list_sessions(now)
+                st.list_sessions(now, CONSOLE_ROWS)
                     .await?
                     .into_iter()
                     .map(|x| SessionView {
@@ -993,11 +1014,12 @@ impl AuthServer {
                 };
                 AdminView::Audit { events, gateway }
             }
-        })
+        };
+        Ok((view, note))
     }
 
     async fn admin_page(&self, section: Section, me: &Signed, out: Outcome) -> Response {
-        let view = match self.admin_view(section, me).await {
+        let (view, note) = match self.admin_view(section, me).await {
             Ok(v) => v,
             Err(e) => return e.into_response(),
         };
@@ -1029,6 +1051,7 @@ impl AuthServer {
                 account: self.inner.cfg.endpoint("/account"),
                 message: out.message,
                 error: out.error,
+                note,
                 secret: out.secret,
                 view,
             }

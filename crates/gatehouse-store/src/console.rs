@@ -67,10 +67,10 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Every remembered consent, newest first.
-    pub async fn list_consents(&self) -> Result<Vec<ConsentRecord>, StoreError> {
-        let rows: Vec<crate::ops::ConsentRow> = with_read!(self, p => sqlx::query_as("SELECT subject, client_id, resource, scope, redirect_uris, granted_at FROM consents ORDER BY granted_at DESC, subject, client_id, resource")
-            .fetch_all(p).await)?;
+    /// The newest `limit` remembered consents, newest first.
+    pub async fn list_consents(&self, limit: i64) -> Result<Vec<ConsentRecord>, StoreError> {
+        let rows: Vec<crate::ops::ConsentRow> = with_read!(self, p => sqlx::query_as("SELECT subject, client_id, resource, scope, redirect_uris, granted_at FROM consents ORDER BY granted_at DESC, subject, client_id, resource LIMIT $1")
+            .bind(limit).fetch_all(p).await)?;
         rows.into_iter().map(ConsentRecord::try_from).collect()
     }
 
@@ -92,12 +92,39 @@ impl Store {
         })
     }
 
-    /// Browser sessions that have not expired, newest first.
-    pub async fn list_sessions(&self, now: i64) -> Result<Vec<SessionRecord>, StoreError> {
+    /// The newest `limit` browser sessions that have not expired, newest first.
+    pub async fn list_sessions(
+        &self,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
         Ok(
-            with_read!(self, p => sqlx::query_as("SELECT id_hash, subject, auth_time, expires_at, claims FROM sessions WHERE expires_at > $1 ORDER BY auth_time DESC, id_hash")
-            .bind(now).fetch_all(p).await)?,
+            with_read!(self, p => sqlx::query_as("SELECT id_hash, subject, auth_time, expires_at, claims FROM sessions WHERE expires_at > $1 ORDER BY auth_time DESC, id_hash LIMIT $2")
+            .bind(now).bind(limit).fetch_all(p).await)?,
         )
+    }
+
+    /// The newest `limit` clients (strangers can register many: the console never loads them
+    /// all), newest first.
+    pub async fn list_clients_newest(&self, limit: i64) -> Result<Vec<ClientRecord>, StoreError> {
+        let rows: Vec<crate::ops::ClientRow> = with_read!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {} FROM clients ORDER BY created_at DESC, client_id LIMIT $1", crate::ops::CLIENT_COLS)))
+            .bind(limit).fetch_all(p).await)?;
+        rows.into_iter().map(ClientRecord::try_from).collect()
+    }
+
+    /// How many clients, users, remembered consents and live browser sessions there are.
+    pub async fn console_counts(&self, now: i64) -> Result<ConsoleCounts, StoreError> {
+        let (clients, users, consents): (i64, i64, i64) = with_read!(self, p => sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM clients), (SELECT COUNT(*) FROM users), (SELECT COUNT(*) FROM consents)")
+            .fetch_one(p).await)?;
+        let (sessions,): (i64,) = with_read!(self, p => sqlx::query_as("SELECT COUNT(*) FROM sessions WHERE expires_at > $1")
+            .bind(now).fetch_one(p).await)?;
+        Ok(ConsoleCounts {
+            clients,
+            users,
+            consents,
+            sessions,
+        })
     }
 
     /// The apps a user approved: remembered consents and live grants, one entry per client and

@@ -280,3 +280,12 @@ pub struct AdminEvent {
     pub target: String,
     pub detail: String,
 }
+
+/// Row counts for the console's overview.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsoleCounts {
+    pub clients: i64,
+    pub users: i64,
+    pub consents: i64,
+    pub sessions: i64,
+}

@@ -1198,7 +1198,7 @@ async fn console_operations(s: &Store) {
     assert_eq!(apps.len(), 1);
     assert_eq!(apps[0].resource, "https://other.example.com/mcp");
     assert!(
-        s.list_consents()
+        s.list_consents(1000)
             .await
             .expect("list")
             .iter()
@@ -1218,7 +1218,7 @@ async fn console_operations(s: &Store) {
         .expect("session");
     }
     let live: Vec<String> = s
-        .list_sessions(NOW)
+        .list_sessions(NOW, 1000)
         .await
         .expect("sessions")
         .into_iter()
@@ -1226,6 +1226,23 @@ async fn console_operations(s: &Store) {
         .collect();
     assert!(live.contains(&"con-s1".to_owned()) && !live.contains(&"con-s2".to_owned()));
 
+    // Counts, and lists cut at their limit (newest first).
+    let counts = s.console_counts(NOW).await.expect("counts");
+    assert!(counts.clients >= 2 && counts.sessions >= 1, "{counts:?}");
+    assert_eq!(
+        counts.clients as usize,
+        s.list_clients().await.expect("all").len()
+    );
+    let newest = s.list_clients_newest(1).await.expect("newest");
+    assert_eq!(newest.len(), 1);
+    assert!(
+        s.list_clients()
+            .await
+            .expect("all")
+            .iter()
+            .all(|c| c.created_at <= newest[0].created_at)
+    );
+    assert_eq!(s.list_sessions(NOW, 1).await.expect("one").len(), 1);
     // Console actions, newest first.
     for (i, action) in ["client.add", "client.disable"].into_iter().enumerate() {
         s.insert_admin_event(&AdminEvent {
