@@ -1,4 +1,4 @@
-//! Issue 19: every check against a correct MCP server (it passes) and against a server broken in
+//! Issue 19 (CK-1): every check against a correct MCP server (it passes) and against a server broken in
 //! exactly one way (that check, and only what follows from it, fails). The servers are real
 //! HTTP servers on loopback validating real ES256 tokens; each flaw is one switch.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
@@ -606,7 +606,7 @@ async fn check(flaw: Flaw) -> (BTreeSet<&'static str>, gatehouse_check::Report) 
 
 /// A correct server passes every check (nothing skipped: every token was given).
 #[tokio::test]
-async fn a_correct_server_passes_everything() {
+async fn ck1_a_correct_server_passes_everything() {
     let (failed, report) = check(Flaw::None).await;
     assert!(
         failed.is_empty(),
@@ -656,7 +656,7 @@ async fn a_correct_server_passes_everything() {
 
 /// Each flaw is flagged by its check, and nothing else fails.
 #[tokio::test]
-async fn each_broken_server_is_flagged_for_its_flaw_and_nothing_else() {
+async fn ck1_each_broken_server_is_flagged_for_its_flaw_and_nothing_else() {
     let cases: &[(Flaw, &[&str])] = &[
         (Flaw::NoAuth, &["AUTH-REQUIRED", "CHALLENGE"]),
         (Flaw::AnyAudience, &["AUDIENCE"]),
@@ -706,7 +706,7 @@ async fn each_broken_server_is_flagged_for_its_flaw_and_nothing_else() {
 
 /// Grades and `--fail-on`: the worst failure decides.
 #[tokio::test]
-async fn grades_follow_the_worst_failure() {
+async fn ck1_grades_follow_the_worst_failure() {
     assert_eq!(check(Flaw::AlgNone).await.1.grade, "F");
     assert_eq!(check(Flaw::QueryToken).await.1.grade, "D");
     let (_, r) = check(Flaw::AsNoIss).await;
@@ -718,7 +718,7 @@ async fn grades_follow_the_worst_failure() {
 
 /// Loopback targets need --allow-private.
 #[tokio::test]
-async fn private_targets_need_allow_private() {
+async fn ck1_private_targets_need_allow_private() {
     let r = start(Flaw::None).await;
     let e = gatehouse_check::run(&Options {
         target: r.url.clone(),

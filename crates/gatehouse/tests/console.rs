@@ -28,30 +28,18 @@ fn add_user(db: &str, name: &str, password: &str) {
 async fn approve(base: &str, resource: &str, name: &str) -> (String, Value) {
     let http = reqwest::Client::new();
     let redirect = "http://127.0.0.1:5112/cb";
-    let reg: Value = http
-        .post(format!("{base}/register"))
-        .json(&json!({"client_name": name, "redirect_uris": [redirect],
-            "grant_types": ["authorization_code", "refresh_token"],
-            "token_endpoint_auth_method": "none", "application_type": "native"}))
-        .send()
-        .await
-        .expect("register")
-        .json()
-        .await
-        .expect("json");
-    let client_id = reg["client_id"].as_str().expect("client_id").to_owned();
+    let client_id = register_native_client(base, name, redirect).await;
     let v = gatehouse_core::PkceVerifier::generate();
-    let mut u = url::Url::parse(&format!("{base}/authorize")).expect("url");
-    u.query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", &client_id)
-        .append_pair("redirect_uri", redirect)
-        .append_pair("code_challenge", v.challenge().as_str())
-        .append_pair("code_challenge_method", "S256")
-        .append_pair("scope", "mcp:basic offline_access")
-        .append_pair("resource", resource);
+    let u = authorize_url(
+        base,
+        &client_id,
+        redirect,
+        &v,
+        "mcp:basic offline_access",
+        resource,
+    );
     let done = Browser::new()
-        .sign_in_and_approve(u.as_str(), base, "bob", BOB_PW)
+        .sign_in_and_approve(&u, base, "bob", BOB_PW)
         .await;
     let code = done.redirect_params()["code"].clone();
     let tok: Value = http

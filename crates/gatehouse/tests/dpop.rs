@@ -367,33 +367,19 @@ async fn dp1_a_public_clients_tokens_and_refresh_token_are_bound_to_its_key() {
     let endpoint = format!("{base}/mcp");
     let token_url = format!("{base}/token");
     let http = reqwest::Client::new();
-    let reg: Value = http
-        .post(format!("{base}/register"))
-        .json(
-            &json!({"client_name": "DPoP app", "redirect_uris": ["http://127.0.0.1:5111/cb"],
-            "grant_types": ["authorization_code", "refresh_token"],
-            "token_endpoint_auth_method": "none", "application_type": "native"}),
-        )
-        .send()
-        .await
-        .expect("register")
-        .json()
-        .await
-        .expect("json");
-    let client_id = reg["client_id"].as_str().expect("client_id").to_owned();
+    let client_id = register_native_client(&base, "DPoP app", "http://127.0.0.1:5111/cb").await;
     let v = gatehouse_core::PkceVerifier::generate();
-    let mut u = url::Url::parse(&format!("{base}/authorize")).expect("url");
-    u.query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", &client_id)
-        .append_pair("redirect_uri", "http://127.0.0.1:5111/cb")
-        .append_pair("code_challenge", v.challenge().as_str())
-        .append_pair("code_challenge_method", "S256")
-        .append_pair("scope", "mcp:basic offline_access")
-        .append_pair("resource", &endpoint);
+    let u = authorize_url(
+        &base,
+        &client_id,
+        "http://127.0.0.1:5111/cb",
+        &v,
+        "mcp:basic offline_access",
+        &endpoint,
+    );
     let mut b = Browser::new();
     let done = b
-        .sign_in_and_approve(u.as_str(), &base, "dpop-public", "dpop-public-pass-1")
+        .sign_in_and_approve(&u, &base, "dpop-public", "dpop-public-pass-1")
         .await;
     let code = done.redirect_params()["code"].clone();
     let post = |form: Vec<(&'static str, String)>, p: Option<String>| {

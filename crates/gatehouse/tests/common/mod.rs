@@ -509,3 +509,42 @@ pub fn https_client(ca_pem: &std::path::Path) -> reqwest::Client {
         .build()
         .expect("client")
 }
+
+/// Registers a public native client (code + refresh grants) at `base/register`; its client_id.
+pub async fn register_native_client(base: &str, name: &str, redirect_uri: &str) -> String {
+    let reg: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/register"))
+        .json(
+            &serde_json::json!({"client_name": name, "redirect_uris": [redirect_uri],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_method": "none", "application_type": "native"}),
+        )
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("json");
+    reg["client_id"].as_str().expect("client_id").to_owned()
+}
+
+/// An authorization request (code, PKCE S256) at `base/authorize`.
+pub fn authorize_url(
+    base: &str,
+    client_id: &str,
+    redirect_uri: &str,
+    verifier: &gatehouse_core::PkceVerifier,
+    scope: &str,
+    resource: &str,
+) -> String {
+    let mut u = url::Url::parse(&format!("{base}/authorize")).expect("url");
+    u.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", client_id)
+        .append_pair("redirect_uri", redirect_uri)
+        .append_pair("code_challenge", verifier.challenge().as_str())
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("scope", scope)
+        .append_pair("resource", resource);
+    u.to_string()
+}
