@@ -338,7 +338,11 @@ async fn run_inner(
                     ("code_verifier".into(), verifier.clone()),
                     ("resource".into(), p.target.to_string()),
                 ];
-                tokens(p, token_url, form, &client_id, out).await
+                let introspection = meta
+                    .get("introspection_endpoint")
+                    .and_then(Value::as_str)
+                    .and_then(|u| url::Url::parse(u).ok());
+                tokens(p, token_url, introspection, form, &client_id, out).await
             }
         },
     }
@@ -392,6 +396,7 @@ fn form_refs(form: &[(String, String)]) -> Vec<(&str, &str)> {
 async fn tokens(
     p: &Probe,
     token_url: url::Url,
+    introspection: Option<url::Url>,
     code_form: Vec<(String, String)>,
     client_id: &str,
     out: &mut Vec<Finding>,
@@ -413,10 +418,25 @@ async fn tokens(
     };
     let mut access = tok["access_token"].as_str().unwrap_or_default().to_owned();
     let target = p.target.as_str();
-    out.push(match crate::checks::claims_of(&access) {
+    // An opaque token's audience, from introspection where the server lets this public client
+    // introspect (RFC 7662 §2.2 `aud`).
+    let claims = match crate::checks::claims_of(&access) {
+        Some(c) => Some(c),
+        None => match &introspection {
+            Some(u) => p
+                .post_form(u, &[("token", &access), ("client_id", client_id)], None)
+                .await
+                .ok()
+                .filter(|a| a.status == 200)
+                .and_then(|a| a.json())
+                .filter(|v| v["active"] == true && !v["aud"].is_null()),
+            None => None,
+        },
+    };
+    out.push(match claims {
         None => skip(
             "AS-TOKEN-AUDIENCE",
-            "an opaque token: its audience cannot be read",
+            "an opaque token: its audience cannot be read (nor introspected)",
         ),
         Some(c) => {
             let aud: Vec<&str> = match &c["aud"] {

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"gatehouse-check","version":"1"}}}"#;
 const LIST: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
 /// An origin no deployment allows (`.invalid` never resolves, RFC 6761).
 const HOSTILE_ORIGIN: &str = "https://attacker.gatehouse-check.invalid";
 
@@ -183,6 +184,22 @@ const DEFS: &[Def] = &[
         hint: "Verify the signature over the whole token before reading any claim.",
     },
     Def {
+        id: "SIGNATURE",
+        group: "Tokens",
+        title: "A token signed by a key that is not the issuer's is refused",
+        severity: Severity::Critical,
+        reference: "RFC 7515 §5.2; RFC 8725 §3.1; RFC 9068 §4",
+        hint: "Verify the signature with the issuer's published keys (its jwks_uri) only.",
+    },
+    Def {
+        id: "EMBEDDED-KEY",
+        group: "Tokens",
+        title: "A token carrying its own key (`jwk` header) is refused",
+        severity: Severity::Critical,
+        reference: "RFC 8725 §3.10 (key in the header); RFC 7515 §4.1.3",
+        hint: "Never verify with a key named in the token itself (jwk, jku, x5u, x5c).",
+    },
+    Def {
         id: "AUDIENCE",
         group: "Tokens",
         title: "A token for another resource is refused",
@@ -207,12 +224,44 @@ const DEFS: &[Def] = &[
         hint: "Read the token from the Authorization header only.",
     },
     Def {
+        id: "INVALID-TOKEN",
+        group: "Tokens",
+        title: "A malformed token gets 401 with error=\"invalid_token\"",
+        severity: Severity::Medium,
+        reference: "MCP 2025-11-25 Authorization §Error Handling; RFC 6750 §3.1",
+        hint: "Answer an invalid, expired or malformed token with 401 and `Bearer error=\"invalid_token\"` (clients then get a new token).",
+    },
+    Def {
+        id: "INSUFFICIENT-SCOPE",
+        group: "Tokens",
+        title: "A call the token's scopes do not cover gets 403 naming the scopes needed",
+        severity: Severity::Medium,
+        reference: "MCP 2025-11-25 Authorization §Runtime Insufficient Scope Errors; RFC 6750 §3.1",
+        hint: "Answer 403 with `Bearer error=\"insufficient_scope\", scope=\"<every scope needed>\"` (not 401: clients re-authenticate instead of stepping up).",
+    },
+    Def {
         id: "SESSION-AUTH",
         group: "Sessions",
         title: "A session id alone does not authenticate",
         severity: Severity::Critical,
         reference: "MCP 2025-11-25 Security Best Practices §Session Hijacking",
         hint: "Require the token on every request and bind sessions to the user who opened them.",
+    },
+    Def {
+        id: "SESSION-USER",
+        group: "Sessions",
+        title: "Another user's token cannot use a session",
+        severity: Severity::High,
+        reference: "MCP 2025-11-25 Security Best Practices §Session Hijacking (bind sessions to the user)",
+        hint: "Store the user with the session and refuse requests whose token names another user.",
+    },
+    Def {
+        id: "SESSION-ID",
+        group: "Sessions",
+        title: "Session ids are long, random and visible ASCII",
+        severity: Severity::Medium,
+        reference: "MCP 2025-11-25 Transports §Session Management; Security Best Practices §Session Hijacking",
+        hint: "Make session ids from a secure random source (at least 128 bits), e.g. a random UUID.",
     },
     Def {
         id: "AS-PKCE-REQUIRED",
@@ -287,6 +336,13 @@ const DEFS: &[Def] = &[
         hint: "Mark codes used at the first exchange and refuse (and revoke on) any replay.",
     },
 ];
+
+/// Every check: id, severity, title and reference, in report order.
+pub(crate) fn catalogue()
+-> impl Iterator<Item = (&'static str, Severity, &'static str, &'static str)> {
+    DEFS.iter()
+        .map(|d| (d.id, d.severity, d.title, d.reference))
+}
 
 fn finding(id: &'static str, status: Status, detail: impl Into<String>) -> Finding {
     let d = DEFS.iter().find(|d| d.id == id);
@@ -432,17 +488,12 @@ pub(crate) async fn run_all(p: &Probe, opts: &Options) -> Result<Vec<Finding>, C
     }
     // Tokens: refusals mean something only where a request without credentials is refused.
     if accepted(&unauth) {
-        for id in [
-            "ALG-NONE",
-            "TOKEN-VALID",
-            "TAMPERED",
-            "AUDIENCE",
-            "EXPIRED",
-            "QUERY-TOKEN",
-            "SESSION-AUTH",
-        ] {
+        for d in DEFS
+            .iter()
+            .filter(|d| matches!(d.group, "Tokens" | "Sessions"))
+        {
             out.push(skip(
-                id,
+                d.id,
                 "the endpoint accepts requests without credentials (AUTH-REQUIRED)",
             ));
         }
@@ -770,11 +821,24 @@ async fn token_checks(p: &Probe, opts: &Options, d: &Discovered, out: &mut Vec<F
     );
     let _ = &d.prm;
     out.push(alg_confusion(p, &claims, &d.jwks).await);
+    foreign_keys(p, opts, &claims, &d.jwks, out).await;
+    out.push(invalid_token(p).await);
 
     let Some(token) = opts.token.as_deref() else {
-        for id in ["TOKEN-VALID", "TAMPERED", "QUERY-TOKEN", "SESSION-AUTH"] {
+        for id in [
+            "TOKEN-VALID",
+            "TAMPERED",
+            "QUERY-TOKEN",
+            "SESSION-AUTH",
+            "SESSION-ID",
+            "SESSION-USER",
+        ] {
             out.push(skip(id, "needs --token"));
         }
+        out.push(skip(
+            "INSUFFICIENT-SCOPE",
+            "needs --token and --scope-tool (a tool the token's scopes do not cover)",
+        ));
         foreign_and_expired(p, opts, false, out).await;
         return;
     };
@@ -802,7 +866,14 @@ async fn token_checks(p: &Probe, opts: &Options, d: &Discovered, out: &mut Vec<F
         }
     };
     let Some(valid) = valid else {
-        for id in ["TAMPERED", "QUERY-TOKEN", "SESSION-AUTH"] {
+        for id in [
+            "TAMPERED",
+            "QUERY-TOKEN",
+            "SESSION-AUTH",
+            "SESSION-ID",
+            "SESSION-USER",
+            "INSUFFICIENT-SCOPE",
+        ] {
             out.push(skip(id, "the given token is not accepted"));
         }
         foreign_and_expired(p, opts, false, out).await;
@@ -872,7 +943,338 @@ async fn token_checks(p: &Probe, opts: &Options, d: &Discovered, out: &mut Vec<F
             }
         }
     });
+    out.push(session_ids(p, token, valid.header("mcp-session-id")).await);
+    out.push(session_user(p, token, opts.other_user_token.as_deref()).await);
+    out.push(insufficient_scope(p, token, opts.scope_tool.as_deref()).await);
     foreign_and_expired(p, opts, true, out).await;
+}
+
+/// SIGNATURE and EMBEDDED-KEY: claims that fit the endpoint, signed with a key the target has
+/// never seen (the issuer's key id named), and with that key in the token's own `jwk` header.
+async fn foreign_keys(
+    p: &Probe,
+    opts: &Options,
+    claims: &Value,
+    jwks: &[Value],
+    out: &mut Vec<Finding>,
+) {
+    let family = crate::forge::Family::of(opts.token.as_deref(), jwks);
+    let kid = opts
+        .token
+        .as_deref()
+        .and_then(|t| t.split('.').next())
+        .and_then(|h| B64.decode(h).ok())
+        .and_then(|h| serde_json::from_slice::<Value>(&h).ok())
+        .and_then(|h| h["kid"].as_str().map(str::to_owned))
+        .or_else(|| {
+            jwks.iter()
+                .find_map(|k| k["kid"].as_str().map(str::to_owned))
+        });
+    for (id, embed, what) in [
+        ("SIGNATURE", false, "a token signed by an unknown key"),
+        (
+            "EMBEDDED-KEY",
+            true,
+            "a token verified by the key in its own header",
+        ),
+    ] {
+        let Some(forged) = crate::forge::foreign_signed(claims, family, kid.as_deref(), embed)
+        else {
+            out.push(skip(id, "could not make a signing key"));
+            continue;
+        };
+        out.push(
+            match p
+                .post(INIT, &[("authorization", &bearer(&forged))], None)
+                .await
+            {
+                Ok(a) if accepted(&a) => fail(id, format!("{what} was accepted ({})", a.status)),
+                Ok(a) => pass(id, format!("refused ({})", a.status)),
+                Err(e) => skip(id, e),
+            },
+        );
+    }
+}
+
+/// INVALID-TOKEN: a token that is no token at all.
+async fn invalid_token(p: &Probe) -> Finding {
+    let a = match p
+        .post(
+            INIT,
+            &[("authorization", "Bearer gatehouse-check.not-a-token")],
+            None,
+        )
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => return skip("INVALID-TOKEN", e),
+    };
+    if accepted(&a) {
+        return fail(
+            "INVALID-TOKEN",
+            format!("a malformed token was accepted ({})", a.status),
+        );
+    }
+    let error = Challenge::parse_all(
+        a.headers
+            .get_all("www-authenticate")
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
+    .unwrap_or_default()
+    .iter()
+    .find(|c| c.is_scheme("Bearer"))
+    .and_then(|c| c.param("error").map(str::to_owned));
+    match (a.status, error.as_deref()) {
+        (401, Some("invalid_token")) => pass("INVALID-TOKEN", "401, error=\"invalid_token\""),
+        (401, Some(e)) => fail("INVALID-TOKEN", format!("401 with error=\"{e}\"")),
+        (401, None) => fail("INVALID-TOKEN", "401 without error=\"invalid_token\""),
+        (s, _) => fail(
+            "INVALID-TOKEN",
+            format!("answered {s}, not 401 (clients do not know to get a new token)"),
+        ),
+    }
+}
+
+/// A session opened with `token` as a client does it: `initialize`, then
+/// `notifications/initialized` on the session. The session id (when the server keeps
+/// sessions) and the protocol version.
+async fn open_session(p: &Probe, token: &str) -> Result<(Option<String>, String), String> {
+    let auth = bearer(token);
+    let a = p.post(INIT, &[("authorization", &auth)], None).await?;
+    if !accepted(&a) {
+        return Err(format!("initialize with the token answered {}", a.status));
+    }
+    let version = a
+        .json()
+        .and_then(|v| v["result"]["protocolVersion"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "2025-11-25".into());
+    let sid = a.header("mcp-session-id").map(str::to_owned);
+    let mut h = vec![
+        ("authorization", auth.as_str()),
+        ("mcp-protocol-version", version.as_str()),
+    ];
+    if let Some(s) = &sid {
+        h.push(("mcp-session-id", s));
+    }
+    p.post(INITIALIZED, &h, None).await?;
+    Ok((sid, version))
+}
+
+/// Ends a session the checker opened (MCP clients SHOULD): servers that cap sessions per user
+/// are not left holding ours. What the server answers does not matter.
+async fn close_session(p: &Probe, token: &str, sid: &str, version: &str) {
+    let auth = bearer(token);
+    let _ = p
+        .delete(&[
+            ("authorization", auth.as_str()),
+            ("mcp-session-id", sid),
+            ("mcp-protocol-version", version),
+        ])
+        .await;
+}
+
+/// SESSION-ID: two sessions' ids are long, visible ASCII and not a counter or a clock.
+async fn session_ids(p: &Probe, token: &str, first: Option<&str>) -> Finding {
+    let Some(first) = first else {
+        return skip("SESSION-ID", "the server opened no session (stateless)");
+    };
+    let second = match open_session(p, token).await {
+        Ok((Some(s), v)) => {
+            close_session(p, token, &s, &v).await;
+            close_session(p, token, first, &v).await;
+            s
+        }
+        Ok((None, _)) => return skip("SESSION-ID", "the second initialize opened no session"),
+        Err(e) => return skip("SESSION-ID", e),
+    };
+    if let Some(bad) = [first, second.as_str()]
+        .iter()
+        .find(|s| s.bytes().any(|b| !(0x21..=0x7e).contains(&b)))
+    {
+        return fail(
+            "SESSION-ID",
+            format!(
+                "a session id of {} bytes has characters outside 0x21–0x7E",
+                bad.len()
+            ),
+        );
+    }
+    let shortest = first.len().min(second.len());
+    if shortest < 16 {
+        return fail(
+            "SESSION-ID",
+            format!("a session id of {shortest} characters (too short to be unguessable)"),
+        );
+    }
+    let span = differing_span(first.as_bytes(), second.as_bytes());
+    if span < 12 {
+        return fail(
+            "SESSION-ID",
+            format!("two sessions' ids differ in {span} characters only (predictable)"),
+        );
+    }
+    pass(
+        "SESSION-ID",
+        format!("{shortest}+ characters, two ids differ over {span}"),
+    )
+}
+
+/// How many characters lie between the common prefix and the common suffix of `a` and `b`
+/// (in the longer one): a counter or a clock changes a few at one end.
+fn differing_span(a: &[u8], b: &[u8]) -> usize {
+    let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let (a, b) = (&a[prefix..], &b[prefix..]);
+    let suffix = a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    a.len().max(b.len()) - suffix
+}
+
+/// SESSION-USER: a session another user opened, used with this user's (valid) token.
+async fn session_user(p: &Probe, token: &str, other: Option<&str>) -> Finding {
+    let Some(other) = other else {
+        return skip(
+            "SESSION-USER",
+            "needs --other-user-token (a token for this endpoint of another user)",
+        );
+    };
+    let sub = |t: &str| claims_of(t).and_then(|c| c["sub"].as_str().map(str::to_owned));
+    if let (Some(a), Some(b)) = (sub(token), sub(other))
+        && a == b
+    {
+        return skip("SESSION-USER", "both tokens name the same user (`sub`)");
+    }
+    match open_session(p, other).await {
+        Err(e) => return skip("SESSION-USER", format!("the other user's token: {e}")),
+        Ok((Some(sid), v)) => close_session(p, other, &sid, &v).await,
+        Ok((None, _)) => {}
+    }
+    let (sid, version) = match open_session(p, token).await {
+        Ok((Some(sid), v)) => (sid, v),
+        Ok((None, _)) => return skip("SESSION-USER", "the server opened no session (stateless)"),
+        Err(e) => return skip("SESSION-USER", e),
+    };
+    // The session's own user first: a refusal there would make the other's mean nothing.
+    let found = match list_on(p, &sid, &version, token).await {
+        Ok(a) if accepted(&a) => match list_on(p, &sid, &version, other).await {
+            Ok(a) if accepted(&a) => fail(
+                "SESSION-USER",
+                format!("another user's token used the session ({})", a.status),
+            ),
+            Ok(a) => pass("SESSION-USER", format!("refused ({})", a.status)),
+            Err(e) => skip("SESSION-USER", e),
+        },
+        Ok(a) => skip(
+            "SESSION-USER",
+            format!("tools/list by the session's own user answered {}", a.status),
+        ),
+        Err(e) => skip("SESSION-USER", e),
+    };
+    close_session(p, token, &sid, &version).await;
+    found
+}
+
+/// tools/list on session `sid` with `token`.
+async fn list_on(p: &Probe, sid: &str, version: &str, token: &str) -> Result<Answer, String> {
+    let auth = bearer(token);
+    let h = [
+        ("mcp-session-id", sid),
+        ("mcp-protocol-version", version),
+        ("authorization", auth.as_str()),
+    ];
+    p.post(LIST, &h, None).await
+}
+
+/// INSUFFICIENT-SCOPE: the tool the operator named (one `token`'s scopes do not cover), called
+/// with empty arguments.
+async fn insufficient_scope(p: &Probe, token: &str, tool: Option<&str>) -> Finding {
+    let id = "INSUFFICIENT-SCOPE";
+    let Some(tool) = tool else {
+        return skip(
+            id,
+            "needs --scope-tool NAME (a tool the token's scopes do not cover)",
+        );
+    };
+    let (sid, version) = match open_session(p, token).await {
+        Ok(s) => s,
+        Err(e) => return skip(id, e),
+    };
+    let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": tool, "arguments": {}}})
+    .to_string();
+    let auth = bearer(token);
+    let mut h = vec![
+        ("authorization", auth.as_str()),
+        ("mcp-protocol-version", version.as_str()),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", tool),
+    ];
+    if let Some(s) = &sid {
+        h.push(("mcp-session-id", s));
+    }
+    let a = p.post(&call, &h, None).await;
+    if let Some(s) = &sid {
+        close_session(p, token, s, &version).await;
+    }
+    let a = match a {
+        Ok(a) => a,
+        Err(e) => return skip(id, e),
+    };
+    let ch = Challenge::parse_all(
+        a.headers
+            .get_all("www-authenticate")
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
+    .unwrap_or_default();
+    let bearer_ch = ch.iter().find(|c| c.is_scheme("Bearer"));
+    let error = bearer_ch.and_then(|c| c.param("error"));
+    let scope = bearer_ch.and_then(|c| c.param("scope"));
+    let held: Vec<String> = claims_of(token)
+        .and_then(|c| c["scope"].as_str().map(str::to_owned))
+        .map(|s| s.split(' ').map(str::to_owned).collect())
+        .unwrap_or_default();
+    match (a.status, error, scope) {
+        (403, Some("insufficient_scope"), Some(s)) => {
+            let needed: Vec<&str> = s.split(' ').filter(|x| !x.is_empty()).collect();
+            if !held.is_empty() && needed.iter().all(|n| held.iter().any(|h| h == n)) {
+                fail(
+                    id,
+                    format!("403 names scope=\"{s}\", all of which the token holds"),
+                )
+            } else {
+                pass(id, format!("403, scope=\"{s}\""))
+            }
+        }
+        (403, Some("insufficient_scope"), None) => {
+            fail(id, "403 insufficient_scope without the `scope` needed")
+        }
+        (403, _, _) => fail(id, "403 without Bearer error=\"insufficient_scope\""),
+        (401, _, _) => fail(
+            id,
+            "401 for a valid token lacking scope (clients re-authenticate instead of stepping up)",
+        ),
+        (s, _, _) if (200..300).contains(&s) => {
+            let rpc_error = a
+                .json()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned));
+            fail(
+                id,
+                match rpc_error {
+                    Some(m) => format!(
+                        "HTTP {s} with a JSON-RPC error ({}) instead of 403",
+                        m.chars().take(80).collect::<String>()
+                    ),
+                    None => format!("the call of {tool} was not refused ({s})"),
+                },
+            )
+        }
+        (s, _, _) => fail(id, format!("answered {s}, not 403")),
+    }
 }
 
 /// HS256 over the claims, keyed with each public key as a server that confuses algorithms

@@ -10,6 +10,7 @@
 
 mod active;
 mod checks;
+mod forge;
 mod output;
 mod pem;
 mod probe;
@@ -30,6 +31,11 @@ pub struct Options {
     pub foreign_token: Option<String>,
     /// A token of the same authorization server whose `exp` has passed.
     pub expired_token: Option<String>,
+    /// A tool of the endpoint that `token`'s scopes do not cover (INSUFFICIENT-SCOPE calls it
+    /// with that token and empty arguments: a server that does not check scopes runs it).
+    pub scope_tool: Option<String>,
+    /// A valid token for the endpoint of another user (SESSION-USER).
+    pub other_user_token: Option<String>,
     /// Active checks of the authorization server: registers a client (and may get a token for
     /// it), sends authorization requests that must be refused.
     pub authorization_server: bool,
@@ -51,6 +57,8 @@ impl std::fmt::Debug for Options {
             .field("token", &self.token.is_some())
             .field("foreign_token", &self.foreign_token.is_some())
             .field("expired_token", &self.expired_token.is_some())
+            .field("scope_tool", &self.scope_tool)
+            .field("other_user_token", &self.other_user_token.is_some())
             .field("authorization_server", &self.authorization_server)
             .field("login", &self.login)
             .finish()
@@ -166,6 +174,12 @@ impl std::fmt::Display for CheckError {
 }
 
 impl std::error::Error for CheckError {}
+
+/// Every check this version knows (id, severity, title, reference), in report order: ids are
+/// stable once released.
+pub fn catalogue() -> Vec<(&'static str, Severity, &'static str, &'static str)> {
+    checks::catalogue().collect()
+}
 
 /// Runs every check that applies and grades the target.
 pub async fn run(opts: &Options) -> Result<Report, CheckError> {

@@ -46,6 +46,15 @@ enum Flaw {
     AsRefreshNoRotation,
     AsRefreshReuseAccepted,
     AsTokenWrongAudience,
+    BadTokenForbidden,
+    TrustEmbeddedJwk,
+    SequentialSessionIds,
+    SessionAnyUser,
+    ScopeNotChecked,
+    ScopeUnauthorized,
+    ScopeWithoutScopeParam,
+    /// Opaque access tokens whose introspected `aud` is another resource.
+    AsOpaqueWrongAudience,
     /// Not a flaw: the metadata only at the challenge's URL (MCP 2025-11-25 allows it).
     PrmOnlyInChallenge,
 }
@@ -69,6 +78,22 @@ struct Srv {
     codes: Mutex<HashMap<String, (String, String, String, bool)>>,
     /// Refresh tokens: token → (used, its family revoked).
     refresh: Mutex<HashMap<String, bool>>,
+    /// Opaque access tokens → their audience.
+    opaque: Mutex<HashMap<String, String>>,
+}
+
+async fn introspect(
+    State(s): State<Arc<Srv>>,
+    axum::Form(f): axum::Form<HashMap<String, String>>,
+) -> Response {
+    let aud = f
+        .get("token")
+        .and_then(|t| s.opaque.lock().unwrap().get(t).cloned());
+    axum::Json(match aud {
+        Some(aud) => json!({"active": true, "aud": aud, "client_id": "c"}),
+        None => json!({"active": false}),
+    })
+    .into_response()
 }
 
 async fn register(State(s): State<Arc<Srv>>, axum::Json(m): axum::Json<Value>) -> Response {
@@ -172,7 +197,10 @@ async fn authorize(
 }
 
 fn issue(s: &Srv) -> Response {
-    let aud = if s.flaw == Flaw::AsTokenWrongAudience {
+    let aud = if matches!(
+        s.flaw,
+        Flaw::AsTokenWrongAudience | Flaw::AsOpaqueWrongAudience
+    ) {
         "https://api.example.com/".to_owned()
     } else {
         s.resource.clone()
@@ -180,6 +208,13 @@ fn issue(s: &Srv) -> Response {
     let now = gatehouse_testkit::now();
     let at = s.signer.sign(&json!({"iss": s.issuer, "sub": "alice", "aud": aud,
         "scope": "mcp:basic", "client_id": "c", "iat": now, "exp": now + 300, "jti": format!("j{}", rand_id())}));
+    let at = if s.flaw == Flaw::AsOpaqueWrongAudience {
+        let opaque = random_hex();
+        s.opaque.lock().unwrap().insert(opaque.clone(), aud);
+        opaque
+    } else {
+        at
+    };
     let rt = format!("rt{}", rand_id());
     s.refresh.lock().unwrap().insert(rt.clone(), false);
     axum::Json(
@@ -326,6 +361,16 @@ fn validate(s: &Srv, token: &str) -> Option<String> {
     }
     let mut v = Validation::new(Algorithm::ES256);
     v.set_issuer(&[&s.issuer]);
+    v.set_audience(&[&s.resource]);
+    if s.flaw == Flaw::TrustEmbeddedJwk
+        && let Some(jwk) = base64_json(header).and_then(|h| h.get("jwk").cloned())
+    {
+        // The key the token brings with it.
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk).ok()?;
+        let key = DecodingKey::from_jwk(&jwk).ok()?;
+        let data = jsonwebtoken::decode::<Value>(token, &key, &v).ok()?;
+        return data.claims["sub"].as_str().map(str::to_owned);
+    }
     if s.flaw == Flaw::AnyAudience {
         v.validate_aud = false;
     } else {
@@ -389,6 +434,9 @@ async fn mcp(
         (None, _) => return challenge(&s, None),
         (Some(t), _) => match validate(&s, t) {
             Some(sub) => Some(sub),
+            None if s.flaw == Flaw::BadTokenForbidden => {
+                return (StatusCode::FORBIDDEN, "bad token").into_response();
+            }
             None => return challenge(&s, Some("invalid_token")),
         },
     };
@@ -406,7 +454,11 @@ async fn mcp(
             .into_response();
     }
     if method == "initialize" {
-        let id = format!("s{}", rand_id());
+        let id = if s.flaw == Flaw::SequentialSessionIds {
+            format!("session-{:010}", rand_id())
+        } else {
+            random_hex()
+        };
         s.sessions.lock().unwrap().insert(id.clone(), subject);
         return (
             [("mcp-session-id", id)],
@@ -417,11 +469,61 @@ async fn mcp(
     }
     if let Some(id) = sid {
         let owner = s.sessions.lock().unwrap().get(&id).cloned();
-        if owner.as_deref() != Some(subject.as_str()) {
+        if owner.is_none()
+            || owner.as_deref() != Some(subject.as_str()) && s.flaw != Flaw::SessionAnyUser
+        {
             return StatusCode::NOT_FOUND.into_response();
         }
     }
+    // One tool needs more than the baseline scope (every token here has `mcp:basic` only).
+    if method == "tools/call" && msg["params"]["name"] == "admin_reset" {
+        return match s.flaw {
+            Flaw::ScopeNotChecked => axum::Json(json!({"jsonrpc": "2.0", "id": msg["id"],
+                "result": {"content": [{"type": "text", "text": "reset"}]}}))
+            .into_response(),
+            Flaw::ScopeUnauthorized => challenge(&s, Some("invalid_token")),
+            Flaw::ScopeWithoutScopeParam => (
+                StatusCode::FORBIDDEN,
+                [("www-authenticate", "Bearer error=\"insufficient_scope\"")],
+            )
+                .into_response(),
+            _ => (
+                StatusCode::FORBIDDEN,
+                [(
+                    "www-authenticate",
+                    format!(
+                        "Bearer error=\"insufficient_scope\", scope=\"mcp:basic mcp:admin\", resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
+                        s.origin
+                    ),
+                )],
+            )
+                .into_response(),
+        };
+    }
     axum::Json(json!({"jsonrpc": "2.0", "id": msg["id"], "result": {"tools": []}})).into_response()
+}
+
+/// DELETE ends a session (its owner's token required).
+async fn end_session(State(s): State<Arc<Srv>>, headers: HeaderMap) -> StatusCode {
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let subject = h("authorization")
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .and_then(|t| validate(&s, t));
+    let mut sessions = s.sessions.lock().unwrap();
+    match h("mcp-session-id") {
+        Some(id) if subject.is_some() && sessions.get(id) == subject.as_ref() => {
+            sessions.remove(id);
+            StatusCode::NO_CONTENT
+        }
+        _ => StatusCode::NOT_FOUND,
+    }
+}
+
+/// 128 random bits as hex (a session id as it should be).
+fn random_hex() -> String {
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b).expect("random");
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn rand_id() -> u64 {
@@ -450,6 +552,7 @@ async fn preflight(State(s): State<Arc<Srv>>, headers: HeaderMap) -> Response {
 }
 
 struct Running {
+    srv: Arc<Srv>,
     url: String,
     key: TestKey,
     issuer: String,
@@ -500,6 +603,7 @@ async fn start(flaw: Flaw) -> Running {
         signer: key.clone(),
         codes: Mutex::default(),
         refresh: Mutex::default(),
+        opaque: Mutex::default(),
     });
     let prm = json!({
         "resource": if flaw == Flaw::WrongResource { format!("{resource}/") } else { resource.clone() },
@@ -512,6 +616,7 @@ async fn start(flaw: Flaw) -> Running {
         "authorization_endpoint": if flaw == Flaw::AsHttpEndpoint { "http://auth.example.com/authorize".to_owned() } else { format!("{issuer}/authorize") },
         "token_endpoint": format!("{issuer}/token"),
         "registration_endpoint": format!("{issuer}/register"),
+        "introspection_endpoint": format!("{issuer}/introspect"),
         "jwks_uri": format!("{origin}/as/jwks"),
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
@@ -528,10 +633,16 @@ async fn start(flaw: Flaw) -> Running {
             .remove("authorization_response_iss_parameter_supported");
     }
     let mut app = axum::Router::new()
-        .route("/mcp", axum::routing::post(mcp).options(preflight))
+        .route(
+            "/mcp",
+            axum::routing::post(mcp)
+                .options(preflight)
+                .delete(end_session),
+        )
         .route("/as/register", axum::routing::post(register))
         .route("/as/authorize", axum::routing::get(authorize))
         .route("/as/token", axum::routing::post(token))
+        .route("/as/introspect", axum::routing::post(introspect))
         .route(
             "/as/jwks",
             axum::routing::get(move || {
@@ -559,11 +670,12 @@ async fn start(flaw: Flaw) -> Running {
             }),
         );
     }
-    let app = app.with_state(srv);
+    let app = app.with_state(srv.clone());
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
     Running {
+        srv,
         url: resource,
         key,
         issuer,
@@ -575,25 +687,43 @@ fn now() -> i64 {
 }
 
 fn claims(r: &Running, aud: &str, exp: i64) -> Value {
-    json!({"iss": r.issuer, "sub": "alice", "aud": aud, "scope": "mcp:basic",
+    claims_of(r, "alice", aud, exp)
+}
+
+fn claims_of(r: &Running, sub: &str, aud: &str, exp: i64) -> Value {
+    json!({"iss": r.issuer, "sub": sub, "aud": aud, "scope": "mcp:basic",
         "client_id": "c", "iat": now() - 10, "exp": exp, "jti": format!("j{}", rand_id())})
+}
+
+/// A run against the correct server: how many MCP sessions it left open.
+async fn check_sessions_left() -> (usize, gatehouse_check::Report) {
+    let r = start(Flaw::None).await;
+    let report = gatehouse_check::run(&options(&r)).await.expect("report");
+    let left = r.srv.sessions.lock().unwrap().len();
+    (left, report)
+}
+
+fn options(r: &Running) -> Options {
+    Options {
+        target: r.url.clone(),
+        allow_private: true,
+        token: Some(r.key.sign(&claims(r, &r.url, now() + 300))),
+        foreign_token: Some(
+            r.key
+                .sign(&claims(r, "https://other.example.com/mcp", now() + 300)),
+        ),
+        expired_token: Some(r.key.sign(&claims(r, &r.url, now() - 600))),
+        other_user_token: Some(r.key.sign(&claims_of(r, "bob", &r.url, now() + 300))),
+        scope_tool: Some("admin_reset".into()),
+        authorization_server: true,
+        login: true,
+        browser: Some(gatehouse_client::opener::Opener::Headless),
+    }
 }
 
 async fn check(flaw: Flaw) -> (BTreeSet<&'static str>, gatehouse_check::Report) {
     let r = start(flaw).await;
-    let opts = Options {
-        target: r.url.clone(),
-        allow_private: true,
-        token: Some(r.key.sign(&claims(&r, &r.url, now() + 300))),
-        foreign_token: Some(
-            r.key
-                .sign(&claims(&r, "https://other.example.com/mcp", now() + 300)),
-        ),
-        expired_token: Some(r.key.sign(&claims(&r, &r.url, now() - 600))),
-        authorization_server: true,
-        login: true,
-        browser: Some(gatehouse_client::opener::Opener::Headless),
-    };
+    let opts = options(&r);
     let report = gatehouse_check::run(&opts).await.expect("report");
     let failed = report
         .checks
@@ -621,6 +751,9 @@ async fn ck1_a_correct_server_passes_everything() {
         .collect();
     assert!(skipped.is_empty(), "{skipped:?}");
     assert_eq!(report.grade, "A");
+    // The sessions the checker opened, it ended (DELETE).
+    let (sessions_left, _) = check_sessions_left().await;
+    assert_eq!(sessions_left, 0, "sessions the checker left open");
     for id in [
         "PRM-RESOURCE",
         "CHALLENGE",
@@ -668,7 +801,17 @@ async fn ck1_each_broken_server_is_flagged_for_its_flaw_and_nothing_else() {
         (Flaw::SessionAlone, &["SESSION-AUTH"]),
         (Flaw::NoResourceMetadata, &["CHALLENGE"]),
         (Flaw::AcceptExpired, &["EXPIRED"]),
-        (Flaw::NoSignatureCheck, &["TAMPERED"]),
+        (
+            Flaw::NoSignatureCheck,
+            &["TAMPERED", "SIGNATURE", "EMBEDDED-KEY"],
+        ),
+        (Flaw::TrustEmbeddedJwk, &["EMBEDDED-KEY"]),
+        (Flaw::BadTokenForbidden, &["INVALID-TOKEN"]),
+        (Flaw::SequentialSessionIds, &["SESSION-ID"]),
+        (Flaw::SessionAnyUser, &["SESSION-USER"]),
+        (Flaw::ScopeNotChecked, &["INSUFFICIENT-SCOPE"]),
+        (Flaw::ScopeUnauthorized, &["INSUFFICIENT-SCOPE"]),
+        (Flaw::ScopeWithoutScopeParam, &["INSUFFICIENT-SCOPE"]),
         (Flaw::ReflectCors, &["CORS"]),
         (Flaw::ErrorWithoutToken, &["CHALLENGE-NO-ERROR"]),
         (Flaw::NoScopeInChallenge, &["CHALLENGE-SCOPE"]),
@@ -689,6 +832,7 @@ async fn ck1_each_broken_server_is_flagged_for_its_flaw_and_nothing_else() {
         (Flaw::AsRefreshNoRotation, &["AS-REFRESH-ROTATION"]),
         (Flaw::AsRefreshReuseAccepted, &["AS-REFRESH-REUSE"]),
         (Flaw::AsTokenWrongAudience, &["AS-TOKEN-AUDIENCE"]),
+        (Flaw::AsOpaqueWrongAudience, &["AS-TOKEN-AUDIENCE"]),
     ];
     let mut wrong = Vec::new();
     for (flaw, expected) in cases {

@@ -19,6 +19,15 @@ pub(crate) struct CheckArgs {
     /// A token of the same authorization server whose `exp` has passed (EXPIRED).
     #[arg(long, env = "GATEHOUSE_CHECK_EXPIRED_TOKEN", hide_env_values = true)]
     expired_token: Option<String>,
+    /// A valid token for the endpoint of another user: a session opened with the token must
+    /// refuse it (SESSION-USER).
+    #[arg(long, env = "GATEHOUSE_CHECK_OTHER_USER_TOKEN", hide_env_values = true)]
+    other_user_token: Option<String>,
+    /// A tool of the endpoint that the token's scopes do not cover: called once with the token
+    /// and empty arguments, it must be refused with 403 insufficient_scope (INSUFFICIENT-SCOPE).
+    /// A server that does not check scopes runs it.
+    #[arg(long, value_name = "NAME")]
+    scope_tool: Option<String>,
     /// Get the token by signing in (as `gatehouse login`: browser, or `--device`) instead of
     /// giving --token.
     #[arg(long, conflicts_with = "token")]
@@ -79,6 +88,8 @@ pub(crate) fn run(a: CheckArgs) -> ExitCode {
         token,
         foreign_token: a.foreign_token,
         expired_token: a.expired_token,
+        scope_tool: a.scope_tool,
+        other_user_token: a.other_user_token,
         authorization_server: a.authorization_server,
         login: a.login && a.authorization_server,
         browser: a

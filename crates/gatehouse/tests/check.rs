@@ -157,14 +157,16 @@ async fn ck2_gatehouse_serve_passes_the_token_checks_and_reports_sarif() {
     std::fs::write(
         &cfg,
         format!(
-            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: {db}\n  resources:\n    - resource: {endpoint}\n      scopes: [mcp:basic]\n    - resource: {other}\n      scopes: [mcp:basic]\n"
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\n  tool_scopes:\n    notes_add: [notes:write]\nauthorization_server:\n  database: {db}\n  resources:\n    - resource: {endpoint}\n      scopes: [mcp:basic]\n    - resource: {other}\n      scopes: [mcp:basic]\n"
         ),
     )
     .expect("config");
     let (id, secret) = add_machine_client(&db, "checker");
+    let (id2, secret2) = add_machine_client(&db, "another-user");
     let _server = serve(&cfg);
     let token = cc_token_for(&base, &id, &secret, &endpoint).await;
     let foreign = cc_token_for(&base, &id, &secret, &other).await;
+    let other_user = cc_token_for(&base, &id2, &secret2, &endpoint).await;
     let (code, out, err) = tokio::task::spawn_blocking({
         let (endpoint, token, foreign) = (endpoint.clone(), token.clone(), foreign.clone());
         move || {
@@ -177,6 +179,11 @@ async fn ck2_gatehouse_serve_passes_the_token_checks_and_reports_sarif() {
                 &token,
                 "--foreign-token",
                 &foreign,
+                "--other-user-token",
+                &other_user,
+                // The token holds mcp:basic; notes_add also needs notes:write.
+                "--scope-tool",
+                "notes_add",
                 &endpoint,
             ])
         }
@@ -190,6 +197,18 @@ async fn ck2_gatehouse_serve_passes_the_token_checks_and_reports_sarif() {
     );
     let report: Value = serde_json::from_str(&out).expect("JSON");
     assert!(failed(&report).is_empty(), "{:?}", failed(&report));
+    assert_status(
+        &report,
+        "pass",
+        &[
+            "SIGNATURE",
+            "EMBEDDED-KEY",
+            "INVALID-TOKEN",
+            "INSUFFICIENT-SCOPE",
+            "SESSION-USER",
+            "SESSION-ID",
+        ],
+    );
     let skipped: Vec<&str> = report["checks"]
         .as_array()
         .expect("checks")
@@ -350,4 +369,214 @@ async fn ck5_the_checkers_own_sign_in_checks_codes_and_refresh_tokens() {
             "SESSION-AUTH",
         ],
     );
+}
+
+/// A server nobody here wrote: the official TypeScript SDK's example server with its demo
+/// authorization server (`simpleStreamableHttp.js --oauth --oauth-strict`, SDK 1.32.2). The
+/// checker signs in through its own code flow (the demo approves at once) and flags exactly the
+/// example's real flaws: no Origin validation, 500 for a malformed token, `error` without a
+/// token, no `scope` in the challenge, no RFC 9207 `iss`, errors redirected at once; everything
+/// it does right passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ck6_the_typescript_sdks_example_server_is_flagged_for_its_real_flaws_only() {
+    let (mcp_port, as_port) = (free_port(), free_port());
+    let mut cmd = std::process::Command::new("node");
+    cmd.current_dir(repo_root().join("interop"))
+        .env("MCP_PORT", mcp_port.to_string())
+        .env("MCP_AUTH_PORT", as_port.to_string())
+        .args([
+            "node_modules/@modelcontextprotocol/sdk/dist/esm/examples/server/simpleStreamableHttp.js",
+            "--oauth",
+            "--oauth-strict",
+        ]);
+    let _server = common::Proc::start(cmd, "MCP Streamable HTTP Server listening");
+    let url = format!("http://localhost:{mcp_port}/mcp");
+    let home = std::env::temp_dir().join(format!("gatehouse-check-sdk-{mcp_port}"));
+    let mut c = gatehouse();
+    c.args([
+        "check",
+        "--allow-private",
+        "--authorization-server",
+        "--login",
+        "--format",
+        "json",
+        &url,
+    ])
+    .env("GATEHOUSE_HOME", &home)
+    .env(
+        "GATEHOUSE_BROWSER",
+        repo_root().join("interop/follow-browser.mjs"),
+    );
+    let out = tokio::task::spawn_blocking(move || c.output().expect("check"))
+        .await
+        .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
+    let mut flagged: Vec<String> = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["status"] == "fail")
+        .filter_map(|c| c["id"].as_str().map(str::to_owned))
+        .collect();
+    flagged.sort();
+    assert_eq!(
+        flagged,
+        [
+            "AS-ERROR-REDIRECT",
+            "AS-ISS",
+            "CHALLENGE-NO-ERROR",
+            "CHALLENGE-SCOPE",
+            "INVALID-TOKEN",
+            "ORIGIN"
+        ],
+        "{stdout}"
+    );
+    // ORIGIN is high: exit 1 at the default level.
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(report["grade"], "D");
+    assert_status(
+        &report,
+        "pass",
+        &[
+            "AUTH-REQUIRED",
+            "CHALLENGE",
+            "PRM-RESOURCE",
+            "AS-METADATA",
+            "AS-PKCE",
+            "ALG-NONE",
+            "SIGNATURE",
+            "EMBEDDED-KEY",
+            "TOKEN-VALID",
+            "QUERY-TOKEN",
+            "SESSION-AUTH",
+            "SESSION-ID",
+            "HOST",
+            "MCP-METHOD",
+            "AS-PKCE-REQUIRED",
+            "AS-PKCE-PLAIN",
+            "AS-REDIRECT-EXACT",
+            "AS-DCR-MACHINE",
+            "AS-CODE-REUSE",
+        ],
+    );
+}
+
+/// A resource server built with the official Python SDK (`interop/py-guarded-server.py`, `mcp`
+/// 2.3.0) in front of Gatehouse's authorization server, with every token the checker takes: only
+/// the SDK's two low findings (an `error` code and no `scope` in the challenge to a request
+/// without a token); the same server with its audience check off is flagged for AUDIENCE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ck7_a_python_sdk_server_passes_and_its_audience_flaw_is_flagged() {
+    let (port, py_port) = (free_port(), free_port());
+    let base = format!("http://127.0.0.1:{port}");
+    let endpoint = format!("http://127.0.0.1:{py_port}/mcp");
+    let other = format!("http://127.0.0.1:{}/mcp", free_port());
+    let dir = std::env::temp_dir().join(format!("gatehouse-check-py-{port}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = format!("sqlite://{}/as.db", dir.display());
+    let cfg = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: {db}\n  resources:\n    - resource: {endpoint}\n      scopes: [mcp:basic]\n    - resource: {other}\n      scopes: [mcp:basic]\n"
+        ),
+    )
+    .expect("config");
+    let (id, secret) = add_machine_client(&db, "alice-agent");
+    let (id2, secret2) = add_machine_client(&db, "bob-agent");
+    let _as = serve(&cfg);
+    let token = cc_token_for(&base, &id, &secret, &endpoint).await;
+    let foreign = cc_token_for(&base, &id, &secret, &other).await;
+    let other_user = cc_token_for(&base, &id2, &secret2, &endpoint).await;
+    let python = |flaw: Option<&str>| {
+        let mut cmd = std::process::Command::new(repo_root().join("interop/.venv/bin/python"));
+        cmd.current_dir(repo_root().join("interop"))
+            .arg("py-guarded-server.py")
+            .args([base.as_str(), &py_port.to_string()])
+            .args(flaw);
+        common::Proc::start(cmd, "READY")
+    };
+    let check = |token: String, foreign: String, other_user: String, endpoint: String| {
+        tokio::task::spawn_blocking(move || {
+            run_check(&[
+                "--allow-private",
+                "--format",
+                "json",
+                "--token",
+                &token,
+                "--foreign-token",
+                &foreign,
+                "--other-user-token",
+                &other_user,
+                &endpoint,
+            ])
+        })
+    };
+    let flagged = |report: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = report["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .filter(|c| c["status"] == "fail")
+            .filter_map(|c| c["id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    };
+
+    let server = python(None);
+    let (code, out, err) = check(
+        token.clone(),
+        foreign.clone(),
+        other_user.clone(),
+        endpoint.clone(),
+    )
+    .await
+    .expect("join");
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert_eq!(
+        flagged(&report),
+        ["CHALLENGE-NO-ERROR", "CHALLENGE-SCOPE"],
+        "{out}"
+    );
+    assert_eq!(code, 0);
+    assert_eq!(report["grade"], "B");
+    assert_status(
+        &report,
+        "pass",
+        &[
+            "ORIGIN",
+            "HOST",
+            "PRM-RESOURCE",
+            "ALG-NONE",
+            "ALG-CONFUSION",
+            "TOKEN-VALID",
+            "TAMPERED",
+            "SIGNATURE",
+            "EMBEDDED-KEY",
+            "AUDIENCE",
+            "QUERY-TOKEN",
+            "INVALID-TOKEN",
+            "SESSION-AUTH",
+            "SESSION-USER",
+            "SESSION-ID",
+        ],
+    );
+    drop(server);
+
+    let _server = python(Some("--any-audience"));
+    let (code, out, _) = check(token, foreign, other_user, endpoint)
+        .await
+        .expect("join");
+    let report: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        flagged(&report),
+        ["AUDIENCE", "CHALLENGE-NO-ERROR", "CHALLENGE-SCOPE"],
+        "{out}"
+    );
+    assert_eq!(code, 1);
+    assert_eq!(report["grade"], "F");
 }
