@@ -8,16 +8,18 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
 
-const IDS: [&str; 5] = [
+const IDS: [&str; 6] = [
     "AS-PKCE-REQUIRED",
     "AS-PKCE-PLAIN",
     "AS-REDIRECT-EXACT",
     "AS-ERROR-REDIRECT",
+    "AS-FRAMING",
     "AS-DCR-MACHINE",
 ];
 /// The checks of a real sign-in (`--login`).
-const LOGIN_IDS: [&str; 4] = [
+const LOGIN_IDS: [&str; 5] = [
     "AS-TOKEN-AUDIENCE",
+    "AS-TOKEN-NO-STORE",
     "AS-REFRESH-ROTATION",
     "AS-REFRESH-REUSE",
     "AS-CODE-REUSE",
@@ -164,7 +166,7 @@ async fn run_inner(
                 Ok(a) => format!("registration answered {}", a.status),
                 Err(e) => e,
             };
-            for id in &IDS[..4] {
+            for id in &IDS[..5] {
                 out.push(skip(id, format!("could not register a client: {why}")));
             }
             out.push(dcr_machine(p, meta, &register).await);
@@ -219,10 +221,12 @@ async fn run_inner(
     };
     // The request as it should be: it must go on to sign-in, else nothing below can be told.
     match p.get(&request(&[])).await {
-        Ok(a) if refused(&a, &redirect).is_err() => {}
+        Ok(a) if refused(&a, &redirect).is_err() => {
+            out.push(framing(p, a, &authz, &redirect).await);
+        }
         Ok(a) => {
             let why = refused(&a, &redirect).unwrap_or_default();
-            for id in &IDS[..4] {
+            for id in &IDS[..5] {
                 out.push(skip(
                     id,
                     format!("a correct request was refused too ({why})"),
@@ -232,7 +236,7 @@ async fn run_inner(
             return None;
         }
         Err(e) => {
-            for id in &IDS[..4] {
+            for id in &IDS[..5] {
                 out.push(skip(id, e.clone()));
             }
             out.push(dcr_machine(p, meta, &register).await);
@@ -348,6 +352,71 @@ async fn run_inner(
     }
 }
 
+/// AS-FRAMING: the page a correct authorization request leads to (through the server's own
+/// redirects, e.g. to its login page) forbids framing: `frame-ancestors` without wildcards, or
+/// else `X-Frame-Options` DENY or SAMEORIGIN.
+async fn framing(p: &Probe, first: Answer, authz: &url::Url, redirect: &str) -> Finding {
+    let id = "AS-FRAMING";
+    let mut a = first;
+    let mut at = authz.clone();
+    for _ in 0..4 {
+        let Some(l) = location(&a) else { break };
+        if l.starts_with(redirect) {
+            return skip(id, "the server approved at once (no page to frame)");
+        }
+        let Ok(next) = at.join(&l) else {
+            return skip(id, format!("redirected to {l}"));
+        };
+        if next.origin() != authz.origin() {
+            return skip(
+                id,
+                format!(
+                    "the sign-in page is at {}",
+                    next.origin().ascii_serialization()
+                ),
+            );
+        }
+        a = match p.get(&next).await {
+            Ok(a) => a,
+            Err(e) => return skip(id, e),
+        };
+        at = next;
+    }
+    if a.status != 200 {
+        return skip(id, format!("the sign-in page answered {}", a.status));
+    }
+    let ancestors = a
+        .headers
+        .get_all("content-security-policy")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .find_map(|d| {
+            d.strip_prefix("frame-ancestors")
+                .map(str::trim)
+                .map(str::to_owned)
+        });
+    let xfo = a.header("x-frame-options").map(str::to_ascii_uppercase);
+    match (ancestors, xfo) {
+        (Some(list), _)
+            if list
+                .split_whitespace()
+                .any(|s| s == "*" || s == "https:" || s == "http:") =>
+        {
+            fail(id, format!("frame-ancestors {list} lets any site frame it"))
+        }
+        (Some(list), _) => pass(id, format!("frame-ancestors {list}")),
+        (None, Some(x)) if x == "DENY" || x == "SAMEORIGIN" => {
+            pass(id, format!("X-Frame-Options: {x}"))
+        }
+        _ => fail(
+            id,
+            "neither CSP frame-ancestors nor X-Frame-Options on the sign-in page",
+        ),
+    }
+}
+
 /// Waits (5 minutes at most) for the browser to come back to our listener, after sending it to
 /// `url` as `gatehouse login` would (never through a shell).
 async fn sign_in(
@@ -416,6 +485,18 @@ async fn tokens(
         ));
         return None;
     };
+    out.push(
+        match first.header("cache-control").map(str::to_ascii_lowercase) {
+            Some(c) if c.split(',').any(|d| d.trim() == "no-store") => {
+                pass("AS-TOKEN-NO-STORE", format!("Cache-Control: {c}"))
+            }
+            Some(c) => fail("AS-TOKEN-NO-STORE", format!("Cache-Control: {c}")),
+            None => fail(
+                "AS-TOKEN-NO-STORE",
+                "no Cache-Control on the token response",
+            ),
+        },
+    );
     let mut access = tok["access_token"].as_str().unwrap_or_default().to_owned();
     let target = p.target.as_str();
     // An opaque token's audience, from introspection where the server lets this public client

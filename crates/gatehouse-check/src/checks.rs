@@ -10,6 +10,14 @@ use serde_json::{Value, json};
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"gatehouse-check","version":"1"}}}"#;
 const LIST: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
 const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+/// The checks of the authorization server's metadata.
+const AS_PASSIVE: [&str; 5] = [
+    "AS-METADATA",
+    "AS-PKCE",
+    "AS-ISS",
+    "AS-ENDPOINTS-HTTPS",
+    "AS-AUTH-ALGS",
+];
 /// An origin no deployment allows (`.invalid` never resolves, RFC 6761).
 const HOSTILE_ORIGIN: &str = "https://attacker.gatehouse-check.invalid";
 
@@ -62,6 +70,14 @@ const DEFS: &[Def] = &[
         severity: Severity::Medium,
         reference: "MCP 2026-07-28 Transports §Request Headers",
         hint: "Compare Mcp-Method/Mcp-Name with the JSON-RPC body and answer 400 when they differ.",
+    },
+    Def {
+        id: "MCP-NAME",
+        group: "Transport",
+        title: "An Mcp-Name header that contradicts the body is refused (2026-07-28)",
+        severity: Severity::Medium,
+        reference: "MCP 2026-07-28 Transports §Request Headers",
+        hint: "Compare Mcp-Name with the tool, prompt or resource named in the body and answer 400 when they differ.",
     },
     Def {
         id: "AUTH-REQUIRED",
@@ -150,6 +166,14 @@ const DEFS: &[Def] = &[
         severity: Severity::High,
         reference: "OAuth 2.1 §1.5; RFC 8414 §2",
         hint: "Publish only https endpoints (clients open authorization_endpoint in a browser).",
+    },
+    Def {
+        id: "AS-AUTH-ALGS",
+        group: "Authorization server",
+        title: "JWT client authentication lists its algorithms, never `none`",
+        severity: Severity::Medium,
+        reference: "RFC 8414 §2 (token_endpoint_auth_signing_alg_values_supported); RFC 7523 §3",
+        hint: "With private_key_jwt or client_secret_jwt, list the signing algorithms you verify and never `none`.",
     },
     Def {
         id: "ALG-NONE",
@@ -296,6 +320,14 @@ const DEFS: &[Def] = &[
         hint: "For unverified (self-registered) clients show errors on a page instead of redirecting.",
     },
     Def {
+        id: "AS-FRAMING",
+        group: "Authorization server (active)",
+        title: "The sign-in page cannot be framed (clickjacking)",
+        severity: Severity::Medium,
+        reference: "RFC 9700 §4.16; OAuth 2.1 §7.8",
+        hint: "Send `Content-Security-Policy: frame-ancestors 'none'` (and `X-Frame-Options: DENY`) on login and consent pages.",
+    },
+    Def {
         id: "AS-DCR-MACHINE",
         group: "Authorization server (active)",
         title: "Open registration cannot mint client_credentials tokens",
@@ -310,6 +342,14 @@ const DEFS: &[Def] = &[
         severity: Severity::Critical,
         reference: "RFC 8707 §2.2; MCP 2025-11-25 Authorization §Resource Parameter Implementation",
         hint: "Honour `resource`: put it in the token's `aud` (and nothing broader).",
+    },
+    Def {
+        id: "AS-TOKEN-NO-STORE",
+        group: "Authorization server (active)",
+        title: "Token responses are not cached (`Cache-Control: no-store`)",
+        severity: Severity::Medium,
+        reference: "OAuth 2.1 §3.2.3; RFC 6749 §5.1",
+        hint: "Send `Cache-Control: no-store` with every token response.",
     },
     Def {
         id: "AS-REFRESH-ROTATION",
@@ -600,7 +640,7 @@ async fn discover(
             out.push(fail("PRM-RESOURCE", "no protected resource metadata found"));
         }
         out.push(fail("PRM-AS", "no protected resource metadata found"));
-        for id in ["AS-METADATA", "AS-PKCE", "AS-ISS", "AS-ENDPOINTS-HTTPS"] {
+        for id in AS_PASSIVE {
             out.push(skip(
                 id,
                 "no protected resource metadata to find the authorization server",
@@ -655,7 +695,7 @@ async fn discover(
     let (jwks, login) = match &issuer {
         Some(i) => as_checks(p, opts, i, scope.as_deref(), out).await,
         None => {
-            for id in ["AS-METADATA", "AS-PKCE", "AS-ISS", "AS-ENDPOINTS-HTTPS"] {
+            for id in AS_PASSIVE {
                 out.push(skip(id, "no authorization server named"));
             }
             (Vec::new(), None)
@@ -679,7 +719,7 @@ async fn as_checks(
     out: &mut Vec<Finding>,
 ) -> (Vec<Value>, Option<crate::active::LoggedIn>) {
     let Ok(iu) = url::Url::parse(issuer) else {
-        for id in ["AS-METADATA", "AS-PKCE", "AS-ISS", "AS-ENDPOINTS-HTTPS"] {
+        for id in AS_PASSIVE {
             out.push(skip(id, "the issuer is not a URL"));
         }
         return (Vec::new(), None);
@@ -708,13 +748,16 @@ async fn as_checks(
     }
     let Some(meta) = meta else {
         out.push(fail("AS-METADATA", errors.join("; ")));
-        for id in ["AS-PKCE", "AS-ISS", "AS-ENDPOINTS-HTTPS"] {
+        for id in ["AS-PKCE", "AS-ISS", "AS-ENDPOINTS-HTTPS", "AS-AUTH-ALGS"] {
             out.push(skip(id, "no authorization server metadata"));
         }
         return (Vec::new(), None);
     };
     out.push(match meta.get("issuer").and_then(Value::as_str) {
-        Some(i) if i == issuer => pass("AS-METADATA", format!("issuer {i}")),
+        Some(i) if i == issuer => pass(
+            "AS-METADATA",
+            format!("issuer {i}; clients register by {}", registration(&meta)),
+        ),
         Some(i) => fail("AS-METADATA", format!("issuer is {i}, listed as {issuer}")),
         None => fail("AS-METADATA", "no issuer in the metadata"),
     });
@@ -773,6 +816,7 @@ async fn as_checks(
     } else {
         fail("AS-ENDPOINTS-HTTPS", bad.join("; "))
     });
+    out.push(auth_algs(&meta));
     let login = if opts.authorization_server {
         crate::active::run(p, &meta, opts, scope, out).await
     } else {
@@ -790,6 +834,59 @@ async fn as_checks(
         Err(_) => Vec::new(),
     };
     (keys, login)
+}
+
+/// How a client the server has never seen gets a client id (reported, not judged: an
+/// authorization server may rightly take pre-registered clients only).
+fn registration(meta: &Value) -> &'static str {
+    let cimd = meta["client_id_metadata_document_supported"] == true;
+    let dcr = meta["registration_endpoint"].is_string();
+    match (cimd, dcr) {
+        (true, true) => "client ID metadata documents or dynamic registration",
+        (true, false) => "client ID metadata documents",
+        (false, true) => "dynamic registration",
+        (false, false) => "pre-registration only",
+    }
+}
+
+/// AS-AUTH-ALGS: JWT client authentication (private_key_jwt, client_secret_jwt) comes with its
+/// algorithms, and `none` is not one of them.
+fn auth_algs(meta: &Value) -> Finding {
+    let list = |k: &str| -> Vec<&str> {
+        meta[k]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default()
+    };
+    let methods = list("token_endpoint_auth_methods_supported");
+    let jwt: Vec<&str> = methods
+        .iter()
+        .copied()
+        .filter(|m| matches!(*m, "private_key_jwt" | "client_secret_jwt"))
+        .collect();
+    if jwt.is_empty() {
+        return pass("AS-AUTH-ALGS", "no JWT client authentication offered");
+    }
+    let algs = list("token_endpoint_auth_signing_alg_values_supported");
+    if algs.is_empty() {
+        fail(
+            "AS-AUTH-ALGS",
+            format!(
+                "{} without token_endpoint_auth_signing_alg_values_supported",
+                jwt.join(", ")
+            ),
+        )
+    } else if algs.iter().any(|a| a.eq_ignore_ascii_case("none")) {
+        fail(
+            "AS-AUTH-ALGS",
+            "`none` is listed as a client assertion algorithm",
+        )
+    } else {
+        pass(
+            "AS-AUTH-ALGS",
+            format!("{}: {}", jwt.join(", "), algs.join(", ")),
+        )
+    }
 }
 
 async fn token_checks(p: &Probe, opts: &Options, d: &Discovered, out: &mut Vec<Finding>) {
@@ -1414,6 +1511,34 @@ async fn transport_checks(p: &Probe, opts: &Options, unauth: &Answer, out: &mut 
                 }
                 Ok(r) => pass("HOST", format!("refused ({})", r.status)),
                 Err(e) => skip("HOST", e),
+            }
+        }
+    });
+    out.push(match &auth {
+        None => skip("MCP-NAME", "needs --token"),
+        Some(a) => {
+            // A tool nobody has: a server that ignores the header answers a JSON-RPC error,
+            // and nothing runs either way.
+            let body = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {
+                "name": "gatehouse-check-no-such-tool", "arguments": {},
+                "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}})
+            .to_string();
+            let h = [
+                ("authorization", a.as_str()),
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "gatehouse-check-another-tool"),
+            ];
+            match p.post(&body, &h, None).await {
+                Ok(r) if accepted(&r) => fail(
+                    "MCP-NAME",
+                    format!(
+                        "Mcp-Name naming another tool than the body answered {}",
+                        r.status
+                    ),
+                ),
+                Ok(r) => pass("MCP-NAME", format!("refused ({})", r.status)),
+                Err(e) => skip("MCP-NAME", e),
             }
         }
     });

@@ -55,6 +55,10 @@ enum Flaw {
     ScopeWithoutScopeParam,
     /// Opaque access tokens whose introspected `aud` is another resource.
     AsOpaqueWrongAudience,
+    IgnoreMcpName,
+    AsJwtAlgNone,
+    AsFramable,
+    AsTokenCacheable,
     /// Not a flaw: the metadata only at the challenge's URL (MCP 2025-11-25 allows it).
     PrmOnlyInChallenge,
 }
@@ -80,6 +84,8 @@ struct Srv {
     refresh: Mutex<HashMap<String, bool>>,
     /// Opaque access tokens → their audience.
     opaque: Mutex<HashMap<String, String>>,
+    /// Clients that saw the consent page once (later requests are approved at once).
+    consented: Mutex<BTreeSet<String>>,
 }
 
 async fn introspect(
@@ -177,7 +183,29 @@ async fn authorize(
         }
         _ => {}
     }
-    // Pre-approved: the code at once (as for a user who consented before).
+    // The first request of a client shows the consent page; later ones are approved at once
+    // (as for a user who consented before).
+    let client = q.get("client_id").cloned().unwrap_or_default();
+    if s.consented.lock().unwrap().insert(client) {
+        let page = axum::response::Html(
+            "<!doctype html><title>Consent</title><form method=post><button>Allow</button></form>",
+        );
+        return if s.flaw == Flaw::AsFramable {
+            page.into_response()
+        } else {
+            (
+                [
+                    (
+                        "content-security-policy",
+                        "default-src 'self'; frame-ancestors 'none'",
+                    ),
+                    ("x-frame-options", "DENY"),
+                ],
+                page,
+            )
+                .into_response()
+        };
+    }
     let code = format!("code{}", rand_id());
     s.codes.lock().unwrap().insert(
         code.clone(),
@@ -217,10 +245,14 @@ fn issue(s: &Srv) -> Response {
     };
     let rt = format!("rt{}", rand_id());
     s.refresh.lock().unwrap().insert(rt.clone(), false);
-    axum::Json(
+    let body = axum::Json(
         json!({"access_token": at, "token_type": "Bearer", "expires_in": 300, "refresh_token": rt}),
-    )
-    .into_response()
+    );
+    if s.flaw == Flaw::AsTokenCacheable {
+        ([("cache-control", "max-age=300")], body).into_response()
+    } else {
+        ([("cache-control", "no-store")], body).into_response()
+    }
 }
 
 fn grant_error() -> Response {
@@ -453,6 +485,12 @@ async fn mcp(
         )
             .into_response();
     }
+    if let Some(n) = h("mcp-name")
+        && msg["params"]["name"].as_str() != Some(n)
+        && s.flaw != Flaw::IgnoreMcpName
+    {
+        return (StatusCode::BAD_REQUEST, "Mcp-Name does not match the body").into_response();
+    }
     if method == "initialize" {
         let id = if s.flaw == Flaw::SequentialSessionIds {
             format!("session-{:010}", rand_id())
@@ -604,6 +642,7 @@ async fn start(flaw: Flaw) -> Running {
         codes: Mutex::default(),
         refresh: Mutex::default(),
         opaque: Mutex::default(),
+        consented: Mutex::default(),
     });
     let prm = json!({
         "resource": if flaw == Flaw::WrongResource { format!("{resource}/") } else { resource.clone() },
@@ -617,6 +656,9 @@ async fn start(flaw: Flaw) -> Running {
         "token_endpoint": format!("{issuer}/token"),
         "registration_endpoint": format!("{issuer}/register"),
         "introspection_endpoint": format!("{issuer}/introspect"),
+        "token_endpoint_auth_methods_supported": ["none", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported":
+            if flaw == Flaw::AsJwtAlgNone { json!(["ES256", "none"]) } else { json!(["ES256"]) },
         "jwks_uri": format!("{origin}/as/jwks"),
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
@@ -833,6 +875,10 @@ async fn ck1_each_broken_server_is_flagged_for_its_flaw_and_nothing_else() {
         (Flaw::AsRefreshReuseAccepted, &["AS-REFRESH-REUSE"]),
         (Flaw::AsTokenWrongAudience, &["AS-TOKEN-AUDIENCE"]),
         (Flaw::AsOpaqueWrongAudience, &["AS-TOKEN-AUDIENCE"]),
+        (Flaw::IgnoreMcpName, &["MCP-NAME"]),
+        (Flaw::AsJwtAlgNone, &["AS-AUTH-ALGS"]),
+        (Flaw::AsFramable, &["AS-FRAMING"]),
+        (Flaw::AsTokenCacheable, &["AS-TOKEN-NO-STORE"]),
     ];
     let mut wrong = Vec::new();
     for (flaw, expected) in cases {

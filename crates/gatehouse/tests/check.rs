@@ -222,6 +222,7 @@ async fn ck2_gatehouse_serve_passes_the_token_checks_and_reports_sarif() {
         [
             "EXPIRED",
             "AS-TOKEN-AUDIENCE",
+            "AS-TOKEN-NO-STORE",
             "AS-REFRESH-ROTATION",
             "AS-REFRESH-REUSE",
             "AS-CODE-REUSE"
@@ -361,6 +362,10 @@ async fn ck5_the_checkers_own_sign_in_checks_codes_and_refresh_tokens() {
         "pass",
         &[
             "AS-TOKEN-AUDIENCE",
+            "AS-TOKEN-NO-STORE",
+            "AS-FRAMING",
+            "AS-AUTH-ALGS",
+            "MCP-NAME",
             "AS-REFRESH-ROTATION",
             "AS-REFRESH-REUSE",
             "AS-CODE-REUSE",
