@@ -282,7 +282,7 @@ const DEFS: &[Def] = &[
     Def {
         id: "SESSION-ID",
         group: "Sessions",
-        title: "Session ids are long, random and visible ASCII",
+        title: "Session ids are the server's own: long, random, visible ASCII",
         severity: Severity::Medium,
         reference: "MCP 2025-11-25 Transports §Session Management; Security Best Practices §Session Hijacking",
         hint: "Make session ids from a secure random source (at least 128 bits), e.g. a random UUID.",
@@ -486,14 +486,7 @@ pub(crate) async fn run_all(p: &Probe, opts: &Options) -> Result<Vec<Finding>, C
     )
     .unwrap_or_default();
     let bearer_ch = challenges.iter().find(|c| c.is_scheme("Bearer"));
-    out.push(if accepted(&unauth) {
-        fail(
-            "AUTH-REQUIRED",
-            format!("initialize without a token answered {}", unauth.status),
-        )
-    } else {
-        pass("AUTH-REQUIRED", format!("answered {}", unauth.status))
-    });
+    out.push(auth_required(p, &unauth).await);
     let metadata_url = bearer_ch.and_then(|c| c.param("resource_metadata"));
     out.push(match (unauth.status, bearer_ch, metadata_url) {
         (401, Some(_), Some(m)) => pass("CHALLENGE", format!("resource_metadata={m}")),
@@ -564,6 +557,34 @@ pub(crate) async fn run_all(p: &Probe, opts: &Options) -> Result<Vec<Finding>, C
     // Report in the order of DEFS.
     out.sort_by_key(|f| DEFS.iter().position(|d| d.id == f.id).unwrap_or(usize::MAX));
     Ok(out)
+}
+
+/// AUTH-REQUIRED: every method of the endpoint wants credentials, not only POST: the event
+/// stream (GET) and the end of a session (DELETE) too.
+async fn auth_required(p: &Probe, post: &Answer) -> Finding {
+    if accepted(post) {
+        return fail(
+            "AUTH-REQUIRED",
+            format!("initialize without a token answered {}", post.status),
+        );
+    }
+    let mut seen = vec![format!("POST {}", post.status)];
+    for (method, headers) in [
+        (reqwest::Method::GET, &[("accept", "text/event-stream")][..]),
+        (reqwest::Method::DELETE, &[][..]),
+    ] {
+        match p.status_of(method.clone(), headers).await {
+            Ok(s) if (200..300).contains(&s) => {
+                return fail(
+                    "AUTH-REQUIRED",
+                    format!("{method} without a token answered {s}"),
+                );
+            }
+            Ok(s) => seen.push(format!("{method} {s}")),
+            Err(e) => seen.push(format!("{method}: {e}")),
+        }
+    }
+    pass("AUTH-REQUIRED", format!("answered {}", seen.join(", ")))
 }
 
 async fn fetch_json(p: &Probe, u: &url::Url) -> Result<Value, String> {
@@ -1030,13 +1051,25 @@ async fn token_checks(p: &Probe, opts: &Options, d: &Discovered, out: &mut Vec<F
                 ("mcp-session-id", sid),
                 ("mcp-protocol-version", version.as_str()),
             ];
-            match p.post(LIST, &h, None).await {
-                Ok(a) if accepted(&a) => fail(
+            let mut get = h.to_vec();
+            get.push(("accept", "text/event-stream"));
+            match (
+                p.post(LIST, &h, None).await,
+                p.status_of(reqwest::Method::GET, &get).await,
+            ) {
+                (Ok(a), _) if accepted(&a) => fail(
                     "SESSION-AUTH",
                     format!("tools/list with the session id alone answered {}", a.status),
                 ),
-                Ok(a) => pass("SESSION-AUTH", format!("refused ({})", a.status)),
-                Err(e) => skip("SESSION-AUTH", e),
+                (_, Ok(s)) if (200..300).contains(&s) => fail(
+                    "SESSION-AUTH",
+                    format!("the event stream (GET) with the session id alone answered {s}"),
+                ),
+                (Ok(a), Ok(s)) => pass(
+                    "SESSION-AUTH",
+                    format!("refused (POST {}, GET {s})", a.status),
+                ),
+                (Err(e), _) | (_, Err(e)) => skip("SESSION-AUTH", e),
             }
         }
     });
@@ -1176,6 +1209,32 @@ async fn session_ids(p: &Probe, token: &str, first: Option<&str>) -> Finding {
     let Some(first) = first else {
         return skip("SESSION-ID", "the server opened no session (stateless)");
     };
+    // A session id the client made up must not be adopted (session fixation).
+    let chosen = format!("gatehouse-check-chosen-{}", now());
+    match p
+        .post(
+            INIT,
+            &[
+                ("authorization", &bearer(token)),
+                ("mcp-session-id", &chosen),
+            ],
+            None,
+        )
+        .await
+    {
+        Ok(a) if a.header("mcp-session-id") == Some(chosen.as_str()) => {
+            return fail(
+                "SESSION-ID",
+                "the server took the session id the client chose (session fixation)",
+            );
+        }
+        Ok(a) => {
+            if let Some(s) = a.header("mcp-session-id") {
+                close_session(p, token, s, "2025-11-25").await;
+            }
+        }
+        Err(e) => return skip("SESSION-ID", e),
+    }
     let second = match open_session(p, token).await {
         Ok((Some(s), v)) => {
             close_session(p, token, &s, &v).await;

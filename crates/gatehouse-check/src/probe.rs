@@ -184,6 +184,24 @@ impl Probe {
         Ok(Self::read(resp).await)
     }
 
+    /// The status of a `method` request to the target with `headers`; the body is not read (a
+    /// GET may open an event stream that never ends).
+    pub(crate) async fn status_of(
+        &self,
+        method: reqwest::Method,
+        headers: &[(&str, &str)],
+    ) -> Result<u16, String> {
+        let mut r = self.client.request(method, self.target.clone());
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let resp = r
+            .send()
+            .await
+            .map_err(|e| format!("{}: {e}", self.target))?;
+        Ok(resp.status().as_u16())
+    }
+
     /// DELETE on the target with `headers` (ends an MCP session).
     pub(crate) async fn delete(&self, headers: &[(&str, &str)]) -> Result<Answer, String> {
         let mut r = self.client.delete(self.target.clone());

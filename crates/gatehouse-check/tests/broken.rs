@@ -59,6 +59,9 @@ enum Flaw {
     AsJwtAlgNone,
     AsFramable,
     AsTokenCacheable,
+    UnguardedStream,
+    SessionAloneStream,
+    AdoptsClientSessionId,
     /// Not a flaw: the metadata only at the challenge's URL (MCP 2025-11-25 allows it).
     PrmOnlyInChallenge,
 }
@@ -492,7 +495,10 @@ async fn mcp(
         return (StatusCode::BAD_REQUEST, "Mcp-Name does not match the body").into_response();
     }
     if method == "initialize" {
-        let id = if s.flaw == Flaw::SequentialSessionIds {
+        let chosen = h("mcp-session-id").filter(|_| s.flaw == Flaw::AdoptsClientSessionId);
+        let id = if let Some(c) = chosen {
+            c.to_owned()
+        } else if s.flaw == Flaw::SequentialSessionIds {
             format!("session-{:010}", rand_id())
         } else {
             random_hex()
@@ -539,6 +545,29 @@ async fn mcp(
         };
     }
     axum::Json(json!({"jsonrpc": "2.0", "id": msg["id"], "result": {"tools": []}})).into_response()
+}
+
+/// GET opens the session's event stream (empty here: it ends at once).
+async fn stream(State(s): State<Arc<Srv>>, headers: HeaderMap) -> Response {
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let sse = || ([("content-type", "text/event-stream")], "").into_response();
+    if s.flaw == Flaw::UnguardedStream {
+        return sse();
+    }
+    let owner = h("mcp-session-id").and_then(|id| s.sessions.lock().unwrap().get(id).cloned());
+    let subject = match h("authorization").and_then(|a| a.strip_prefix("Bearer ")) {
+        Some(t) => match validate(&s, t) {
+            Some(sub) => sub,
+            None => return challenge(&s, Some("invalid_token")),
+        },
+        None if s.flaw == Flaw::SessionAloneStream && owner.is_some() => return sse(),
+        None => return challenge(&s, None),
+    };
+    match owner {
+        Some(o) if o == subject => sse(),
+        Some(_) => StatusCode::NOT_FOUND.into_response(),
+        None => StatusCode::BAD_REQUEST.into_response(),
+    }
 }
 
 /// DELETE ends a session (its owner's token required).
@@ -678,6 +707,7 @@ async fn start(flaw: Flaw) -> Running {
         .route(
             "/mcp",
             axum::routing::post(mcp)
+                .get(stream)
                 .options(preflight)
                 .delete(end_session),
         )
@@ -879,6 +909,9 @@ async fn ck1_each_broken_server_is_flagged_for_its_flaw_and_nothing_else() {
         (Flaw::AsJwtAlgNone, &["AS-AUTH-ALGS"]),
         (Flaw::AsFramable, &["AS-FRAMING"]),
         (Flaw::AsTokenCacheable, &["AS-TOKEN-NO-STORE"]),
+        (Flaw::UnguardedStream, &["AUTH-REQUIRED", "SESSION-AUTH"]),
+        (Flaw::SessionAloneStream, &["SESSION-AUTH"]),
+        (Flaw::AdoptsClientSessionId, &["SESSION-ID"]),
     ];
     let mut wrong = Vec::new();
     for (flaw, expected) in cases {
