@@ -16,6 +16,9 @@ const upstreamRedirect = process.env.UPSTREAM_REDIRECT;
 // Device-flow mode (for Gatehouse's client): a public client for the device authorization grant
 // (RFC 8628), with the development login pages for the user step.
 const deviceFlow = Boolean(process.env.DEVICE_FLOW);
+// Open-registration mode (for `gatehouse check --authorization-server`): dynamic client
+// registration as oidc-provider ships it, with the development login pages.
+const openRegistration = Boolean(process.env.OPEN_REGISTRATION);
 const issuer = `http://127.0.0.1:${port}`;
 const SCOPES = 'mcp:basic notes:write';
 
@@ -75,7 +78,8 @@ const provider = new Provider(issuer, {
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
-    devInteractions: { enabled: Boolean(upstreamRedirect) || deviceFlow },
+    devInteractions: { enabled: Boolean(upstreamRedirect) || deviceFlow || openRegistration },
+    registration: { enabled: openRegistration },
     deviceFlow: { enabled: deviceFlow },
     resourceIndicators: {
       enabled: true,

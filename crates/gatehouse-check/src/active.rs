@@ -149,14 +149,16 @@ async fn run_inner(
             )
         }
     };
-    let reg = p
-        .post_json(
-            &register,
-            &json!({"client_name": "gatehouse-check", "redirect_uris": [redirect],
-                "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
-                "token_endpoint_auth_method": "none", "application_type": "native"}),
-        )
-        .await;
+    // refresh_token only where the server has it (a server may refuse a grant it lacks).
+    let grant_types = match meta["grant_types_supported"].as_array() {
+        Some(g) if !g.iter().any(|x| x == "refresh_token") => json!(["authorization_code"]),
+        _ => json!(["authorization_code", "refresh_token"]),
+    };
+    let mut metadata = json!({"client_name": "gatehouse-check", "redirect_uris": [redirect],
+        "grant_types": grant_types, "response_types": ["code"],
+        "token_endpoint_auth_method": "none", "application_type": "native"});
+    id_token_alg(meta, &mut metadata);
+    let reg = p.post_json(&register, &metadata).await;
     let client_id = match reg.as_ref().ok().and_then(Answer::json) {
         Some(v) if v["client_id"].is_string() => {
             v["client_id"].as_str().unwrap_or_default().to_owned()
@@ -359,7 +361,16 @@ async fn framing(p: &Probe, first: Answer, authz: &url::Url, redirect: &str) -> 
     let id = "AS-FRAMING";
     let mut a = first;
     let mut at = authz.clone();
+    // The cookies the hops set (a sign-in page is often bound to one), as a browser keeps them.
+    let mut jar: Vec<String> = Vec::new();
     for _ in 0..4 {
+        for c in a.headers.get_all("set-cookie").iter() {
+            if let Some(pair) = c.to_str().ok().and_then(|v| v.split(';').next()) {
+                let name = pair.split('=').next().unwrap_or_default();
+                jar.retain(|p| p.split('=').next() != Some(name));
+                jar.push(pair.trim().to_owned());
+            }
+        }
         let Some(l) = location(&a) else { break };
         if l.starts_with(redirect) {
             return skip(id, "the server approved at once (no page to frame)");
@@ -376,7 +387,7 @@ async fn framing(p: &Probe, first: Answer, authz: &url::Url, redirect: &str) -> 
                 ),
             );
         }
-        a = match p.get(&next).await {
+        a = match p.get_page(&next, &jar.join("; ")).await {
             Ok(a) => a,
             Err(e) => return skip(id, e),
         };
@@ -644,16 +655,24 @@ pub(crate) async fn reuse_checks(p: &Probe, l: LoggedIn, out: &mut Vec<Finding>)
 }
 
 /// Registers a confidential client_credentials client and asks for a token for the target.
+/// An OpenID provider refuses clients whose default ID-token algorithm (RS256, OIDC Dynamic
+/// Client Registration §2) it cannot sign with: ask for one it lists.
+fn id_token_alg(meta: &Value, client: &mut Value) {
+    if let Some(algs) = meta["id_token_signing_alg_values_supported"].as_array()
+        && !algs.iter().any(|a| a == "RS256")
+        && let Some(first) = algs.first()
+    {
+        client["id_token_signed_response_alg"] = first.clone();
+    }
+}
+
 async fn dcr_machine(p: &Probe, meta: &Value, register: &url::Url) -> Finding {
     const ID: &str = "AS-DCR-MACHINE";
-    let reg = match p
-        .post_json(
-            register,
-            &json!({"client_name": "gatehouse-check machine", "grant_types": ["client_credentials"],
-                "token_endpoint_auth_method": "client_secret_basic", "redirect_uris": []}),
-        )
-        .await
-    {
+    let mut client = json!({"client_name": "gatehouse-check machine",
+        "grant_types": ["client_credentials"], "response_types": [],
+        "token_endpoint_auth_method": "client_secret_basic", "redirect_uris": []});
+    id_token_alg(meta, &mut client);
+    let reg = match p.post_json(register, &client).await {
         Ok(a) => a,
         Err(e) => return skip(ID, e),
     };

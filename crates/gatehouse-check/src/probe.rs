@@ -124,6 +124,17 @@ impl Probe {
         Ok(Self::read(r).await)
     }
 
+    /// GET `u` as a browser page, with `cookie` (what earlier hops set).
+    pub(crate) async fn get_page(&self, u: &url::Url, cookie: &str) -> Result<Answer, String> {
+        self.allowed(u)?;
+        let mut r = self.client.get(u.clone()).header("accept", "text/html");
+        if !cookie.is_empty() {
+            r = r.header("cookie", cookie);
+        }
+        let r = r.send().await.map_err(|e| format!("{u}: {e}"))?;
+        Ok(Self::read(r).await)
+    }
+
     /// POST a JSON document to `u` (dynamic client registration).
     pub(crate) async fn post_json(
         &self,

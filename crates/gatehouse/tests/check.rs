@@ -585,3 +585,57 @@ async fn ck7_a_python_sdk_server_passes_and_its_audience_flaw_is_flagged() {
     assert_eq!(code, 1);
     assert_eq!(report["grade"], "F");
 }
+
+/// `--authorization-server` against an authorization server nobody here wrote: oidc-provider with
+/// its dynamic registration open (client_credentials enabled, as in `oidc-provider.mjs`) and its
+/// development sign-in pages, the guard in front. Its refusals pass (no PKCE, `plain`, a redirect
+/// URI one character off); the set-up's three real weaknesses are flagged: anyone can register a
+/// machine client and get tokens for the endpoint (the wave-1 incident), errors are redirected to a
+/// self-registered client before any sign-in (RFC 9700 §4.11.2), and the development sign-in page
+/// can be framed (RFC 9700 §4.16).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ck8_oidc_provider_with_open_registration_through_the_active_checks() {
+    let as_port = free_port();
+    let _idp = oidc_provider_with(as_port, &[("OPEN_REGISTRATION", "1")]);
+    let issuer = format!("http://127.0.0.1:{as_port}");
+    let (_dev, endpoint) = gatehouse_dev(&issuer);
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        run_check(&[
+            "--allow-private",
+            "--authorization-server",
+            "--format",
+            "json",
+            &endpoint,
+        ])
+    })
+    .await
+    .expect("join");
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    let mut flagged: Vec<String> = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["status"] == "fail")
+        .filter_map(|c| c["id"].as_str().map(str::to_owned))
+        .collect();
+    flagged.sort();
+    assert_eq!(
+        flagged,
+        ["AS-DCR-MACHINE", "AS-ERROR-REDIRECT", "AS-FRAMING"],
+        "{out}"
+    );
+    // AS-DCR-MACHINE is high: exit 1 at the default level.
+    assert_eq!(code, 1);
+    assert_eq!(report["grade"], "D");
+    assert_status(
+        &report,
+        "pass",
+        &[
+            "AS-METADATA",
+            "AS-AUTH-ALGS",
+            "AS-PKCE-REQUIRED",
+            "AS-PKCE-PLAIN",
+            "AS-REDIRECT-EXACT",
+        ],
+    );
+}
