@@ -2,7 +2,7 @@
 //! public client through dynamic registration (and try to register a machine client), then send
 //! authorization requests that a correct server refuses; none of them signs anybody in.
 use crate::Finding;
-use crate::checks::{fail, pass, skip};
+use crate::catalogue::{fail, pass, skip};
 use crate::probe::{Answer, Probe};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;

@@ -1,15 +1,17 @@
-//! The checks. Each has a stable id (`DEFS`); a run reports every one of them: pass, fail, or
-//! skip with the reason (what it needs that was not given).
+//! The checks. Each has a stable id (`catalogue::DEFS`); a run reports every one of them: pass,
+//! fail, or skip with the reason (what it needs that was not given).
+use crate::catalogue::{DEFS, fail, pass, skip};
 use crate::probe::{Answer, Probe};
-use crate::{CheckError, Finding, Options, Severity, Status};
+use crate::sessions::{insufficient_scope, session_ids, session_user};
+use crate::{CheckError, Finding, Options};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use gatehouse_core::challenge::Challenge;
 use serde_json::{Value, json};
 
-const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"gatehouse-check","version":"1"}}}"#;
-const LIST: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
-const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+pub(crate) const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"gatehouse-check","version":"1"}}}"#;
+pub(crate) const LIST: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+pub(crate) const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
 /// The checks of the authorization server's metadata.
 const AS_PASSIVE: [&str; 5] = [
     "AS-METADATA",
@@ -21,416 +23,25 @@ const AS_PASSIVE: [&str; 5] = [
 /// An origin no deployment allows (`.invalid` never resolves, RFC 6761).
 const HOSTILE_ORIGIN: &str = "https://attacker.gatehouse-check.invalid";
 
-struct Def {
-    id: &'static str,
-    group: &'static str,
-    title: &'static str,
-    severity: Severity,
-    reference: &'static str,
-    hint: &'static str,
-}
-
-const DEFS: &[Def] = &[
-    Def {
-        id: "HTTPS",
-        group: "Transport",
-        title: "The endpoint is served over https",
-        severity: Severity::High,
-        reference: "OAuth 2.1 §1.5; MCP 2025-11-25 Authorization §Communication Security",
-        hint: "Serve the endpoint over TLS (plain http only on loopback for development).",
-    },
-    Def {
-        id: "ORIGIN",
-        group: "Transport",
-        title: "A request from a hostile Origin is refused",
-        severity: Severity::High,
-        reference: "MCP 2025-11-25 Transports §Security Warning (Origin validation, DNS rebinding)",
-        hint: "Validate the Origin header and answer 403 to origins you do not serve.",
-    },
-    Def {
-        id: "CORS",
-        group: "Transport",
-        title: "CORS does not reflect arbitrary origins",
-        severity: Severity::Medium,
-        reference: "Fetch Standard §CORS protocol; MCP 2025-11-25 Transports §Security Warning",
-        hint: "Allow only the browser origins you serve; never echo the request's Origin.",
-    },
-    Def {
-        id: "HOST",
-        group: "Transport",
-        title: "A loopback server refuses a foreign Host (DNS rebinding)",
-        severity: Severity::Medium,
-        reference: "MCP 2025-11-25 Transports §Security Warning (DNS rebinding)",
-        hint: "On loopback, accept only the Host names you serve (localhost, 127.0.0.1:PORT).",
-    },
-    Def {
-        id: "MCP-METHOD",
-        group: "Transport",
-        title: "An Mcp-Method header that contradicts the body is refused (2026-07-28)",
-        severity: Severity::Medium,
-        reference: "MCP 2026-07-28 Transports §Request Headers",
-        hint: "Compare Mcp-Method/Mcp-Name with the JSON-RPC body and answer 400 when they differ.",
-    },
-    Def {
-        id: "MCP-NAME",
-        group: "Transport",
-        title: "An Mcp-Name header that contradicts the body is refused (2026-07-28)",
-        severity: Severity::Medium,
-        reference: "MCP 2026-07-28 Transports §Request Headers",
-        hint: "Compare Mcp-Name with the tool, prompt or resource named in the body and answer 400 when they differ.",
-    },
-    Def {
-        id: "AUTH-REQUIRED",
-        group: "Challenge",
-        title: "A request without credentials is refused",
-        severity: Severity::Critical,
-        reference: "MCP 2025-11-25 Authorization §Access Token Usage; RFC 6750 §3",
-        hint: "Require a valid access token on every request to the MCP endpoint.",
-    },
-    Def {
-        id: "CHALLENGE",
-        group: "Challenge",
-        title: "401 with a Bearer challenge naming resource_metadata",
-        severity: Severity::High,
-        reference: "RFC 9728 §5.1; MCP 2025-11-25 Authorization §Protected Resource Metadata Discovery",
-        hint: "Answer 401 with `WWW-Authenticate: Bearer resource_metadata=\"<PRM URL>\"`.",
-    },
-    Def {
-        id: "CHALLENGE-NO-ERROR",
-        group: "Challenge",
-        title: "No error code in the challenge to a request without credentials",
-        severity: Severity::Low,
-        reference: "RFC 6750 §3.1",
-        hint: "Leave out `error=` when the request carried no token.",
-    },
-    Def {
-        id: "CHALLENGE-SCOPE",
-        group: "Challenge",
-        title: "The challenge names the scope needed",
-        severity: Severity::Low,
-        reference: "MCP 2025-11-25 Authorization §Scope Selection Strategy; RFC 6750 §3",
-        hint: "Add `scope=\"…\"` to the 401 challenge so clients ask for the right scopes.",
-    },
-    Def {
-        id: "PRM-WELLKNOWN",
-        group: "Protected resource metadata",
-        title: "Metadata at the well-known location (or through the challenge)",
-        severity: Severity::Medium,
-        reference: "RFC 9728 §3.1; MCP 2025-11-25 Authorization §Protected Resource Metadata Discovery",
-        hint: "Serve the metadata at /.well-known/oauth-protected-resource<path of the endpoint>.",
-    },
-    Def {
-        id: "PRM-RESOURCE",
-        group: "Protected resource metadata",
-        title: "The metadata's `resource` is exactly the endpoint URL",
-        severity: Severity::High,
-        reference: "RFC 9728 §3.3",
-        hint: "Set `resource` to the exact URL clients use (scheme, host, port, path).",
-    },
-    Def {
-        id: "PRM-AS",
-        group: "Protected resource metadata",
-        title: "The metadata names an https authorization server",
-        severity: Severity::High,
-        reference: "RFC 9728 §2; MCP 2025-11-25 Authorization §Authorization Server Location",
-        hint: "List the issuer in `authorization_servers` (https).",
-    },
-    Def {
-        id: "AS-METADATA",
-        group: "Authorization server",
-        title: "Authorization server metadata found, `issuer` exact",
-        severity: Severity::High,
-        reference: "RFC 8414 §3, §3.3; MCP 2025-11-25 Authorization §Authorization Server Metadata Discovery",
-        hint: "Serve RFC 8414 metadata whose `issuer` is byte-for-byte the listed issuer.",
-    },
-    Def {
-        id: "AS-PKCE",
-        group: "Authorization server",
-        title: "PKCE with S256 advertised",
-        severity: Severity::High,
-        reference: "OAuth 2.1 §4.1.1, §7.5.2; MCP 2025-11-25 Authorization §Authorization Code Protection",
-        hint: "Support S256 and list it in `code_challenge_methods_supported` (not `plain`).",
-    },
-    Def {
-        id: "AS-ISS",
-        group: "Authorization server",
-        title: "The `iss` authorization response parameter is supported",
-        severity: Severity::Medium,
-        reference: "RFC 9207 §3",
-        hint: "Send `iss` with every authorization response and advertise it (mix-up defence).",
-    },
-    Def {
-        id: "AS-ENDPOINTS-HTTPS",
-        group: "Authorization server",
-        title: "The authorization server's endpoints are https URLs",
-        severity: Severity::High,
-        reference: "OAuth 2.1 §1.5; RFC 8414 §2",
-        hint: "Publish only https endpoints (clients open authorization_endpoint in a browser).",
-    },
-    Def {
-        id: "AS-AUTH-ALGS",
-        group: "Authorization server",
-        title: "JWT client authentication lists its algorithms, never `none`",
-        severity: Severity::Medium,
-        reference: "RFC 8414 §2 (token_endpoint_auth_signing_alg_values_supported); RFC 7523 §3",
-        hint: "With private_key_jwt or client_secret_jwt, list the signing algorithms you verify and never `none`.",
-    },
-    Def {
-        id: "ALG-NONE",
-        group: "Tokens",
-        title: "An unsigned token (`alg: none`) is refused",
-        severity: Severity::Critical,
-        reference: "RFC 8725 §2.1, §3.1; RFC 9068 §4",
-        hint: "Verify every token's signature with the issuer's keys; never accept `alg: none`.",
-    },
-    Def {
-        id: "ALG-CONFUSION",
-        group: "Tokens",
-        title: "A token MACed with the issuer's public key (HS256) is refused",
-        severity: Severity::Critical,
-        reference: "RFC 8725 §2.1, §3.1 (algorithm confusion)",
-        hint: "Pin the algorithms each key may verify; never verify HMAC with a public key.",
-    },
-    Def {
-        id: "TOKEN-VALID",
-        group: "Tokens",
-        title: "The given valid token is accepted",
-        severity: Severity::Info,
-        reference: "MCP 2025-11-25 Authorization §Token Handling",
-        hint: "Check the token is for this endpoint (audience) and not expired.",
-    },
-    Def {
-        id: "TAMPERED",
-        group: "Tokens",
-        title: "A token with altered claims is refused",
-        severity: Severity::Critical,
-        reference: "RFC 7515 §5.2; RFC 9068 §4",
-        hint: "Verify the signature over the whole token before reading any claim.",
-    },
-    Def {
-        id: "SIGNATURE",
-        group: "Tokens",
-        title: "A token signed by a key that is not the issuer's is refused",
-        severity: Severity::Critical,
-        reference: "RFC 7515 §5.2; RFC 8725 §3.1; RFC 9068 §4",
-        hint: "Verify the signature with the issuer's published keys (its jwks_uri) only.",
-    },
-    Def {
-        id: "EMBEDDED-KEY",
-        group: "Tokens",
-        title: "A token carrying its own key (`jwk` header) is refused",
-        severity: Severity::Critical,
-        reference: "RFC 8725 §3.10 (key in the header); RFC 7515 §4.1.3",
-        hint: "Never verify with a key named in the token itself (jwk, jku, x5u, x5c).",
-    },
-    Def {
-        id: "AUDIENCE",
-        group: "Tokens",
-        title: "A token for another resource is refused",
-        severity: Severity::Critical,
-        reference: "RFC 8707 §2; RFC 9068 §4; MCP 2025-11-25 Authorization §Token Audience Binding",
-        hint: "Accept only tokens whose `aud` is this endpoint (no token passthrough, no confused deputy).",
-    },
-    Def {
-        id: "EXPIRED",
-        group: "Tokens",
-        title: "An expired token is refused",
-        severity: Severity::High,
-        reference: "RFC 7519 §4.1.4; RFC 9068 §4",
-        hint: "Check `exp` (with at most a minute of leeway).",
-    },
-    Def {
-        id: "QUERY-TOKEN",
-        group: "Tokens",
-        title: "A token in the URL query is refused",
-        severity: Severity::High,
-        reference: "OAuth 2.1 §5.2; MCP 2025-11-25 Authorization §Token Requirements",
-        hint: "Read the token from the Authorization header only.",
-    },
-    Def {
-        id: "INVALID-TOKEN",
-        group: "Tokens",
-        title: "A malformed token gets 401 with error=\"invalid_token\"",
-        severity: Severity::Medium,
-        reference: "MCP 2025-11-25 Authorization §Error Handling; RFC 6750 §3.1",
-        hint: "Answer an invalid, expired or malformed token with 401 and `Bearer error=\"invalid_token\"` (clients then get a new token).",
-    },
-    Def {
-        id: "INSUFFICIENT-SCOPE",
-        group: "Tokens",
-        title: "A call the token's scopes do not cover gets 403 naming the scopes needed",
-        severity: Severity::Medium,
-        reference: "MCP 2025-11-25 Authorization §Runtime Insufficient Scope Errors; RFC 6750 §3.1",
-        hint: "Answer 403 with `Bearer error=\"insufficient_scope\", scope=\"<every scope needed>\"` (not 401: clients re-authenticate instead of stepping up).",
-    },
-    Def {
-        id: "SESSION-AUTH",
-        group: "Sessions",
-        title: "A session id alone does not authenticate",
-        severity: Severity::Critical,
-        reference: "MCP 2025-11-25 Security Best Practices §Session Hijacking",
-        hint: "Require the token on every request and bind sessions to the user who opened them.",
-    },
-    Def {
-        id: "SESSION-USER",
-        group: "Sessions",
-        title: "Another user's token cannot use a session",
-        severity: Severity::High,
-        reference: "MCP 2025-11-25 Security Best Practices §Session Hijacking (bind sessions to the user)",
-        hint: "Store the user with the session and refuse requests whose token names another user.",
-    },
-    Def {
-        id: "SESSION-ID",
-        group: "Sessions",
-        title: "Session ids are the server's own: long, random, visible ASCII",
-        severity: Severity::Medium,
-        reference: "MCP 2025-11-25 Transports §Session Management; Security Best Practices §Session Hijacking",
-        hint: "Make session ids from a secure random source (at least 128 bits), e.g. a random UUID.",
-    },
-    Def {
-        id: "AS-PKCE-REQUIRED",
-        group: "Authorization server (active)",
-        title: "An authorization request without PKCE is refused",
-        severity: Severity::High,
-        reference: "OAuth 2.1 §4.1.1; MCP 2025-11-25 Authorization §Authorization Code Protection",
-        hint: "Refuse authorization requests without code_challenge (invalid_request).",
-    },
-    Def {
-        id: "AS-PKCE-PLAIN",
-        group: "Authorization server (active)",
-        title: "PKCE `plain` is refused",
-        severity: Severity::High,
-        reference: "OAuth 2.1 §4.1.1, §7.5.2",
-        hint: "Accept only code_challenge_method=S256.",
-    },
-    Def {
-        id: "AS-REDIRECT-EXACT",
-        group: "Authorization server (active)",
-        title: "A redirect URI one character off is never redirected to",
-        severity: Severity::Critical,
-        reference: "OAuth 2.1 §2.3.1, §4.1.2.1; RFC 9700 §4.1",
-        hint: "Compare redirect URIs exactly (only the port of a loopback IP literal may vary).",
-    },
-    Def {
-        id: "AS-ERROR-REDIRECT",
-        group: "Authorization server (active)",
-        title: "Errors are not redirected to a self-registered client before the user saw a page",
-        severity: Severity::Low,
-        reference: "RFC 9700 §4.11.2 (open redirection); MCP 2025-11-25 Security Best Practices",
-        hint: "For unverified (self-registered) clients show errors on a page instead of redirecting.",
-    },
-    Def {
-        id: "AS-FRAMING",
-        group: "Authorization server (active)",
-        title: "The sign-in page cannot be framed (clickjacking)",
-        severity: Severity::Medium,
-        reference: "RFC 9700 §4.16; OAuth 2.1 §7.8",
-        hint: "Send `Content-Security-Policy: frame-ancestors 'none'` (and `X-Frame-Options: DENY`) on login and consent pages.",
-    },
-    Def {
-        id: "AS-DCR-MACHINE",
-        group: "Authorization server (active)",
-        title: "Open registration cannot mint client_credentials tokens",
-        severity: Severity::High,
-        reference: "RFC 7591 §5; MCP 2025-11-25 Security Best Practices",
-        hint: "Limit what self-registered clients may be: public authorization_code clients only.",
-    },
-    Def {
-        id: "AS-TOKEN-AUDIENCE",
-        group: "Authorization server (active)",
-        title: "The token issued for the endpoint names it as its audience",
-        severity: Severity::Critical,
-        reference: "RFC 8707 §2.2; MCP 2025-11-25 Authorization §Resource Parameter Implementation",
-        hint: "Honour `resource`: put it in the token's `aud` (and nothing broader).",
-    },
-    Def {
-        id: "AS-TOKEN-NO-STORE",
-        group: "Authorization server (active)",
-        title: "Token responses are not cached (`Cache-Control: no-store`)",
-        severity: Severity::Medium,
-        reference: "OAuth 2.1 §3.2.3; RFC 6749 §5.1",
-        hint: "Send `Cache-Control: no-store` with every token response.",
-    },
-    Def {
-        id: "AS-REFRESH-ROTATION",
-        group: "Authorization server (active)",
-        title: "A public client's refresh token is rotated on use",
-        severity: Severity::Medium,
-        reference: "OAuth 2.1 §4.3.1; RFC 9700 §4.14.2",
-        hint: "Issue a new refresh token on every refresh (or bind it to the client with DPoP).",
-    },
-    Def {
-        id: "AS-REFRESH-REUSE",
-        group: "Authorization server (active)",
-        title: "A rotated refresh token used again is refused",
-        severity: Severity::High,
-        reference: "RFC 9700 §4.14.2 (refresh token reuse detection)",
-        hint: "Refuse a refresh token once its successor was used, and revoke the family.",
-    },
-    Def {
-        id: "AS-CODE-REUSE",
-        group: "Authorization server (active)",
-        title: "An authorization code is accepted once only",
-        severity: Severity::High,
-        reference: "OAuth 2.1 §4.1.3; RFC 9700 §4.5",
-        hint: "Mark codes used at the first exchange and refuse (and revoke on) any replay.",
-    },
-];
-
-/// Every check: id, severity, title and reference, in report order.
-pub(crate) fn catalogue()
--> impl Iterator<Item = (&'static str, Severity, &'static str, &'static str)> {
-    DEFS.iter()
-        .map(|d| (d.id, d.severity, d.title, d.reference))
-}
-
-fn finding(id: &'static str, status: Status, detail: impl Into<String>) -> Finding {
-    let d = DEFS.iter().find(|d| d.id == id);
-    let (title, severity, reference, hint, group) = match d {
-        Some(d) => (d.title, d.severity, d.reference, d.hint, d.group),
-        None => ("", Severity::Info, "", "", ""),
-    };
-    Finding {
-        id,
-        title,
-        severity,
-        status,
-        detail: detail.into(),
-        reference,
-        hint,
-        group,
-    }
-}
-
-pub(crate) fn pass(id: &'static str, detail: impl Into<String>) -> Finding {
-    finding(id, Status::Pass, detail)
-}
-pub(crate) fn fail(id: &'static str, detail: impl Into<String>) -> Finding {
-    finding(id, Status::Fail, detail)
-}
-pub(crate) fn skip(id: &'static str, detail: impl Into<String>) -> Finding {
-    finding(id, Status::Skip, detail)
-}
-
 /// The claims of a JWT (unverified), when it is one.
 pub(crate) fn claims_of(token: &str) -> Option<Value> {
     let payload = token.split('.').nth(1)?;
     serde_json::from_slice(&B64.decode(payload).ok()?).ok()
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
-fn bearer(token: &str) -> String {
+pub(crate) fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
 /// Whether an answer let the request in (any 2xx).
-fn accepted(a: &Answer) -> bool {
+pub(crate) fn accepted(a: &Answer) -> bool {
     (200..300).contains(&a.status)
 }
 
@@ -454,7 +65,6 @@ fn well_known(u: &url::Url, name: &str) -> Option<url::Url> {
 }
 
 struct Discovered {
-    prm: Option<Value>,
     issuer: Option<String>,
     scope: Option<String>,
     /// The issuer's public keys (its JWKS), when found.
@@ -535,7 +145,7 @@ pub(crate) async fn run_all(p: &Probe, opts: &Options) -> Result<Vec<Finding>, C
     }
 
     // Transport rules that need the request to get past authentication.
-    transport_checks(p, &effective, &unauth, &mut out).await;
+    transport_checks(p, &effective, &mut out).await;
     // Last: replays that revoke what the sign-in issued.
     if let Some(l) = d.login {
         crate::active::reuse_checks(p, l, &mut out).await;
@@ -668,7 +278,6 @@ async fn discover(
             ));
         }
         return Discovered {
-            prm: None,
             issuer: None,
             scope,
             jwks: Vec::new(),
@@ -723,7 +332,6 @@ async fn discover(
         }
     };
     Discovered {
-        prm: Some(prm),
         issuer,
         scope,
         jwks,
@@ -937,7 +545,6 @@ async fn token_checks(p: &Probe, opts: &Options, d: &Discovered, out: &mut Vec<F
             Err(e) => skip("ALG-NONE", e),
         },
     );
-    let _ = &d.prm;
     out.push(alg_confusion(p, &claims, &d.jwks).await);
     foreign_keys(p, opts, &claims, &d.jwks, out).await;
     out.push(invalid_token(p).await);
@@ -957,7 +564,7 @@ async fn token_checks(p: &Probe, opts: &Options, d: &Discovered, out: &mut Vec<F
             "INSUFFICIENT-SCOPE",
             "needs --token and --scope-tool (a tool the token's scopes do not cover)",
         ));
-        foreign_and_expired(p, opts, false, out).await;
+        foreign_and_expired(p, opts, out).await;
         return;
     };
     let valid = match p
@@ -994,7 +601,7 @@ async fn token_checks(p: &Probe, opts: &Options, d: &Discovered, out: &mut Vec<F
         ] {
             out.push(skip(id, "the given token is not accepted"));
         }
-        foreign_and_expired(p, opts, false, out).await;
+        foreign_and_expired(p, opts, out).await;
         return;
     };
     // TAMPERED: the same signature over other claims.
@@ -1076,7 +683,7 @@ async fn token_checks(p: &Probe, opts: &Options, d: &Discovered, out: &mut Vec<F
     out.push(session_ids(p, token, valid.header("mcp-session-id")).await);
     out.push(session_user(p, token, opts.other_user_token.as_deref()).await);
     out.push(insufficient_scope(p, token, opts.scope_tool.as_deref()).await);
-    foreign_and_expired(p, opts, true, out).await;
+    foreign_and_expired(p, opts, out).await;
 }
 
 /// SIGNATURE and EMBEDDED-KEY: claims that fit the endpoint, signed with a key the target has
@@ -1166,273 +773,6 @@ async fn invalid_token(p: &Probe) -> Finding {
     }
 }
 
-/// A session opened with `token` as a client does it: `initialize`, then
-/// `notifications/initialized` on the session. The session id (when the server keeps
-/// sessions) and the protocol version.
-async fn open_session(p: &Probe, token: &str) -> Result<(Option<String>, String), String> {
-    let auth = bearer(token);
-    let a = p.post(INIT, &[("authorization", &auth)], None).await?;
-    if !accepted(&a) {
-        return Err(format!("initialize with the token answered {}", a.status));
-    }
-    let version = a
-        .json()
-        .and_then(|v| v["result"]["protocolVersion"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| "2025-11-25".into());
-    let sid = a.header("mcp-session-id").map(str::to_owned);
-    let mut h = vec![
-        ("authorization", auth.as_str()),
-        ("mcp-protocol-version", version.as_str()),
-    ];
-    if let Some(s) = &sid {
-        h.push(("mcp-session-id", s));
-    }
-    p.post(INITIALIZED, &h, None).await?;
-    Ok((sid, version))
-}
-
-/// Ends a session the checker opened (MCP clients SHOULD): servers that cap sessions per user
-/// are not left holding ours. What the server answers does not matter.
-async fn close_session(p: &Probe, token: &str, sid: &str, version: &str) {
-    let auth = bearer(token);
-    let _ = p
-        .delete(&[
-            ("authorization", auth.as_str()),
-            ("mcp-session-id", sid),
-            ("mcp-protocol-version", version),
-        ])
-        .await;
-}
-
-/// SESSION-ID: two sessions' ids are long, visible ASCII and not a counter or a clock.
-async fn session_ids(p: &Probe, token: &str, first: Option<&str>) -> Finding {
-    let Some(first) = first else {
-        return skip("SESSION-ID", "the server opened no session (stateless)");
-    };
-    // A session id the client made up must not be adopted (session fixation).
-    let chosen = format!("gatehouse-check-chosen-{}", now());
-    match p
-        .post(
-            INIT,
-            &[
-                ("authorization", &bearer(token)),
-                ("mcp-session-id", &chosen),
-            ],
-            None,
-        )
-        .await
-    {
-        Ok(a) if a.header("mcp-session-id") == Some(chosen.as_str()) => {
-            return fail(
-                "SESSION-ID",
-                "the server took the session id the client chose (session fixation)",
-            );
-        }
-        Ok(a) => {
-            if let Some(s) = a.header("mcp-session-id") {
-                close_session(p, token, s, "2025-11-25").await;
-            }
-        }
-        Err(e) => return skip("SESSION-ID", e),
-    }
-    let second = match open_session(p, token).await {
-        Ok((Some(s), v)) => {
-            close_session(p, token, &s, &v).await;
-            close_session(p, token, first, &v).await;
-            s
-        }
-        Ok((None, _)) => return skip("SESSION-ID", "the second initialize opened no session"),
-        Err(e) => return skip("SESSION-ID", e),
-    };
-    if let Some(bad) = [first, second.as_str()]
-        .iter()
-        .find(|s| s.bytes().any(|b| !(0x21..=0x7e).contains(&b)))
-    {
-        return fail(
-            "SESSION-ID",
-            format!(
-                "a session id of {} bytes has characters outside 0x21–0x7E",
-                bad.len()
-            ),
-        );
-    }
-    let shortest = first.len().min(second.len());
-    if shortest < 16 {
-        return fail(
-            "SESSION-ID",
-            format!("a session id of {shortest} characters (too short to be unguessable)"),
-        );
-    }
-    let span = differing_span(first.as_bytes(), second.as_bytes());
-    if span < 12 {
-        return fail(
-            "SESSION-ID",
-            format!("two sessions' ids differ in {span} characters only (predictable)"),
-        );
-    }
-    pass(
-        "SESSION-ID",
-        format!("{shortest}+ characters, two ids differ over {span}"),
-    )
-}
-
-/// How many characters lie between the common prefix and the common suffix of `a` and `b`
-/// (in the longer one): a counter or a clock changes a few at one end.
-fn differing_span(a: &[u8], b: &[u8]) -> usize {
-    let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-    let (a, b) = (&a[prefix..], &b[prefix..]);
-    let suffix = a
-        .iter()
-        .rev()
-        .zip(b.iter().rev())
-        .take_while(|(x, y)| x == y)
-        .count();
-    a.len().max(b.len()) - suffix
-}
-
-/// SESSION-USER: a session another user opened, used with this user's (valid) token.
-async fn session_user(p: &Probe, token: &str, other: Option<&str>) -> Finding {
-    let Some(other) = other else {
-        return skip(
-            "SESSION-USER",
-            "needs --other-user-token (a token for this endpoint of another user)",
-        );
-    };
-    let sub = |t: &str| claims_of(t).and_then(|c| c["sub"].as_str().map(str::to_owned));
-    if let (Some(a), Some(b)) = (sub(token), sub(other))
-        && a == b
-    {
-        return skip("SESSION-USER", "both tokens name the same user (`sub`)");
-    }
-    match open_session(p, other).await {
-        Err(e) => return skip("SESSION-USER", format!("the other user's token: {e}")),
-        Ok((Some(sid), v)) => close_session(p, other, &sid, &v).await,
-        Ok((None, _)) => {}
-    }
-    let (sid, version) = match open_session(p, token).await {
-        Ok((Some(sid), v)) => (sid, v),
-        Ok((None, _)) => return skip("SESSION-USER", "the server opened no session (stateless)"),
-        Err(e) => return skip("SESSION-USER", e),
-    };
-    // The session's own user first: a refusal there would make the other's mean nothing.
-    let found = match list_on(p, &sid, &version, token).await {
-        Ok(a) if accepted(&a) => match list_on(p, &sid, &version, other).await {
-            Ok(a) if accepted(&a) => fail(
-                "SESSION-USER",
-                format!("another user's token used the session ({})", a.status),
-            ),
-            Ok(a) => pass("SESSION-USER", format!("refused ({})", a.status)),
-            Err(e) => skip("SESSION-USER", e),
-        },
-        Ok(a) => skip(
-            "SESSION-USER",
-            format!("tools/list by the session's own user answered {}", a.status),
-        ),
-        Err(e) => skip("SESSION-USER", e),
-    };
-    close_session(p, token, &sid, &version).await;
-    found
-}
-
-/// tools/list on session `sid` with `token`.
-async fn list_on(p: &Probe, sid: &str, version: &str, token: &str) -> Result<Answer, String> {
-    let auth = bearer(token);
-    let h = [
-        ("mcp-session-id", sid),
-        ("mcp-protocol-version", version),
-        ("authorization", auth.as_str()),
-    ];
-    p.post(LIST, &h, None).await
-}
-
-/// INSUFFICIENT-SCOPE: the tool the operator named (one `token`'s scopes do not cover), called
-/// with empty arguments.
-async fn insufficient_scope(p: &Probe, token: &str, tool: Option<&str>) -> Finding {
-    let id = "INSUFFICIENT-SCOPE";
-    let Some(tool) = tool else {
-        return skip(
-            id,
-            "needs --scope-tool NAME (a tool the token's scopes do not cover)",
-        );
-    };
-    let (sid, version) = match open_session(p, token).await {
-        Ok(s) => s,
-        Err(e) => return skip(id, e),
-    };
-    let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
-        "params": {"name": tool, "arguments": {}}})
-    .to_string();
-    let auth = bearer(token);
-    let mut h = vec![
-        ("authorization", auth.as_str()),
-        ("mcp-protocol-version", version.as_str()),
-        ("mcp-method", "tools/call"),
-        ("mcp-name", tool),
-    ];
-    if let Some(s) = &sid {
-        h.push(("mcp-session-id", s));
-    }
-    let a = p.post(&call, &h, None).await;
-    if let Some(s) = &sid {
-        close_session(p, token, s, &version).await;
-    }
-    let a = match a {
-        Ok(a) => a,
-        Err(e) => return skip(id, e),
-    };
-    let ch = Challenge::parse_all(
-        a.headers
-            .get_all("www-authenticate")
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-    )
-    .unwrap_or_default();
-    let bearer_ch = ch.iter().find(|c| c.is_scheme("Bearer"));
-    let error = bearer_ch.and_then(|c| c.param("error"));
-    let scope = bearer_ch.and_then(|c| c.param("scope"));
-    let held: Vec<String> = claims_of(token)
-        .and_then(|c| c["scope"].as_str().map(str::to_owned))
-        .map(|s| s.split(' ').map(str::to_owned).collect())
-        .unwrap_or_default();
-    match (a.status, error, scope) {
-        (403, Some("insufficient_scope"), Some(s)) => {
-            let needed: Vec<&str> = s.split(' ').filter(|x| !x.is_empty()).collect();
-            if !held.is_empty() && needed.iter().all(|n| held.iter().any(|h| h == n)) {
-                fail(
-                    id,
-                    format!("403 names scope=\"{s}\", all of which the token holds"),
-                )
-            } else {
-                pass(id, format!("403, scope=\"{s}\""))
-            }
-        }
-        (403, Some("insufficient_scope"), None) => {
-            fail(id, "403 insufficient_scope without the `scope` needed")
-        }
-        (403, _, _) => fail(id, "403 without Bearer error=\"insufficient_scope\""),
-        (401, _, _) => fail(
-            id,
-            "401 for a valid token lacking scope (clients re-authenticate instead of stepping up)",
-        ),
-        (s, _, _) if (200..300).contains(&s) => {
-            let rpc_error = a
-                .json()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned));
-            fail(
-                id,
-                match rpc_error {
-                    Some(m) => format!(
-                        "HTTP {s} with a JSON-RPC error ({}) instead of 403",
-                        m.chars().take(80).collect::<String>()
-                    ),
-                    None => format!("the call of {tool} was not refused ({s})"),
-                },
-            )
-        }
-        (s, _, _) => fail(id, format!("answered {s}, not 403")),
-    }
-}
-
 /// HS256 over the claims, keyed with each public key as a server that confuses algorithms
 /// would take it: its PEM (with and without the final newline) and its JWK as JSON.
 async fn alg_confusion(p: &Probe, claims: &Value, jwks: &[Value]) -> Finding {
@@ -1486,7 +826,7 @@ async fn alg_confusion(p: &Probe, claims: &Value, jwks: &[Value]) -> Finding {
     )
 }
 
-async fn foreign_and_expired(p: &Probe, opts: &Options, _have_valid: bool, out: &mut Vec<Finding>) {
+async fn foreign_and_expired(p: &Probe, opts: &Options, out: &mut Vec<Finding>) {
     out.push(match opts.foreign_token.as_deref() {
         None => skip(
             "AUDIENCE",
@@ -1516,7 +856,7 @@ async fn foreign_and_expired(p: &Probe, opts: &Options, _have_valid: bool, out: 
     });
 }
 
-async fn transport_checks(p: &Probe, opts: &Options, unauth: &Answer, out: &mut Vec<Finding>) {
+async fn transport_checks(p: &Probe, opts: &Options, out: &mut Vec<Finding>) {
     let auth = opts.token.as_deref().map(bearer);
     let mut h: Vec<(&str, &str)> = vec![("origin", HOSTILE_ORIGIN)];
     if let Some(a) = &auth {
@@ -1548,7 +888,6 @@ async fn transport_checks(p: &Probe, opts: &Options, unauth: &Answer, out: &mut 
         },
         Err(e) => skip("CORS", e),
     });
-    let _ = unauth;
     out.push(match (&auth, is_loopback(&p.target)) {
         (_, false) => skip("HOST", "only for loopback servers"),
         (None, true) => skip("HOST", "needs --token"),

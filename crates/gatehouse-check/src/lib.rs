@@ -9,11 +9,13 @@
 #![forbid(unsafe_code)]
 
 mod active;
+mod catalogue;
 mod checks;
 mod forge;
 mod output;
 mod pem;
 mod probe;
+mod sessions;
 
 pub use output::{render_human, render_json, render_sarif};
 
@@ -178,7 +180,7 @@ impl std::error::Error for CheckError {}
 /// Every check this version knows (id, severity, title, reference), in report order: ids are
 /// stable once released.
 pub fn catalogue() -> Vec<(&'static str, Severity, &'static str, &'static str)> {
-    checks::catalogue().collect()
+    catalogue::catalogue().collect()
 }
 
 /// Runs every check that applies and grades the target.
