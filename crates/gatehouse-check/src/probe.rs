@@ -213,19 +213,6 @@ impl Probe {
         Ok(resp.status().as_u16())
     }
 
-    /// DELETE on the target with `headers` (ends an MCP session).
-    pub(crate) async fn delete(&self, headers: &[(&str, &str)]) -> Result<Answer, String> {
-        let mut r = self.client.delete(self.target.clone());
-        for (k, v) in headers {
-            r = r.header(*k, *v);
-        }
-        let resp = r
-            .send()
-            .await
-            .map_err(|e| format!("{}: {e}", self.target))?;
-        Ok(Self::read(resp).await)
-    }
-
     /// An OPTIONS request (CORS preflight) to the target.
     pub(crate) async fn preflight(&self, origin: &str) -> Result<Answer, String> {
         let resp = self

@@ -40,11 +40,14 @@ pub(crate) async fn open_session(
 pub(crate) async fn close_session(p: &Probe, token: &str, sid: &str, version: &str) {
     let auth = bearer(token);
     let _ = p
-        .delete(&[
-            ("authorization", auth.as_str()),
-            ("mcp-session-id", sid),
-            ("mcp-protocol-version", version),
-        ])
+        .status_of(
+            reqwest::Method::DELETE,
+            &[
+                ("authorization", auth.as_str()),
+                ("mcp-session-id", sid),
+                ("mcp-protocol-version", version),
+            ],
+        )
         .await;
 }
 

@@ -74,6 +74,40 @@ fn failed(report: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Gatehouse's authorization server on `port` (`gatehouse serve`) for two resources, `endpoint`
+/// and `other`, with `guard` as the guard's settings; tokens (client credentials) for
+/// `endpoint`, for `other` (the same client), and for `endpoint` of a second client (another
+/// user).
+async fn authorization_server_with_two_users(
+    port: u16,
+    guard: &str,
+    endpoint: &str,
+    other: &str,
+) -> (common::Proc, [String; 3]) {
+    let base = format!("http://127.0.0.1:{port}");
+    let dir = std::env::temp_dir().join(format!("gatehouse-check-{port}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = format!("sqlite://{}/as.db", dir.display());
+    let cfg = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:{port}\nguard:\n{guard}authorization_server:\n  database: {db}\n  resources:\n    - resource: {endpoint}\n      scopes: [mcp:basic]\n    - resource: {other}\n      scopes: [mcp:basic]\n"
+        ),
+    )
+    .expect("config");
+    let (id, secret) = add_machine_client(&db, "alice-agent");
+    let (id2, secret2) = add_machine_client(&db, "bob-agent");
+    let server = serve(&cfg);
+    let tokens = [
+        cc_token_for(&base, &id, &secret, endpoint).await,
+        cc_token_for(&base, &id, &secret, other).await,
+        cc_token_for(&base, &id2, &secret2, endpoint).await,
+    ];
+    (server, tokens)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ck1_gatehouse_dev_passes_the_passive_checks() {
     let (_dev, port, _data) = gatehouse_dev_embedded("check-user", "check-password-1");
@@ -149,24 +183,9 @@ async fn ck2_gatehouse_serve_passes_the_token_checks_and_reports_sarif() {
     let base = format!("http://127.0.0.1:{port}");
     let endpoint = format!("{base}/mcp");
     let other = format!("{base}/other/mcp");
-    let dir = std::env::temp_dir().join(format!("gatehouse-check-{port}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let db = format!("sqlite://{}/as.db", dir.display());
-    let cfg = dir.join("gatehouse.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\n  tool_scopes:\n    notes_add: [notes:write]\nauthorization_server:\n  database: {db}\n  resources:\n    - resource: {endpoint}\n      scopes: [mcp:basic]\n    - resource: {other}\n      scopes: [mcp:basic]\n"
-        ),
-    )
-    .expect("config");
-    let (id, secret) = add_machine_client(&db, "checker");
-    let (id2, secret2) = add_machine_client(&db, "another-user");
-    let _server = serve(&cfg);
-    let token = cc_token_for(&base, &id, &secret, &endpoint).await;
-    let foreign = cc_token_for(&base, &id, &secret, &other).await;
-    let other_user = cc_token_for(&base, &id2, &secret2, &endpoint).await;
+    let guard = "  required_scopes: [mcp:basic]\n  tool_scopes:\n    notes_add: [notes:write]\n";
+    let (_server, [token, foreign, other_user]) =
+        authorization_server_with_two_users(port, guard, &endpoint, &other).await;
     let (code, out, err) = tokio::task::spawn_blocking({
         let (endpoint, token, foreign) = (endpoint.clone(), token.clone(), foreign.clone());
         move || {
@@ -478,24 +497,13 @@ async fn ck7_a_python_sdk_server_passes_and_its_audience_flaw_is_flagged() {
     let base = format!("http://127.0.0.1:{port}");
     let endpoint = format!("http://127.0.0.1:{py_port}/mcp");
     let other = format!("http://127.0.0.1:{}/mcp", free_port());
-    let dir = std::env::temp_dir().join(format!("gatehouse-check-py-{port}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let db = format!("sqlite://{}/as.db", dir.display());
-    let cfg = dir.join("gatehouse.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen: 127.0.0.1:{port}\nguard:\n  required_scopes: [mcp:basic]\nauthorization_server:\n  database: {db}\n  resources:\n    - resource: {endpoint}\n      scopes: [mcp:basic]\n    - resource: {other}\n      scopes: [mcp:basic]\n"
-        ),
+    let (_as, [token, foreign, other_user]) = authorization_server_with_two_users(
+        port,
+        "  required_scopes: [mcp:basic]\n",
+        &endpoint,
+        &other,
     )
-    .expect("config");
-    let (id, secret) = add_machine_client(&db, "alice-agent");
-    let (id2, secret2) = add_machine_client(&db, "bob-agent");
-    let _as = serve(&cfg);
-    let token = cc_token_for(&base, &id, &secret, &endpoint).await;
-    let foreign = cc_token_for(&base, &id, &secret, &other).await;
-    let other_user = cc_token_for(&base, &id2, &secret2, &endpoint).await;
+    .await;
     let python = |flaw: Option<&str>| {
         let mut cmd = std::process::Command::new(repo_root().join("interop/.venv/bin/python"));
         cmd.current_dir(repo_root().join("interop"))
