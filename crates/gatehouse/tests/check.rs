@@ -64,6 +64,19 @@ async fn check_signed_in(
     stdout
 }
 
+/// The ids of the checks that failed, sorted.
+fn failed_ids(report: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["status"] == "fail")
+        .filter_map(|c| c["id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
 fn failed(report: &Value) -> Vec<String> {
     report["checks"]
         .as_array()
@@ -437,14 +450,7 @@ async fn ck6_the_typescript_sdks_example_server_is_flagged_for_its_real_flaws_on
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let report: Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
-    let mut flagged: Vec<String> = report["checks"]
-        .as_array()
-        .expect("checks")
-        .iter()
-        .filter(|c| c["status"] == "fail")
-        .filter_map(|c| c["id"].as_str().map(str::to_owned))
-        .collect();
-    flagged.sort();
+    let flagged = failed_ids(&report);
     assert_eq!(
         flagged,
         [
@@ -528,17 +534,6 @@ async fn ck7_a_python_sdk_server_passes_and_its_audience_flaw_is_flagged() {
             ])
         })
     };
-    let flagged = |report: &Value| -> Vec<String> {
-        let mut ids: Vec<String> = report["checks"]
-            .as_array()
-            .expect("checks")
-            .iter()
-            .filter(|c| c["status"] == "fail")
-            .filter_map(|c| c["id"].as_str().map(str::to_owned))
-            .collect();
-        ids.sort();
-        ids
-    };
 
     let server = python(None);
     let (code, out, err) = check(
@@ -551,7 +546,7 @@ async fn ck7_a_python_sdk_server_passes_and_its_audience_flaw_is_flagged() {
     .expect("join");
     let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
     assert_eq!(
-        flagged(&report),
+        failed_ids(&report),
         ["CHALLENGE-NO-ERROR", "CHALLENGE-SCOPE"],
         "{out}"
     );
@@ -586,7 +581,7 @@ async fn ck7_a_python_sdk_server_passes_and_its_audience_flaw_is_flagged() {
         .expect("join");
     let report: Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(
-        flagged(&report),
+        failed_ids(&report),
         ["AUDIENCE", "CHALLENGE-NO-ERROR", "CHALLENGE-SCOPE"],
         "{out}"
     );
@@ -619,14 +614,7 @@ async fn ck8_oidc_provider_with_open_registration_through_the_active_checks() {
     .await
     .expect("join");
     let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
-    let mut flagged: Vec<String> = report["checks"]
-        .as_array()
-        .expect("checks")
-        .iter()
-        .filter(|c| c["status"] == "fail")
-        .filter_map(|c| c["id"].as_str().map(str::to_owned))
-        .collect();
-    flagged.sort();
+    let flagged = failed_ids(&report);
     assert_eq!(
         flagged,
         ["AS-DCR-MACHINE", "AS-ERROR-REDIRECT", "AS-FRAMING"],
