@@ -173,26 +173,44 @@ pub(crate) async fn run_all(p: &Probe, opts: &Options) -> Result<Vec<Finding>, C
 /// stream (GET) and the end of a session (DELETE) too.
 async fn auth_required(p: &Probe, post: &Answer) -> Finding {
     if accepted(post) {
+        let rpc = post.json().is_some_and(|v| v["jsonrpc"] == "2.0");
         return fail(
             "AUTH-REQUIRED",
-            format!("initialize without a token answered {}", post.status),
+            format!(
+                "initialize without a token answered {}{}",
+                post.status,
+                if rpc {
+                    ""
+                } else {
+                    " (not a JSON-RPC answer: is this URL the MCP endpoint?)"
+                }
+            ),
         );
     }
     let mut seen = vec![format!("POST {}", post.status)];
-    for (method, headers) in [
-        (reqwest::Method::GET, &[("accept", "text/event-stream")][..]),
-        (reqwest::Method::DELETE, &[][..]),
-    ] {
-        match p.status_of(method.clone(), headers).await {
-            Ok(s) if (200..300).contains(&s) => {
-                return fail(
-                    "AUTH-REQUIRED",
-                    format!("{method} without a token answered {s}"),
-                );
-            }
-            Ok(s) => seen.push(format!("{method} {s}")),
-            Err(e) => seen.push(format!("{method}: {e}")),
+    // GET counts when it opened an event stream (a page at the same URL is not one).
+    match p
+        .head_of(reqwest::Method::GET, &[("accept", "text/event-stream")])
+        .await
+    {
+        Ok((s, true)) if (200..300).contains(&s) => {
+            return fail(
+                "AUTH-REQUIRED",
+                format!("GET without a token opened an event stream ({s})"),
+            );
         }
+        Ok((s, _)) => seen.push(format!("GET {s}")),
+        Err(e) => seen.push(format!("GET: {e}")),
+    }
+    match p.status_of(reqwest::Method::DELETE, &[]).await {
+        Ok(s) if (200..300).contains(&s) => {
+            return fail(
+                "AUTH-REQUIRED",
+                format!("DELETE without a token answered {s}"),
+            );
+        }
+        Ok(s) => seen.push(format!("DELETE {s}")),
+        Err(e) => seen.push(format!("DELETE: {e}")),
     }
     pass("AUTH-REQUIRED", format!("answered {}", seen.join(", ")))
 }
@@ -662,17 +680,17 @@ async fn token_checks(p: &Probe, opts: &Options, d: &Discovered, out: &mut Vec<F
             get.push(("accept", "text/event-stream"));
             match (
                 p.post(LIST, &h, None).await,
-                p.status_of(reqwest::Method::GET, &get).await,
+                p.head_of(reqwest::Method::GET, &get).await,
             ) {
                 (Ok(a), _) if accepted(&a) => fail(
                     "SESSION-AUTH",
                     format!("tools/list with the session id alone answered {}", a.status),
                 ),
-                (_, Ok(s)) if (200..300).contains(&s) => fail(
+                (_, Ok((s, true))) if (200..300).contains(&s) => fail(
                     "SESSION-AUTH",
                     format!("the event stream (GET) with the session id alone answered {s}"),
                 ),
-                (Ok(a), Ok(s)) => pass(
+                (Ok(a), Ok((s, _))) => pass(
                     "SESSION-AUTH",
                     format!("refused (POST {}, GET {s})", a.status),
                 ),

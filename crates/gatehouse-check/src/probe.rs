@@ -202,6 +202,15 @@ impl Probe {
         method: reqwest::Method,
         headers: &[(&str, &str)],
     ) -> Result<u16, String> {
+        Ok(self.head_of(method, headers).await?.0)
+    }
+
+    /// As `status_of`, and whether the answer is an event stream (a GET that opened one).
+    pub(crate) async fn head_of(
+        &self,
+        method: reqwest::Method,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, bool), String> {
         let mut r = self.client.request(method, self.target.clone());
         for (k, v) in headers {
             r = r.header(*k, *v);
@@ -210,7 +219,12 @@ impl Probe {
             .send()
             .await
             .map_err(|e| format!("{}: {e}", self.target))?;
-        Ok(resp.status().as_u16())
+        let stream = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.trim_start().starts_with("text/event-stream"));
+        Ok((resp.status().as_u16(), stream))
     }
 
     /// An OPTIONS request (CORS preflight) to the target.

@@ -62,6 +62,8 @@ enum Flaw {
     UnguardedStream,
     SessionAloneStream,
     AdoptsClientSessionId,
+    /// Not a flaw: an HTML page for browsers at the endpoint's URL (GET), no stream.
+    LandingPageOnGet,
     /// Not a flaw: the metadata only at the challenge's URL (MCP 2025-11-25 allows it).
     PrmOnlyInChallenge,
 }
@@ -554,6 +556,10 @@ async fn stream(State(s): State<Arc<Srv>>, headers: HeaderMap) -> Response {
     if s.flaw == Flaw::UnguardedStream {
         return sse();
     }
+    if s.flaw == Flaw::LandingPageOnGet {
+        return axum::response::Html("<!doctype html><title>MCP</title><p>An MCP endpoint.")
+            .into_response();
+    }
     let owner = h("mcp-session-id").and_then(|id| s.sessions.lock().unwrap().get(id).cloned());
     let subject = match h("authorization").and_then(|a| a.strip_prefix("Bearer ")) {
         Some(t) => match validate(&s, t) {
@@ -912,6 +918,7 @@ async fn ck1_each_broken_server_is_flagged_for_its_flaw_and_nothing_else() {
         (Flaw::UnguardedStream, &["AUTH-REQUIRED", "SESSION-AUTH"]),
         (Flaw::SessionAloneStream, &["SESSION-AUTH"]),
         (Flaw::AdoptsClientSessionId, &["SESSION-ID"]),
+        (Flaw::LandingPageOnGet, &[]),
     ];
     let mut wrong = Vec::new();
     for (flaw, expected) in cases {
