@@ -980,3 +980,47 @@ async fn transport_checks(p: &Probe, opts: &Options, out: &mut Vec<Finding>) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Status;
+
+    #[test]
+    fn jwt_client_authentication_needs_its_algorithms_and_never_none() {
+        let st = |m: Value| auth_algs(&m).status;
+        assert_eq!(st(json!({})), Status::Pass);
+        assert_eq!(
+            st(json!({"token_endpoint_auth_methods_supported": ["none", "client_secret_basic"]})),
+            Status::Pass
+        );
+        assert_eq!(
+            st(json!({"token_endpoint_auth_methods_supported": ["private_key_jwt"]})),
+            Status::Fail
+        );
+        assert_eq!(
+            st(
+                json!({"token_endpoint_auth_methods_supported": ["client_secret_jwt"],
+                "token_endpoint_auth_signing_alg_values_supported": ["HS256", "None"]})
+            ),
+            Status::Fail
+        );
+        assert_eq!(
+            st(
+                json!({"token_endpoint_auth_methods_supported": ["private_key_jwt"],
+                "token_endpoint_auth_signing_alg_values_supported": ["ES256"]})
+            ),
+            Status::Pass
+        );
+    }
+
+    #[test]
+    fn registration_paths_are_named() {
+        assert_eq!(registration(&json!({})), "pre-registration only");
+        assert_eq!(
+            registration(&json!({"client_id_metadata_document_supported": true,
+                "registration_endpoint": "https://as/register"})),
+            "client ID metadata documents or dynamic registration"
+        );
+    }
+}

@@ -279,3 +279,25 @@ pub(crate) async fn insufficient_scope(p: &Probe, token: &str, tool: Option<&str
         (s, _, _) => fail(id, format!("answered {s}, not 403")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::differing_span;
+
+    #[test]
+    fn a_counter_or_a_clock_differs_in_a_few_characters_random_ids_everywhere() {
+        assert_eq!(
+            differing_span(b"session-0000000041", b"session-0000000042"),
+            1
+        );
+        assert_eq!(differing_span(b"1733456789123-a", b"1733456789999-a"), 3);
+        assert_eq!(differing_span(b"same", b"same"), 0);
+        let (a, b) = (
+            b"3f2c9a1e-8b7d-4c55-9e1f-0a6b2d4c8e71",
+            b"b81e44d0-2a9c-4f13-8d6e-7c3b9f0e5a22",
+        );
+        assert!(differing_span(a, b) >= 30);
+        // Different lengths: the longer one's middle counts.
+        assert_eq!(differing_span(b"s1", b"s10"), 1);
+    }
+}
