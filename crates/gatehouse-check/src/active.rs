@@ -30,8 +30,8 @@ const LOGIN_IDS: [&str; 5] = [
 pub(crate) struct LoggedIn {
     pub(crate) access_token: String,
     token_url: url::Url,
-    /// The code exchange, to send again.
-    code_form: Vec<(String, String)>,
+    /// The code exchange, to send again (none after a device sign-in).
+    code_form: Option<Vec<(String, String)>>,
     /// A refresh token whose successor has been used, with the request that uses it.
     stale_refresh: Option<Vec<(String, String)>>,
 }
@@ -79,7 +79,7 @@ pub(crate) async fn run(
         .browser
         .clone()
         .unwrap_or_else(gatehouse_client::opener::Opener::from_env);
-    let logged = run_inner(p, meta, login, &browser, scope_hint, out).await;
+    let logged = run_inner(p, meta, login, opts.device, &browser, scope_hint, out).await;
     if logged.is_none() {
         for id in LOGIN_IDS {
             if !out.iter().any(|f| f.id == id) {
@@ -97,10 +97,15 @@ pub(crate) async fn run(
     logged
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "what the run was asked for, passed through once"
+)]
 async fn run_inner(
     p: &Probe,
     meta: &Value,
     login: bool,
+    device: bool,
     browser: &gatehouse_client::opener::Opener,
     scope_hint: Option<&str>,
     out: &mut Vec<Finding>,
@@ -124,7 +129,7 @@ async fn run_inner(
     };
     // The redirect: our loopback listener with --login, else a port nobody listens on (nothing
     // is ever followed).
-    let listener = if login {
+    let listener = if login && !device {
         match tokio::net::TcpListener::bind("127.0.0.1:0").await {
             Ok(l) => Some(l),
             Err(e) => {
@@ -150,10 +155,16 @@ async fn run_inner(
         }
     };
     // refresh_token only where the server has it (a server may refuse a grant it lacks).
-    let grant_types = match meta["grant_types_supported"].as_array() {
+    let mut grant_types = match meta["grant_types_supported"].as_array() {
         Some(g) if !g.iter().any(|x| x == "refresh_token") => json!(["authorization_code"]),
         _ => json!(["authorization_code", "refresh_token"]),
     };
+    if login
+        && device
+        && let Some(g) = grant_types.as_array_mut()
+    {
+        g.push(json!(DEVICE_CODE_GRANT));
+    }
     let mut metadata = json!({"client_name": "gatehouse-check", "redirect_uris": [redirect],
         "grant_types": grant_types, "response_types": ["code"],
         "token_endpoint_auth_method": "none", "application_type": "native"});
@@ -299,11 +310,24 @@ async fn run_inner(
         },
     );
     out.push(dcr_machine(p, meta, &register).await);
-    let listener = listener?;
     let token_url = meta
         .get("token_endpoint")
         .and_then(Value::as_str)
         .and_then(|u| url::Url::parse(u).ok())?;
+    let introspection = meta
+        .get("introspection_endpoint")
+        .and_then(Value::as_str)
+        .and_then(|u| url::Url::parse(u).ok());
+    if login && device {
+        return match device_sign_in(p, meta, browser, &token_url, &client_id, &scope).await {
+            Ok(first) => tokens(p, token_url, introspection, first, None, &client_id, out).await,
+            Err(e) => {
+                out.push(skip("AS-TOKEN-AUDIENCE", format!("device sign-in: {e}")));
+                None
+            }
+        };
+    }
+    let listener = listener?;
     // The sign-in, with a fresh verifier and state.
     let verifier = random(32);
     let challenge = B64.encode(aws_lc_rs::digest::digest(
@@ -344,11 +368,24 @@ async fn run_inner(
                     ("code_verifier".into(), verifier.clone()),
                     ("resource".into(), p.target.to_string()),
                 ];
-                let introspection = meta
-                    .get("introspection_endpoint")
-                    .and_then(Value::as_str)
-                    .and_then(|u| url::Url::parse(u).ok());
-                tokens(p, token_url, introspection, form, &client_id, out).await
+                match p.post_form(&token_url, &form_refs(&form), None).await {
+                    Ok(first) => {
+                        tokens(
+                            p,
+                            token_url,
+                            introspection,
+                            first,
+                            Some(form),
+                            &client_id,
+                            out,
+                        )
+                        .await
+                    }
+                    Err(e) => {
+                        out.push(skip("AS-TOKEN-AUDIENCE", e));
+                        None
+                    }
+                }
             }
         },
     }
@@ -471,28 +508,89 @@ fn form_refs(form: &[(String, String)]) -> Vec<(&str, &str)> {
     form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
-/// The code exchange, the token's audience, and refresh rotation (R0 → R1 → R2); the replays
-/// wait for `reuse_checks`.
+/// The grant type of RFC 8628.
+const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// The sign-in by the device authorization grant (RFC 8628): the user code goes to standard
+/// error and to the opener (as `gatehouse login --device` does); the token endpoint is polled at
+/// the server's interval until the user decides or the code expires (10 minutes at most). The
+/// token response that came.
+async fn device_sign_in(
+    p: &Probe,
+    meta: &Value,
+    browser: &gatehouse_client::opener::Opener,
+    token_url: &url::Url,
+    client_id: &str,
+    scope: &str,
+) -> Result<Answer, String> {
+    let endpoint = meta["device_authorization_endpoint"]
+        .as_str()
+        .and_then(|u| url::Url::parse(u).ok())
+        .ok_or("the server has no device_authorization_endpoint")?;
+    let target = p.target.to_string();
+    let mut form = vec![("client_id", client_id), ("resource", target.as_str())];
+    if !scope.is_empty() {
+        form.push(("scope", scope));
+    }
+    let a = p.post_form(&endpoint, &form, None).await?;
+    let v = a
+        .json()
+        .filter(|v| a.status == 200 && v["device_code"].is_string())
+        .ok_or_else(|| format!("the device authorization request answered {}", a.status))?;
+    let device_code = v["device_code"].as_str().unwrap_or_default();
+    let uri = v["verification_uri"].as_str().unwrap_or_default();
+    let user_code = v["user_code"].as_str().unwrap_or_default();
+    eprintln!("gatehouse check: to sign in, visit {uri} and enter the code {user_code}");
+    let open = v["verification_uri_complete"].as_str().unwrap_or(uri);
+    browser.open(open, "").await.map_err(|e| e.to_string())?;
+    let mut interval = v["interval"].as_u64().unwrap_or(5).clamp(1, 60);
+    let expires = v["expires_in"].as_u64().unwrap_or(600).min(600);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(expires);
+    let poll = [
+        ("grant_type", DEVICE_CODE_GRANT),
+        ("device_code", device_code),
+        ("client_id", client_id),
+        ("resource", target.as_str()),
+    ];
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(interval)).await;
+        if tokio::time::Instant::now() > deadline {
+            return Err("the user code expired".into());
+        }
+        let a = p.post_form(token_url, &poll, None).await?;
+        if a.status == 200 {
+            return Ok(a);
+        }
+        match a
+            .json()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .as_deref()
+        {
+            Some("authorization_pending") => {}
+            // RFC 8628 §3.5: five seconds more from now on.
+            Some("slow_down") => interval += 5,
+            Some(e) => return Err(format!("the token endpoint answered {e}")),
+            None => return Err(format!("the token endpoint answered {}", a.status)),
+        }
+    }
+}
+
+/// The token response of the sign-in (after `code_form`, or a device sign-in), the token's
+/// audience, and refresh rotation (R0 → R1 → R2); the replays wait for `reuse_checks`.
 async fn tokens(
     p: &Probe,
     token_url: url::Url,
     introspection: Option<url::Url>,
-    code_form: Vec<(String, String)>,
+    first: Answer,
+    code_form: Option<Vec<(String, String)>>,
     client_id: &str,
     out: &mut Vec<Finding>,
 ) -> Option<LoggedIn> {
-    let first = match p.post_form(&token_url, &form_refs(&code_form), None).await {
-        Ok(a) => a,
-        Err(e) => {
-            out.push(skip("AS-TOKEN-AUDIENCE", e));
-            return None;
-        }
-    };
     let tok = first.json().filter(|v| v["access_token"].is_string());
     let Some(tok) = tok else {
         out.push(skip(
             "AS-TOKEN-AUDIENCE",
-            format!("the code exchange answered {}", first.status),
+            format!("the token request answered {}", first.status),
         ));
         return None;
     };
@@ -640,11 +738,15 @@ pub(crate) async fn reuse_checks(p: &Probe, l: LoggedIn, out: &mut Vec<Finding>)
             },
         );
     }
+    let Some(code_form) = &l.code_form else {
+        out.push(skip(
+            "AS-CODE-REUSE",
+            "a device sign-in has no authorization code (sign in through a browser for it)",
+        ));
+        return;
+    };
     out.push(
-        match p
-            .post_form(&l.token_url, &form_refs(&l.code_form), None)
-            .await
-        {
+        match p.post_form(&l.token_url, &form_refs(code_form), None).await {
             Ok(a) if a.status == 200 => {
                 fail("AS-CODE-REUSE", "the code was exchanged a second time")
             }
@@ -654,7 +756,6 @@ pub(crate) async fn reuse_checks(p: &Probe, l: LoggedIn, out: &mut Vec<Finding>)
     );
 }
 
-/// Registers a confidential client_credentials client and asks for a token for the target.
 /// An OpenID provider refuses clients whose default ID-token algorithm (RS256, OIDC Dynamic
 /// Client Registration §2) it cannot sign with: ask for one it lists.
 fn id_token_alg(meta: &Value, client: &mut Value) {
@@ -666,6 +767,7 @@ fn id_token_alg(meta: &Value, client: &mut Value) {
     }
 }
 
+/// Registers a confidential client_credentials client and asks for a token for the target.
 async fn dcr_machine(p: &Probe, meta: &Value, register: &url::Url) -> Finding {
     const ID: &str = "AS-DCR-MACHINE";
     let mut client = json!({"client_name": "gatehouse-check machine",

@@ -45,6 +45,9 @@ pub struct Options {
     /// checker itself) to check code reuse, refresh rotation and reuse, and the token's audience;
     /// the token then serves the token checks too.
     pub login: bool,
+    /// With `login`: sign in by the device authorization grant (a code to enter on any device)
+    /// instead of the code flow; everything but AS-CODE-REUSE is checked.
+    pub device: bool,
     /// How the `login` sign-in reaches a browser; default as `gatehouse login`
     /// (`GATEHOUSE_BROWSER`, else the desktop's).
     pub browser: Option<gatehouse_client::opener::Opener>,
@@ -63,6 +66,7 @@ impl std::fmt::Debug for Options {
             .field("other_user_token", &self.other_user_token.is_some())
             .field("authorization_server", &self.authorization_server)
             .field("login", &self.login)
+            .field("device", &self.device)
             .finish()
     }
 }

@@ -795,6 +795,7 @@ fn options(r: &Running) -> Options {
         scope_tool: Some("admin_reset".into()),
         authorization_server: true,
         login: true,
+        device: false,
         browser: Some(gatehouse_client::opener::Opener::Headless),
     }
 }

@@ -60,12 +60,6 @@ pub(crate) fn run(a: CheckArgs) -> ExitCode {
         eprintln!("error: --format: human, json or sarif");
         return ExitCode::from(2);
     }
-    if a.device && a.authorization_server {
-        eprintln!(
-            "error: --device with --authorization-server: the checks of the sign-in need the code flow (a browser)"
-        );
-        return ExitCode::from(2);
-    }
     let Some(rt) = crate::runtime() else {
         return ExitCode::from(2);
     };
@@ -92,6 +86,7 @@ pub(crate) fn run(a: CheckArgs) -> ExitCode {
         other_user_token: a.other_user_token,
         authorization_server: a.authorization_server,
         login: a.login && a.authorization_server,
+        device: a.device,
         browser: a
             .no_browser
             .then_some(gatehouse_client::opener::Opener::PrintOnly),

@@ -34,10 +34,11 @@ fn assert_status(report: &Value, status: &str, ids: &[&str]) {
     }
 }
 
-/// `gatehouse check ARGS` with the scripted browser signing in as `user` (the tests of
-/// `--login`); its standard output, once it succeeded.
+/// `gatehouse check ARGS` with a scripted browser (`interop/<browser>`) signing in as `user`
+/// (the tests of `--login`); its standard output, once it succeeded.
 async fn check_signed_in(
     args: &[&str],
+    browser: &str,
     (user, password): (&str, &str),
     home: std::path::PathBuf,
 ) -> String {
@@ -47,7 +48,7 @@ async fn check_signed_in(
         .env("GATEHOUSE_HOME", home)
         .env(
             "GATEHOUSE_BROWSER",
-            repo_root().join("interop/login-browser.mjs"),
+            repo_root().join("interop").join(browser),
         )
         .env("GH_USER", user)
         .env("GH_PASSWORD", password)
@@ -347,6 +348,7 @@ async fn ck4_login_gets_the_token_itself() {
     let url = format!("http://127.0.0.1:{port}/mcp");
     let stdout = check_signed_in(
         &["--allow-private", "--login", "--format", "json", &url],
+        "login-browser.mjs",
         ("check-login", "check-login-pass-1"),
         data.join("client-home"),
     )
@@ -383,6 +385,7 @@ async fn ck5_the_checkers_own_sign_in_checks_codes_and_refresh_tokens() {
             "json",
             &url,
         ],
+        "login-browser.mjs",
         ("check-as", "check-as-pass-1"),
         data.join("client-home"),
     )
@@ -634,4 +637,43 @@ async fn ck8_oidc_provider_with_open_registration_through_the_active_checks() {
             "AS-REDIRECT-EXACT",
         ],
     );
+}
+
+/// `--authorization-server --login --device`: the checker's own sign-in by the device grant
+/// (Gatehouse's device pages in headless Chromium): the token's audience, `no-store`, refresh
+/// rotation and reuse are checked; code reuse is skipped (no code), nothing fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ck9_the_checkers_own_sign_in_by_the_device_grant() {
+    let (_dev, port, data) = gatehouse_dev_embedded("check-device", "check-device-pass-1");
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let stdout = check_signed_in(
+        &[
+            "--allow-private",
+            "--authorization-server",
+            "--login",
+            "--device",
+            "--format",
+            "json",
+            &url,
+        ],
+        "device-chromium.mjs",
+        ("check-device", "check-device-pass-1"),
+        data.join("client-home"),
+    )
+    .await;
+    let report: Value = serde_json::from_str(&stdout).expect("JSON");
+    assert!(failed(&report).is_empty(), "{:?}", failed(&report));
+    assert_status(
+        &report,
+        "pass",
+        &[
+            "AS-TOKEN-AUDIENCE",
+            "AS-TOKEN-NO-STORE",
+            "AS-REFRESH-ROTATION",
+            "AS-REFRESH-REUSE",
+            "TOKEN-VALID",
+            "SESSION-AUTH",
+        ],
+    );
+    assert_status(&report, "skip", &["AS-CODE-REUSE"]);
 }
