@@ -730,7 +730,7 @@ pub(crate) struct LoginForm {
 }
 
 /// Why a password check did not happen.
-pub(crate) enum Throttled {
+enum Throttled {
     /// The account or the source is locked, or must wait: for this many seconds.
     Wait(i64),
     /// Too many password checks are running: try again in a moment.
@@ -797,7 +797,7 @@ impl AuthServer {
     /// Checks a password under the throttle and the bound on concurrent hashing (T19), and
     /// counts a failure (a wrong password, no such account, a disabled one). The same argon2
     /// work is done whether or not the user exists.
-    pub(crate) async fn check_password(
+    async fn check_password(
         &self,
         keys: &(String, Option<String>),
         user: Option<&gatehouse_store::UserRecord>,
@@ -838,6 +838,97 @@ impl AuthServer {
     }
 }
 
+/// Why a password sign-in did not go through: the status and the words for the page the user
+/// typed into, and how long to wait first (`Retry-After`).
+pub(crate) struct SignInRefused {
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
+    retry_after: Option<i64>,
+}
+
+impl SignInRefused {
+    /// `page` (the caller's form again, showing `message`) with `Retry-After` when there is a
+    /// wait.
+    pub(crate) fn answer(&self, mut page: Response) -> Response {
+        if let Some(v) = self
+            .retry_after
+            .and_then(|s| http::HeaderValue::from_str(&s.to_string()).ok())
+        {
+            page.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
+        page
+    }
+}
+
+impl AuthServer {
+    /// T19: a password sign-in, the same for the authorization flow and the console: the
+    /// account, the throttle and the bounded hashing, metrics and logs (the name only when it is
+    /// an account: a password typed into the name field never reaches the log, issue 14 row 14).
+    /// The subject when it went through; `place` names the page in the logs.
+    pub(crate) async fn password_sign_in(
+        &self,
+        username: &str,
+        ip: Option<std::net::IpAddr>,
+        password: String,
+        place: &'static str,
+    ) -> Result<Result<String, SignInRefused>, OAuthError> {
+        let user = self.inner.store.get_user(username).await?;
+        let keys = Self::login_keys(username, ip);
+        let refused = |status, message: &str, retry_after| {
+            Ok(Err(SignInRefused {
+                status,
+                message: message.to_owned(),
+                retry_after,
+            }))
+        };
+        let ok = match self.check_password(&keys, user.as_ref(), password).await? {
+            Ok(ok) => ok,
+            Err(Throttled::Wait(secs)) => {
+                metrics::counter!("gatehouse_as_logins_total", "outcome" => "throttled")
+                    .increment(1);
+                tracing::info!(wait = secs, place, "sign-in throttled");
+                let wait = if secs < 120 {
+                    format!("{secs} seconds")
+                } else {
+                    format!("{} minutes", (secs + 59) / 60)
+                };
+                return refused(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &format!("Too many failed sign-ins. Try again in {wait}."),
+                    Some(secs),
+                );
+            }
+            Err(Throttled::Busy) => {
+                metrics::counter!("gatehouse_as_logins_total", "outcome" => "busy").increment(1);
+                return refused(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The server is busy. Try again in a moment.",
+                    Some(2),
+                );
+            }
+        };
+        match user {
+            Some(u) if ok => {
+                self.inner.store.clear_throttle(&keys.0).await?;
+                metrics::counter!("gatehouse_as_logins_total", "outcome" => "success").increment(1);
+                Ok(Ok(u.subject))
+            }
+            other => {
+                metrics::counter!("gatehouse_as_logins_total", "outcome" => "failed").increment(1);
+                match &other {
+                    Some(u) => tracing::info!(username = %u.username, place, "failed sign-in"),
+                    None => tracing::info!(place, "failed sign-in (no such account)"),
+                }
+                refused(
+                    StatusCode::UNAUTHORIZED,
+                    "Wrong user name or password.",
+                    None,
+                )
+            }
+        }
+    }
+}
+
 /// POST /login
 pub(crate) async fn login(
     State(s): State<AuthServer>,
@@ -855,70 +946,27 @@ pub(crate) async fn login(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let user = match s.inner.store.get_user(&f.username).await {
-        Ok(u) => u,
-        Err(e) => return OAuthError::from(e).into_response(),
-    };
     let ip = ext
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
-    let keys = AuthServer::login_keys(&f.username, ip);
-    let page_with = |status: StatusCode, msg: &str| {
-        s.login_page(status, &p, &client, &f.pending, &f.csrf, Some(msg))
-    };
-    let ok = match s.check_password(&keys, user.as_ref(), f.password).await {
-        Ok(Ok(ok)) => ok,
-        Ok(Err(Throttled::Wait(secs))) => {
-            metrics::counter!("gatehouse_as_logins_total", "outcome" => "throttled").increment(1);
-            tracing::info!(wait = secs, "sign-in throttled");
-            let mut r = page_with(
-                StatusCode::TOO_MANY_REQUESTS,
-                &format!(
-                    "Too many failed sign-ins. Try again in {}.",
-                    if secs < 120 {
-                        format!("{secs} seconds")
-                    } else {
-                        format!("{} minutes", (secs + 59) / 60)
-                    }
-                ),
-            );
-            if let Ok(v) = http::HeaderValue::from_str(&secs.to_string()) {
-                r.headers_mut().insert(http::header::RETRY_AFTER, v);
-            }
-            return r;
-        }
-        Ok(Err(Throttled::Busy)) => {
-            metrics::counter!("gatehouse_as_logins_total", "outcome" => "busy").increment(1);
-            let mut r = page_with(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The server is busy. Try again in a moment.",
-            );
-            r.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("2"),
-            );
-            return r;
+    let subject = match s
+        .password_sign_in(&f.username, ip, f.password, "authorization")
+        .await
+    {
+        Ok(Ok(subject)) => subject,
+        Ok(Err(no)) => {
+            return no.answer(s.login_page(
+                no.status,
+                &p,
+                &client,
+                &f.pending,
+                &f.csrf,
+                Some(&no.message),
+            ));
         }
         Err(e) => return e.into_response(),
     };
-    let user = match user {
-        Some(u) if ok => u,
-        other => {
-            metrics::counter!("gatehouse_as_logins_total", "outcome" => "failed").increment(1);
-            // The name is logged only when it is an account: a password typed into the name
-            // field never reaches the log (issue 14, row 14).
-            match &other {
-                Some(u) => tracing::info!(username = %u.username, "failed sign-in"),
-                None => tracing::info!("failed sign-in (no such account)"),
-            }
-            return page_with(StatusCode::UNAUTHORIZED, "Wrong user name or password.");
-        }
-    };
-    if let Err(e) = s.inner.store.clear_throttle(&keys.0).await {
-        return OAuthError::from(e).into_response();
-    }
-    metrics::counter!("gatehouse_as_logins_total", "outcome" => "success").increment(1);
-    s.finish_login(jar, &p, &client, &f.pending, &f.csrf, user.subject, None)
+    s.finish_login(jar, &p, &client, &f.pending, &f.csrf, subject, None)
         .await
 }
 

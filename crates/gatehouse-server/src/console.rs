@@ -10,7 +10,7 @@
 //!   throttle and bounded password hashing as the authorization flow (T19);
 //! - every console action is written to `admin_events` with who did it (never a secret), and a
 //!   new client secret is shown once and stored only hashed.
-use crate::authorize::{Session, Throttled};
+use crate::authorize::Session;
 use crate::pages::page;
 use crate::secrets::{hash_password, random_id, random_token, sha256_hex};
 use crate::{AuthServer, OAuthError};
@@ -428,71 +428,23 @@ pub(crate) async fn signin(
             "Password sign-in is turned off on this server.",
         );
     }
-    let user = match s.inner.store.get_user(&f.username).await {
-        Ok(u) => u,
-        Err(e) => return OAuthError::from(e).into_response(),
-    };
     let ip = ext
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
-    let keys = AuthServer::login_keys(&f.username, ip);
-    let ok = match s.check_password(&keys, user.as_ref(), f.password).await {
-        Ok(Ok(ok)) => ok,
-        Ok(Err(Throttled::Wait(secs))) => {
-            metrics::counter!("gatehouse_as_logins_total", "outcome" => "throttled").increment(1);
-            let mut r = s
-                .signin_page(
-                    jar,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    f.next,
-                    Some(&format!(
-                        "Too many failed sign-ins. Try again in {} minutes.",
-                        (secs + 59) / 60
-                    )),
-                )
+    let subject = match s
+        .password_sign_in(&f.username, ip, f.password, "console")
+        .await
+    {
+        Ok(Ok(subject)) => subject,
+        Ok(Err(no)) => {
+            let page = s
+                .signin_page(jar, no.status, f.next, Some(&no.message))
                 .await;
-            if let Ok(v) = http::HeaderValue::from_str(&secs.to_string()) {
-                r.headers_mut().insert(http::header::RETRY_AFTER, v);
-            }
-            return r;
-        }
-        Ok(Err(Throttled::Busy)) => {
-            metrics::counter!("gatehouse_as_logins_total", "outcome" => "busy").increment(1);
-            return s
-                .signin_page(
-                    jar,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    f.next,
-                    Some("The server is busy. Try again in a moment."),
-                )
-                .await;
+            return no.answer(page);
         }
         Err(e) => return e.into_response(),
     };
-    let user = match user {
-        Some(u) if ok => u,
-        other => {
-            metrics::counter!("gatehouse_as_logins_total", "outcome" => "failed").increment(1);
-            match &other {
-                Some(u) => tracing::info!(username = %u.username, "failed console sign-in"),
-                None => tracing::info!("failed console sign-in (no such account)"),
-            }
-            return s
-                .signin_page(
-                    jar,
-                    StatusCode::UNAUTHORIZED,
-                    f.next,
-                    Some("Wrong user name or password."),
-                )
-                .await;
-        }
-    };
-    if let Err(e) = s.inner.store.clear_throttle(&keys.0).await {
-        return OAuthError::from(e).into_response();
-    }
-    metrics::counter!("gatehouse_as_logins_total", "outcome" => "success").increment(1);
-    s.finish_console_signin(jar, user.subject, None, f.next)
-        .await
+    s.finish_console_signin(jar, subject, None, f.next).await
 }
 
 #[derive(Deserialize)]

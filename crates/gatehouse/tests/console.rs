@@ -190,6 +190,20 @@ async fn co1_console_and_account_page_in_headless_chromium() {
     let r = console_sign_in(&mut b, &base, "alice", "wrong-password").await;
     assert_eq!(r.status, 401);
     assert!(r.body.contains("Wrong user name or password."));
+    // T19: the console's sign-in is throttled like the login page (one mechanism): guesses at a
+    // name that is no account soon wait, told so with Retry-After.
+    let mut throttled = None;
+    for _ in 0..10 {
+        let r = console_sign_in(&mut Browser::new(), &base, "no-such-admin", "guess").await;
+        if r.status == 429 {
+            throttled = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 401);
+    }
+    let r = throttled.expect("throttled within 10 guesses");
+    assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
+    assert!(r.body.contains("Too many failed sign-ins"), "{}", r.body);
 
     // Bob is signed in but not an administrator: 403 on every console page and action.
     let mut bob = Browser::new();
