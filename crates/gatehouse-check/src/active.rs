@@ -540,7 +540,12 @@ async fn device_sign_in(
     let device_code = v["device_code"].as_str().unwrap_or_default();
     let uri = v["verification_uri"].as_str().unwrap_or_default();
     let user_code = v["user_code"].as_str().unwrap_or_default();
-    eprintln!("gatehouse check: to sign in, visit {uri} and enter the code {user_code}");
+    // Both come from the server: shown escaped, as every detail is.
+    eprintln!(
+        "gatehouse check: to sign in, visit {} and enter the code {}",
+        crate::catalogue::printable(uri),
+        crate::catalogue::printable(user_code)
+    );
     let open = v["verification_uri_complete"].as_str().unwrap_or(uri);
     browser.open(open, "").await.map_err(|e| e.to_string())?;
     let mut interval = v["interval"].as_u64().unwrap_or(5).clamp(1, 60);

@@ -376,11 +376,33 @@ fn finding(id: &'static str, status: Status, detail: impl Into<String>) -> Findi
         title,
         severity,
         status,
-        detail: detail.into(),
+        detail: printable(&detail.into()),
         reference,
         hint,
         group,
     }
+}
+
+/// Most characters of a detail shown.
+const MAX_DETAIL: usize = 300;
+
+/// A detail as it may reach a terminal: details quote what the target sent (its metadata, its
+/// headers, its error messages), so control characters (terminal escapes, new lines) are shown
+/// escaped and the length is bounded.
+pub(crate) fn printable(detail: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in detail.chars().enumerate() {
+        if i == MAX_DETAIL {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 pub(crate) fn pass(id: &'static str, detail: impl Into<String>) -> Finding {
@@ -391,4 +413,21 @@ pub(crate) fn fail(id: &'static str, detail: impl Into<String>) -> Finding {
 }
 pub(crate) fn skip(id: &'static str, detail: impl Into<String>) -> Finding {
     finding(id, Status::Skip, detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_the_target_sent_reaches_the_terminal_escaped_and_bounded() {
+        let f = fail(
+            "PRM-RESOURCE",
+            "resource is \u{1b}[2J\u{1b}]0;owned\u{7}\nline",
+        );
+        assert!(!f.detail.chars().any(char::is_control), "{:?}", f.detail);
+        assert!(f.detail.contains("\\u{1b}[2J"), "{}", f.detail);
+        let long = fail("PRM-RESOURCE", "x".repeat(10_000));
+        assert_eq!(long.detail.chars().count(), MAX_DETAIL + 1);
+    }
 }
