@@ -9,7 +9,7 @@ use crate::pages::{ClientErrorPage, ConsentPage, LoginPage, error_page, page};
 use crate::secrets::{dummy_hash, random_id, random_token, sha256_hex, verify_password};
 use crate::{AuthServer, OAuthError};
 use askama::Template;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use gatehouse_core::{OAuthErrorCode, PkceChallenge, RedirectUri, ScopeSet};
@@ -549,6 +549,7 @@ fn redirect_origin(u: &str) -> Option<String> {
 /// GET /authorize
 pub(crate) async fn authorize(
     State(s): State<AuthServer>,
+    ext: http::Extensions,
     jar: CookieJar,
     Query(q): Query<Vec<(String, String)>>,
 ) -> Response {
@@ -685,8 +686,15 @@ pub(crate) async fn authorize(
             .await
             .unwrap_or_else(IntoResponse::into_response);
     }
-    s.begin_pending(jar, &p, &client, session.as_ref(), now)
-        .await
+    s.begin_pending(
+        jar,
+        &p,
+        &client,
+        session.as_ref(),
+        now,
+        crate::source::source_ip(&ext),
+    )
+    .await
 }
 
 impl AuthServer {
@@ -699,7 +707,13 @@ impl AuthServer {
         client: &ClientRecord,
         session: Option<&Session>,
         now: i64,
+        ip: Option<std::net::IpAddr>,
     ) -> Response {
+        match self.pending_allowed(ip).await {
+            Ok(true) => {}
+            Ok(false) => return too_many_sign_ins(),
+            Err(e) => return e.into_response(),
+        }
         let (jar, binding) = self.browser_binding(jar);
         let pending_id = random_token();
         let csrf = random_token();
@@ -746,7 +760,7 @@ impl AuthServer {
         // same for accounts that do not exist.
         let account = sha256_hex(&format!("login:acct:{}", username.to_lowercase()));
         let source =
-            ip.map(|ip| sha256_hex(&format!("login:src:{}", crate::register::source_key(ip))));
+            ip.map(|ip| sha256_hex(&format!("login:src:{}", crate::source::source_key(ip))));
         (account, source)
     }
 
@@ -836,6 +850,31 @@ impl AuthServer {
         drop(permit);
         Ok(Ok(ok))
     }
+}
+
+impl AuthServer {
+    /// Whether this source may start one more sign-in (a stored pending row): at most
+    /// `pending_per_source` in the 10 minutes a pending sign-in lives.
+    pub(crate) async fn pending_allowed(
+        &self,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<bool, OAuthError> {
+        let limit = self.inner.cfg.login_throttle.pending_per_source;
+        self.source_budget("pending", ip, PENDING_TTL, limit).await
+    }
+}
+
+/// The answer when a source has started too many sign-ins lately.
+pub(crate) fn too_many_sign_ins() -> Response {
+    let mut r = error_page(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many sign-ins were started from your network. Try again in a few minutes.",
+    );
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("60"),
+    );
+    r
 }
 
 /// Why a password sign-in did not go through: the status and the words for the page the user
@@ -946,9 +985,7 @@ pub(crate) async fn login(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let ip = ext
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
+    let ip = crate::source::source_ip(&ext);
     let subject = match s
         .password_sign_in(&f.username, ip, f.password, "authorization")
         .await

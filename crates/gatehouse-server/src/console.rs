@@ -13,9 +13,10 @@
 use crate::authorize::Session;
 use crate::pages::page;
 use crate::secrets::{hash_password, random_id, random_token, sha256_hex};
+use crate::source::source_ip;
 use crate::{AuthServer, OAuthError};
 use askama::Template;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::cookie::CookieJar;
 use gatehouse_core::{RedirectUri, ScopeSet};
@@ -289,6 +290,7 @@ impl AuthServer {
     async fn signin_page(
         &self,
         jar: CookieJar,
+        ip: Option<std::net::IpAddr>,
         status: StatusCode,
         next: Next,
         error: Option<&str>,
@@ -301,6 +303,11 @@ impl AuthServer {
         let (jar, sso) = match &self.inner.cfg.upstream {
             None => (jar, None),
             Some(idp) => {
+                match self.pending_allowed(ip).await {
+                    Ok(true) => {}
+                    Ok(false) => return crate::authorize::too_many_sign_ins(),
+                    Err(e) => return e.into_response(),
+                }
                 let (jar, binding) = self.browser_binding(jar);
                 let (pending_id, csrf) = (random_token(), random_token());
                 let rec = PendingRecord {
@@ -378,11 +385,18 @@ impl AuthServer {
 /// GET /account/signin
 pub(crate) async fn signin_form(
     State(s): State<AuthServer>,
+    ext: http::Extensions,
     jar: CookieJar,
     Query(q): Query<NextQuery>,
 ) -> Response {
-    s.signin_page(jar, StatusCode::OK, q.next.unwrap_or(Next::Account), None)
-        .await
+    s.signin_page(
+        jar,
+        source_ip(&ext),
+        StatusCode::OK,
+        q.next.unwrap_or(Next::Account),
+        None,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -415,6 +429,7 @@ pub(crate) async fn signin(
         return s
             .signin_page(
                 jar,
+                source_ip(&ext),
                 StatusCode::BAD_REQUEST,
                 f.next,
                 Some("This sign-in form expired. Try again."),
@@ -428,9 +443,7 @@ pub(crate) async fn signin(
             "Password sign-in is turned off on this server.",
         );
     }
-    let ip = ext
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
+    let ip = source_ip(&ext);
     let subject = match s
         .password_sign_in(&f.username, ip, f.password, "console")
         .await
@@ -438,7 +451,7 @@ pub(crate) async fn signin(
         Ok(Ok(subject)) => subject,
         Ok(Err(no)) => {
             let page = s
-                .signin_page(jar, no.status, f.next, Some(&no.message))
+                .signin_page(jar, ip, no.status, f.next, Some(&no.message))
                 .await;
             return no.answer(page);
         }

@@ -16,10 +16,11 @@
 //! - an answer is recorded once: approve and deny race to one conditional update.
 use crate::pages::{DeviceDonePage, DevicePage, error_page, page};
 use crate::secrets::{random_id, random_token, sha256_hex};
+use crate::source::source_ip;
 use crate::token::{Form, client_allows, no_store, parse_form, refresh_record, require};
 use crate::{AuthServer, OAuthError};
 use askama::Template;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::CookieJar;
 use gatehouse_core::{OAuthErrorCode, ScopeSet};
@@ -69,35 +70,11 @@ fn user_code_hash(normalized: &str) -> String {
     sha256_hex(&format!("device:user:{normalized}"))
 }
 
-fn source_ip(ext: &http::Extensions) -> Option<std::net::IpAddr> {
-    ext.get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip())
-}
-
 impl AuthServer {
-    /// Counts an event for `prefix` and this source in a window; true while under `limit`.
-    async fn device_budget(
-        &self,
-        prefix: &str,
-        ip: Option<std::net::IpAddr>,
-        window: i64,
-        limit: i64,
-    ) -> Result<bool, OAuthError> {
-        let Some(ip) = ip else { return Ok(true) };
-        let key = sha256_hex(&format!("{prefix}:{}", crate::register::source_key(ip)));
-        let now = self.inner.clock.now_unix();
-        let t = self
-            .inner
-            .store
-            .bump_throttle(&key, now, window, |_| 0)
-            .await?;
-        Ok(t.count <= limit)
-    }
-
     /// Whether this source has typed too many wrong user codes lately (read only).
     async fn device_locked(&self, ip: Option<std::net::IpAddr>) -> Result<bool, OAuthError> {
         let Some(ip) = ip else { return Ok(false) };
-        let key = sha256_hex(&format!("device:wrong:{}", crate::register::source_key(ip)));
+        let key = sha256_hex(&format!("device:wrong:{}", crate::source::source_key(ip)));
         let now = self.inner.clock.now_unix();
         Ok(self
             .inner
@@ -219,7 +196,7 @@ pub(crate) async fn device_authorization(
         let client = s.authenticate_client(&creds).await?;
         client_allows(&s, &client, DEVICE_CODE_GRANT)?;
         if !s
-            .device_budget("device:req", source_ip(&ext), 60, REQUESTS_PER_SOURCE)
+            .source_budget("device:req", source_ip(&ext), 60, REQUESTS_PER_SOURCE)
             .await?
         {
             let mut e = OAuthError::new(
@@ -375,7 +352,7 @@ pub(crate) async fn verify(
     };
     let Some(d) = found else {
         if let Err(e) = s
-            .device_budget(
+            .source_budget(
                 "device:wrong",
                 ip,
                 WRONG_CODE_WINDOW,
@@ -407,7 +384,7 @@ pub(crate) async fn verify(
         Err(e) => return e.into_response(),
     };
     let p = crate::authorize::Pending::for_device(d.client_id, d.scope, d.resource, d.device_hash);
-    s.begin_pending(jar, &p, &client, session.as_ref(), now)
+    s.begin_pending(jar, &p, &client, session.as_ref(), now, ip)
         .await
 }
 

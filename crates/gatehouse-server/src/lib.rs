@@ -29,6 +29,7 @@ mod metadata;
 mod pages;
 mod register;
 mod secrets;
+mod source;
 mod token;
 mod upstream;
 
@@ -113,6 +114,9 @@ pub struct LoginThrottle {
     pub per_source: i64,
     /// Password checks running at once in this process; more wait briefly, then get 503.
     pub concurrent_hashes: usize,
+    /// Sign-ins a source address may start (pending authorizations, console sign-ins through
+    /// the identity provider) per 10 minutes: each is a stored row, and strangers can start them.
+    pub pending_per_source: i64,
 }
 
 impl Default for LoginThrottle {
@@ -124,6 +128,7 @@ impl Default for LoginThrottle {
             lock_secs: 900,
             per_source: 50,
             concurrent_hashes: 4,
+            pending_per_source: 1000,
         }
     }
 }

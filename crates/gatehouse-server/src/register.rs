@@ -3,12 +3,11 @@
 //! "unverified" on the consent screen (T11).
 use crate::secrets::{random_id, random_token, sha256_hex};
 use crate::{AuthServer, OAuthError};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use gatehouse_core::{OAuthErrorCode, RedirectUri, ScopeSet};
 use gatehouse_store::{ClientRecord, ClientSource};
 use http::StatusCode;
-use std::net::SocketAddr;
 
 fn bad_metadata(d: impl Into<String>) -> OAuthError {
     OAuthError::new(OAuthErrorCode::InvalidClientMetadata, d)
@@ -35,17 +34,6 @@ const KEPT_METADATA: [&str; 10] = [
     "client_uri",
 ];
 
-/// The source a registration limit counts: the address, or its /64 for IPv6 (one host has many).
-pub(crate) fn source_key(ip: std::net::IpAddr) -> String {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
-    }
-}
-
 impl AuthServer {
     /// AS-26: registrations per source and in all, per minute, counted in the store (so every
     /// replica on it shares them).
@@ -60,22 +48,13 @@ impl AuthServer {
         if total.count > i64::from(policy.per_minute_total) {
             return Ok(false);
         }
-        if let Some(ip) = ip {
-            let key = sha256_hex(&format!("dcr:src:{}", source_key(ip)));
-            let n = self.inner.store.bump_throttle(&key, now, 60, |_| 0).await?;
-            if n.count > i64::from(policy.per_minute_per_source) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        self.source_budget("dcr:src", ip, 60, i64::from(policy.per_minute_per_source))
+            .await
     }
 }
 
 pub(crate) async fn register(State(s): State<AuthServer>, req: axum::extract::Request) -> Response {
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+    let ip = crate::source::source_ip(req.extensions());
     let bearer = req
         .headers()
         .get(http::header::AUTHORIZATION)
