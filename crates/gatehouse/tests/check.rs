@@ -34,18 +34,18 @@ fn assert_status(report: &Value, status: &str, ids: &[&str]) {
     }
 }
 
-/// `gatehouse check ARGS` with a scripted browser (`interop/<browser>`) signing in as `user`
-/// (the tests of `--login`); its standard output, once it succeeded.
-async fn check_signed_in(
-    args: &[&str],
-    browser: &str,
-    (user, password): (&str, &str),
-    home: std::path::PathBuf,
-) -> String {
+/// `gatehouse check ARGS --allow-private --format json` against a fresh `gatehouse dev`, with a
+/// scripted browser (`interop/<browser>`) signing in as its user (the tests of `--login`): the
+/// report, once the run succeeded with nothing failed.
+async fn signed_in_report(args: &[&str], browser: &str) -> Value {
+    let (user, password) = ("check-user", "check-user-pass-1");
+    let (_dev, port, data) = gatehouse_dev_embedded(user, password);
+    let url = format!("http://127.0.0.1:{port}/mcp");
     let mut c = gatehouse();
     c.arg("check")
         .args(args)
-        .env("GATEHOUSE_HOME", home)
+        .args(["--allow-private", "--format", "json", &url])
+        .env("GATEHOUSE_HOME", data.join("client-home"))
         .env(
             "GATEHOUSE_BROWSER",
             repo_root().join("interop").join(browser),
@@ -62,7 +62,9 @@ async fn check_signed_in(
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    stdout
+    let report: Value = serde_json::from_str(&stdout).expect("JSON");
+    assert!(failed(&report).is_empty(), "{:?}", failed(&report));
+    report
 }
 
 /// The ids of the checks that failed, sorted.
@@ -344,17 +346,7 @@ async fn ck3_gatehouse_guarding_with_oidc_provider_passes() {
 /// the token checks with what it got; the token is never printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ck4_login_gets_the_token_itself() {
-    let (_dev, port, data) = gatehouse_dev_embedded("check-login", "check-login-pass-1");
-    let url = format!("http://127.0.0.1:{port}/mcp");
-    let stdout = check_signed_in(
-        &["--allow-private", "--login", "--format", "json", &url],
-        "login-browser.mjs",
-        ("check-login", "check-login-pass-1"),
-        data.join("client-home"),
-    )
-    .await;
-    let report: Value = serde_json::from_str(&stdout).expect("JSON");
-    assert!(failed(&report).is_empty(), "{:?}", failed(&report));
+    let report = signed_in_report(&["--login"], "login-browser.mjs").await;
     assert_status(
         &report,
         "pass",
@@ -374,24 +366,8 @@ async fn ck4_login_gets_the_token_itself() {
 /// and code reuse, and its token serves the token checks: no false alarm.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ck5_the_checkers_own_sign_in_checks_codes_and_refresh_tokens() {
-    let (_dev, port, data) = gatehouse_dev_embedded("check-as", "check-as-pass-1");
-    let url = format!("http://127.0.0.1:{port}/mcp");
-    let stdout = check_signed_in(
-        &[
-            "--allow-private",
-            "--authorization-server",
-            "--login",
-            "--format",
-            "json",
-            &url,
-        ],
-        "login-browser.mjs",
-        ("check-as", "check-as-pass-1"),
-        data.join("client-home"),
-    )
-    .await;
-    let report: Value = serde_json::from_str(&stdout).expect("JSON");
-    assert!(failed(&report).is_empty(), "{:?}", failed(&report));
+    let report =
+        signed_in_report(&["--authorization-server", "--login"], "login-browser.mjs").await;
     assert_status(
         &report,
         "pass",
@@ -644,25 +620,11 @@ async fn ck8_oidc_provider_with_open_registration_through_the_active_checks() {
 /// rotation and reuse are checked; code reuse is skipped (no code), nothing fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ck9_the_checkers_own_sign_in_by_the_device_grant() {
-    let (_dev, port, data) = gatehouse_dev_embedded("check-device", "check-device-pass-1");
-    let url = format!("http://127.0.0.1:{port}/mcp");
-    let stdout = check_signed_in(
-        &[
-            "--allow-private",
-            "--authorization-server",
-            "--login",
-            "--device",
-            "--format",
-            "json",
-            &url,
-        ],
+    let report = signed_in_report(
+        &["--authorization-server", "--login", "--device"],
         "device-chromium.mjs",
-        ("check-device", "check-device-pass-1"),
-        data.join("client-home"),
     )
     .await;
-    let report: Value = serde_json::from_str(&stdout).expect("JSON");
-    assert!(failed(&report).is_empty(), "{:?}", failed(&report));
     assert_status(
         &report,
         "pass",
