@@ -17,6 +17,17 @@ fn run_check(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `run_check` off the async runtime (the targets run on it).
+async fn check_cli(args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_check(&args)
+    })
+    .await
+    .expect("join")
+}
+
 /// The check `id` of a JSON report (`null` when missing).
 fn check_of(report: &Value, id: &str) -> Value {
     report["checks"]
@@ -132,12 +143,7 @@ async fn ck1_gatehouse_dev_passes_the_passive_checks() {
     let (code, _, err) = run_check(&[&url]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--allow-private"), "{err}");
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let url = url.clone();
-        move || run_check(&["--allow-private", "--format", "json", &url])
-    })
-    .await
-    .expect("join");
+    let (code, out, err) = check_cli(&["--allow-private", "--format", "json", &url]).await;
     assert_eq!(code, 0, "{out}{err}");
     let report: Value = serde_json::from_str(&out).expect("JSON report");
     assert_eq!(report["target"], url);
@@ -156,20 +162,14 @@ async fn ck1_gatehouse_dev_passes_the_passive_checks() {
         &["AUDIENCE", "EXPIRED", "QUERY-TOKEN", "SESSION-AUTH"],
     );
     // The active checks of the authorization server (a client is registered).
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let url = url.clone();
-        move || {
-            run_check(&[
-                "--allow-private",
-                "--authorization-server",
-                "--format",
-                "json",
-                &url,
-            ])
-        }
-    })
-    .await
-    .expect("join");
+    let (code, out, err) = check_cli(&[
+        "--allow-private",
+        "--authorization-server",
+        "--format",
+        "json",
+        &url,
+    ])
+    .await;
     assert_eq!(code, 0, "{out}{err}");
     let report: Value = serde_json::from_str(&out).expect("JSON report");
     assert_status(
@@ -202,29 +202,23 @@ async fn ck2_gatehouse_serve_passes_the_token_checks_and_reports_sarif() {
     let guard = "  required_scopes: [mcp:basic]\n  tool_scopes:\n    notes_add: [notes:write]\n";
     let (_server, [token, foreign, other_user]) =
         authorization_server_with_two_users(port, guard, &endpoint, &other).await;
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let (endpoint, token, foreign) = (endpoint.clone(), token.clone(), foreign.clone());
-        move || {
-            run_check(&[
-                "--allow-private",
-                "--authorization-server",
-                "--format",
-                "json",
-                "--token",
-                &token,
-                "--foreign-token",
-                &foreign,
-                "--other-user-token",
-                &other_user,
-                // The token holds mcp:basic; notes_add also needs notes:write.
-                "--scope-tool",
-                "notes_add",
-                &endpoint,
-            ])
-        }
-    })
-    .await
-    .expect("join");
+    let (code, out, err) = check_cli(&[
+        "--allow-private",
+        "--authorization-server",
+        "--format",
+        "json",
+        "--token",
+        &token,
+        "--foreign-token",
+        &foreign,
+        "--other-user-token",
+        &other_user,
+        // The token holds mcp:basic; notes_add also needs notes:write.
+        "--scope-tool",
+        "notes_add",
+        &endpoint,
+    ])
+    .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         !out.contains(&token) && !err.contains(&token),
@@ -279,21 +273,15 @@ async fn ck2_gatehouse_serve_passes_the_token_checks_and_reports_sarif() {
     assert_eq!(sarif["runs"][0]["results"], serde_json::json!([]));
     // The foreign token used as the token: refused, so the token checks are skipped and the
     // run reports TOKEN-VALID failing (info): exit 0 at the default level, 1 with --fail-on info.
-    let (code, out, _) = tokio::task::spawn_blocking({
-        let (endpoint, foreign) = (endpoint.clone(), foreign.clone());
-        move || {
-            run_check(&[
-                "--allow-private",
-                "--fail-on",
-                "info",
-                "--token",
-                &foreign,
-                &endpoint,
-            ])
-        }
-    })
-    .await
-    .expect("join");
+    let (code, out, _) = check_cli(&[
+        "--allow-private",
+        "--fail-on",
+        "info",
+        "--token",
+        &foreign,
+        &endpoint,
+    ])
+    .await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAIL  info     TOKEN-VALID"), "{out}");
 }
@@ -308,23 +296,17 @@ async fn ck3_gatehouse_guarding_with_oidc_provider_passes() {
     let (_dev, endpoint) = gatehouse_dev(&issuer);
     let token = cc_token(&issuer, &endpoint, "mcp:basic").await;
     let foreign = cc_token(&issuer, "http://127.0.0.1:1/other-mcp", "mcp:basic").await;
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let endpoint = endpoint.clone();
-        move || {
-            run_check(&[
-                "--allow-private",
-                "--format",
-                "json",
-                "--token",
-                &token,
-                "--foreign-token",
-                &foreign,
-                &endpoint,
-            ])
-        }
-    })
-    .await
-    .expect("join");
+    let (code, out, err) = check_cli(&[
+        "--allow-private",
+        "--format",
+        "json",
+        "--token",
+        &token,
+        "--foreign-token",
+        &foreign,
+        &endpoint,
+    ])
+    .await;
     let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
     assert!(failed(&report).is_empty(), "{:?}", failed(&report));
     assert_eq!(code, 0);
@@ -497,32 +479,24 @@ async fn ck7_a_python_sdk_server_passes_and_its_audience_flaw_is_flagged() {
             .args(flaw);
         common::Proc::start(cmd, "READY")
     };
-    let check = |token: String, foreign: String, other_user: String, endpoint: String| {
-        tokio::task::spawn_blocking(move || {
-            run_check(&[
-                "--allow-private",
-                "--format",
-                "json",
-                "--token",
-                &token,
-                "--foreign-token",
-                &foreign,
-                "--other-user-token",
-                &other_user,
-                &endpoint,
-            ])
-        })
+    let check = || async {
+        check_cli(&[
+            "--allow-private",
+            "--format",
+            "json",
+            "--token",
+            &token,
+            "--foreign-token",
+            &foreign,
+            "--other-user-token",
+            &other_user,
+            &endpoint,
+        ])
+        .await
     };
 
     let server = python(None);
-    let (code, out, err) = check(
-        token.clone(),
-        foreign.clone(),
-        other_user.clone(),
-        endpoint.clone(),
-    )
-    .await
-    .expect("join");
+    let (code, out, err) = check().await;
     let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
     assert_eq!(
         failed_ids(&report),
@@ -555,9 +529,7 @@ async fn ck7_a_python_sdk_server_passes_and_its_audience_flaw_is_flagged() {
     drop(server);
 
     let _server = python(Some("--any-audience"));
-    let (code, out, _) = check(token, foreign, other_user, endpoint)
-        .await
-        .expect("join");
+    let (code, out, _) = check().await;
     let report: Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(
         failed_ids(&report),
@@ -581,17 +553,14 @@ async fn ck8_oidc_provider_with_open_registration_through_the_active_checks() {
     let _idp = oidc_provider_with(as_port, &[("OPEN_REGISTRATION", "1")]);
     let issuer = format!("http://127.0.0.1:{as_port}");
     let (_dev, endpoint) = gatehouse_dev(&issuer);
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        run_check(&[
-            "--allow-private",
-            "--authorization-server",
-            "--format",
-            "json",
-            &endpoint,
-        ])
-    })
-    .await
-    .expect("join");
+    let (code, out, err) = check_cli(&[
+        "--allow-private",
+        "--authorization-server",
+        "--format",
+        "json",
+        &endpoint,
+    ])
+    .await;
     let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
     let flagged = failed_ids(&report);
     assert_eq!(
