@@ -33,16 +33,7 @@ fn admin(db: &str, args: &[&str], password: Option<&str>) -> std::process::Outpu
 /// A user's MCP token at `issuer` for `resource`: a public client, the real login and consent
 /// pages, PKCE.
 async fn user_token(issuer: &str, resource: &str, user: &str, password: &str) -> String {
-    let reg: Value = reqwest::Client::new()
-        .post(format!("{issuer}/register"))
-        .json(&json!({"client_name": "MCP host", "redirect_uris": ["http://127.0.0.1/cb"], "grant_types": ["authorization_code", "refresh_token"], "token_endpoint_auth_method": "none", "application_type": "native"}))
-        .send()
-        .await
-        .expect("register")
-        .json()
-        .await
-        .expect("json");
-    let client_id = reg["client_id"].as_str().expect("client_id");
+    let client_id = &register_native_client(issuer, "MCP host", "http://127.0.0.1/cb").await;
     let v = PkceVerifier::generate();
     let mut u = url::Url::parse(&format!("{issuer}/authorize")).expect("url");
     u.query_pairs_mut()

@@ -401,20 +401,7 @@ async fn rp1_rp2_rp3_three_replicas_share_sessions_limits_and_revocations() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let reg: Value = http
-        .post(format!("{public}/register"))
-        .json(
-            &json!({"client_name": "Race App", "redirect_uris": ["http://127.0.0.1/cb"],
-                      "grant_types": ["authorization_code", "refresh_token"],
-                      "token_endpoint_auth_method": "none", "application_type": "native"}),
-        )
-        .send()
-        .await
-        .expect("register")
-        .json()
-        .await
-        .expect("json");
-    let app = reg["client_id"].as_str().expect("client_id").to_owned();
+    let app = register_native_client(&public, "Race App", "http://127.0.0.1/cb").await;
     let v = gatehouse_core::PkceVerifier::generate();
     let mut u = url::Url::parse(&format!("{public}/authorize")).expect("url");
     u.query_pairs_mut()

@@ -60,16 +60,7 @@ async fn flow(database: &str) {
         json!([base]),
         "the guard trusts the embedded issuer"
     );
-    let reg: Value = http
-        .post(format!("{base}/register"))
-        .json(&json!({"client_name": "Op App", "redirect_uris": ["http://127.0.0.1/cb"], "grant_types": ["authorization_code", "refresh_token"], "token_endpoint_auth_method": "none", "application_type": "native"}))
-        .send()
-        .await
-        .expect("register")
-        .json()
-        .await
-        .expect("json");
-    let client_id = reg["client_id"].as_str().expect("client_id");
+    let client_id = &register_native_client(&base, "Op App", "http://127.0.0.1/cb").await;
     let v = PkceVerifier::generate();
     let mut u = url::Url::parse(&format!("{base}/authorize")).expect("url");
     u.query_pairs_mut()
