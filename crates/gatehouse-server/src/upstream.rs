@@ -269,17 +269,18 @@ async fn callback_inner(
         }
     }
     let claims = (!extra.is_empty()).then(|| serde_json::Value::Object(extra.clone()).to_string());
+    // Single use, whatever it was for.
+    if !s
+        .inner
+        .store
+        .take_pending(&login.pending_hash)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        return Err("This sign-in request was already used.".into());
+    }
     // A sign-in to the console or the account page: a session, then where it was going.
     if let Ok(c) = serde_json::from_str::<crate::console::ConsoleSignin>(&pending.request) {
-        if !s
-            .inner
-            .store
-            .take_pending(&login.pending_hash)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            return Err("This sign-in request was already used.".into());
-        }
         tracing::info!(subject = %subject, idp = %idp.issuer, "signed in to the console through the identity provider");
         return Ok(s
             .finish_console_signin(jar, subject, claims, c.console)
@@ -293,15 +294,6 @@ async fn callback_inner(
         .map_err(|e| e.description)?
         .ok_or("The application is no longer registered.")?;
     let (pending_id, csrf) = (random_token(), random_token());
-    if !s
-        .inner
-        .store
-        .take_pending(&login.pending_hash)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        return Err("This sign-in request was already used.".into());
-    }
     s.inner
         .store
         .insert_pending(&PendingRecord {
