@@ -6,6 +6,7 @@ use crate::catalogue::{fail, pass, skip};
 use crate::probe::{Answer, Probe};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use gatehouse_core::SecretString;
 use serde_json::{Value, json};
 
 const IDS: [&str; 6] = [
@@ -28,7 +29,7 @@ const LOGIN_IDS: [&str; 5] = [
 /// What a sign-in gave: the access token for the other checks, and what the reuse checks replay
 /// once everything else has run.
 pub(crate) struct LoggedIn {
-    pub(crate) access_token: String,
+    pub(crate) access_token: SecretString,
     token_url: url::Url,
     /// The code exchange, to send again (none after a device sign-in).
     code_form: Option<Vec<(String, String)>>,
@@ -722,7 +723,7 @@ async fn tokens(
         }
     }
     Some(LoggedIn {
-        access_token: access,
+        access_token: SecretString::new(access),
         token_url,
         code_form,
         stale_refresh,

@@ -6,6 +6,7 @@ use crate::sessions::{insufficient_scope, session_ids, session_user};
 use crate::{CheckError, Finding, Options};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use gatehouse_core::SecretString;
 use gatehouse_core::challenge::Challenge;
 use serde_json::{Value, json};
 
@@ -540,7 +541,8 @@ async fn token_checks(p: &Probe, opts: &Options, d: &Discovered, out: &mut Vec<F
     // ALG-NONE needs no token: unsigned claims that would otherwise fit this endpoint.
     let claims = opts
         .token
-        .as_deref()
+        .as_ref()
+        .map(SecretString::expose)
         .and_then(claims_of)
         .unwrap_or_else(|| {
             let t = now();
@@ -567,7 +569,7 @@ async fn token_checks(p: &Probe, opts: &Options, d: &Discovered, out: &mut Vec<F
     foreign_keys(p, opts, &claims, &d.jwks, out).await;
     out.push(invalid_token(p).await);
 
-    let Some(token) = opts.token.as_deref() else {
+    let Some(token) = opts.token.as_ref().map(SecretString::expose) else {
         for id in [
             "TOKEN-VALID",
             "TAMPERED",
@@ -699,7 +701,14 @@ async fn token_checks(p: &Probe, opts: &Options, d: &Discovered, out: &mut Vec<F
         }
     });
     out.push(session_ids(p, token, valid.header("mcp-session-id")).await);
-    out.push(session_user(p, token, opts.other_user_token.as_deref()).await);
+    out.push(
+        session_user(
+            p,
+            token,
+            opts.other_user_token.as_ref().map(SecretString::expose),
+        )
+        .await,
+    );
     out.push(insufficient_scope(p, token, opts.scope_tool.as_deref()).await);
     foreign_and_expired(p, opts, out).await;
 }
@@ -713,10 +722,11 @@ async fn foreign_keys(
     jwks: &[Value],
     out: &mut Vec<Finding>,
 ) {
-    let family = crate::forge::Family::of(opts.token.as_deref(), jwks);
+    let family = crate::forge::Family::of(opts.token.as_ref().map(SecretString::expose), jwks);
     let kid = opts
         .token
-        .as_deref()
+        .as_ref()
+        .map(SecretString::expose)
         .and_then(|t| t.split('.').next())
         .and_then(|h| B64.decode(h).ok())
         .and_then(|h| serde_json::from_slice::<Value>(&h).ok())
@@ -845,37 +855,41 @@ async fn alg_confusion(p: &Probe, claims: &Value, jwks: &[Value]) -> Finding {
 }
 
 async fn foreign_and_expired(p: &Probe, opts: &Options, out: &mut Vec<Finding>) {
-    out.push(match opts.foreign_token.as_deref() {
-        None => skip(
-            "AUDIENCE",
-            "needs --foreign-token (a token of the same issuer for another resource)",
-        ),
-        Some(t) => match p.post(INIT, &[("authorization", &bearer(t))], None).await {
-            Ok(a) if accepted(&a) => fail(
+    out.push(
+        match opts.foreign_token.as_ref().map(SecretString::expose) {
+            None => skip(
                 "AUDIENCE",
-                format!("a token for another resource was accepted ({})", a.status),
+                "needs --foreign-token (a token of the same issuer for another resource)",
             ),
-            Ok(a) => pass("AUDIENCE", format!("refused ({})", a.status)),
-            Err(e) => skip("AUDIENCE", e),
-        },
-    });
-    out.push(match opts.expired_token.as_deref() {
-        None => skip("EXPIRED", "needs --expired-token"),
-        Some(t) => match claims_of(t).and_then(|c| c.get("exp").and_then(Value::as_i64)) {
-            Some(exp) if exp > now() => {
-                skip("EXPIRED", "the given --expired-token has not expired")
-            }
-            _ => match p.post(INIT, &[("authorization", &bearer(t))], None).await {
-                Ok(a) if accepted(&a) => fail("EXPIRED", format!("accepted ({})", a.status)),
-                Ok(a) => pass("EXPIRED", format!("refused ({})", a.status)),
-                Err(e) => skip("EXPIRED", e),
+            Some(t) => match p.post(INIT, &[("authorization", &bearer(t))], None).await {
+                Ok(a) if accepted(&a) => fail(
+                    "AUDIENCE",
+                    format!("a token for another resource was accepted ({})", a.status),
+                ),
+                Ok(a) => pass("AUDIENCE", format!("refused ({})", a.status)),
+                Err(e) => skip("AUDIENCE", e),
             },
         },
-    });
+    );
+    out.push(
+        match opts.expired_token.as_ref().map(SecretString::expose) {
+            None => skip("EXPIRED", "needs --expired-token"),
+            Some(t) => match claims_of(t).and_then(|c| c.get("exp").and_then(Value::as_i64)) {
+                Some(exp) if exp > now() => {
+                    skip("EXPIRED", "the given --expired-token has not expired")
+                }
+                _ => match p.post(INIT, &[("authorization", &bearer(t))], None).await {
+                    Ok(a) if accepted(&a) => fail("EXPIRED", format!("accepted ({})", a.status)),
+                    Ok(a) => pass("EXPIRED", format!("refused ({})", a.status)),
+                    Err(e) => skip("EXPIRED", e),
+                },
+            },
+        },
+    );
 }
 
 async fn transport_checks(p: &Probe, opts: &Options, out: &mut Vec<Finding>) {
-    let auth = opts.token.as_deref().map(bearer);
+    let auth = opts.token.as_ref().map(SecretString::expose).map(bearer);
     let mut h: Vec<(&str, &str)> = vec![("origin", HOSTILE_ORIGIN)];
     if let Some(a) = &auth {
         h.push(("authorization", a));

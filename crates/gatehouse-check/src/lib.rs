@@ -19,25 +19,28 @@ mod sessions;
 
 pub use output::{render_human, render_json, render_sarif};
 
+pub use gatehouse_core::SecretString;
 use serde::Serialize;
 
 /// What to check and with what.
-#[derive(Clone, Default)]
+/// Tokens are `SecretString`s: redacted in `Debug`, never `Display`, so no report or log line
+/// can show one by accident.
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     pub target: String,
     /// Loopback and private addresses (the target and what its metadata points at).
     pub allow_private: bool,
     /// A valid access token for the target.
-    pub token: Option<String>,
+    pub token: Option<SecretString>,
     /// A valid token of the same authorization server for another resource.
-    pub foreign_token: Option<String>,
+    pub foreign_token: Option<SecretString>,
     /// A token of the same authorization server whose `exp` has passed.
-    pub expired_token: Option<String>,
+    pub expired_token: Option<SecretString>,
     /// A tool of the endpoint that `token`'s scopes do not cover (INSUFFICIENT-SCOPE calls it
     /// with that token and empty arguments: a server that does not check scopes runs it).
     pub scope_tool: Option<String>,
     /// A valid token for the endpoint of another user (SESSION-USER).
-    pub other_user_token: Option<String>,
+    pub other_user_token: Option<SecretString>,
     /// Active checks of the authorization server: registers a client (and may get a token for
     /// it), sends authorization requests that must be refused.
     pub authorization_server: bool,
@@ -51,24 +54,6 @@ pub struct Options {
     /// How the `login` sign-in reaches a browser; default as `gatehouse login`
     /// (`GATEHOUSE_BROWSER`, else the desktop's).
     pub browser: Option<gatehouse_client::opener::Opener>,
-}
-
-impl std::fmt::Debug for Options {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Tokens are never printed.
-        f.debug_struct("Options")
-            .field("target", &self.target)
-            .field("allow_private", &self.allow_private)
-            .field("token", &self.token.is_some())
-            .field("foreign_token", &self.foreign_token.is_some())
-            .field("expired_token", &self.expired_token.is_some())
-            .field("scope_tool", &self.scope_tool)
-            .field("other_user_token", &self.other_user_token.is_some())
-            .field("authorization_server", &self.authorization_server)
-            .field("login", &self.login)
-            .field("device", &self.device)
-            .finish()
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

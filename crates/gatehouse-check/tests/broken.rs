@@ -6,7 +6,7 @@
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use gatehouse_check::{Options, Status};
+use gatehouse_check::{Options, SecretString, Status};
 use gatehouse_testkit::TestKey;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
@@ -785,13 +785,27 @@ fn options(r: &Running) -> Options {
     Options {
         target: r.url.clone(),
         allow_private: true,
-        token: Some(r.key.sign(&claims(r, &r.url, now() + 300))),
-        foreign_token: Some(
-            r.key
-                .sign(&claims(r, "https://other.example.com/mcp", now() + 300)),
-        ),
-        expired_token: Some(r.key.sign(&claims(r, &r.url, now() - 600))),
-        other_user_token: Some(r.key.sign(&claims_of(r, "bob", &r.url, now() + 300))),
+        token: Some(SecretString::new(r.key.sign(&claims(
+            r,
+            &r.url,
+            now() + 300,
+        )))),
+        foreign_token: Some(SecretString::new(r.key.sign(&claims(
+            r,
+            "https://other.example.com/mcp",
+            now() + 300,
+        )))),
+        expired_token: Some(SecretString::new(r.key.sign(&claims(
+            r,
+            &r.url,
+            now() - 600,
+        )))),
+        other_user_token: Some(SecretString::new(r.key.sign(&claims_of(
+            r,
+            "bob",
+            &r.url,
+            now() + 300,
+        )))),
         scope_tool: Some("admin_reset".into()),
         authorization_server: true,
         login: true,
@@ -848,15 +862,15 @@ async fn ck1_a_correct_server_passes_everything() {
     // No token ever appears in any output.
     let r = start(Flaw::None).await;
     let token = r.key.sign(&claims(&r, &r.url, now() + 300));
-    let report = gatehouse_check::run(&Options {
+    let opts = Options {
         target: r.url.clone(),
         allow_private: true,
-        token: Some(token.clone()),
+        token: Some(SecretString::new(token.clone())),
         ..Default::default()
-    })
-    .await
-    .expect("report");
+    };
+    let report = gatehouse_check::run(&opts).await.expect("report");
     for text in [
+        format!("{opts:?}"),
         gatehouse_check::render_human(&report),
         gatehouse_check::render_json(&report),
         gatehouse_check::render_sarif(&report),

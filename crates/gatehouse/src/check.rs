@@ -1,6 +1,6 @@
 //! `gatehouse check URL`: the checker's command line (the checks live in `gatehouse-check`).
 use clap::Args;
-use gatehouse_check::{Options, Severity};
+use gatehouse_check::{Options, SecretString, Severity};
 use std::process::ExitCode;
 
 #[derive(Args)]
@@ -79,11 +79,11 @@ pub(crate) fn run(a: CheckArgs) -> ExitCode {
     let opts = Options {
         target: a.url,
         allow_private: a.allow_private,
-        token,
-        foreign_token: a.foreign_token,
-        expired_token: a.expired_token,
+        token: token.map(SecretString::new),
+        foreign_token: a.foreign_token.map(SecretString::new),
+        expired_token: a.expired_token.map(SecretString::new),
         scope_tool: a.scope_tool,
-        other_user_token: a.other_user_token,
+        other_user_token: a.other_user_token.map(SecretString::new),
         authorization_server: a.authorization_server,
         login: a.login && a.authorization_server,
         device: a.device,
