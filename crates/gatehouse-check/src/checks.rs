@@ -24,10 +24,20 @@ const AS_PASSIVE: [&str; 5] = [
 /// An origin no deployment allows (`.invalid` never resolves, RFC 6761).
 const HOSTILE_ORIGIN: &str = "https://attacker.gatehouse-check.invalid";
 
+/// Part `n` of a JWT (0 header, 1 claims) as JSON, unverified, when it is one.
+fn jwt_part(token: &str, n: usize) -> Option<Value> {
+    let part = token.split('.').nth(n)?;
+    serde_json::from_slice(&B64.decode(part).ok()?).ok()
+}
+
 /// The claims of a JWT (unverified), when it is one.
 pub(crate) fn claims_of(token: &str) -> Option<Value> {
-    let payload = token.split('.').nth(1)?;
-    serde_json::from_slice(&B64.decode(payload).ok()?).ok()
+    jwt_part(token, 1)
+}
+
+/// The JOSE header of a JWT, when it is one.
+pub(crate) fn header_of(token: &str) -> Option<Value> {
+    jwt_part(token, 0)
 }
 
 pub(crate) fn now() -> i64 {
@@ -727,9 +737,7 @@ async fn foreign_keys(
         .token
         .as_ref()
         .map(SecretString::expose)
-        .and_then(|t| t.split('.').next())
-        .and_then(|h| B64.decode(h).ok())
-        .and_then(|h| serde_json::from_slice::<Value>(&h).ok())
+        .and_then(header_of)
         .and_then(|h| h["kid"].as_str().map(str::to_owned))
         .or_else(|| {
             jwks.iter()

@@ -18,9 +18,7 @@ impl Family {
     /// From the given token's `alg`, else the issuer's first signing key; ES256 otherwise.
     pub(crate) fn of(token: Option<&str>, jwks: &[Value]) -> Self {
         let alg = token
-            .and_then(|t| t.split('.').next())
-            .and_then(|h| B64.decode(h).ok())
-            .and_then(|h| serde_json::from_slice::<Value>(&h).ok())
+            .and_then(crate::checks::header_of)
             .and_then(|h| h["alg"].as_str().map(str::to_owned));
         match alg.as_deref() {
             Some(a) if a.starts_with("RS") || a.starts_with("PS") => return Self::Rs256,
@@ -100,11 +98,7 @@ mod tests {
     use super::*;
 
     fn header_of(t: &str) -> Value {
-        serde_json::from_slice(
-            &B64.decode(t.split('.').next().unwrap_or_default())
-                .unwrap_or_default(),
-        )
-        .unwrap_or_default()
+        crate::checks::header_of(t).unwrap_or_default()
     }
 
     #[test]
